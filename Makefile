@@ -1,0 +1,48 @@
+# beambridge: the two commands a fresh Debian machine needs are `make demo` and `make test`.
+# Each installs what is missing itself (Debian's Erlang packages, a virtualenv, the package).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEB_PACKAGES := erlang-nox erlang-dev erlang-src erlang-eunit erlang-mochiweb erlang-jiffy
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench fuzz clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## The main job on a local default: starts its own Erlang node, round-trips terms through it.
+demo: setup
+	$(PY) -m beambridge demo
+
+## The whole test suite (both OTP releases, property and fuzz tests, lint and types).
+test: setup
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+
+bench: setup
+	$(PY) -m pip install -q -e '.[bench]' || true
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) _build .pytest_cache .mypy_cache .ruff_cache .hypothesis

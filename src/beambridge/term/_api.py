@@ -1,0 +1,80 @@
+"""The codec's public functions, and the choice between its implementations.
+
+Both implementations take the same arguments and raise the same errors; the compiled one (when
+built) is used unless ``BEAMBRIDGE_PURE_PYTHON=1`` is set, and ``IMPLEMENTATION`` says which ran.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+from .._errors import UsageError
+from . import _pure
+from ._options import Limits, Mapping
+
+__all__ = ["IMPLEMENTATION", "binary_to_term", "decode_body", "encode_body", "term_to_binary"]
+
+_DEFAULT_LIMITS = Limits()
+
+
+def _select() -> tuple[ModuleType, str]:
+    if os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0"):
+        return _pure, "pure"
+    try:
+        from . import _cterm  # type: ignore[attr-defined]
+    except ImportError:
+        return _pure, "pure"
+    return _cterm, "compiled"
+
+
+_impl, IMPLEMENTATION = _select()
+
+
+def _check_encode_options(compressed: bool | int, minor_version: int) -> None:
+    if minor_version not in (0, 1, 2):
+        raise UsageError(f"minor_version must be 0, 1 or 2, not {minor_version!r}")
+    if compressed is not False and compressed is not True and (
+        type(compressed) is not int or not 0 <= compressed <= 9
+    ):
+        raise UsageError(f"compressed must be False, True or a zlib level 0..9, not {compressed!r}")
+
+
+def term_to_binary(term: Any, *, compressed: bool | int = False, minor_version: int = 2,
+                   mapping: Mapping | None = None) -> bytes:
+    """Encode ``term`` in the External Term Format, byte for byte as BEAM's ``term_to_binary/2``.
+
+    ``compressed`` is ``True`` (zlib level 6) or a level 0..9; as in BEAM, the compressed form is
+    written only when it is smaller. ``minor_version`` 2 (default, as OTP 26+) writes UTF-8 atoms,
+    1 (OTP 25's default) writes Latin-1 atoms as ``ATOM_EXT``, 0 also writes the old text floats.
+    Raises ``EncodeError`` naming the path to a value that has no Erlang form.
+    """
+    _check_encode_options(compressed, minor_version)
+    return _impl.encode(term, compressed, minor_version, mapping or Mapping.EXACT)  # type: ignore[no-any-return]
+
+
+def binary_to_term(data: bytes | bytearray | memoryview, *, mapping: Mapping | None = None,
+                   limits: Limits | None = None, atom_cache: Any = None, used: bool = False) -> Any:
+    """Decode External Term Format ``data``; raises ``DecodeError`` (with the offset) on bad input.
+
+    With ``used=True``, trailing bytes are allowed and ``(term, bytes_used)`` is returned, like
+    BEAM's ``binary_to_term(B, [used])``; otherwise trailing bytes are an error.
+    ``atom_cache`` resolves ``ATOM_CACHE_REF`` (index to atom), as the distribution layer hands in.
+    """
+    return _impl.decode(data, mapping or Mapping.EXACT, limits or _DEFAULT_LIMITS, atom_cache, used)
+
+
+def encode_body(term: Any, *, minor_version: int = 2, mapping: Mapping | None = None) -> bytes:
+    """The encoding of ``term`` without the leading version byte, as terms follow a distribution
+    header."""
+    _check_encode_options(False, minor_version)
+    return _impl.encode_body(term, minor_version, mapping or Mapping.EXACT)  # type: ignore[no-any-return]
+
+
+def decode_body(data: bytes | bytearray | memoryview, offset: int = 0, *,
+                mapping: Mapping | None = None, limits: Limits | None = None,
+                atom_cache: Any = None) -> tuple[Any, int]:
+    """Decode one term that has no version byte, starting at ``offset``; return ``(term, end)``."""
+    return _impl.decode_body(  # type: ignore[no-any-return]
+        data, offset, mapping or Mapping.EXACT, limits or _DEFAULT_LIMITS, atom_cache)

@@ -1,0 +1,851 @@
+"""The pure-Python External Term Format codec.
+
+Encoders and decoders are closures built once per set of options and cached, so the per-call cost
+is a dictionary lookup. Decoding reads ``bytes`` by index and ``struct.unpack_from`` (no slicing
+except for the payload of binaries and atoms); every length read from the input is checked
+against what is left of it before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Callable, Mapping as AbcMapping, Sequence
+from itertools import repeat
+from operator import is_
+from typing import Any
+
+from .._errors import DecodeError, EncodeError
+from . import _tags as T
+from ._options import Limits, Mapping
+from ._types import (
+    Atom,
+    BitString,
+    ExportFun,
+    Fun,
+    ImproperList,
+    LocalTerm,
+    Map,
+    Pid,
+    Port,
+    Reference,
+)
+
+__all__ = ["decode", "decode_body", "encode", "encode_body"]
+
+AtomCache = Sequence[Any] | AbcMapping[int, Any]
+
+_u8 = struct.Struct(">B")
+_u16 = struct.Struct(">H")
+_u32 = struct.Struct(">I")
+_i32 = struct.Struct(">i")
+_f64 = struct.Struct(">d")
+_u64 = struct.Struct(">Q")
+_pid_tail = struct.Struct(">III")
+_new_fun_head = struct.Struct(">IB16sII")
+
+_MISSING = object()
+_ATOM_CACHE_MAX = 1 << 16
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+_STR_HINT = (
+    "a Python str has two Erlang forms (binary or list of characters); pass bytes, or choose "
+    "with mapping=Mapping(str_as='binary'|'charlist'|'atom') or a preset such as Mapping.TEXT"
+)
+
+
+def _encode_big(n: int) -> bytes:
+    sign = 0
+    if n < 0:
+        sign = 1
+        n = -n
+    size = (n.bit_length() + 7) >> 3
+    digits = n.to_bytes(size, "little")
+    if size < 256:
+        return bytes((T.SMALL_BIG, size, sign)) + digits
+    return bytes((T.LARGE_BIG,)) + _u32.pack(size) + bytes((sign,)) + digits
+
+
+def _encode_float_ext(value: float) -> bytes:
+    return bytes((T.FLOAT,)) + ("%.20e" % value).encode("ascii").ljust(31, b"\0")
+
+
+Encoder = Callable[[Any], bytes]
+_encoders: dict[tuple[int, Mapping], Encoder] = {}
+
+
+def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:  # noqa: C901 - one closure on purpose
+    atom_cache: dict[str, bytes] = {}
+    pack_u16 = _u16.pack
+    pack_u32 = _u32.pack
+    pack_i32 = _i32.pack
+    pack_f64 = _f64.pack
+    pack_pid = _pid_tail.pack
+    small_ints = [bytes((T.SMALL_INTEGER, i)) for i in range(256)]
+    isfinite = math.isfinite
+    latin1_atoms = minor_version < 2
+    str_as = mapping.str_as
+    bytes_like = mapping.bytes_like
+
+    def atom_bytes(name: str) -> bytes:
+        encoded = atom_cache.get(name)
+        if encoded is not None:
+            return encoded
+        if len(name) > 255:
+            raise EncodeError(f"an atom has at most 255 characters, not {len(name)}", name)
+        encoded = None
+        if latin1_atoms:
+            try:
+                raw = name.encode("latin-1")
+                encoded = bytes((T.ATOM,)) + pack_u16(len(raw)) + raw
+            except UnicodeEncodeError:
+                pass
+        if encoded is None:
+            try:
+                raw = name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EncodeError("an atom name must be valid Unicode (no lone surrogates)", name) from None
+            if len(raw) < 256:
+                encoded = bytes((T.SMALL_ATOM_UTF8, len(raw))) + raw
+            else:
+                encoded = bytes((T.ATOM_UTF8,)) + pack_u16(len(raw)) + raw
+        if len(atom_cache) >= _ATOM_CACHE_MAX:
+            atom_cache.clear()
+        atom_cache[name] = encoded
+        return encoded
+
+    true_b = atom_bytes("true")
+    false_b = atom_bytes("false")
+    none_b = atom_bytes(mapping.none_atom) if mapping.none_atom is not None else None
+
+    def binary(value: bytes) -> bytes:
+        if len(value) > 0xFFFFFFFF:
+            raise EncodeError("a binary has at most 2**32 - 1 bytes", value)
+        return bytes((T.BINARY,)) + pack_u32(len(value))
+
+    def byte_list(value: list[Any]) -> bytes | None:
+        """The list as STRING_EXT when BEAM would write it so (0 < len <= 65535, all 0..255)."""
+        try:
+            raw = bytes(value)
+        except (TypeError, ValueError):
+            return None
+        if (0 in raw or 1 in raw) and (True in map(is_, value, repeat(True))
+                                         or True in map(is_, value, repeat(False))):
+            return None
+        return bytes((T.STRING,)) + pack_u16(len(raw)) + raw
+
+    def encode_str(value: str, out: list[bytes]) -> None:
+        if str_as == "binary":
+            try:
+                raw = value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EncodeError("str is not valid Unicode (lone surrogate)", value) from None
+            out.append(binary(raw))
+            out.append(raw)
+        elif str_as == "atom":
+            out.append(atom_bytes(value))
+        elif str_as == "charlist":
+            if not value:
+                out.append(b"j")
+                return
+            try:
+                raw = value.encode("latin-1")
+                if len(raw) <= T.MAX_STRING_LEN:
+                    out.append(bytes((T.STRING,)) + pack_u16(len(raw)) + raw)
+                    return
+            except UnicodeEncodeError:
+                pass
+            out.append(bytes((T.LIST,)) + pack_u32(len(value)))
+            for char in value:
+                code = ord(char)
+                out.append(small_ints[code] if code < 256 else bytes((T.INTEGER,)) + pack_i32(code))
+            out.append(b"j")
+        else:
+            raise EncodeError(_STR_HINT, value)
+
+    def locate(items: Sequence[Any], error: EncodeError) -> EncodeError:
+        """Find which element of ``items`` failed (only on the error path)."""
+        scratch: list[bytes] = []
+        for index, item in enumerate(items):
+            try:
+                enc(item, scratch)
+            except EncodeError as inner:
+                return inner.at(index)
+        return error
+
+    def enc(obj: Any, out: list[bytes]) -> None:
+        t = type(obj)
+        if t is int:
+            if 0 <= obj < 256:
+                out.append(small_ints[obj])
+            elif -0x80000000 <= obj <= 0x7FFFFFFF:
+                out.append(b"b" + pack_i32(obj))
+            else:
+                out.append(_encode_big(obj))
+        elif t is Atom:
+            out.append(atom_bytes(obj))
+        elif t is bytes:
+            out.append(binary(obj))
+            out.append(obj)
+        elif t is tuple:
+            n = len(obj)
+            out.append(bytes((T.SMALL_TUPLE, n)) if n < 256 else b"i" + pack_u32(n))
+            try:
+                for item in obj:
+                    enc(item, out)
+            except EncodeError as error:
+                raise locate(obj, error) from None
+        elif t is list:
+            n = len(obj)
+            if n == 0:
+                out.append(b"j")
+                return
+            if n <= T.MAX_STRING_LEN:
+                packed = byte_list(obj)
+                if packed is not None:
+                    out.append(packed)
+                    return
+            out.append(b"l" + pack_u32(n))
+            try:
+                for item in obj:
+                    enc(item, out)
+            except EncodeError as error:
+                raise locate(obj, error) from None
+            out.append(b"j")
+        elif t is dict:
+            out.append(b"t" + pack_u32(len(obj)))
+            encode_pairs(obj.items(), out)
+        elif t is float:
+            if not isfinite(obj):
+                raise EncodeError("Erlang has no NaN or infinite floats", obj)
+            out.append(b"F" + pack_f64(obj) if minor_version else _encode_float_ext(obj))
+        elif t is bool:
+            out.append(true_b if obj else false_b)
+        elif obj is None:
+            if none_b is None:
+                raise EncodeError("None has no Erlang form: this mapping has no none_atom", obj)
+            out.append(none_b)
+        elif t is str:
+            encode_str(obj, out)
+        else:
+            encode_other(obj, out)
+
+    def encode_pairs(pairs: Any, out: list[bytes]) -> None:
+        for key, value in pairs:
+            try:
+                enc(key, out)
+            except EncodeError as error:
+                raise error.at(("key", key)) from None
+            try:
+                enc(value, out)
+            except EncodeError as error:
+                raise error.at(("value", key)) from None
+
+    def encode_other(obj: Any, out: list[bytes]) -> None:  # noqa: C901 - a flat type switch
+        t = type(obj)
+        if t is Pid:
+            out.append(b"X" + atom_bytes(obj.node) + pack_pid(obj.id, obj.serial, obj.creation))
+        elif t is Reference:
+            out.append(b"Z" + pack_u16(len(obj.ids)) + atom_bytes(obj.node) + pack_u32(obj.creation))
+            out.append(struct.pack(f">{len(obj.ids)}I", *obj.ids))
+        elif t is Port:
+            if obj.id > 0xFFFFFFFF:
+                out.append(b"x" + atom_bytes(obj.node) + _u64.pack(obj.id) + pack_u32(obj.creation))
+            else:
+                out.append(b"Y" + atom_bytes(obj.node) + pack_u32(obj.id) + pack_u32(obj.creation))
+        elif t is BitString:
+            data = obj.data
+            out.append(b"M" + pack_u32(len(data)) + bytes((obj.tail_bits,)) + data)
+        elif t is ImproperList:
+            out.append(b"l" + pack_u32(len(obj.items)))
+            try:
+                for item in obj.items:
+                    enc(item, out)
+            except EncodeError as error:
+                raise locate(obj.items, error) from None
+            try:
+                enc(obj.tail, out)
+            except EncodeError as error:
+                raise error.at("tail") from None
+        elif t is Map:
+            out.append(b"t" + pack_u32(len(obj)))
+            encode_pairs(obj.items(), out)
+        elif t is ExportFun:
+            out.append(b"q" + atom_bytes(obj.module) + atom_bytes(obj.function) + small_ints[obj.arity])
+        elif t is Fun:
+            encode_fun(obj, out)
+        elif t is LocalTerm:
+            out.append(obj.raw)
+        elif isinstance(obj, bool):
+            enc(bool(obj), out)
+        elif isinstance(obj, Atom):
+            out.append(atom_bytes(obj))
+        elif isinstance(obj, int):
+            enc(int(obj), out)
+        elif isinstance(obj, float):
+            enc(float(obj), out)
+        elif isinstance(obj, str):
+            encode_str(str(obj), out)
+        elif isinstance(obj, bytes) or (bytes_like and isinstance(obj, (bytearray, memoryview))):
+            raw = bytes(obj)
+            out.append(binary(raw))
+            out.append(raw)
+        elif isinstance(obj, tuple):
+            enc(tuple(obj), out)
+        elif isinstance(obj, list):
+            enc(list(obj), out)
+        elif isinstance(obj, dict):
+            enc(dict(obj), out)
+        else:
+            hint = " (pass bytes, or use a mapping with bytes_like=True)" if isinstance(
+                obj, (bytearray, memoryview)) else ""
+            raise EncodeError(f"{t.__name__} has no Erlang form{hint}", obj)
+
+    def encode_fun(fun: Fun, out: list[bytes]) -> None:
+        body: list[bytes] = []
+        if fun.arity is None:  # FUN_EXT: Pid, Module, Index, Uniq, FreeVars
+            enc(fun.pid, body)
+        body.append(atom_bytes(fun.module))
+        enc(fun.old_index, body)
+        enc(fun.old_uniq, body)
+        if fun.arity is not None:  # NEW_FUN_EXT: Module, OldIndex, OldUniq, Pid, FreeVars
+            enc(fun.pid, body)
+        try:
+            for item in fun.free_vars:
+                enc(item, body)
+        except EncodeError as error:
+            raise locate(fun.free_vars, error).at("free_vars") from None
+        rest = b"".join(body)
+        if fun.arity is None:
+            out.append(b"u" + pack_u32(len(fun.free_vars)) + rest)
+            return
+        head_size = 1 + _new_fun_head.size
+        assert fun.uniq is not None and fun.index is not None
+        out.append(b"p" + _new_fun_head.pack(head_size + len(rest), fun.arity, fun.uniq, fun.index,
+                                            len(fun.free_vars)))
+        out.append(rest)
+
+    def encode_top(obj: Any) -> bytes:
+        out: list[bytes] = []
+        try:
+            enc(obj, out)
+        except RecursionError:
+            raise EncodeError("the term is nested too deeply (or contains itself)", None) from None
+        return b"".join(out)
+
+    return encode_top
+
+
+def _encoder(minor_version: int, mapping: Mapping) -> Encoder:
+    key = (minor_version, mapping)
+    found = _encoders.get(key)
+    if found is None:
+        found = _encoders[key] = _make_encoder(minor_version, mapping)
+    return found
+
+
+def encode_body(term: Any, minor_version: int = 2, mapping: Mapping = Mapping.EXACT) -> bytes:
+    """The term's encoding without the version byte, as it follows a distribution header."""
+    return _encoder(minor_version, mapping)(term)
+
+
+def encode(term: Any, compressed: int | bool = False, minor_version: int = 2,
+           mapping: Mapping = Mapping.EXACT) -> bytes:
+    body = _encoder(minor_version, mapping)(term)
+    if compressed is not False:
+        level = 6 if compressed is True else int(compressed)
+        packed = zlib.compress(body, level)
+        if len(packed) + 4 < len(body):
+            return b"\x83P" + _u32.pack(len(body)) + packed
+    return b"\x83" + body
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+Decoder = Callable[[bytes, int], tuple[Any, int]]
+_decoders: dict[tuple[Mapping, Limits], Decoder] = {}
+
+
+def _fail(reason: str, offset: int) -> DecodeError:
+    return DecodeError(reason, offset)
+
+
+def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the fast path
+    mapping: Mapping, limits: Limits, atom_cache: AtomCache | None = None, local: bool = False
+) -> Decoder:
+    unpack_u16 = _u16.unpack_from
+    unpack_u32 = _u32.unpack_from
+    unpack_i32 = _i32.unpack_from
+    unpack_f64 = _f64.unpack_from
+    unpack_u64 = _u64.unpack_from
+    unpack_pid = _pid_tail.unpack_from
+    isfinite = math.isfinite
+    max_depth = limits.max_depth
+    binary_as_str = mapping.binary_as == "str"
+    string_as_str = mapping.string_as == "str"
+    atom_as_str = mapping.atom_as == "str"
+    special: dict[str, Any] = {}
+    if mapping.bool_atoms:
+        special.update(true=True, false=False)
+    if mapping.none_atom is not None:
+        special[mapping.none_atom] = None
+    latin1_cache: dict[bytes, Any] = {}
+    utf8_cache: dict[bytes, Any] = {}
+    raw_cache: dict[tuple[bytes, bool], Atom] = {}
+
+    def make_atom(raw: bytes, utf8: bool, offset: int) -> Any:
+        try:
+            name = raw.decode("utf-8") if utf8 else raw.decode("latin-1")
+        except UnicodeDecodeError:
+            raise _fail("atom name is not valid UTF-8", offset) from None
+        if len(name) > 255:
+            raise _fail(f"atom has {len(name)} characters (at most 255)", offset)
+        value = special.get(name, _MISSING)
+        if value is _MISSING:
+            value = name if atom_as_str else Atom(name)
+        cache = utf8_cache if utf8 else latin1_cache
+        if len(cache) >= _ATOM_CACHE_MAX:
+            cache.clear()
+        cache[raw] = value
+        return value
+
+    def atom_at(data: bytes, pos: int, tag: int) -> tuple[Any, int]:
+        """Decode an atom whose tag (at ``pos - 1``) is ``tag``; mapping applied."""
+        if tag == T.SMALL_ATOM_UTF8 or tag == T.SMALL_ATOM:
+            n = data[pos]
+            pos += 1
+        else:
+            n = unpack_u16(data, pos)[0]
+            pos += 2
+        end = pos + n
+        if end > len(data):
+            raise _fail("atom runs past the end of the input", pos - 1)
+        raw = data[pos:end]
+        utf8 = tag == T.SMALL_ATOM_UTF8 or tag == T.ATOM_UTF8
+        found = (utf8_cache if utf8 else latin1_cache).get(raw, _MISSING)
+        if found is _MISSING:
+            found = make_atom(raw, utf8, pos)
+        return found, end
+
+    def cached_atom(index: int, offset: int) -> Any:
+        if atom_cache is None:
+            raise _fail("ATOM_CACHE_REF outside a distribution message (no atom cache)", offset)
+        try:
+            return atom_cache[index]
+        except (IndexError, KeyError):
+            raise _fail(f"atom cache entry {index} is not set", offset) from None
+
+    def plain_atom(data: bytes, pos: int) -> tuple[Any, int]:
+        """An atom field of a structure (node, module): always an ``Atom``."""
+        tag = data[pos]
+        if tag in (T.SMALL_ATOM_UTF8, T.ATOM_UTF8, T.ATOM, T.SMALL_ATOM):
+            if tag == T.SMALL_ATOM_UTF8 or tag == T.SMALL_ATOM:
+                n = data[pos + 1]
+                start = pos + 2
+            else:
+                n = unpack_u16(data, pos + 1)[0]
+                start = pos + 3
+            end = start + n
+            if end > len(data):
+                raise _fail("atom runs past the end of the input", pos)
+            key = (data[start:end], tag in (T.SMALL_ATOM_UTF8, T.ATOM_UTF8))
+            atom = raw_cache.get(key)
+            if atom is None:
+                try:
+                    name = key[0].decode("utf-8" if key[1] else "latin-1")
+                    atom = Atom(name)
+                except (UnicodeDecodeError, ValueError):
+                    raise _fail("invalid atom", pos) from None
+                if len(raw_cache) >= _ATOM_CACHE_MAX:
+                    raw_cache.clear()
+                raw_cache[key] = atom
+            return atom, end
+        if tag == T.ATOM_CACHE_REF:
+            value = cached_atom(data[pos + 1], pos)
+            return (value if type(value) is Atom else Atom(str(value))), pos + 2
+        if local:
+            return dec(data, pos, max_depth - 1)
+        raise _fail(f"expected an atom, found tag {tag}", pos)
+
+    def small_int_field(data: bytes, pos: int) -> tuple[int, int]:
+        tag = data[pos]
+        if tag == T.SMALL_INTEGER:
+            return data[pos + 1], pos + 2
+        if tag == T.INTEGER:
+            return unpack_i32(data, pos + 1)[0], pos + 5
+        raise _fail(f"expected an integer, found tag {tag}", pos)
+
+    def make_pid(node: Any, pid_id: int, serial: int, creation: int) -> Any:
+        return Pid(node, pid_id, serial, creation) if not local else None
+
+    def list_to_str(items: list[Any]) -> Any:
+        for code in items:
+            if type(code) is not int or not 0 <= code <= 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                return items
+        return "".join(map(chr, items))
+
+    def dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: C901 - the dispatch
+        tag = data[pos]
+        pos += 1
+        if tag == T.SMALL_INTEGER:
+            return data[pos], pos + 1
+        if tag == T.BINARY:
+            n = unpack_u32(data, pos)[0]
+            pos += 4
+            end = pos + n
+            if end > len(data):
+                raise _fail(f"binary of {n} bytes runs past the end of the input", pos - 5)
+            value = data[pos:end]
+            if binary_as_str:
+                try:
+                    return value.decode("utf-8"), end
+                except UnicodeDecodeError:
+                    pass
+            return value, end
+        if tag == T.SMALL_ATOM_UTF8 or tag == T.ATOM or tag == T.ATOM_UTF8 or tag == T.SMALL_ATOM:
+            return atom_at(data, pos, tag)
+        if tag == T.SMALL_TUPLE or tag == T.LARGE_TUPLE:
+            if tag == T.SMALL_TUPLE:
+                n = data[pos]
+                pos += 1
+            else:
+                n = unpack_u32(data, pos)[0]
+                pos += 4
+                if n > len(data) - pos:
+                    raise _fail(f"tuple of {n} elements is longer than the input", pos - 5)
+            depth += 1
+            if depth > max_depth:
+                raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 1)
+            items = [None] * n
+            for i in range(n):
+                if data[pos] == T.SMALL_INTEGER:
+                    items[i] = data[pos + 1]
+                    pos += 2
+                else:
+                    items[i], pos = dec(data, pos, depth)
+            return tuple(items), pos
+        if tag == T.LIST:
+            return decode_list(data, pos - 1, depth)
+        if tag == T.NIL:
+            return [], pos
+        if tag == T.STRING:
+            n = unpack_u16(data, pos)[0]
+            pos += 2
+            end = pos + n
+            if end > len(data):
+                raise _fail(f"string of {n} bytes runs past the end of the input", pos - 3)
+            if string_as_str:
+                return data[pos:end].decode("latin-1"), end
+            return list(data[pos:end]), end
+        if tag == T.INTEGER:
+            return unpack_i32(data, pos)[0], pos + 4
+        if tag == T.NEW_FLOAT:
+            value = unpack_f64(data, pos)[0]
+            if not isfinite(value):
+                raise _fail("NaN or infinite float", pos - 1)
+            return value, pos + 8
+        if tag == T.MAP:
+            return decode_map(data, pos, depth)
+        if tag == T.SMALL_BIG or tag == T.LARGE_BIG:
+            if tag == T.SMALL_BIG:
+                n = data[pos]
+                pos += 1
+            else:
+                n = unpack_u32(data, pos)[0]
+                pos += 4
+            sign = data[pos]
+            pos += 1
+            end = pos + n
+            if end > len(data):
+                raise _fail(f"integer of {n} bytes runs past the end of the input", pos - 1)
+            if sign > 1:
+                raise _fail(f"bad integer sign byte {sign}", pos - 1)
+            value = int.from_bytes(data[pos:end], "little")
+            return (-value if sign else value), end
+        if tag == T.ATOM_CACHE_REF:
+            value = cached_atom(data[pos], pos - 1)
+            if type(value) is Atom or type(value) is str:
+                found = special.get(value, _MISSING)
+                if found is not _MISSING:
+                    value = found
+                elif atom_as_str:
+                    value = str(value)
+            return value, pos + 1
+        return decode_rare(data, pos, tag, depth)
+
+    def decode_list(data: bytes, start: int, depth: int) -> tuple[Any, int]:
+        depth += 1
+        if depth > max_depth:
+            raise _fail(f"nesting deeper than max_depth={max_depth}", start)
+        items: list[Any] = []
+        pos = start
+        while True:
+            # One LIST_EXT (BEAM writes one per list; others may chain them through the tail).
+            n = unpack_u32(data, pos + 1)[0]
+            pos += 5
+            if n > len(data) - pos:
+                raise _fail(f"list of {n} elements is longer than the input", pos - 5)
+            chunk = [None] * n
+            for i in range(n):
+                if data[pos] == T.SMALL_INTEGER:
+                    chunk[i] = data[pos + 1]
+                    pos += 2
+                else:
+                    chunk[i], pos = dec(data, pos, depth)
+            if items:
+                items.extend(chunk)
+            else:
+                items = chunk
+            tag = data[pos]
+            if tag == T.NIL:
+                pos += 1
+                break
+            if tag == T.LIST:
+                continue
+            tail, pos = dec(data, pos, depth)
+            if type(tail) is list:  # a STRING_EXT or [] tail: still a proper list
+                items.extend(tail)
+                break
+            if not items:
+                return tail, pos
+            return ImproperList(items, tail), pos
+        if string_as_str and items:
+            return list_to_str(items), pos
+        return items, pos
+
+    def decode_map(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        n = unpack_u32(data, pos)[0]
+        pos += 4
+        if 2 * n > len(data) - pos:
+            raise _fail(f"map of {n} pairs is longer than the input", pos - 5)
+        depth += 1
+        if depth > max_depth:
+            raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 5)
+        pairs = [None] * n
+        for i in range(n):
+            key, pos = dec(data, pos, depth)
+            value, pos = dec(data, pos, depth)
+            pairs[i] = (key, value)
+        try:
+            result = dict(pairs)  # type: ignore[arg-type]
+        except TypeError:
+            return Map(pairs), pos  # type: ignore[arg-type]
+        if len(result) != n:  # keys Python merges (1 and 1.0, 1 and true) stay apart
+            return Map(pairs), pos  # type: ignore[arg-type]
+        return result, pos
+
+    def decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]:  # noqa: C901
+        start = pos - 1
+        if tag == T.NEW_PID or tag == T.PID:
+            node, pos = plain_atom(data, pos)
+            if tag == T.NEW_PID:
+                pid_id, serial, creation = unpack_pid(data, pos)
+                return make_pid(node, pid_id, serial, creation), pos + 12
+            pid_id, serial = unpack_u32(data, pos)[0], unpack_u32(data, pos + 4)[0]
+            return make_pid(node, pid_id, serial, data[pos + 8]), pos + 9
+        if tag == T.NEWER_REFERENCE or tag == T.NEW_REFERENCE:
+            n = unpack_u16(data, pos)[0]
+            if not 1 <= n <= 5:
+                raise _fail(f"reference with {n} id words (1 to 5 allowed)", start)
+            node, pos = plain_atom(data, pos + 2)
+            if tag == T.NEWER_REFERENCE:
+                creation = unpack_u32(data, pos)[0]
+                pos += 4
+            else:
+                creation = data[pos]
+                pos += 1
+            ids = struct.unpack_from(f">{n}I", data, pos)
+            return (None if local else Reference(node, creation, ids)), pos + 4 * n
+        if tag == T.REFERENCE:
+            node, pos = plain_atom(data, pos)
+            ref_id = unpack_u32(data, pos)[0]
+            return (None if local else Reference(node, data[pos + 4], (ref_id,))), pos + 5
+        if tag == T.NEW_PORT or tag == T.PORT or tag == T.V4_PORT:
+            node, pos = plain_atom(data, pos)
+            if tag == T.V4_PORT:
+                port_id, creation, pos = unpack_u64(data, pos)[0], unpack_u32(data, pos + 8)[0], pos + 12
+            elif tag == T.NEW_PORT:
+                port_id, creation, pos = unpack_u32(data, pos)[0], unpack_u32(data, pos + 4)[0], pos + 8
+            else:
+                port_id, creation, pos = unpack_u32(data, pos)[0], data[pos + 4], pos + 5
+            return (None if local else Port(node, port_id, creation)), pos
+        if tag == T.BIT_BINARY:
+            n = unpack_u32(data, pos)[0]
+            bits = data[pos + 4]
+            pos += 5
+            end = pos + n
+            if end > len(data):
+                raise _fail(f"bitstring of {n} bytes runs past the end of the input", start)
+            if not 1 <= bits <= 8 or (n == 0 and bits != 8):
+                raise _fail(f"bitstring with {bits} bits in its last byte", start)
+            value = data[pos:end]
+            if bits == 8:
+                return value, end
+            return BitString(value, (n - 1) * 8 + bits), end
+        if tag == T.FLOAT:
+            end = pos + 31
+            if end > len(data):
+                raise _fail("float runs past the end of the input", start)
+            text = data[pos:end].split(b"\0", 1)[0]
+            try:
+                value = float(text.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                raise _fail("malformed FLOAT_EXT text", start) from None
+            if not isfinite(value):
+                raise _fail("NaN or infinite float", start)
+            return value, end
+        if tag == T.EXPORT:
+            module, pos = plain_atom(data, pos)
+            function, pos = plain_atom(data, pos)
+            if data[pos] != T.SMALL_INTEGER:
+                raise _fail("export fun arity is not a small integer", pos)
+            return (None if local else ExportFun(module, function, data[pos + 1])), pos + 2
+        if tag == T.NEW_FUN:
+            size, arity, uniq, index, num_free = _new_fun_head.unpack_from(data, pos)
+            pos += _new_fun_head.size
+            if size > len(data) - start:
+                raise _fail("fun runs past the end of the input", start)
+            return decode_fun_rest(data, pos, start, depth, num_free, arity, uniq, index, size)
+        if tag == T.FUN:
+            num_free = unpack_u32(data, pos)[0]
+            pos += 4
+            pid, pos = dec(data, pos, depth)
+            return decode_fun_rest(data, pos, start, depth, num_free, None, None, None, None, pid)
+        if tag == T.LOCAL:
+            if local:
+                raise _fail("LOCAL_EXT inside LOCAL_EXT", start)
+            if pos + 4 > len(data):
+                raise _fail("LOCAL_EXT runs past the end of the input", start)
+            _, end = _local_decoder(mapping, limits)(data, pos + 4)
+            return LocalTerm(data[start:end]), end
+        if tag == T.COMPRESSED:
+            raise _fail("a compressed term can only be the whole input", start)
+        if tag == T.VERSION:
+            raise _fail("version byte (131) inside a term", start)
+        raise _fail(f"unknown tag {tag}", start)
+
+    def decode_fun_rest(data: bytes, pos: int, start: int, depth: int, num_free: int,
+                        arity: int | None, uniq: bytes | None, index: int | None,
+                        size: int | None, pid: Any = _MISSING) -> tuple[Any, int]:
+        if num_free > len(data) - pos:
+            raise _fail(f"fun with {num_free} free variables is longer than the input", start)
+        depth += 1
+        if depth > max_depth:
+            raise _fail(f"nesting deeper than max_depth={max_depth}", start)
+        module, pos = plain_atom(data, pos)
+        old_index, pos = small_int_field(data, pos)
+        old_uniq, pos = small_int_field(data, pos)
+        if pid is _MISSING:
+            pid, pos = dec(data, pos, depth)
+        if not local and type(pid) is not Pid:
+            raise _fail("the pid field of a fun is not a pid", start)
+        free = [None] * num_free
+        for i in range(num_free):
+            free[i], pos = dec(data, pos, depth)
+        if size is not None and pos - start != size:
+            raise _fail(f"fun size field says {size} bytes, found {pos - start}", start)
+        if local:
+            return None, pos
+        if arity is None:
+            return Fun(module, old_index, old_uniq, pid, tuple(free), None, None, None), pos
+        return Fun(module, old_index, old_uniq, pid, tuple(free), arity, uniq, index), pos
+
+    def decode_top(data: bytes, pos: int) -> tuple[Any, int]:
+        return dec(data, pos, 0)
+
+    return decode_top
+
+
+_local_decoders: dict[tuple[Mapping, Limits], Decoder] = {}
+
+
+def _local_decoder(mapping: Mapping, limits: Limits) -> Decoder:
+    found = _local_decoders.get((mapping, limits))
+    if found is None:
+        found = _local_decoders[(mapping, limits)] = _make_decoder(mapping, limits, local=True)
+    return found
+
+
+def _decoder(mapping: Mapping, limits: Limits, atom_cache: AtomCache | None) -> Decoder:
+    if atom_cache is not None:
+        return _make_decoder(mapping, limits, atom_cache)
+    key = (mapping, limits)
+    found = _decoders.get(key)
+    if found is None:
+        found = _decoders[key] = _make_decoder(mapping, limits)
+    return found
+
+
+def _run(decoder: Decoder, data: bytes, pos: int, compressed: bool = False) -> tuple[Any, int]:
+    try:
+        return decoder(data, pos)
+    except DecodeError as error:
+        if compressed:
+            error.compressed = True
+        raise
+    except (IndexError, struct.error):
+        raise DecodeError("unexpected end of input", len(data), compressed=compressed) from None
+    except RecursionError:
+        raise DecodeError("nesting too deep for the Python stack; lower max_depth", pos,
+                          compressed=compressed) from None
+
+
+def decode_body(data: bytes, offset: int = 0, mapping: Mapping = Mapping.EXACT,
+                limits: Limits = Limits(), atom_cache: AtomCache | None = None) -> tuple[Any, int]:
+    """Decode one term without a version byte at ``offset``; return it and the offset after it."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    return _run(_decoder(mapping, limits, atom_cache), data, offset)
+
+
+def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = Limits(),
+           atom_cache: AtomCache | None = None, used: bool = False) -> Any:
+    if type(data) is not bytes:
+        data = bytes(data)
+    size = len(data)
+    if size > limits.max_size:
+        raise DecodeError(f"input of {size} bytes is over max_size={limits.max_size}", 0)
+    if size == 0:
+        raise DecodeError("empty input", 0)
+    if data[0] != T.VERSION:
+        raise DecodeError(f"not External Term Format: first byte is {data[0]}, not 131", 0)
+    decoder = _decoder(mapping, limits, atom_cache)
+    if size > 1 and data[1] == T.COMPRESSED:
+        inner, consumed = _inflate(data, limits)
+        term, end = _run(decoder, inner, 0, compressed=True)
+        if end != len(inner):
+            raise DecodeError("trailing bytes inside the compressed term", end, compressed=True)
+        end = consumed
+    else:
+        term, end = _run(decoder, data, 1)
+    if used:
+        return term, end
+    if end != size:
+        raise DecodeError(f"{size - end} trailing bytes after the term", end)
+    return term
+
+
+def _inflate(data: bytes, limits: Limits) -> tuple[bytes, int]:
+    if len(data) < 6:
+        raise DecodeError("compressed term header runs past the end of the input", len(data))
+    expected = _u32.unpack_from(data, 2)[0]
+    if expected > limits.max_decompressed_size:
+        raise DecodeError(
+            f"compressed term claims {expected} bytes, over max_decompressed_size="
+            f"{limits.max_decompressed_size}", 2)
+    inflater = zlib.decompressobj()
+    try:
+        inner = inflater.decompress(memoryview(data)[6:], expected + 1)
+    except zlib.error as error:
+        raise DecodeError(f"bad zlib data: {error}", 6) from None
+    if len(inner) != expected or not inflater.eof:
+        raise DecodeError(
+            f"compressed term inflates to {'more' if len(inner) > expected else 'fewer'} bytes "
+            f"than the {expected} its header says", 6)
+    return inner, len(data) - len(inflater.unused_data)
