@@ -27,4 +27,5 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     found = {r.major for r in otp.find_runtimes()}
     missing = REQUIRED_RELEASES - found
     if missing and os.environ.get("CI"):
-        raise pytest.UsageError(f"CI needs OTP releases {sorted(REQUIRED_RELEASES)}; missing {sorted(missing)}")
+        raise pytest.UsageError(
+            f"CI needs OTP releases {sorted(REQUIRED_RELEASES)}; missing {sorted(missing)}")

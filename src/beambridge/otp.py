@@ -12,17 +12,28 @@ service), so it needs to know where ``erl`` lives and which release it is. Two k
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+import selectors
 import shutil
+import struct
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._errors import UsageError
+from ._errors import ConnectionLost, Timeout, UsageError
 
-__all__ = ["Runtime", "build_erlang_app", "erlang_source_dir", "find_runtimes", "default_runtime"]
+__all__ = [
+    "ErlangPort",
+    "Runtime",
+    "build_erlang_app",
+    "default_runtime",
+    "erlang_source_dir",
+    "find_runtimes",
+]
 
 
 class RuntimeNotFound(UsageError):
@@ -176,3 +187,83 @@ def build_erlang_app(app: str, *, extra_paths: tuple[Path, ...] = ()) -> Path:
         if not target.exists() or target.stat().st_mtime < app_src.stat().st_mtime:
             target.write_text(app_src.read_text())
     return ebin
+
+
+class ErlangPort:
+    """A local ``erl`` running ``module:main/0``, which speaks 4-byte length-prefixed packets on
+    its stdin/stdout (``open_port({fd, 0, 1}, [{packet, 4}])``).
+
+    The simplest way to put a real BEAM next to Python without distribution: used to check the
+    codec against BEAM and by the demo. Every exchange has a deadline; ``close()`` stops the
+    process by pid.
+    """
+
+    def __init__(self, module: str, *, runtime: Runtime | None = None,
+                 paths: tuple[Path, ...] = (), timeout: float = 30.0) -> None:
+        self.runtime = runtime or default_runtime()
+        self.timeout = timeout
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the port
+        command = [str(self.runtime.erl), "-noinput", "-boot", "start_clean"]
+        for path in paths:
+            command += ["-pa", str(path)]
+        command += ["-s", module, "main"]
+        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._stderr, env=self.runtime.environ())
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._out = self._proc.stdout.fileno()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._out, selectors.EVENT_READ)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def request(self, payload: bytes, timeout: float | None = None) -> bytes:
+        """Send one packet and return the reply packet."""
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(struct.pack(">I", len(payload)) + payload)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError) as error:
+            raise ConnectionLost(f"erl exited: {self._diagnostics()}") from error
+        deadline = (timeout if timeout is not None else self.timeout)
+        header = self._read_exact(4, deadline)
+        return self._read_exact(struct.unpack(">I", header)[0], deadline)
+
+    def _read_exact(self, size: int, timeout: float) -> bytes:
+        chunks: list[bytes] = []
+        remaining = size
+        while remaining:
+            if not self._selector.select(timeout):
+                raise Timeout(f"erl did not answer within {timeout} s")
+            chunk = os.read(self._out, min(remaining, 1 << 20))
+            if not chunk:
+                raise ConnectionLost(f"erl exited: {self._diagnostics()}")
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _diagnostics(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:].decode("utf-8", "replace").strip() or "no output"
+
+    def close(self) -> None:
+        """Close stdin (the program halts on eof) and make sure the process is gone."""
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+        self._selector.close()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> ErlangPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Callable, Mapping as AbcMapping, Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Mapping as AbcMapping
 from itertools import repeat
 from operator import is_
 from typing import Any
@@ -71,14 +72,14 @@ def _encode_big(n: int) -> bytes:
 
 
 def _encode_float_ext(value: float) -> bytes:
-    return bytes((T.FLOAT,)) + ("%.20e" % value).encode("ascii").ljust(31, b"\0")
+    return bytes((T.FLOAT,)) + f"{value:.20e}".encode("ascii").ljust(31, b"\0")
 
 
 Encoder = Callable[[Any], bytes]
 _encoders: dict[tuple[int, Mapping], Encoder] = {}
 
 
-def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:  # noqa: C901 - one closure on purpose
+def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
     atom_cache: dict[str, bytes] = {}
     pack_u16 = _u16.pack
     pack_u32 = _u32.pack
@@ -245,7 +246,7 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:  # noqa: C90
             except EncodeError as error:
                 raise error.at(("value", key)) from None
 
-    def encode_other(obj: Any, out: list[bytes]) -> None:  # noqa: C901 - a flat type switch
+    def encode_other(obj: Any, out: list[bytes]) -> None:
         t = type(obj)
         if t is Pid:
             out.append(b"X" + atom_bytes(obj.node) + pack_pid(obj.id, obj.serial, obj.creation))
@@ -253,7 +254,7 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:  # noqa: C90
             out.append(b"Z" + pack_u16(len(obj.ids)) + atom_bytes(obj.node) + pack_u32(obj.creation))
             out.append(struct.pack(f">{len(obj.ids)}I", *obj.ids))
         elif t is Port:
-            if obj.id > 0xFFFFFFFF:
+            if obj.v4 or obj.id > 0xFFFFFFFF:
                 out.append(b"x" + atom_bytes(obj.node) + _u64.pack(obj.id) + pack_u32(obj.creation))
             else:
                 out.append(b"Y" + atom_bytes(obj.node) + pack_u32(obj.id) + pack_u32(obj.creation))
@@ -323,7 +324,7 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:  # noqa: C90
         if fun.arity is None:
             out.append(b"u" + pack_u32(len(fun.free_vars)) + rest)
             return
-        head_size = 1 + _new_fun_head.size
+        head_size = _new_fun_head.size  # Size counts itself, not the tag
         assert fun.uniq is not None and fun.index is not None
         out.append(b"p" + _new_fun_head.pack(head_size + len(rest), fun.arity, fun.uniq, fun.index,
                                             len(fun.free_vars)))
@@ -376,7 +377,7 @@ def _fail(reason: str, offset: int) -> DecodeError:
     return DecodeError(reason, offset)
 
 
-def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the fast path
+def _make_decoder(
     mapping: Mapping, limits: Limits, atom_cache: AtomCache | None = None, local: bool = False
 ) -> Decoder:
     unpack_u16 = _u16.unpack_from
@@ -490,7 +491,7 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
                 return items
         return "".join(map(chr, items))
 
-    def dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: C901 - the dispatch
+    def dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         tag = data[pos]
         pos += 1
         if tag == T.SMALL_INTEGER:
@@ -501,13 +502,13 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
             end = pos + n
             if end > len(data):
                 raise _fail(f"binary of {n} bytes runs past the end of the input", pos - 5)
-            value = data[pos:end]
+            raw = data[pos:end]
             if binary_as_str:
                 try:
-                    return value.decode("utf-8"), end
+                    return raw.decode("utf-8"), end
                 except UnicodeDecodeError:
                     pass
-            return value, end
+            return raw, end
         if tag == T.SMALL_ATOM_UTF8 or tag == T.ATOM or tag == T.ATOM_UTF8 or tag == T.SMALL_ATOM:
             return atom_at(data, pos, tag)
         if tag == T.SMALL_TUPLE or tag == T.LARGE_TUPLE:
@@ -522,7 +523,7 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
             depth += 1
             if depth > max_depth:
                 raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 1)
-            items = [None] * n
+            items: list[Any] = [None] * n
             for i in range(n):
                 if data[pos] == T.SMALL_INTEGER:
                     items[i] = data[pos + 1]
@@ -566,8 +567,8 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
                 raise _fail(f"integer of {n} bytes runs past the end of the input", pos - 1)
             if sign > 1:
                 raise _fail(f"bad integer sign byte {sign}", pos - 1)
-            value = int.from_bytes(data[pos:end], "little")
-            return (-value if sign else value), end
+            number = int.from_bytes(data[pos:end], "little")
+            return (-number if sign else number), end
         if tag == T.ATOM_CACHE_REF:
             value = cached_atom(data[pos], pos - 1)
             if type(value) is Atom or type(value) is str:
@@ -591,7 +592,7 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
             pos += 5
             if n > len(data) - pos:
                 raise _fail(f"list of {n} elements is longer than the input", pos - 5)
-            chunk = [None] * n
+            chunk: list[Any] = [None] * n
             for i in range(n):
                 if data[pos] == T.SMALL_INTEGER:
                     chunk[i] = data[pos + 1]
@@ -627,20 +628,20 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
         depth += 1
         if depth > max_depth:
             raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 5)
-        pairs = [None] * n
+        pairs: list[Any] = [None] * n
         for i in range(n):
             key, pos = dec(data, pos, depth)
             value, pos = dec(data, pos, depth)
             pairs[i] = (key, value)
         try:
-            result = dict(pairs)  # type: ignore[arg-type]
+            result: dict[Any, Any] = dict(pairs)
         except TypeError:
-            return Map(pairs), pos  # type: ignore[arg-type]
+            return Map(pairs), pos
         if len(result) != n:  # keys Python merges (1 and 1.0, 1 and true) stay apart
-            return Map(pairs), pos  # type: ignore[arg-type]
+            return Map(pairs), pos
         return result, pos
 
-    def decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]:  # noqa: C901
+    def decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]:
         start = pos - 1
         if tag == T.NEW_PID or tag == T.PID:
             node, pos = plain_atom(data, pos)
@@ -674,7 +675,7 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
                 port_id, creation, pos = unpack_u32(data, pos)[0], unpack_u32(data, pos + 4)[0], pos + 8
             else:
                 port_id, creation, pos = unpack_u32(data, pos)[0], data[pos + 4], pos + 5
-            return (None if local else Port(node, port_id, creation)), pos
+            return (None if local else Port(node, port_id, creation, tag == T.V4_PORT)), pos
         if tag == T.BIT_BINARY:
             n = unpack_u32(data, pos)[0]
             bits = data[pos + 4]
@@ -684,22 +685,22 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
                 raise _fail(f"bitstring of {n} bytes runs past the end of the input", start)
             if not 1 <= bits <= 8 or (n == 0 and bits != 8):
                 raise _fail(f"bitstring with {bits} bits in its last byte", start)
-            value = data[pos:end]
+            raw = data[pos:end]
             if bits == 8:
-                return value, end
-            return BitString(value, (n - 1) * 8 + bits), end
+                return raw, end
+            return BitString(raw, (n - 1) * 8 + bits), end
         if tag == T.FLOAT:
             end = pos + 31
             if end > len(data):
                 raise _fail("float runs past the end of the input", start)
             text = data[pos:end].split(b"\0", 1)[0]
             try:
-                value = float(text.decode("ascii"))
+                number = float(text.decode("ascii"))
             except (UnicodeDecodeError, ValueError):
                 raise _fail("malformed FLOAT_EXT text", start) from None
-            if not isfinite(value):
+            if not isfinite(number):
                 raise _fail("NaN or infinite float", start)
-            return value, end
+            return number, end
         if tag == T.EXPORT:
             module, pos = plain_atom(data, pos)
             function, pos = plain_atom(data, pos)
@@ -745,11 +746,11 @@ def _make_decoder(  # noqa: C901 - one closure on purpose: local names are the f
             pid, pos = dec(data, pos, depth)
         if not local and type(pid) is not Pid:
             raise _fail("the pid field of a fun is not a pid", start)
-        free = [None] * num_free
+        free: list[Any] = [None] * num_free
         for i in range(num_free):
             free[i], pos = dec(data, pos, depth)
-        if size is not None and pos - start != size:
-            raise _fail(f"fun size field says {size} bytes, found {pos - start}", start)
+        if size is not None and pos - start - 1 != size:  # Size counts itself, not the tag
+            raise _fail(f"fun size field says {size} bytes, found {pos - start - 1}", start)
         if local:
             return None, pos
         if arity is None:
@@ -796,15 +797,18 @@ def _run(decoder: Decoder, data: bytes, pos: int, compressed: bool = False) -> t
                           compressed=compressed) from None
 
 
+_LIMITS = Limits()
+
+
 def decode_body(data: bytes, offset: int = 0, mapping: Mapping = Mapping.EXACT,
-                limits: Limits = Limits(), atom_cache: AtomCache | None = None) -> tuple[Any, int]:
+                limits: Limits = _LIMITS, atom_cache: AtomCache | None = None) -> tuple[Any, int]:
     """Decode one term without a version byte at ``offset``; return it and the offset after it."""
     if type(data) is not bytes:
         data = bytes(data)
     return _run(_decoder(mapping, limits, atom_cache), data, offset)
 
 
-def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = Limits(),
+def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = _LIMITS,
            atom_cache: AtomCache | None = None, used: bool = False) -> Any:
     if type(data) is not bytes:
         data = bytes(data)

@@ -8,7 +8,7 @@ tuples, lists and maps (``dict``) use Python's own types; see ``beambridge.term`
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -80,11 +80,17 @@ class Pid:
 
 @dataclass(frozen=True, slots=True)
 class Port:
-    """An Erlang port identifier (64-bit id since OTP 24)."""
+    """An Erlang port identifier (64-bit id since OTP 24).
+
+    ``v4`` is only the wire form to write: OTP 26+ always writes ``V4_PORT_EXT``, OTP 25 writes
+    ``NEW_PORT_EXT`` for 32-bit ids; a decoded port keeps the form it came in, so it re-encodes to
+    the same bytes. It takes no part in equality.
+    """
 
     node: Atom
     id: int
     creation: int = 0
+    v4: bool = field(default=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_node(self.node)
@@ -175,7 +181,7 @@ class BitString:
     low bits are cleared, as BEAM does. Whole-byte bitstrings are binaries, i.e. ``bytes``.
     """
 
-    __slots__ = ("_data", "_bit_size")
+    __slots__ = ("_bit_size", "_data")
 
     def __init__(self, data: bytes, bit_size: int) -> None:
         if type(data) is not bytes:
