@@ -554,6 +554,7 @@ def _make_decoder(
         if tag == T.MAP:
             return decode_map(data, pos, depth)
         if tag == T.SMALL_BIG or tag == T.LARGE_BIG:
+            start = pos - 1
             if tag == T.SMALL_BIG:
                 n = data[pos]
                 pos += 1
@@ -564,9 +565,9 @@ def _make_decoder(
             pos += 1
             end = pos + n
             if end > len(data):
-                raise _fail(f"integer of {n} bytes runs past the end of the input", pos - 1)
+                raise _fail(f"integer of {n} bytes runs past the end of the input", start)
             if sign > 1:
-                raise _fail(f"bad integer sign byte {sign}", pos - 1)
+                raise _fail(f"bad integer sign byte {sign}", start)
             number = int.from_bytes(data[pos:end], "little")
             return (-number if sign else number), end
         if tag == T.ATOM_CACHE_REF:
