@@ -40,9 +40,10 @@ lint: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
 
+## Codec benchmark against BEAM and the PyPI peers (bench/README.md); BENCH_ARGS="--quick" etc.
 bench: setup
-	$(PY) -m pip install -q -e '.[bench]' || true
-	$(PY) bench/run.py
+	$(PY) bench/run.py --install-peers
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) _build .pytest_cache .mypy_cache .ruff_cache .hypothesis
