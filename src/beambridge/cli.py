@@ -1,0 +1,64 @@
+"""The ``beambridge`` command line.
+
+Subcommands come from the layers that own them: each provides ``add_parser(subparsers)``, whose
+parsers ``set_defaults(handler=fn)`` with ``fn(args) -> int``. Exit codes: 0 ok,
+1 the operation failed (remote error, bad input), 2 usage error, 3 could not connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+_COMMAND_MODULES = ("beambridge.node._cli", "beambridge.compute._cli")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.codec:
+        from . import _demo
+
+        return _demo.run()
+    try:
+        compute_demo = importlib.import_module("beambridge.compute.demo")
+    except ImportError:
+        from . import _demo
+
+        return _demo.run()
+    return int(compute_demo.run())
+
+
+def _layers() -> list[ModuleType]:
+    found = []
+    for name in _COMMAND_MODULES:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beambridge", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the main demonstration on a local Erlang")
+    demo.add_argument("--codec", action="store_true",
+                      help="only the codec round trip through a local BEAM")
+    demo.set_defaults(handler=_demo)
+    for layer in _layers():
+        layer.add_parser(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.error(f"{args.command}: no handler (its parser must set_defaults(handler=...))")
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
