@@ -1,0 +1,591 @@
+"""One distribution connection as a sans-IO state machine: handshake, framing, ticks, headers.
+
+Bytes go in with ``receive_data()``, events come out of ``next_event()``, and bytes to write come
+from ``data_to_send()`` (handshake steps) or ``send()``/``tick()`` (once connected). The caller
+owns the socket, the clock and the decisions the handshake leaves to the node (which status to
+answer a name with, what to say when asked whether an old connection is ``alive``).
+
+Handshake (version 6, OTP 23+), from either side, with the statuses ``ok``, ``ok_simultaneous``,
+``nok``, ``not_allowed``, ``alive`` and ``named:`` (the last is refused: beambridge always has a
+name). After it, 4-byte framed packets: ticks (empty), and messages with a distribution header
+(atom cache references, fragments) or in the pass-through form peers without the header use.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import logging
+import secrets
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import DecodeError
+from ..term import Atom, Limits, Mapping, binary_to_term, decode_body, encode_body, term_to_binary
+from ._control import NO_PAYLOAD, ControlMessage, decode_control, has_payload
+from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
+from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
+
+__all__ = [
+    "NEED_DATA",
+    "Connected",
+    "Connection",
+    "ConnectionClosed",
+    "NameReceived",
+    "Role",
+    "State",
+    "StatusReceived",
+    "Tick",
+    "digest",
+]
+
+log = logging.getLogger("beambridge.dist")
+
+#: Atoms in control tuples stay atoms (no true/false/undefined mapping).
+_CONTROL_MAPPING = Mapping(bool_atoms=False, none_atom=None)
+_TICK = b"\x00\x00\x00\x00"
+_ATOM_CACHE_SIZE = 2048
+_MAX_PARTIAL_SEQUENCES = 4096
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"
+    ACCEPTOR = "acceptor"
+
+
+class State(enum.Enum):
+    IDLE = "idle"                            # initiator before start()
+    AWAIT_NAME = "await_name"                # acceptor
+    AWAIT_STATUS_DECISION = "await_status_decision"  # acceptor: node must call accept_name()
+    AWAIT_ALIVE_REPLY = "await_alive_reply"  # acceptor sent 'alive'
+    AWAIT_COMPLEMENT = "await_complement"    # acceptor, peer used the old 'n' name message
+    AWAIT_REPLY = "await_reply"              # acceptor sent its challenge
+    AWAIT_STATUS = "await_status"            # initiator sent its name
+    AWAIT_ALIVE_DECISION = "await_alive_decision"  # initiator: node must call answer_alive()
+    AWAIT_CHALLENGE = "await_challenge"      # initiator
+    AWAIT_ACK = "await_ack"                  # initiator sent its challenge reply
+    CONNECTED = "connected"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: ``next_event()`` returns this when it needs more bytes.
+NEED_DATA: Any = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class NameReceived:
+    """Acceptor: a peer named itself; answer with ``accept_name(status)``."""
+
+    name: str
+    flags: int
+    creation: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReceived:
+    """Initiator: the peer's status. For ``alive``, answer with ``answer_alive()``."""
+
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The handshake succeeded; ``flags`` are the peer's."""
+
+    name: str
+    flags: int
+    creation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """An empty keep-alive packet."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the connection."""
+
+
+def digest(challenge: int, cookie: bytes) -> bytes:
+    """The handshake answer: MD5 of the cookie followed by the challenge in decimal."""
+    return hashlib.md5(cookie + str(challenge).encode("ascii")).digest()
+
+
+@dataclass(slots=True)
+class _Partial:
+    refs: list[Atom]
+    next_id: int
+    chunks: list[bytes]
+    size: int
+
+
+_STATUSES_ACCEPTOR = ("ok", "ok_simultaneous", "nok", "not_allowed", "alive")
+
+
+class Connection:
+    """The protocol state of one connection; see the module docstring.
+
+    ``max_frame_size`` bounds one packet and ``max_message_size`` a reassembled fragmented
+    message (both refused before the bytes are buffered); ``fragment_size`` is the largest body
+    sent in one packet to a peer that accepts fragments.
+    """
+
+    def __init__(self, role: Role, *, this_node: str, cookie: str | bytes, creation: int,
+                 flags: int = DEFAULT_FLAGS, peer_node: str | None = None,
+                 mapping: Mapping | None = None, limits: Limits | None = None,
+                 max_frame_size: int = 1 << 30, max_message_size: int = 1 << 30,
+                 fragment_size: int = 1 << 20) -> None:
+        if "@" not in this_node:
+            raise LocalProtocolError(f"node names look like name@host, not {this_node!r}")
+        if role is Role.INITIATOR and (peer_node is None or "@" not in peer_node):
+            raise LocalProtocolError("an initiator needs the peer's full node name")
+        self.role = role
+        self.this_node = this_node
+        self._cookie = cookie.encode("utf-8") if isinstance(cookie, str) else bytes(cookie)
+        self.creation = creation
+        self.flags = int(flags)
+        self.peer_node = peer_node
+        self.peer_flags = 0
+        self.peer_creation = 0
+        self.mapping = mapping or Mapping.EXACT
+        self.limits = limits
+        self.max_frame_size = max_frame_size
+        self.max_message_size = max_message_size
+        self.fragment_size = max(fragment_size, 64)
+        self._state = State.IDLE if role is Role.INITIATOR else State.AWAIT_NAME
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._out: list[bytes] = []
+        self._events: deque[Any] = deque()
+        self._our_challenge = 0
+        self._peer_v5 = False
+        self._atom_cache: list[Atom | None] = [None] * _ATOM_CACHE_SIZE
+        self._partials: dict[int, _Partial] = {}
+        self._sequence = 0
+        self._use_header = False
+        self._use_fragments = False
+
+    # ---------------------------------------------------------------- state and output
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def data_to_send(self) -> bytes:
+        """Bytes the handshake produced since the last call (write them out in order)."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _check_state(self, *allowed: State) -> None:
+        if self._state not in allowed:
+            raise LocalProtocolError(f"not possible in state {self._state.value}")
+
+    def _fail(self) -> None:
+        self._state = State.ERROR
+
+    def _hs_send(self, payload: bytes) -> None:
+        self._out.append(struct.pack(">H", len(payload)) + payload)
+
+    # ---------------------------------------------------------------- handshake, our side
+
+    def start(self) -> bytes:
+        """Initiator: the name message that opens the handshake."""
+        self._check_state(State.IDLE)
+        name = self.this_node.encode("utf-8")
+        self._hs_send(b"N" + struct.pack(">QIH", self.flags, self.creation, len(name)) + name)
+        self._state = State.AWAIT_STATUS
+        return self.data_to_send()
+
+    def accept_name(self, status: str) -> bytes:
+        """Acceptor: answer the peer's name with a status.
+
+        ``ok``/``ok_simultaneous`` go on to the challenge; ``nok``/``not_allowed`` end the
+        handshake; ``alive`` asks the peer whether to replace the connection we still have.
+        """
+        self._check_state(State.AWAIT_STATUS_DECISION)
+        if status not in _STATUSES_ACCEPTOR:
+            raise LocalProtocolError(f"status must be one of {_STATUSES_ACCEPTOR}, not {status!r}")
+        self._hs_send(b"s" + status.encode("ascii"))
+        if status in ("nok", "not_allowed"):
+            self._state = State.CLOSED
+        elif status == "alive":
+            self._state = State.AWAIT_ALIVE_REPLY
+        else:
+            self._after_status()
+        return self.data_to_send()
+
+    def answer_alive(self, keep: bool) -> bytes:
+        """Initiator: after ``alive``, ``True`` replaces the old connection, ``False`` gives up."""
+        self._check_state(State.AWAIT_ALIVE_DECISION)
+        self._hs_send(b"strue" if keep else b"sfalse")
+        self._state = State.AWAIT_CHALLENGE if keep else State.CLOSED
+        return self.data_to_send()
+
+    def _after_status(self) -> None:
+        if self._peer_v5:
+            self._state = State.AWAIT_COMPLEMENT
+        self._send_challenge()
+        if not self._peer_v5:
+            self._state = State.AWAIT_REPLY
+
+    def _send_challenge(self) -> None:
+        self._our_challenge = secrets.randbits(32)
+        name = self.this_node.encode("utf-8")
+        self._hs_send(b"N" + struct.pack(">QIIH", self.flags, self._our_challenge, self.creation,
+                                         len(name)) + name)
+
+    # ---------------------------------------------------------------- input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes read from the socket; ``b""`` means the peer closed its side."""
+        if self._state is State.ERROR:
+            raise LocalProtocolError("the connection is in its ERROR state")
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("data after end of input")
+        self._buf += data
+
+    def _take_frame(self, header: int) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < header:
+            return None
+        size = int.from_bytes(buf[pos:pos + header], "big")
+        if size > self.max_frame_size:
+            raise RemoteProtocolError(f"packet of {size} bytes exceeds max_frame_size {self.max_frame_size}")
+        end = pos + header + size
+        if avail < header + size:
+            return None
+        with memoryview(buf) as view:
+            frame = bytes(view[pos + header:end])
+        if end == len(buf):
+            self._buf = bytearray()
+            self._pos = 0
+        elif end > (1 << 16) and end * 2 > len(buf):
+            del buf[:end]
+            self._pos = 0
+        else:
+            self._pos = end
+        return frame
+
+    def next_event(self) -> Any:
+        """The next event, or ``NEED_DATA``. Raises ``RemoteProtocolError``/``HandshakeFailed``
+        (and enters the ERROR state) when the peer breaks the protocol or refuses us."""
+        if self._state is State.ERROR:
+            raise LocalProtocolError("the connection is in its ERROR state")
+        try:
+            while not self._events:
+                if self._state in (State.AWAIT_STATUS_DECISION, State.AWAIT_ALIVE_DECISION, State.IDLE):
+                    return NEED_DATA
+                if self._state is State.CLOSED:
+                    return ConnectionClosed()
+                connected = self._state is State.CONNECTED
+                frame = self._take_frame(4 if connected else 2)
+                if frame is None:
+                    if not self._eof:
+                        return NEED_DATA
+                    return self._on_eof()
+                if connected:
+                    self._on_packet(frame)
+                else:
+                    self._on_handshake(frame)
+            return self._events.popleft()
+        except (RemoteProtocolError, HandshakeFailed):
+            self._fail()
+            raise
+        except DecodeError as error:
+            self._fail()
+            raise RemoteProtocolError(f"malformed term from peer: {error}") from error
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as error:
+            self._fail()
+            raise RemoteProtocolError(f"malformed packet from peer: {error}") from error
+
+    def _on_eof(self) -> Any:
+        leftover = len(self._buf) - self._pos
+        if self._state is State.CONNECTED:
+            self._state = State.CLOSED
+            if leftover:
+                log.debug("peer %s closed with %d bytes of a partial packet", self.peer_node, leftover)
+            return ConnectionClosed()
+        hint = " (the cookies probably differ)" if self._state is State.AWAIT_ACK else ""
+        state = self._state.value
+        self._fail()
+        raise HandshakeFailed("closed", f"peer closed the connection during the handshake ({state}){hint}")
+
+    # ---------------------------------------------------------------- handshake, peer's side
+
+    def _on_handshake(self, msg: bytes) -> None:
+        if not msg:
+            raise RemoteProtocolError("empty handshake message")
+        tag = msg[:1]
+        state = self._state
+        if state is State.AWAIT_NAME:
+            self._on_name(tag, msg)
+        elif state is State.AWAIT_STATUS and tag == b"s":
+            self._on_status(msg[1:])
+        elif state is State.AWAIT_ALIVE_REPLY and tag == b"s":
+            answer = msg[1:]
+            if answer == b"true":
+                self._after_status()
+            elif answer == b"false":
+                self._state = State.CLOSED
+                raise HandshakeFailed("alive", "the peer kept its old connection")
+            else:
+                raise RemoteProtocolError(f"bad answer to 'alive': {answer!r}")
+        elif state is State.AWAIT_COMPLEMENT and tag == b"c":
+            flags_high, creation = struct.unpack(">II", msg[1:9])
+            self.peer_flags |= flags_high << 32
+            self.peer_creation = creation
+            self._state = State.AWAIT_REPLY
+        elif state is State.AWAIT_CHALLENGE and tag == b"N":
+            self._on_challenge(msg)
+        elif state is State.AWAIT_REPLY and tag == b"r":
+            self._on_reply(msg)
+        elif state is State.AWAIT_ACK and tag == b"a":
+            if len(msg) != 17:
+                raise RemoteProtocolError("challenge ack must carry a 16-byte digest")
+            if not hmac.compare_digest(msg[1:], digest(self._our_challenge, self._cookie)):
+                raise BadCookie(f"{self.peer_node} answered our challenge with a different cookie")
+            self._connected()
+        else:
+            raise RemoteProtocolError(f"unexpected handshake message {tag!r} in state {state.value}")
+
+    def _on_name(self, tag: bytes, msg: bytes) -> None:
+        if tag == b"N":
+            flags, creation, nlen = struct.unpack(">QIH", msg[1:15])
+            name = msg[15:15 + nlen]
+            if len(name) != nlen:
+                raise RemoteProtocolError("truncated name in handshake")
+        elif tag == b"n":
+            _version, flags = struct.unpack(">HI", msg[1:7])
+            name, creation = msg[7:], 0
+            self._peer_v5 = True
+        else:
+            raise RemoteProtocolError(f"expected a name message, got {tag!r}")
+        text = name.decode("utf-8")
+        if "@" not in text:
+            raise HandshakeFailed("not_allowed", f"peer asked for a dynamic name ({text!r}); not offered")
+        missing = missing_mandatory(flags)
+        if missing:
+            raise HandshakeFailed("not_allowed", f"{text} lacks mandatory flags {missing!r}")
+        self.peer_node, self.peer_flags, self.peer_creation = text, flags, creation
+        self._state = State.AWAIT_STATUS_DECISION
+        self._events.append(NameReceived(text, flags, creation))
+
+    def _on_status(self, status_bytes: bytes) -> None:
+        if status_bytes.startswith(b"named:"):
+            raise RemoteProtocolError("peer assigned us a dynamic name we did not ask for")
+        status = status_bytes.decode("ascii", "replace")
+        if status in ("ok", "ok_simultaneous"):
+            self._state = State.AWAIT_CHALLENGE
+        elif status == "alive":
+            self._state = State.AWAIT_ALIVE_DECISION
+        elif status in ("nok", "not_allowed"):
+            self._state = State.CLOSED
+            raise HandshakeFailed(status, f"{self.peer_node} answered {status}")
+        else:
+            raise RemoteProtocolError(f"unknown handshake status {status!r}")
+        self._events.append(StatusReceived(status))
+
+    def _on_challenge(self, msg: bytes) -> None:
+        flags, challenge, creation, nlen = struct.unpack(">QIIH", msg[1:19])
+        name = msg[19:19 + nlen].decode("utf-8")
+        if len(msg) < 19 + nlen:
+            raise RemoteProtocolError("truncated challenge")
+        if name != self.peer_node:
+            raise RemoteProtocolError(f"connected to {self.peer_node} but {name} answered")
+        missing = missing_mandatory(flags)
+        if missing:
+            raise HandshakeFailed("not_allowed", f"{name} lacks mandatory flags {missing!r}")
+        self.peer_flags, self.peer_creation = flags, creation
+        self._our_challenge = secrets.randbits(32)
+        self._hs_send(b"r" + struct.pack(">I", self._our_challenge) + digest(challenge, self._cookie))
+        self._state = State.AWAIT_ACK
+
+    def _on_reply(self, msg: bytes) -> None:
+        if len(msg) != 21:
+            raise RemoteProtocolError("challenge reply must be 21 bytes")
+        (challenge,) = struct.unpack(">I", msg[1:5])
+        if not hmac.compare_digest(msg[5:], digest(self._our_challenge, self._cookie)):
+            raise BadCookie(f"{self.peer_node} answered our challenge with a different cookie")
+        self._hs_send(b"a" + digest(challenge, self._cookie))
+        self._connected()
+
+    def _connected(self) -> None:
+        self._state = State.CONNECTED
+        common = self.flags & self.peer_flags
+        self._use_header = bool(common & Flag.DIST_HDR_ATOM_CACHE)
+        self._use_fragments = self._use_header and bool(common & Flag.FRAGMENTS)
+        assert self.peer_node is not None
+        self._events.append(Connected(self.peer_node, self.peer_flags, self.peer_creation))
+
+    # ---------------------------------------------------------------- connected: input
+
+    def _on_packet(self, frame: bytes) -> None:
+        if not frame:
+            self._events.append(Tick())
+            return
+        kind = frame[0]
+        if kind == 112:  # pass-through: two whole terms, each with its version byte
+            control, used = binary_to_term(memoryview(frame)[1:], mapping=_CONTROL_MAPPING,
+                                           limits=self.limits, used=True)
+            payload = NO_PAYLOAD
+            if has_payload(control):
+                payload = binary_to_term(memoryview(frame)[1 + used:], mapping=self.mapping,
+                                         limits=self.limits)
+            elif 1 + used != len(frame):
+                raise RemoteProtocolError("trailing bytes after a control message")
+            self._events.append(decode_control(control, payload))
+            return
+        if kind != 131 or len(frame) < 2:
+            raise RemoteProtocolError(f"packet starts with {frame[:2]!r}, not a distribution header")
+        sub = frame[1]
+        if sub == 68:  # 'D'
+            refs, offset = self._atom_refs(frame, 2)
+            self._events.append(self._decode_message(frame, offset, refs))
+        elif sub == 69:  # 'E' first fragment
+            sequence, fragment = struct.unpack_from(">QQ", frame, 2)
+            refs, offset = self._atom_refs(frame, 18)
+            if fragment == 1:
+                self._events.append(self._decode_message(frame, offset, refs))
+                return
+            if sequence in self._partials:
+                raise RemoteProtocolError(f"fragment sequence {sequence} started twice")
+            if len(self._partials) >= _MAX_PARTIAL_SEQUENCES:
+                raise RemoteProtocolError("too many fragmented messages in flight")
+            chunk = frame[offset:]
+            self._partials[sequence] = _Partial(refs, fragment - 1, [chunk], len(chunk))
+        elif sub == 70:  # 'F' following fragment
+            sequence, fragment = struct.unpack_from(">QQ", frame, 2)
+            partial = self._partials.get(sequence)
+            if partial is None or fragment != partial.next_id:
+                raise RemoteProtocolError(f"unexpected fragment {fragment} of sequence {sequence}")
+            chunk = frame[18:]
+            partial.size += len(chunk)
+            if partial.size > self.max_message_size:
+                raise RemoteProtocolError(
+                    f"fragmented message exceeds max_message_size {self.max_message_size}")
+            partial.chunks.append(chunk)
+            partial.next_id -= 1
+            if fragment == 1:
+                del self._partials[sequence]
+                data = b"".join(partial.chunks)
+                partial.chunks.clear()
+                self._events.append(self._decode_message(data, 0, partial.refs))
+        else:
+            raise RemoteProtocolError(f"unknown distribution header kind {sub}")
+
+    def _atom_refs(self, frame: bytes, offset: int) -> tuple[list[Atom], int]:
+        count = frame[offset]
+        offset += 1
+        if count == 0:
+            return [], offset
+        flag_len = count // 2 + 1
+        flags = frame[offset:offset + flag_len]
+        if len(flags) != flag_len:
+            raise RemoteProtocolError("truncated atom cache flags")
+        offset += flag_len
+
+        def nibble(i: int) -> int:
+            byte = flags[i >> 1]
+            return (byte >> 4) if i & 1 else (byte & 0x0F)
+
+        long_atoms = nibble(count) & 1
+        refs: list[Atom] = []
+        cache = self._atom_cache
+        for i in range(count):
+            flag = nibble(i)
+            index = ((flag & 7) << 8) | frame[offset]
+            offset += 1
+            if flag & 8:
+                if long_atoms:
+                    (length,) = struct.unpack_from(">H", frame, offset)
+                    offset += 2
+                else:
+                    length = frame[offset]
+                    offset += 1
+                text = frame[offset:offset + length]
+                if len(text) != length:
+                    raise RemoteProtocolError("truncated atom in the atom cache header")
+                offset += length
+                atom = Atom(text.decode("utf-8"))
+                cache[index] = atom
+            else:
+                cached = cache[index]
+                if cached is None:
+                    raise RemoteProtocolError(f"reference to empty atom cache slot {index}")
+                atom = cached
+            refs.append(atom)
+        return refs, offset
+
+    def _decode_message(self, data: bytes, offset: int, refs: list[Atom]) -> ControlMessage:
+        control, end = decode_body(data, offset, mapping=_CONTROL_MAPPING, limits=self.limits,
+                                   atom_cache=refs)
+        payload = NO_PAYLOAD
+        if has_payload(control):
+            payload, end = decode_body(data, end, mapping=self.mapping, limits=self.limits,
+                                       atom_cache=refs)
+        if end != len(data):
+            raise RemoteProtocolError(f"{len(data) - end} trailing bytes after a message")
+        return decode_control(control, payload)
+
+    # ---------------------------------------------------------------- connected: output
+
+    def send(self, message: ControlMessage, *, mapping: Mapping | None = None) -> bytes:
+        """The bytes that carry ``message`` (several packets when it is fragmented).
+
+        An ``EncodeError`` (a value with no Erlang form) leaves the connection untouched.
+        """
+        self._check_state(State.CONNECTED)
+        control, payload = message.to_wire(self.peer_flags)
+        chosen = mapping or self.mapping
+        if not self._use_header:
+            parts = [b"p", term_to_binary(control, mapping=_CONTROL_MAPPING)]
+            if payload is not NO_PAYLOAD:
+                parts.append(term_to_binary(payload, mapping=chosen))
+            size = sum(map(len, parts))
+            return b"".join([struct.pack(">I", size), *parts])
+        body = encode_body(control, mapping=_CONTROL_MAPPING)
+        if payload is not NO_PAYLOAD:
+            body += encode_body(payload, mapping=chosen)
+        if self._use_fragments and len(body) > self.fragment_size:
+            return self._fragmented(body)
+        return struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body
+
+    def _fragmented(self, body: bytes) -> bytes:
+        self._sequence += 1
+        step = self.fragment_size
+        count = (len(body) + step - 1) // step
+        out: list[bytes | memoryview] = []
+        view = memoryview(body)
+        for i in range(count):
+            chunk = view[i * step:(i + 1) * step]
+            fragment_id = count - i
+            if i == 0:
+                head = b"\x83E" + struct.pack(">QQ", self._sequence, fragment_id) + b"\x00"
+            else:
+                head = b"\x83F" + struct.pack(">QQ", self._sequence, fragment_id)
+            out.append(struct.pack(">I", len(head) + len(chunk)) + head)
+            out.append(chunk)
+        return b"".join(out)
+
+    def tick(self) -> bytes:
+        """A keep-alive packet (send one when nothing else was sent for a tick interval)."""
+        self._check_state(State.CONNECTED)
+        return _TICK

@@ -1,0 +1,474 @@
+"""Control messages of the distribution protocol, as frozen slotted dataclasses.
+
+Each class validates its fields when built and knows its wire form (``to_wire``), which depends
+on the peer's flags (``EXIT_PAYLOAD`` moves exit reasons into the payload, ``SEND_SENDER`` names
+the sender). Trace-token variants decode into the same classes with ``trace_token`` set; the
+token is kept but beambridge does not trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..term import Atom, Pid, Reference
+from ._errors import RemoteProtocolError
+from ._flags import Flag
+
+__all__ = [
+    "NO_PAYLOAD",
+    "AliasSend",
+    "ControlMessage",
+    "DemonitorP",
+    "Exit",
+    "Exit2",
+    "GroupLeader",
+    "Link",
+    "MonitorP",
+    "MonitorPExit",
+    "NodeLink",
+    "RegSend",
+    "Send",
+    "SendSender",
+    "SpawnReply",
+    "SpawnRequest",
+    "Unlink",
+    "UnlinkId",
+    "UnlinkIdAck",
+    "decode_control",
+]
+
+_UNUSED = Atom("")
+
+
+class _NoPayload:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_PAYLOAD"
+
+
+#: Marks a control message that carries no message term after it.
+NO_PAYLOAD: Any = _NoPayload()
+
+
+def _pid(value: Any, what: str) -> None:
+    if not isinstance(value, Pid):
+        raise TypeError(f"{what} must be a Pid, not {value!r}")
+
+
+def _proc(value: Any, what: str) -> None:
+    if not isinstance(value, (Pid, Atom)):
+        raise TypeError(f"{what} must be a Pid or an Atom (registered name), not {value!r}")
+
+
+def _ref(value: Any, what: str) -> None:
+    if not isinstance(value, Reference):
+        raise TypeError(f"{what} must be a Reference, not {value!r}")
+
+
+class ControlMessage:
+    """Base of every control message."""
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:  # pragma: no cover - abstract
+        """``(control tuple, payload or NO_PAYLOAD)`` for a peer with ``flags``."""
+        raise NotImplementedError
+
+
+def _tt(base: tuple[Any, ...], token: Any, tag_tt: int) -> tuple[Any, ...]:
+    if token is None:
+        return base
+    return (tag_tt, *base[1:], token)
+
+
+@dataclass(frozen=True, slots=True)
+class Link(ControlMessage):
+    from_pid: Pid
+    to_pid: Pid
+    TAG: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (1, self.from_pid, self.to_pid), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class Send(ControlMessage):
+    """A message to a pid. Sent as ``SEND_SENDER`` (naming ``from_pid``) when the peer can."""
+
+    to_pid: Pid
+    message: Any
+    from_pid: Pid | None = None
+    trace_token: Any = None
+    TAG: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        _pid(self.to_pid, "to_pid")
+        if self.from_pid is not None:
+            _pid(self.from_pid, "from_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        if self.from_pid is not None and flags & Flag.SEND_SENDER:
+            ctrl: tuple[Any, ...] = (22, self.from_pid, self.to_pid)
+            return _tt(ctrl, self.trace_token, 23), self.message
+        return _tt((2, _UNUSED, self.to_pid), self.trace_token, 12), self.message
+
+
+@dataclass(frozen=True, slots=True)
+class SendSender(ControlMessage):
+    """``SEND_SENDER`` as received; ``Send`` with ``from_pid`` is what to build for sending."""
+
+    from_pid: Pid
+    to_pid: Pid
+    message: Any
+    trace_token: Any = None
+    TAG: ClassVar[int] = 22
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return _tt((22, self.from_pid, self.to_pid), self.trace_token, 23), self.message
+
+
+@dataclass(frozen=True, slots=True)
+class RegSend(ControlMessage):
+    """A message to a name registered on the receiving node."""
+
+    from_pid: Pid
+    to_name: Atom
+    message: Any
+    trace_token: Any = None
+    TAG: ClassVar[int] = 6
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        if not isinstance(self.to_name, Atom):
+            raise TypeError(f"to_name must be an Atom, not {self.to_name!r}")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return _tt((6, self.from_pid, _UNUSED, self.to_name), self.trace_token, 16), self.message
+
+
+@dataclass(frozen=True, slots=True)
+class Exit(ControlMessage):
+    """A linked process ended (``EXIT``; ``PAYLOAD_EXIT`` on the wire when the peer can)."""
+
+    from_pid: Pid
+    to_pid: Pid
+    reason: Any
+    trace_token: Any = None
+    TAG: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        if flags & Flag.EXIT_PAYLOAD:
+            return _tt((24, self.from_pid, self.to_pid), self.trace_token, 25), self.reason
+        if self.trace_token is not None:
+            return (13, self.from_pid, self.to_pid, self.trace_token, self.reason), NO_PAYLOAD
+        return (3, self.from_pid, self.to_pid, self.reason), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class Exit2(ControlMessage):
+    """``exit(Pid, Reason)`` sent to a process (``EXIT2``, or ``PAYLOAD_EXIT2``)."""
+
+    from_pid: Pid
+    to_pid: Pid
+    reason: Any
+    trace_token: Any = None
+    TAG: ClassVar[int] = 8
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        if flags & Flag.EXIT_PAYLOAD:
+            return _tt((26, self.from_pid, self.to_pid), self.trace_token, 27), self.reason
+        if self.trace_token is not None:
+            return (18, self.from_pid, self.to_pid, self.trace_token, self.reason), NO_PAYLOAD
+        return (8, self.from_pid, self.to_pid, self.reason), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink(ControlMessage):
+    """The pre-``UNLINK_ID`` unlink; still decoded, never sent to a peer that has ``UNLINK_ID``."""
+
+    from_pid: Pid
+    to_pid: Pid
+    TAG: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (4, self.from_pid, self.to_pid), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLink(ControlMessage):
+    TAG: ClassVar[int] = 5
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (5,), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLeader(ControlMessage):
+    from_pid: Pid
+    to_pid: Pid
+    TAG: ClassVar[int] = 7
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (7, self.from_pid, self.to_pid), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorP(ControlMessage):
+    """``from_pid`` monitors ``to_proc`` (a pid, or a name registered on the receiving node)."""
+
+    from_pid: Pid
+    to_proc: Pid | Atom
+    ref: Reference
+    TAG: ClassVar[int] = 19
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _proc(self.to_proc, "to_proc")
+        _ref(self.ref, "ref")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (19, self.from_pid, self.to_proc, self.ref), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class DemonitorP(ControlMessage):
+    from_pid: Pid
+    to_proc: Pid | Atom
+    ref: Reference
+    TAG: ClassVar[int] = 20
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _proc(self.to_proc, "to_proc")
+        _ref(self.ref, "ref")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (20, self.from_pid, self.to_proc, self.ref), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorPExit(ControlMessage):
+    """A monitored process ended (``MONITOR_P_EXIT``, or its payload form)."""
+
+    from_proc: Pid | Atom
+    to_pid: Pid
+    ref: Reference
+    reason: Any
+    TAG: ClassVar[int] = 21
+
+    def __post_init__(self) -> None:
+        _proc(self.from_proc, "from_proc")
+        _pid(self.to_pid, "to_pid")
+        _ref(self.ref, "ref")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        if flags & Flag.EXIT_PAYLOAD:
+            return (28, self.from_proc, self.to_pid, self.ref), self.reason
+        return (21, self.from_proc, self.to_pid, self.ref, self.reason), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRequest(ControlMessage):
+    """Spawn ``module:function(args...)`` on the receiving node (what ``erpc:call`` sends)."""
+
+    req_id: Reference
+    from_pid: Pid
+    group_leader: Pid
+    module: Atom
+    function: Atom
+    args: list[Any]
+    options: list[Any]
+    trace_token: Any = None
+    TAG: ClassVar[int] = 29
+
+    def __post_init__(self) -> None:
+        _ref(self.req_id, "req_id")
+        _pid(self.from_pid, "from_pid")
+        _pid(self.group_leader, "group_leader")
+        if not isinstance(self.module, Atom) or not isinstance(self.function, Atom):
+            raise TypeError("module and function must be Atoms")
+        if not isinstance(self.args, list) or not isinstance(self.options, list):
+            raise TypeError("args and options must be lists")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        mfa = (self.module, self.function, len(self.args))
+        ctrl = (29, self.req_id, self.from_pid, self.group_leader, mfa, self.options)
+        return _tt(ctrl, self.trace_token, 30), self.args
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnReply(ControlMessage):
+    """The answer to a ``SpawnRequest``: ``result`` is the new pid or an error atom.
+
+    ``flags`` bit 1: a link was set up; bit 2: a monitor was set up.
+    """
+
+    req_id: Reference
+    to_pid: Pid
+    flags: int
+    result: Pid | Atom
+    trace_token: Any = None
+    TAG: ClassVar[int] = 31
+
+    def __post_init__(self) -> None:
+        _ref(self.req_id, "req_id")
+        _pid(self.to_pid, "to_pid")
+        if type(self.flags) is not int:
+            raise TypeError("flags must be an int")
+        _proc(self.result, "result")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        ctrl = (31, self.req_id, self.to_pid, self.flags, self.result)
+        return _tt(ctrl, self.trace_token, 32), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class AliasSend(ControlMessage):
+    """A message to a process alias (a reference)."""
+
+    from_pid: Pid
+    alias: Reference
+    message: Any
+    trace_token: Any = None
+    TAG: ClassVar[int] = 33
+
+    def __post_init__(self) -> None:
+        _pid(self.from_pid, "from_pid")
+        _ref(self.alias, "alias")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return _tt((33, self.from_pid, self.alias), self.trace_token, 34), self.message
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkId(ControlMessage):
+    id: int
+    from_pid: Pid
+    to_pid: Pid
+    TAG: ClassVar[int] = 35
+
+    def __post_init__(self) -> None:
+        if type(self.id) is not int or self.id <= 0:
+            raise TypeError("unlink id must be a positive int")
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (35, self.id, self.from_pid, self.to_pid), NO_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkIdAck(ControlMessage):
+    id: int
+    from_pid: Pid
+    to_pid: Pid
+    TAG: ClassVar[int] = 36
+
+    def __post_init__(self) -> None:
+        if type(self.id) is not int or self.id <= 0:
+            raise TypeError("unlink id must be a positive int")
+        _pid(self.from_pid, "from_pid")
+        _pid(self.to_pid, "to_pid")
+
+    def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
+        return (36, self.id, self.from_pid, self.to_pid), NO_PAYLOAD
+
+
+#: Control tags whose message term follows the control tuple.
+PAYLOAD_TAGS = frozenset({2, 6, 12, 16, 22, 23, 24, 25, 26, 27, 28, 29, 30, 33, 34})
+
+_Builder = Callable[[tuple[Any, ...], Any], ControlMessage]
+
+
+def _spawn_request(c: tuple[Any, ...], p: Any, token: Any = None) -> SpawnRequest:
+    mfa = c[4]
+    if type(mfa) is not tuple or len(mfa) != 3:
+        raise TypeError("SPAWN_REQUEST wants {Module, Function, Arity}")
+    if not isinstance(p, list) or len(p) != mfa[2]:
+        raise TypeError("SPAWN_REQUEST argument list does not match its arity")
+    return SpawnRequest(c[1], c[2], c[3], mfa[0], mfa[1], p, c[5], token)
+
+
+_BUILDERS: dict[int, tuple[int, _Builder]] = {
+    1: (3, lambda c, p: Link(c[1], c[2])),
+    2: (3, lambda c, p: Send(c[2], p)),
+    3: (4, lambda c, p: Exit(c[1], c[2], c[3])),
+    4: (3, lambda c, p: Unlink(c[1], c[2])),
+    5: (1, lambda c, p: NodeLink()),
+    6: (4, lambda c, p: RegSend(c[1], c[3], p)),
+    7: (3, lambda c, p: GroupLeader(c[1], c[2])),
+    8: (4, lambda c, p: Exit2(c[1], c[2], c[3])),
+    12: (4, lambda c, p: Send(c[2], p, None, c[3])),
+    13: (5, lambda c, p: Exit(c[1], c[2], c[4], c[3])),
+    16: (5, lambda c, p: RegSend(c[1], c[3], p, c[4])),
+    18: (5, lambda c, p: Exit2(c[1], c[2], c[4], c[3])),
+    19: (4, lambda c, p: MonitorP(c[1], c[2], c[3])),
+    20: (4, lambda c, p: DemonitorP(c[1], c[2], c[3])),
+    21: (5, lambda c, p: MonitorPExit(c[1], c[2], c[3], c[4])),
+    22: (3, lambda c, p: SendSender(c[1], c[2], p)),
+    23: (4, lambda c, p: SendSender(c[1], c[2], p, c[3])),
+    24: (3, lambda c, p: Exit(c[1], c[2], p)),
+    25: (4, lambda c, p: Exit(c[1], c[2], p, c[3])),
+    26: (3, lambda c, p: Exit2(c[1], c[2], p)),
+    27: (4, lambda c, p: Exit2(c[1], c[2], p, c[3])),
+    28: (4, lambda c, p: MonitorPExit(c[1], c[2], c[3], p)),
+    29: (6, lambda c, p: _spawn_request(c, p)),
+    30: (7, lambda c, p: _spawn_request(c, p, c[6])),
+    31: (5, lambda c, p: SpawnReply(c[1], c[2], c[3], c[4])),
+    32: (6, lambda c, p: SpawnReply(c[1], c[2], c[3], c[4], c[5])),
+    33: (3, lambda c, p: AliasSend(c[1], c[2], p)),
+    34: (4, lambda c, p: AliasSend(c[1], c[2], p, c[3])),
+    35: (4, lambda c, p: UnlinkId(c[1], c[2], c[3])),
+    36: (4, lambda c, p: UnlinkIdAck(c[1], c[2], c[3])),
+}
+
+
+def has_payload(control: Any) -> bool:
+    """Whether a decoded control tuple is followed by a message term."""
+    return type(control) is tuple and bool(control) and control[0] in PAYLOAD_TAGS
+
+
+def decode_control(control: Any, payload: Any = NO_PAYLOAD) -> ControlMessage:
+    """Build the event for a decoded control tuple (and its payload); malformed is remote's fault."""
+    if type(control) is not tuple or not control or type(control[0]) is not int:
+        raise RemoteProtocolError(f"control message is not a tagged tuple: {control!r:.200}")
+    entry = _BUILDERS.get(control[0])
+    if entry is None:
+        raise RemoteProtocolError(f"unknown control message tag {control[0]}")
+    size, build = entry
+    if len(control) != size:
+        raise RemoteProtocolError(f"control message {control[0]} has {len(control)} elements, not {size}")
+    if (control[0] in PAYLOAD_TAGS) != (payload is not NO_PAYLOAD):
+        raise RemoteProtocolError(f"control message {control[0]} payload presence is wrong")
+    try:
+        return build(control, payload)
+    except (TypeError, ValueError) as error:
+        raise RemoteProtocolError(f"malformed control message {control[0]}: {error}") from None

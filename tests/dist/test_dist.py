@@ -1,0 +1,408 @@
+"""The sans-IO distribution core, fed whole, one byte at a time, with trailing data and garbage."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from beambridge.dist import (
+    NEED_DATA,
+    AliasSend,
+    BadCookie,
+    Connected,
+    Connection,
+    ConnectionClosed,
+    ControlMessage,
+    DemonitorP,
+    Exit,
+    Exit2,
+    Flag,
+    GroupLeader,
+    HandshakeFailed,
+    Link,
+    LocalProtocolError,
+    MonitorP,
+    MonitorPExit,
+    NameReceived,
+    NodeLink,
+    RegSend,
+    RemoteProtocolError,
+    Role,
+    Send,
+    SendSender,
+    SpawnReply,
+    SpawnRequest,
+    State,
+    StatusReceived,
+    Tick,
+    Unlink,
+    UnlinkId,
+    UnlinkIdAck,
+    epmd,
+    missing_mandatory,
+)
+from beambridge.dist._flags import DEFAULT_FLAGS, MANDATORY_25, MANDATORY_26
+from beambridge.term import Atom, Pid, Reference, term_to_binary
+
+A = "a@host"
+B = "b@host"
+PA = Pid(Atom(A), 1, 0, 7)
+PB = Pid(Atom(B), 2, 0, 9)
+REF = Reference(Atom(A), 7, (1, 2, 3))
+
+
+def drain(conn: Connection) -> list[Any]:
+    events = []
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA or isinstance(event, ConnectionClosed):
+            return events
+        events.append(event)
+
+
+def feed(conn: Connection, data: bytes, bytewise: bool) -> list[Any]:
+    events: list[Any] = []
+    if bytewise:
+        for i in range(len(data)):
+            conn.receive_data(data[i:i + 1])
+            events += drain(conn)
+    else:
+        conn.receive_data(data)
+        events += drain(conn)
+    return events
+
+
+def handshake(bytewise: bool = False, cookie_b: str = "secret", status: str = "ok",
+              flags_b: int = DEFAULT_FLAGS) -> tuple[Connection, Connection]:
+    a = Connection(Role.INITIATOR, this_node=A, cookie="secret", creation=7, peer_node=B)
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie=cookie_b, creation=9, flags=flags_b)
+    events = feed(b, a.start(), bytewise)
+    assert events == [NameReceived(A, DEFAULT_FLAGS, 7)]
+    events = feed(a, b.accept_name(status), bytewise)
+    assert events == [StatusReceived(status)]
+    # the status and the challenge came together: a's challenge reply is waiting
+    return a, b
+
+
+def complete(a: Connection, b: Connection, bytewise: bool = False) -> None:
+    ev_b = feed(b, a.data_to_send(), bytewise)          # reply -> b acks
+    assert ev_b == [Connected(A, DEFAULT_FLAGS, a.creation)]
+    ev_a = feed(a, b.data_to_send(), bytewise)
+    assert ev_a == [Connected(B, b.flags, b.creation)]
+    assert a.state is State.CONNECTED and b.state is State.CONNECTED
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_handshake_both_sides(bytewise: bool) -> None:
+    a, b = handshake(bytewise)
+    complete(a, b, bytewise)
+    assert a.peer_creation == 9 and b.peer_creation == 7
+
+
+def test_handshake_ok_simultaneous() -> None:
+    a, b = handshake(status="ok_simultaneous")
+    complete(a, b)
+
+
+@pytest.mark.parametrize("status", ["nok", "not_allowed"])
+def test_handshake_refused(status: str) -> None:
+    a = Connection(Role.INITIATOR, this_node=A, cookie="c", creation=1, peer_node=B)
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    b.receive_data(a.start())
+    assert isinstance(b.next_event(), NameReceived)
+    a.receive_data(b.accept_name(status))
+    assert b.state is State.CLOSED
+    with pytest.raises(HandshakeFailed) as info:
+        a.next_event()
+    assert info.value.reason == status
+    assert a.state is State.ERROR
+    with pytest.raises(LocalProtocolError):
+        a.next_event()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_handshake_alive(keep: bool) -> None:
+    a = Connection(Role.INITIATOR, this_node=A, cookie="c", creation=1, peer_node=B)
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    b.receive_data(a.start())
+    b.next_event()
+    a.receive_data(b.accept_name("alive"))
+    assert a.next_event() == StatusReceived("alive")
+    assert a.next_event() is NEED_DATA
+    b.receive_data(a.answer_alive(keep))
+    if keep:
+        assert b.next_event() is NEED_DATA
+        a.receive_data(b.data_to_send())
+        assert a.next_event() is NEED_DATA
+        complete(a, b)
+    else:
+        with pytest.raises(HandshakeFailed):
+            b.next_event()
+
+
+def test_wrong_cookie_detected_by_acceptor_and_initiator_sees_close() -> None:
+    a, b = handshake(cookie_b="other")
+    b.receive_data(a.data_to_send())
+    with pytest.raises(BadCookie):
+        b.next_event()
+    a.receive_data(b"")
+    with pytest.raises(HandshakeFailed, match="cookies probably differ"):
+        a.next_event()
+
+
+def test_wrong_cookie_detected_by_initiator() -> None:
+    a, b = handshake()
+    reply = a.data_to_send()
+    b.receive_data(reply)
+    b.next_event()
+    ack = b.data_to_send()
+    a._cookie = b"changed"  # the ack now fails a's check
+    a.receive_data(ack)
+    with pytest.raises(BadCookie):
+        a.next_event()
+
+
+def test_missing_mandatory_flags_refused() -> None:
+    assert missing_mandatory(int(MANDATORY_25)) == Flag(0)
+    assert missing_mandatory(int(Flag.MANDATORY_25_DIGEST)) == Flag(0)
+    assert missing_mandatory(0) == MANDATORY_25
+    assert DEFAULT_FLAGS & MANDATORY_26 == MANDATORY_26
+    assert DEFAULT_FLAGS & Flag.MANDATORY_25_DIGEST
+    a = Connection(Role.INITIATOR, this_node=A, cookie="c", creation=1, peer_node=B, flags=Flag.UTF8_ATOMS)
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    b.receive_data(a.start())
+    with pytest.raises(HandshakeFailed, match="mandatory"):
+        b.next_event()
+
+
+def test_peer_closing_mid_handshake() -> None:
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    b.receive_data(b"\x00\x10N\x00")
+    b.receive_data(b"")
+    with pytest.raises(HandshakeFailed, match="closed"):
+        b.next_event()
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x03xyz", b"\x00\x01N", b"\x00\x00", b"\xff\xffGET / HTTP/1.1"])
+def test_handshake_garbage(garbage: bytes) -> None:
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    b.receive_data(garbage)
+    try:
+        event = b.next_event()
+    except RemoteProtocolError:
+        assert b.state is State.ERROR
+        with pytest.raises(LocalProtocolError):
+            b.receive_data(b"x")
+    else:
+        assert event is NEED_DATA  # an incomplete message: waits for more
+
+
+def connected_pair(**kwargs: Any) -> tuple[Connection, Connection]:
+    a = Connection(Role.INITIATOR, this_node=A, cookie="s", creation=7, peer_node=B, **kwargs)
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="s", creation=9, **kwargs)
+    b.receive_data(a.start())
+    b.next_event()
+    a.receive_data(b.accept_name("ok"))
+    a.next_event()
+    a.next_event()
+    b.receive_data(a.data_to_send())
+    assert isinstance(b.next_event(), Connected)
+    a.receive_data(b.data_to_send())
+    assert isinstance(a.next_event(), Connected)
+    return a, b
+
+
+ALL_MESSAGES: list[ControlMessage] = [
+    Link(PA, PB),
+    Send(PB, {b"k": [1, 2.5, b"bin"]}),
+    Send(PB, (Atom("hello"), 1), from_pid=PA),
+    Send(PB, 1, trace_token=Atom("tok")),
+    SendSender(PA, PB, [1, 2, 3]),
+    RegSend(PA, Atom("rex"), (PA, Atom("features_request"))),
+    RegSend(PA, Atom("rex"), 5, trace_token=3),
+    Exit(PA, PB, Atom("normal")),
+    Exit(PA, PB, (Atom("shutdown"), 1), trace_token=Atom("t")),
+    Exit2(PA, PB, Atom("kill")),
+    Exit2(PA, PB, Atom("kill"), trace_token=1),
+    Unlink(PA, PB),
+    NodeLink(),
+    GroupLeader(PA, PB),
+    MonitorP(PA, PB, REF),
+    MonitorP(PA, Atom("named"), REF),
+    DemonitorP(PA, PB, REF),
+    MonitorPExit(PB, PA, REF, Atom("noproc")),
+    MonitorPExit(Atom("named"), PA, REF, Atom("noproc")),
+    SpawnRequest(REF, PA, PA, Atom("erpc"), Atom("execute_call"), [REF, Atom("m"), Atom("f"), []],
+                 [Atom("monitor")]),
+    SpawnRequest(REF, PA, PA, Atom("m"), Atom("f"), [], [], trace_token=2),
+    SpawnReply(REF, PA, 2, PB),
+    SpawnReply(REF, PA, 0, Atom("badopt"), trace_token=1),
+    AliasSend(PA, REF, Atom("hi")),
+    AliasSend(PA, REF, Atom("hi"), trace_token=1),
+    UnlinkId(5, PA, PB),
+    UnlinkIdAck(5, PB, PA),
+]
+
+
+def expected(msg: ControlMessage) -> ControlMessage:
+    if isinstance(msg, Send) and msg.from_pid is not None:
+        return SendSender(msg.from_pid, msg.to_pid, msg.message, msg.trace_token)
+    return msg
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["dist-header", "pass-through"])
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_every_control_message_round_trips(header: bool, bytewise: bool) -> None:
+    flags = DEFAULT_FLAGS if header else DEFAULT_FLAGS & ~Flag.DIST_HDR_ATOM_CACHE
+    a, b = connected_pair(flags=flags)
+    wire = b"".join(a.send(m) for m in ALL_MESSAGES) + a.tick()
+    if not header:
+        assert wire[4:5] == b"p"
+    events = feed(b, wire, bytewise)
+    assert events == [expected(m) for m in ALL_MESSAGES] + [Tick()]
+
+
+def test_exit_payload_forms_follow_peer_flags() -> None:
+    a, b = connected_pair(flags=DEFAULT_FLAGS & ~Flag.EXIT_PAYLOAD & ~Flag.SEND_SENDER)
+    for msg in (Exit(PA, PB, 1), Exit2(PA, PB, 2), MonitorPExit(PA, PB, REF, 3), Send(PB, 1, PA)):
+        control, _ = msg.to_wire(a.peer_flags)
+        assert control[0] in (3, 8, 21, 2)
+        b.receive_data(a.send(msg))
+        got = b.next_event()
+        assert got == (Send(PB, 1) if isinstance(msg, Send) else msg)
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_fragmented_send_and_reassembly(bytewise: bool) -> None:
+    a, b = connected_pair(fragment_size=100)
+    big = bytes(range(256)) * 10
+    wire = a.send(Send(PB, big, PA)) + a.send(Send(PB, Atom("after")))
+    assert wire.count(b"\x83F") >= 20
+    events = feed(b, wire, bytewise and False) if not bytewise else feed(b, wire[:5000], True) + feed(
+        b, wire[5000:], False)
+    assert events == [SendSender(PA, PB, big), Send(PB, Atom("after"))]
+
+
+def test_fragment_out_of_order_is_a_protocol_error() -> None:
+    a, b = connected_pair(fragment_size=100)
+    wire = a.send(Send(PB, bytes(1000)))
+    first_len = struct.unpack(">I", wire[:4])[0]
+    second = wire[4 + first_len:]
+    b.receive_data(second)
+    with pytest.raises(RemoteProtocolError, match="fragment"):
+        b.next_event()
+
+
+def header_frame(refs: list[tuple[int, int, str | None]], body: bytes, long_atoms: bool = False) -> bytes:
+    """A 'D' packet with the given (segment, index, new-text-or-None) atom cache references."""
+    n = len(refs)
+    nibbles = [(8 if text is not None else 0) | seg for seg, _, text in refs] + [1 if long_atoms else 0]
+    flags = bytearray(n // 2 + 1)
+    for i, nib in enumerate(nibbles):
+        flags[i >> 1] |= nib << (4 if i & 1 else 0)
+    out = bytearray(b"\x83D" + bytes([n]) + flags)
+    for _, idx, text in refs:
+        out.append(idx)
+        if text is not None:
+            raw = text.encode()
+            out += struct.pack(">H", len(raw)) if long_atoms else bytes([len(raw)])
+            out += raw
+    out += body
+    return struct.pack(">I", len(out)) + bytes(out)
+
+
+@pytest.mark.parametrize("long_atoms", [False, True])
+def test_atom_cache_header(long_atoms: bool) -> None:
+    _, b = connected_pair()
+    # control {6, PA, '', rex} with '' and rex as cache refs 0 and 1; message = ref 1 (rex)
+    body = b"h\x04a\x06" + term_to_binary(PA)[1:] + b"R\x00R\x01" + b"R\x01"
+    frame1 = header_frame([(0, 5, ""), (3, 200, "rex")], body, long_atoms)
+    frame2 = header_frame([(0, 5, None), (3, 200, None)], body, long_atoms)
+    events = feed(b, frame1 + frame2, False)
+    assert events == [RegSend(PA, Atom("rex"), Atom("rex"))] * 2
+    bad = header_frame([(1, 1, None)], b"a\x01")
+    b.receive_data(bad)
+    with pytest.raises(RemoteProtocolError, match="empty atom cache slot"):
+        b.next_event()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\x00\x00\x01\x00",                   # unknown packet kind
+    b"\x00\x00\x00\x02\x83Z",                  # unknown header kind
+    b"\x00\x00\x00\x05\x83D\x00a\x01",         # control not a tuple
+    b"\x00\x00\x00\x07\x83D\x00h\x01a\x63",    # unknown control tag 99
+    b"\x00\x00\x00\x07\x83D\x00h\x01a\x01",    # LINK with the wrong arity
+    b"\x00\x00\x00\x05\x83D\x00h\x05",         # truncated term
+    b"\x00\x00\x00\x03p\x83q",                 # pass-through garbage
+])
+def test_connected_garbage(garbage: bytes) -> None:
+    _, b = connected_pair()
+    b.receive_data(garbage)
+    with pytest.raises(RemoteProtocolError):
+        b.next_event()
+    assert b.state is State.ERROR
+    with pytest.raises(LocalProtocolError):
+        b.next_event()
+
+
+def test_oversized_frame_refused_before_buffering() -> None:
+    _, b = connected_pair(max_frame_size=1000)
+    b.receive_data(struct.pack(">I", 10**6))
+    with pytest.raises(RemoteProtocolError, match="max_frame_size"):
+        b.next_event()
+
+
+def test_ticks_trailing_data_and_close() -> None:
+    a, b = connected_pair()
+    b.receive_data(a.tick() + a.tick() + a.send(Link(PA, PB))[:5])
+    assert b.next_event() == Tick()
+    assert b.next_event() == Tick()
+    assert b.next_event() is NEED_DATA
+    b.receive_data(b"")
+    assert isinstance(b.next_event(), ConnectionClosed)
+    assert b.state is State.CLOSED
+
+
+def test_encode_error_leaves_connection_usable() -> None:
+    a, b = connected_pair()
+    with pytest.raises(TypeError):
+        a.send(Send(PB, "a str is refused by the exact mapping"))
+    b.receive_data(a.send(Send(PB, 1)))
+    assert b.next_event() == Send(PB, 1)
+
+
+def test_misuse_is_local_error() -> None:
+    a = Connection(Role.INITIATOR, this_node=A, cookie="c", creation=1, peer_node=B)
+    with pytest.raises(LocalProtocolError):
+        a.send(Link(PA, PB))
+    with pytest.raises(LocalProtocolError):
+        a.accept_name("ok")
+    with pytest.raises(LocalProtocolError):
+        Connection(Role.INITIATOR, this_node=A, cookie="c", creation=1)
+    with pytest.raises(TypeError):
+        Link(PA, "not a pid")  # type: ignore[arg-type]
+
+
+def test_epmd_messages() -> None:
+    req = epmd.alive2_request("py", 5000, hidden=True)
+    assert req[:3] == b"\x00\x0f\x78" and req.endswith(b"py\x00\x00")
+    assert epmd.parse_alive2_reply(b"v\x00\x00\x00") is None
+    assert epmd.parse_alive2_reply(b"v\x00\x00\x00\x00\x05") == epmd.Alive2Reply(0, 5)
+    assert epmd.parse_alive2_reply(b"y\x01\x00\x02") == epmd.Alive2Reply(1, 2)
+    with pytest.raises(RemoteProtocolError):
+        epmd.parse_alive2_reply(b"z")
+    reply = b"w\x00" + struct.pack(">HBBHHH", 4000, 77, 0, 6, 5, 3) + b"foo" + b"\x00\x00"
+    for cut in range(len(reply)):
+        assert epmd.parse_port2_reply(reply[:cut]) is None
+    parsed = epmd.parse_port2_reply(reply)
+    assert parsed is not None and parsed.info is not None
+    assert (parsed.info.port, parsed.info.name, parsed.info.hidden) == (4000, "foo", False)
+    assert epmd.parse_port2_reply(b"w\x01") == epmd.PortReply(1, None)
+    assert epmd.port_please2_request("foo") == b"\x00\x04zfoo"
+    assert epmd.names_request() == b"\x00\x01n"
+    port, names = epmd.parse_names_reply(b"\x00\x00\x11\x11name a at port 1\nname b at port 22\n")
+    assert port == 0x1111 and names == [("a", 1), ("b", 22)]
+    with pytest.raises(LocalProtocolError):
+        epmd.alive2_request("a@b", 1)
