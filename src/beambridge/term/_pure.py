@@ -13,13 +13,47 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from collections.abc import Mapping as AbcMapping
-from itertools import repeat
-from operator import is_
+from itertools import chain
 from typing import Any
 
 from .._errors import DecodeError, EncodeError
-from . import _tags as T
 from ._options import Limits, Mapping
+from ._tags import (
+    ATOM,
+    ATOM_CACHE_REF,
+    ATOM_UTF8,
+    BINARY,
+    BIT_BINARY,
+    COMPRESSED,
+    EXPORT,
+    FLOAT,
+    FUN,
+    INTEGER,
+    LARGE_BIG,
+    LARGE_TUPLE,
+    LIST,
+    LOCAL,
+    MAP,
+    MAX_STRING_LEN,
+    NEW_FLOAT,
+    NEW_FUN,
+    NEW_PID,
+    NEW_PORT,
+    NEW_REFERENCE,
+    NEWER_REFERENCE,
+    NIL,
+    PID,
+    PORT,
+    REFERENCE,
+    SMALL_ATOM,
+    SMALL_ATOM_UTF8,
+    SMALL_BIG,
+    SMALL_INTEGER,
+    SMALL_TUPLE,
+    STRING,
+    V4_PORT,
+    VERSION,
+)
 from ._types import (
     Atom,
     BitString,
@@ -44,6 +78,8 @@ _i32 = struct.Struct(">i")
 _f64 = struct.Struct(">d")
 _u64 = struct.Struct(">Q")
 _pid_tail = struct.Struct(">III")
+_tag_i32 = struct.Struct(">Bi")
+_tag_u32 = struct.Struct(">BI")
 _new_fun_head = struct.Struct(">IB16sII")
 
 _MISSING = object()
@@ -67,15 +103,15 @@ def _encode_big(n: int) -> bytes:
     size = (n.bit_length() + 7) >> 3
     digits = n.to_bytes(size, "little")
     if size < 256:
-        return bytes((T.SMALL_BIG, size, sign)) + digits
-    return bytes((T.LARGE_BIG,)) + _u32.pack(size) + bytes((sign,)) + digits
+        return bytes((SMALL_BIG, size, sign)) + digits
+    return bytes((LARGE_BIG,)) + _u32.pack(size) + bytes((sign,)) + digits
 
 
 def _encode_float_ext(value: float) -> bytes:
-    return bytes((T.FLOAT,)) + f"{value:.20e}".encode("ascii").ljust(31, b"\0")
+    return bytes((FLOAT,)) + f"{value:.20e}".encode("ascii").ljust(31, b"\0")
 
 
-Encoder = Callable[[Any], bytes]
+Encoder = Callable[..., bytes]
 _encoders: dict[tuple[int, Mapping], Encoder] = {}
 
 
@@ -86,7 +122,7 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
     pack_i32 = _i32.pack
     pack_f64 = _f64.pack
     pack_pid = _pid_tail.pack
-    small_ints = [bytes((T.SMALL_INTEGER, i)) for i in range(256)]
+    small_ints = [bytes((SMALL_INTEGER, i)) for i in range(256)]
     isfinite = math.isfinite
     latin1_atoms = minor_version < 2
     str_as = mapping.str_as
@@ -102,7 +138,7 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
         if latin1_atoms:
             try:
                 raw = name.encode("latin-1")
-                encoded = bytes((T.ATOM,)) + pack_u16(len(raw)) + raw
+                encoded = bytes((ATOM,)) + pack_u16(len(raw)) + raw
             except UnicodeEncodeError:
                 pass
         if encoded is None:
@@ -111,9 +147,9 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
             except UnicodeEncodeError:
                 raise EncodeError("an atom name must be valid Unicode (no lone surrogates)", name) from None
             if len(raw) < 256:
-                encoded = bytes((T.SMALL_ATOM_UTF8, len(raw))) + raw
+                encoded = bytes((SMALL_ATOM_UTF8, len(raw))) + raw
             else:
-                encoded = bytes((T.ATOM_UTF8,)) + pack_u16(len(raw)) + raw
+                encoded = bytes((ATOM_UTF8,)) + pack_u16(len(raw)) + raw
         if len(atom_cache) >= _ATOM_CACHE_MAX:
             atom_cache.clear()
         atom_cache[name] = encoded
@@ -126,18 +162,19 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
     def binary(value: bytes) -> bytes:
         if len(value) > 0xFFFFFFFF:
             raise EncodeError("a binary has at most 2**32 - 1 bytes", value)
-        return bytes((T.BINARY,)) + pack_u32(len(value))
+        return bytes((BINARY,)) + pack_u32(len(value))
 
     def byte_list(value: list[Any]) -> bytes | None:
         """The list as STRING_EXT when BEAM would write it so (0 < len <= 65535, all 0..255)."""
+        if type(value[0]) is not int:
+            return None
         try:
             raw = bytes(value)
         except (TypeError, ValueError):
             return None
-        if (0 in raw or 1 in raw) and (True in map(is_, value, repeat(True))
-                                         or True in map(is_, value, repeat(False))):
-            return None
-        return bytes((T.STRING,)) + pack_u16(len(raw)) + raw
+        if (0 in raw or 1 in raw) and bool in set(map(type, value)):
+            return None  # True/False are atoms, not the bytes 1/0
+        return bytes((STRING,)) + pack_u16(len(raw)) + raw
 
     def encode_str(value: str, out: list[bytes]) -> None:
         if str_as == "binary":
@@ -155,15 +192,15 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
                 return
             try:
                 raw = value.encode("latin-1")
-                if len(raw) <= T.MAX_STRING_LEN:
-                    out.append(bytes((T.STRING,)) + pack_u16(len(raw)) + raw)
+                if len(raw) <= MAX_STRING_LEN:
+                    out.append(bytes((STRING,)) + pack_u16(len(raw)) + raw)
                     return
             except UnicodeEncodeError:
                 pass
-            out.append(bytes((T.LIST,)) + pack_u32(len(value)))
+            out.append(bytes((LIST,)) + pack_u32(len(value)))
             for char in value:
                 code = ord(char)
-                out.append(small_ints[code] if code < 256 else bytes((T.INTEGER,)) + pack_i32(code))
+                out.append(small_ints[code] if code < 256 else bytes((INTEGER,)) + pack_i32(code))
             out.append(b"j")
         else:
             raise EncodeError(_STR_HINT, value)
@@ -178,6 +215,25 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
                 return inner.at(index)
         return error
 
+    pack_tag_i32 = _tag_i32.pack
+    pack_tag_u32 = _tag_u32.pack
+    atom_cache_get = atom_cache.get
+
+    def enc_items(items: Any, out: list[bytes]) -> None:
+        """Encode a run of terms; small ints, binaries and atoms inline (no call each)."""
+        append = out.append
+        for obj in items:
+            t = type(obj)
+            if t is int and -0x80000000 <= obj <= 0x7FFFFFFF:
+                append(small_ints[obj] if 0 <= obj < 256 else pack_tag_i32(INTEGER, obj))
+            elif t is bytes:
+                append(pack_tag_u32(BINARY, len(obj)))
+                append(obj)
+            elif t is Atom:
+                append(atom_cache_get(obj) or atom_bytes(obj))
+            else:
+                enc(obj, out)
+
     def enc(obj: Any, out: list[bytes]) -> None:
         t = type(obj)
         if t is int:
@@ -190,14 +246,13 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
         elif t is Atom:
             out.append(atom_bytes(obj))
         elif t is bytes:
-            out.append(binary(obj))
+            out.append(b"m" + pack_u32(len(obj)))  # struct.error past 4 GiB: see encode_top
             out.append(obj)
         elif t is tuple:
             n = len(obj)
-            out.append(bytes((T.SMALL_TUPLE, n)) if n < 256 else b"i" + pack_u32(n))
+            out.append(bytes((SMALL_TUPLE, n)) if n < 256 else b"i" + pack_u32(n))
             try:
-                for item in obj:
-                    enc(item, out)
+                enc_items(obj, out)
             except EncodeError as error:
                 raise locate(obj, error) from None
         elif t is list:
@@ -205,21 +260,24 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
             if n == 0:
                 out.append(b"j")
                 return
-            if n <= T.MAX_STRING_LEN:
+            if n <= MAX_STRING_LEN:
                 packed = byte_list(obj)
                 if packed is not None:
                     out.append(packed)
                     return
             out.append(b"l" + pack_u32(n))
             try:
-                for item in obj:
-                    enc(item, out)
+                enc_items(obj, out)
             except EncodeError as error:
                 raise locate(obj, error) from None
             out.append(b"j")
         elif t is dict:
             out.append(b"t" + pack_u32(len(obj)))
-            encode_pairs(obj.items(), out)
+            try:
+                enc_items(chain.from_iterable(obj.items()), out)
+            except EncodeError:
+                encode_pairs(obj.items(), [])  # again, to say which key or value failed
+                raise
         elif t is float:
             if not isfinite(obj):
                 raise EncodeError("Erlang has no NaN or infinite floats", obj)
@@ -330,12 +388,14 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
                                             len(fun.free_vars)))
         out.append(rest)
 
-    def encode_top(obj: Any) -> bytes:
-        out: list[bytes] = []
+    def encode_top(obj: Any, prefix: bytes = b"") -> bytes:
+        out: list[bytes] = [prefix]  # joined once: a large binary is copied a single time
         try:
             enc(obj, out)
         except RecursionError:
             raise EncodeError("the term is nested too deeply (or contains itself)", None) from None
+        except struct.error:
+            raise EncodeError("a binary, list, tuple or map is over 2**32 - 1 long", None) from None
         return b"".join(out)
 
     return encode_top
@@ -356,12 +416,14 @@ def encode_body(term: Any, minor_version: int = 2, mapping: Mapping = Mapping.EX
 
 def encode(term: Any, compressed: int | bool = False, minor_version: int = 2,
            mapping: Mapping = Mapping.EXACT) -> bytes:
-    body = _encoder(minor_version, mapping)(term)
-    if compressed is not False:
-        level = 6 if compressed is True else int(compressed)
-        packed = zlib.compress(body, level)
-        if len(packed) + 4 < len(body):
-            return b"\x83P" + _u32.pack(len(body)) + packed
+    encoder = _encoder(minor_version, mapping)
+    if compressed is False:
+        return encoder(term, b"\x83")
+    body = encoder(term)
+    level = 6 if compressed is True else int(compressed)
+    packed = zlib.compress(body, level)
+    if len(packed) + 4 < len(body):  # BEAM keeps the compressed form only when it is smaller
+        return b"\x83P" + _u32.pack(len(body)) + packed
     return b"\x83" + body
 
 
@@ -418,7 +480,7 @@ def _make_decoder(
 
     def atom_at(data: bytes, pos: int, tag: int) -> tuple[Any, int]:
         """Decode an atom whose tag (at ``pos - 1``) is ``tag``; mapping applied."""
-        if tag == T.SMALL_ATOM_UTF8 or tag == T.SMALL_ATOM:
+        if tag == SMALL_ATOM_UTF8 or tag == SMALL_ATOM:
             n = data[pos]
             pos += 1
         else:
@@ -428,7 +490,7 @@ def _make_decoder(
         if end > len(data):
             raise _fail("atom runs past the end of the input", pos - 1)
         raw = data[pos:end]
-        utf8 = tag == T.SMALL_ATOM_UTF8 or tag == T.ATOM_UTF8
+        utf8 = tag == SMALL_ATOM_UTF8 or tag == ATOM_UTF8
         found = (utf8_cache if utf8 else latin1_cache).get(raw, _MISSING)
         if found is _MISSING:
             found = make_atom(raw, utf8, pos)
@@ -445,8 +507,8 @@ def _make_decoder(
     def plain_atom(data: bytes, pos: int) -> tuple[Any, int]:
         """An atom field of a structure (node, module): always an ``Atom``."""
         tag = data[pos]
-        if tag in (T.SMALL_ATOM_UTF8, T.ATOM_UTF8, T.ATOM, T.SMALL_ATOM):
-            if tag == T.SMALL_ATOM_UTF8 or tag == T.SMALL_ATOM:
+        if tag in (SMALL_ATOM_UTF8, ATOM_UTF8, ATOM, SMALL_ATOM):
+            if tag == SMALL_ATOM_UTF8 or tag == SMALL_ATOM:
                 n = data[pos + 1]
                 start = pos + 2
             else:
@@ -455,7 +517,7 @@ def _make_decoder(
             end = start + n
             if end > len(data):
                 raise _fail("atom runs past the end of the input", pos)
-            key = (data[start:end], tag in (T.SMALL_ATOM_UTF8, T.ATOM_UTF8))
+            key = (data[start:end], tag in (SMALL_ATOM_UTF8, ATOM_UTF8))
             atom = raw_cache.get(key)
             if atom is None:
                 try:
@@ -467,7 +529,7 @@ def _make_decoder(
                     raw_cache.clear()
                 raw_cache[key] = atom
             return atom, end
-        if tag == T.ATOM_CACHE_REF:
+        if tag == ATOM_CACHE_REF:
             value = cached_atom(data[pos + 1], pos)
             return (value if type(value) is Atom else Atom(str(value))), pos + 2
         if local:
@@ -476,9 +538,9 @@ def _make_decoder(
 
     def small_int_field(data: bytes, pos: int) -> tuple[int, int]:
         tag = data[pos]
-        if tag == T.SMALL_INTEGER:
+        if tag == SMALL_INTEGER:
             return data[pos + 1], pos + 2
-        if tag == T.INTEGER:
+        if tag == INTEGER:
             return unpack_i32(data, pos + 1)[0], pos + 5
         raise _fail(f"expected an integer, found tag {tag}", pos)
 
@@ -491,12 +553,47 @@ def _make_decoder(
                 return items
         return "".join(map(chr, items))
 
+    def decode_items(data: bytes, pos: int, n: int, depth: int) -> tuple[list[Any], int]:
+        """Decode ``n`` consecutive terms; the common leaves are read inline (no call each)."""
+        items: list[Any] = [None] * n
+        for i in range(n):
+            tag = data[pos]
+            if tag == SMALL_INTEGER:
+                items[i] = data[pos + 1]
+                pos += 2
+            elif tag == BINARY and not binary_as_str:
+                end = pos + 5 + unpack_u32(data, pos + 1)[0]
+                if end > len(data):
+                    raise _fail("binary runs past the end of the input", pos)
+                items[i] = data[pos + 5:end]
+                pos = end
+            elif tag == SMALL_ATOM_UTF8:
+                end = pos + 2 + data[pos + 1]
+                found = utf8_cache.get(data[pos + 2:end], _MISSING) if end <= len(data) else _MISSING
+                if found is _MISSING:
+                    items[i], pos = atom_at(data, pos + 1, tag)
+                else:
+                    items[i] = found
+                    pos = end
+            elif tag == INTEGER:
+                items[i] = unpack_i32(data, pos + 1)[0]
+                pos += 5
+            elif tag == NEW_FLOAT:
+                number = unpack_f64(data, pos + 1)[0]
+                if not isfinite(number):
+                    raise _fail("NaN or infinite float", pos)
+                items[i] = number
+                pos += 9
+            else:
+                items[i], pos = dec(data, pos, depth)
+        return items, pos
+
     def dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         tag = data[pos]
         pos += 1
-        if tag == T.SMALL_INTEGER:
+        if tag == SMALL_INTEGER:
             return data[pos], pos + 1
-        if tag == T.BINARY:
+        if tag == BINARY:
             n = unpack_u32(data, pos)[0]
             pos += 4
             end = pos + n
@@ -509,10 +606,10 @@ def _make_decoder(
                 except UnicodeDecodeError:
                     pass
             return raw, end
-        if tag == T.SMALL_ATOM_UTF8 or tag == T.ATOM or tag == T.ATOM_UTF8 or tag == T.SMALL_ATOM:
+        if tag == SMALL_ATOM_UTF8 or tag == ATOM or tag == ATOM_UTF8 or tag == SMALL_ATOM:
             return atom_at(data, pos, tag)
-        if tag == T.SMALL_TUPLE or tag == T.LARGE_TUPLE:
-            if tag == T.SMALL_TUPLE:
+        if tag == SMALL_TUPLE or tag == LARGE_TUPLE:
+            if tag == SMALL_TUPLE:
                 n = data[pos]
                 pos += 1
             else:
@@ -523,19 +620,13 @@ def _make_decoder(
             depth += 1
             if depth > max_depth:
                 raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 1)
-            items: list[Any] = [None] * n
-            for i in range(n):
-                if data[pos] == T.SMALL_INTEGER:
-                    items[i] = data[pos + 1]
-                    pos += 2
-                else:
-                    items[i], pos = dec(data, pos, depth)
+            items, pos = decode_items(data, pos, n, depth)
             return tuple(items), pos
-        if tag == T.LIST:
+        if tag == LIST:
             return decode_list(data, pos - 1, depth)
-        if tag == T.NIL:
+        if tag == NIL:
             return [], pos
-        if tag == T.STRING:
+        if tag == STRING:
             n = unpack_u16(data, pos)[0]
             pos += 2
             end = pos + n
@@ -544,18 +635,18 @@ def _make_decoder(
             if string_as_str:
                 return data[pos:end].decode("latin-1"), end
             return list(data[pos:end]), end
-        if tag == T.INTEGER:
+        if tag == INTEGER:
             return unpack_i32(data, pos)[0], pos + 4
-        if tag == T.NEW_FLOAT:
+        if tag == NEW_FLOAT:
             value = unpack_f64(data, pos)[0]
             if not isfinite(value):
                 raise _fail("NaN or infinite float", pos - 1)
             return value, pos + 8
-        if tag == T.MAP:
+        if tag == MAP:
             return decode_map(data, pos, depth)
-        if tag == T.SMALL_BIG or tag == T.LARGE_BIG:
+        if tag == SMALL_BIG or tag == LARGE_BIG:
             start = pos - 1
-            if tag == T.SMALL_BIG:
+            if tag == SMALL_BIG:
                 n = data[pos]
                 pos += 1
             else:
@@ -570,7 +661,7 @@ def _make_decoder(
                 raise _fail(f"bad integer sign byte {sign}", start)
             number = int.from_bytes(data[pos:end], "little")
             return (-number if sign else number), end
-        if tag == T.ATOM_CACHE_REF:
+        if tag == ATOM_CACHE_REF:
             value = cached_atom(data[pos], pos - 1)
             if type(value) is Atom or type(value) is str:
                 found = special.get(value, _MISSING)
@@ -593,22 +684,16 @@ def _make_decoder(
             pos += 5
             if n > len(data) - pos:
                 raise _fail(f"list of {n} elements is longer than the input", pos - 5)
-            chunk: list[Any] = [None] * n
-            for i in range(n):
-                if data[pos] == T.SMALL_INTEGER:
-                    chunk[i] = data[pos + 1]
-                    pos += 2
-                else:
-                    chunk[i], pos = dec(data, pos, depth)
+            chunk, pos = decode_items(data, pos, n, depth)
             if items:
                 items.extend(chunk)
             else:
                 items = chunk
             tag = data[pos]
-            if tag == T.NIL:
+            if tag == NIL:
                 pos += 1
                 break
-            if tag == T.LIST:
+            if tag == LIST:
                 continue
             tail, pos = dec(data, pos, depth)
             if type(tail) is list:  # a STRING_EXT or [] tail: still a proper list
@@ -629,34 +714,30 @@ def _make_decoder(
         depth += 1
         if depth > max_depth:
             raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 5)
-        pairs: list[Any] = [None] * n
-        for i in range(n):
-            key, pos = dec(data, pos, depth)
-            value, pos = dec(data, pos, depth)
-            pairs[i] = (key, value)
+        flat, pos = decode_items(data, pos, 2 * n, depth)
         try:
-            result: dict[Any, Any] = dict(pairs)
+            result: dict[Any, Any] = dict(zip(flat[0::2], flat[1::2], strict=True))
         except TypeError:
-            return Map(pairs), pos
+            return Map(zip(flat[0::2], flat[1::2], strict=True)), pos
         if len(result) != n:  # keys Python merges (1 and 1.0, 1 and true) stay apart
-            return Map(pairs), pos
+            return Map(zip(flat[0::2], flat[1::2], strict=True)), pos
         return result, pos
 
     def decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]:
         start = pos - 1
-        if tag == T.NEW_PID or tag == T.PID:
+        if tag == NEW_PID or tag == PID:
             node, pos = plain_atom(data, pos)
-            if tag == T.NEW_PID:
+            if tag == NEW_PID:
                 pid_id, serial, creation = unpack_pid(data, pos)
                 return make_pid(node, pid_id, serial, creation), pos + 12
             pid_id, serial = unpack_u32(data, pos)[0], unpack_u32(data, pos + 4)[0]
             return make_pid(node, pid_id, serial, data[pos + 8]), pos + 9
-        if tag == T.NEWER_REFERENCE or tag == T.NEW_REFERENCE:
+        if tag == NEWER_REFERENCE or tag == NEW_REFERENCE:
             n = unpack_u16(data, pos)[0]
             if not 1 <= n <= 5:
                 raise _fail(f"reference with {n} id words (1 to 5 allowed)", start)
             node, pos = plain_atom(data, pos + 2)
-            if tag == T.NEWER_REFERENCE:
+            if tag == NEWER_REFERENCE:
                 creation = unpack_u32(data, pos)[0]
                 pos += 4
             else:
@@ -664,20 +745,20 @@ def _make_decoder(
                 pos += 1
             ids = struct.unpack_from(f">{n}I", data, pos)
             return (None if local else Reference(node, creation, ids)), pos + 4 * n
-        if tag == T.REFERENCE:
+        if tag == REFERENCE:
             node, pos = plain_atom(data, pos)
             ref_id = unpack_u32(data, pos)[0]
             return (None if local else Reference(node, data[pos + 4], (ref_id,))), pos + 5
-        if tag == T.NEW_PORT or tag == T.PORT or tag == T.V4_PORT:
+        if tag == NEW_PORT or tag == PORT or tag == V4_PORT:
             node, pos = plain_atom(data, pos)
-            if tag == T.V4_PORT:
+            if tag == V4_PORT:
                 port_id, creation, pos = unpack_u64(data, pos)[0], unpack_u32(data, pos + 8)[0], pos + 12
-            elif tag == T.NEW_PORT:
+            elif tag == NEW_PORT:
                 port_id, creation, pos = unpack_u32(data, pos)[0], unpack_u32(data, pos + 4)[0], pos + 8
             else:
                 port_id, creation, pos = unpack_u32(data, pos)[0], data[pos + 4], pos + 5
-            return (None if local else Port(node, port_id, creation, tag == T.V4_PORT)), pos
-        if tag == T.BIT_BINARY:
+            return (None if local else Port(node, port_id, creation, tag == V4_PORT)), pos
+        if tag == BIT_BINARY:
             n = unpack_u32(data, pos)[0]
             bits = data[pos + 4]
             pos += 5
@@ -690,7 +771,7 @@ def _make_decoder(
             if bits == 8:
                 return raw, end
             return BitString(raw, (n - 1) * 8 + bits), end
-        if tag == T.FLOAT:
+        if tag == FLOAT:
             end = pos + 31
             if end > len(data):
                 raise _fail("float runs past the end of the input", start)
@@ -702,33 +783,33 @@ def _make_decoder(
             if not isfinite(number):
                 raise _fail("NaN or infinite float", start)
             return number, end
-        if tag == T.EXPORT:
+        if tag == EXPORT:
             module, pos = plain_atom(data, pos)
             function, pos = plain_atom(data, pos)
-            if data[pos] != T.SMALL_INTEGER:
+            if data[pos] != SMALL_INTEGER:
                 raise _fail("export fun arity is not a small integer", pos)
             return (None if local else ExportFun(module, function, data[pos + 1])), pos + 2
-        if tag == T.NEW_FUN:
+        if tag == NEW_FUN:
             size, arity, uniq, index, num_free = _new_fun_head.unpack_from(data, pos)
             pos += _new_fun_head.size
             if size > len(data) - start:
                 raise _fail("fun runs past the end of the input", start)
             return decode_fun_rest(data, pos, start, depth, num_free, arity, uniq, index, size)
-        if tag == T.FUN:
+        if tag == FUN:
             num_free = unpack_u32(data, pos)[0]
             pos += 4
             pid, pos = dec(data, pos, depth)
             return decode_fun_rest(data, pos, start, depth, num_free, None, None, None, None, pid)
-        if tag == T.LOCAL:
+        if tag == LOCAL:
             if local:
                 raise _fail("LOCAL_EXT inside LOCAL_EXT", start)
             if pos + 4 > len(data):
                 raise _fail("LOCAL_EXT runs past the end of the input", start)
             _, end = _local_decoder(mapping, limits)(data, pos + 4)
             return LocalTerm(data[start:end]), end
-        if tag == T.COMPRESSED:
+        if tag == COMPRESSED:
             raise _fail("a compressed term can only be the whole input", start)
-        if tag == T.VERSION:
+        if tag == VERSION:
             raise _fail("version byte (131) inside a term", start)
         raise _fail(f"unknown tag {tag}", start)
 
@@ -818,10 +899,10 @@ def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = _LIMI
         raise DecodeError(f"input of {size} bytes is over max_size={limits.max_size}", 0)
     if size == 0:
         raise DecodeError("empty input", 0)
-    if data[0] != T.VERSION:
+    if data[0] != VERSION:
         raise DecodeError(f"not External Term Format: first byte is {data[0]}, not 131", 0)
     decoder = _decoder(mapping, limits, atom_cache)
-    if size > 1 and data[1] == T.COMPRESSED:
+    if size > 1 and data[1] == COMPRESSED:
         inner, consumed = _inflate(data, limits)
         term, end = _run(decoder, inner, 0, compressed=True)
         if end != len(inner):
