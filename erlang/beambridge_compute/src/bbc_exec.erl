@@ -1,0 +1,171 @@
+%%% @doc Turns a job request (decoded JSON) into a checked plan, and runs a plan.
+%%%
+%%% Requests name functions as "module:function" from the operator's allow-list; nothing
+%%% in a request becomes an atom unless it already is one, so a client cannot fill the
+%%% atom table or reach a module that was not allowed.
+-module(bbc_exec).
+-export([parse/1, run/2, worker_slots/1]).
+
+-define(OPS, [<<"call">>, <<"map">>, <<"filter">>, <<"fold">>, <<"mapreduce">>, <<"sort">>]).
+
+%% @doc `{ok, Plan}' or `{error, HttpStatus, Code, Reason}'.
+parse(Spec) when is_map(Spec) ->
+    try {ok, plan(Spec)}
+    catch throw:{reject, Status, Code, Reason} -> {error, Status, Code, Reason}
+    end;
+parse(_) ->
+    {error, 400, <<"bad_request">>, <<"the request body must be a JSON object">>}.
+
+plan(Spec) ->
+    Known = [<<"op">>, <<"fun">>, <<"args">>, <<"items">>, <<"init">>, <<"fuse">>, <<"map">>,
+             <<"reduce">>, <<"chunk">>, <<"processes">>, <<"nodes">>, <<"timeout">>, <<"ttl">>,
+             <<"async">>],
+    case maps:keys(Spec) -- Known of
+        [] -> ok;
+        Extra -> bad(<<"unknown fields: ", (join(Extra))/binary>>)
+    end,
+    Op = field(<<"op">>, Spec, fun is_binary/1, <<"a string">>),
+    lists:member(Op, ?OPS) orelse bad(<<"op must be one of ", (join(?OPS))/binary>>),
+    Config = bbc_config:all(),
+    Timeout = optional(<<"timeout">>, Spec, maps:get(job_timeout_ms, Config),
+                       fun(T) -> is_integer(T) andalso T > 0
+                                     andalso T =< maps:get(max_job_timeout_ms, Config) end,
+                       <<"a positive integer of milliseconds within the service's limit">>),
+    Ttl = optional(<<"ttl">>, Spec, maps:get(result_ttl_s, Config),
+                   fun(T) -> is_number(T) andalso T >= 0
+                                 andalso T =< maps:get(max_result_ttl_s, Config) end,
+                   <<"a number of seconds within the service's limit">>),
+    Async = optional(<<"async">>, Spec, false, fun is_boolean/1, <<"true or false">>),
+    Base = #{op => Op, timeout => Timeout, ttl => Ttl, async => Async},
+    case Op of
+        <<"call">> ->
+            Args = optional(<<"args">>, Spec, [], fun is_list/1, <<"an array">>),
+            Base#{call => function(<<"fun">>, Spec, length(Args)), args => Args, total => 1};
+        _ ->
+            Items = field(<<"items">>, Spec, fun is_list/1, <<"an array">>),
+            Base#{items => Items, total => length(Items), malt => malt(Spec, length(Items)),
+                  funs => op_funs(Op, Spec)}
+    end.
+
+op_funs(<<"map">>, Spec) -> #{f => function(<<"fun">>, Spec, 1)};
+op_funs(<<"filter">>, Spec) -> #{f => function(<<"fun">>, Spec, 1)};
+op_funs(<<"fold">>, Spec) ->
+    F = function(<<"fun">>, Spec, 2),
+    Fuse = case maps:is_key(<<"fuse">>, Spec) of
+               true -> function(<<"fuse">>, Spec, 2);
+               false -> F
+           end,
+    maps:is_key(<<"init">>, Spec) orelse bad(<<"fold needs init">>),
+    #{f => F, fuse => Fuse, init => maps:get(<<"init">>, Spec)};
+op_funs(<<"mapreduce">>, Spec) ->
+    Map = function(<<"map">>, Spec, 1),
+    case maps:is_key(<<"reduce">>, Spec) of
+        true -> #{map => Map, reduce => function(<<"reduce">>, Spec, 2)};
+        false -> #{map => Map}
+    end;
+op_funs(<<"sort">>, Spec) ->
+    case maps:is_key(<<"fun">>, Spec) of
+        true -> #{f => function(<<"fun">>, Spec, 2)};
+        false -> #{f => fun erlang:'=<'/2}
+    end.
+
+malt(Spec, _Len) ->
+    Chunk = optional(<<"chunk">>, Spec, undefined, fun(C) -> is_integer(C) andalso C > 0 end,
+                     <<"a positive integer">>),
+    Procs = optional(<<"processes">>, Spec, undefined,
+                     fun(P) -> is_integer(P) andalso P > 0 andalso P =< 1024 end,
+                     <<"an integer from 1 to 1024">>),
+    Nodes = optional(<<"nodes">>, Spec, <<"all">>,
+                     fun(N) -> N =:= <<"all">> orelse N =:= <<"none">> orelse
+                                   (is_list(N) andalso lists:all(fun is_binary/1, N)) end,
+                     <<"\"all\", \"none\" or an array of node names">>),
+    case Nodes of
+        Names when is_list(Names) ->
+            Known = [atom_to_binary(W) || W <- bbc_nodes:workers()],
+            case Names -- Known of
+                [] -> ok;
+                Unknown -> bad(<<"unknown or down worker nodes: ", (join(Unknown))/binary>>)
+            end;
+        _ -> ok
+    end,
+    #{chunk => Chunk, processes => Procs, nodes => Nodes}.
+
+%% @doc The plists Malt for the workers wanted: named (must be known), all, or none.
+worker_slots(#{nodes := Wanted, processes := Procs, chunk := Chunk}) ->
+    Workers = bbc_nodes:workers(),
+    Nodes = case Wanted of
+                <<"all">> -> Workers;
+                <<"none">> -> [];
+                Names -> [N || N <- Workers, lists:member(atom_to_binary(N), Names)]
+            end,
+    NodeOpt = [{nodes, [{N, schedulers} || N <- Nodes]} || Nodes =/= []],
+    ProcOpt = case {Procs, Nodes} of
+                  {undefined, []} -> [{processes, schedulers}];
+                  {undefined, _} -> [];
+                  {P, _} -> [{processes, P}]
+              end,
+    NodeOpt ++ ProcOpt ++ [{chunk, Chunk} || Chunk =/= undefined].
+
+%% @doc Run a plan in the calling process; returns a JSON-able term or raises.
+run(#{op := <<"call">>, call := Fun, args := Args}, _Progress) ->
+    bbc_json:to_json(apply(Fun, Args));
+run(#{op := Op, items := Items, malt := Malt, funs := Funs}, Progress) ->
+    Opts = [{progress, Progress} | worker_slots(Malt)],
+    bbc_json:to_json(apply_op(Op, Funs, Items, Opts)).
+
+apply_op(<<"map">>, #{f := F}, Items, Opts) -> bbc_plists:map(F, Items, Opts);
+apply_op(<<"filter">>, #{f := F}, Items, Opts) -> bbc_plists:filter(F, Items, Opts);
+apply_op(<<"fold">>, #{f := F, fuse := Fuse, init := Init}, Items, Opts) ->
+    bbc_plists:fold(F, Fuse, Init, Items, Opts);
+apply_op(<<"mapreduce">>, #{map := Map, reduce := Reduce}, Items, Opts) ->
+    bbc_plists:mapreduce_combine(Map, Reduce, Items, Opts);
+apply_op(<<"mapreduce">>, #{map := Map}, Items, Opts) ->
+    bbc_plists:mapreduce(Map, Items, Opts);
+apply_op(<<"sort">>, #{f := F}, Items, Opts) -> bbc_plists:sort(F, Items, Opts).
+
+%%% ------------------------------------------------------------------ checks
+
+%% "module:function" of the given arity, from an allowed module; 404 otherwise.
+function(Name, Spec, Arity) ->
+    Text = field(Name, Spec, fun is_binary/1, <<"a string \"module:function\"">>),
+    {ModName, FunName} = case binary:split(Text, <<":">>) of
+                             [M, F] when M =/= <<>>, F =/= <<>> -> {M, F};
+                             _ -> bad(<<Name/binary, " must look like \"module:function\"">>)
+                         end,
+    Allowed = bbc_config:get(job_modules),
+    lists:member(ModName, Allowed) orelse unknown(Text, Arity),
+    try
+        Mod = binary_to_existing_atom(ModName),
+        Fun = binary_to_existing_atom(FunName),
+        {module, Mod} = code:ensure_loaded(Mod),
+        true = erlang:function_exported(Mod, Fun, Arity),
+        fun Mod:Fun/Arity
+    catch error:_ -> unknown(Text, Arity)
+    end.
+
+unknown(Text, Arity) ->
+    throw({reject, 404, <<"unknown_function">>,
+           <<"no job function ", Text/binary, "/", (integer_to_binary(Arity))/binary,
+             " in the allowed job modules">>}).
+
+field(Name, Spec, Check, What) ->
+    case maps:find(Name, Spec) of
+        {ok, V} -> checked(Name, V, Check, What);
+        error -> bad(<<"missing field ", Name/binary>>)
+    end.
+
+optional(Name, Spec, Default, Check, What) ->
+    case maps:find(Name, Spec) of
+        {ok, V} -> checked(Name, V, Check, What);
+        error -> Default
+    end.
+
+checked(Name, V, Check, What) ->
+    case Check(V) of
+        true -> V;
+        false -> bad(<<Name/binary, " must be ", What/binary>>)
+    end.
+
+bad(Reason) -> throw({reject, 400, <<"bad_request">>, Reason}).
+
+join(Bins) -> iolist_to_binary(lists:join(<<", ">>, Bins)).

