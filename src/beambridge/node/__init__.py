@@ -1,0 +1,39 @@
+"""A Python process as a real Erlang node: ``Node`` (asyncio) and ``BlockingNode`` (threads).
+
+Both speak Erlang distribution (``beambridge.dist``) to OTP 25+ nodes: calls both ways (``rpc``
+to Erlang; ``expose`` for ``rpc:call``/``erpc:call``/``erl_call`` into Python), messages,
+mailboxes with links and monitors, ``gen_call``/``gen_cast``, ``ping``.
+"""
+
+from ._blocking import BlockingMailbox, BlockingNode
+from ._errors import (
+    BadCookie,
+    EpmdUnavailable,
+    ErlangError,
+    ErlangExit,
+    ErlangThrow,
+    HandshakeFailed,
+    MailboxClosed,
+    NameTaken,
+    NoConnection,
+)
+from ._mailbox import Mailbox
+from ._node import Node, default_cookie, full_node_name
+
+__all__ = [
+    "BadCookie",
+    "BlockingMailbox",
+    "BlockingNode",
+    "EpmdUnavailable",
+    "ErlangError",
+    "ErlangExit",
+    "ErlangThrow",
+    "HandshakeFailed",
+    "Mailbox",
+    "MailboxClosed",
+    "NameTaken",
+    "NoConnection",
+    "Node",
+    "default_cookie",
+    "full_node_name",
+]

@@ -1,0 +1,86 @@
+"""Talking to EPMD over asyncio, with the sans-IO messages of ``beambridge.dist.epmd``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+
+from ..dist import epmd
+from ._errors import EpmdUnavailable, NameTaken
+
+log = logging.getLogger("beambridge.node")
+
+
+async def _open(host: str, port: int, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as error:
+        raise EpmdUnavailable(
+            f"no EPMD at {host}:{port} ({error or 'timed out'}); start one with `epmd -daemon`"
+            f"{'' if port == epmd.DEFAULT_PORT else f' -port {port}'}, or pass start_epmd=True"
+        ) from None
+
+
+async def register(host: str, port: int, name: str, listen_port: int, *, hidden: bool,
+                   timeout: float) -> tuple[asyncio.StreamWriter, int]:
+    """Register ``name``; returns the socket to keep open (closing it unregisters) and the creation."""
+    reader, writer = await _open(host, port, timeout)
+    try:
+        writer.write(epmd.alive2_request(name, listen_port, hidden=hidden))
+        data = b""
+        async with asyncio.timeout(timeout):
+            while True:
+                reply = epmd.parse_alive2_reply(data)
+                if reply is not None:
+                    break
+                chunk = await reader.read(64)
+                if not chunk:
+                    raise EpmdUnavailable(f"EPMD at {host}:{port} closed before answering ALIVE2")
+                data += chunk
+    except BaseException:
+        writer.close()
+        raise
+    if reply.result != 0:
+        writer.close()
+        raise NameTaken(f"EPMD at {host}:{port} refused the name {name!r} (result {reply.result}): "
+                        "a node of that name is already running")
+    return writer, reply.creation
+
+
+async def _request_until_close(host: str, port: int, request: bytes, timeout: float) -> bytes:
+    reader, writer = await _open(host, port, timeout)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
+    except TimeoutError:
+        raise EpmdUnavailable(f"EPMD at {host}:{port} did not answer within {timeout} s") from None
+    finally:
+        writer.close()
+
+
+async def lookup(host: str, port: int, name: str, timeout: float) -> epmd.NodeInfo | None:
+    """The port of ``name`` on ``host``, or ``None`` when it is not registered."""
+    data = await _request_until_close(host, port, epmd.port_please2_request(name), timeout)
+    reply = epmd.parse_port2_reply(data)
+    if reply is None:
+        raise EpmdUnavailable(f"EPMD at {host}:{port} sent a truncated PORT2 reply")
+    return reply.info
+
+
+async def names(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
+    """What EPMD on ``host`` knows: ``[(name, port), ...]``."""
+    data = await _request_until_close(host, port, epmd.names_request(), timeout)
+    return epmd.parse_names_reply(data)[1]
+
+
+def start_daemon(port: int) -> None:
+    """Start an EPMD daemon on loopback (as ``erl`` would); it outlives this process."""
+    program = shutil.which("epmd")
+    if program is None:
+        raise EpmdUnavailable("no EPMD running and no `epmd` program found to start one")
+    log.info("starting epmd on 127.0.0.1:%d", port)
+    subprocess.run([program, "-daemon", "-port", str(port), "-address", "127.0.0.1"],
+                   check=False, timeout=10, capture_output=True)

@@ -1,0 +1,203 @@
+"""Mailboxes: the Python processes of a node, with a pid, links and monitors.
+
+A mailbox queues what Erlang sends to its pid (or registered name); ``receive`` can pick one
+message out of order with ``match``. Exit signals arrive as ``('EXIT', From, Reason)`` messages
+when ``trap_exits`` is on (the default), else a non-``normal`` one closes the mailbox, as it
+would kill an Erlang process. Monitors deliver ``('DOWN', Ref, process, Target, Reason)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._errors import Timeout, UsageError
+from ..term import Atom, Pid, Reference
+from ._errors import MailboxClosed
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__ = ["Mailbox"]
+
+EXIT = Atom("EXIT")
+DOWN = Atom("DOWN")
+PROCESS = Atom("process")
+NORMAL = Atom("normal")
+KILL = Atom("kill")
+KILLED = Atom("killed")
+NODEDOWN = Atom("nodedown")
+
+Match = Callable[[Any], bool]
+
+
+class Mailbox:
+    """A Python process on a ``Node``; made by ``Node.mailbox()``."""
+
+    def __init__(self, node: Node, pid: Pid, name: Atom | None, trap_exits: bool) -> None:
+        self._node = node
+        self.pid = pid
+        self.name = name
+        self.trap_exits = trap_exits
+        self._queue: deque[Any] = deque()
+        self._waiters: list[tuple[Match | None, asyncio.Future[Any]]] = []
+        self.links: set[Pid] = set()
+        #: monitors others hold on us: ref -> (watcher pid, target as they named it)
+        self.monitors_in: dict[Reference, tuple[Pid, Pid | Atom]] = {}
+        #: monitors we hold: ref -> (target pid or name, node of the target)
+        self.monitors_out: dict[Reference, tuple[Pid | Atom, Atom]] = {}
+        self.node_monitors: set[Atom] = set()
+        self.closed: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {self.pid!r}{' ' + self.name if self.name else ''}>"
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    # ---------------------------------------------------------------- delivery (loop thread)
+
+    def deliver(self, message: Any) -> None:
+        """Queue ``message`` or hand it to a waiting ``receive``."""
+        if self.closed is not None:
+            return
+        waiters = self._waiters
+        for i, (match, future) in enumerate(waiters):
+            if future.done():
+                continue
+            if match is None or _matches(match, message):
+                del waiters[i]
+                future.set_result(message)
+                return
+        self._queue.append(message)
+
+    def exit_signal(self, sender: Pid | Atom, reason: Any, *, kill: bool = False) -> None:
+        """An exit signal arrived: a message when trapping, else the end of this mailbox."""
+        if self.closed is not None:
+            return
+        if kill:
+            self.close(KILLED)
+        elif self.trap_exits:
+            self.deliver((EXIT, sender, reason))
+        elif reason != NORMAL:
+            self.close(reason)
+
+    # ---------------------------------------------------------------- user side
+
+    async def receive(self, timeout: float | None = None, match: Match | None = None) -> Any:
+        """The oldest message (or the oldest that ``match`` accepts); waits up to ``timeout`` s.
+
+        Raises ``Timeout`` when nothing came, ``MailboxClosed`` once the mailbox is closed.
+        """
+        queue = self._queue
+        if queue:
+            if match is None:
+                return queue.popleft()
+            for i, message in enumerate(queue):
+                if _matches(match, message):
+                    del queue[i]
+                    return message
+        if self.closed is not None:
+            raise MailboxClosed(self.closed)
+        if timeout is not None and timeout <= 0:
+            raise Timeout("no message")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        entry = (match, future)
+        self._waiters.append(entry)
+        taken = False
+        try:
+            async with asyncio.timeout(timeout):
+                message = await future
+                taken = True
+                return message
+        except TimeoutError:
+            raise Timeout(f"no message within {timeout} s") from None
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif (not taken and future.done() and not future.cancelled()
+                  and future.exception() is None):
+                # delivered just as we gave up (timeout or cancel): put it back, nothing is lost
+                queue.appendleft(future.result())
+
+    def receive_nowait(self, match: Match | None = None) -> Any:
+        """A queued message, or ``Timeout`` at once when none matches."""
+        for i, message in enumerate(self._queue):
+            if match is None or _matches(match, message):
+                del self._queue[i]
+                return message
+        if self.closed is not None:
+            raise MailboxClosed(self.closed)
+        raise Timeout("no message")
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def send(self, dest: Any, message: Any) -> None:
+        """Send ``message`` to ``dest`` with this mailbox as the sender."""
+        await self._node.send(dest, message, sender=self)
+
+    async def link(self, pid: Pid) -> None:
+        """Link to ``pid``: when either ends abnormally, the other gets an exit signal."""
+        self._check_open()
+        await self._node._link(self, pid)
+
+    async def unlink(self, pid: Pid) -> None:
+        self._check_open()
+        await self._node._unlink(self, pid)
+
+    async def monitor(self, target: Pid | str | tuple[str, str]) -> Reference:
+        """Monitor a pid, a registered name here, or ``(name, node)``; returns the reference that
+        the ``DOWN`` message will carry."""
+        self._check_open()
+        return await self._node._monitor(self, target)
+
+    async def demonitor(self, ref: Reference) -> None:
+        await self._node._demonitor(self, ref)
+
+    def monitor_node(self, node: str, enable: bool = True) -> None:
+        """Get ``('nodedown', Node)`` when the connection to ``node`` goes down."""
+        atom = Atom(node)
+        if enable:
+            self.node_monitors.add(atom)
+        else:
+            self.node_monitors.discard(atom)
+
+    def close(self, reason: Any = NORMAL) -> None:
+        """End this process: linked and monitoring processes are told ``reason``; waiters wake."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        self._node._process_ended(self, reason)
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(MailboxClosed(reason))
+        self._waiters.clear()
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise MailboxClosed(self.closed)
+
+    async def __aenter__(self) -> Mailbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _matches(match: Match, message: Any) -> bool:
+    try:
+        return bool(match(message))
+    except Exception:  # a match that fails on a message's shape simply does not match it
+        return False
+
+
+def check_name(name: Any) -> Atom:
+    if isinstance(name, Atom):
+        return name
+    if isinstance(name, str) and name:
+        return Atom(name)
+    raise UsageError(f"a registered name is a non-empty str, not {name!r}")

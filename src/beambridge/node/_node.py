@@ -1,0 +1,1220 @@
+"""``Node``: an asyncio Erlang node over the sans-IO protocol in ``beambridge.dist``.
+
+One event loop owns all state (no locks); ``BlockingNode`` runs this same class on a background
+loop thread. Connections open on demand (EPMD lookup, handshake) and are kept up with ticks;
+everything that waits has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Mapping as AbcMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import EncodeError, Timeout, UsageError
+from .._errors import RemoteError as RemoteError_
+from ..dist import (
+    NEED_DATA,
+    AliasSend,
+    ControlMessage,
+    DemonitorP,
+    Exit,
+    Exit2,
+    Flag,
+    GroupLeader,
+    HandshakeFailed,
+    Link,
+    MonitorP,
+    MonitorPExit,
+    NameReceived,
+    NodeLink,
+    RegSend,
+    RemoteProtocolError,
+    Role,
+    Send,
+    SendSender,
+    SpawnReply,
+    SpawnRequest,
+    StatusReceived,
+    Tick,
+    Unlink,
+    UnlinkId,
+    UnlinkIdAck,
+    epmd,
+)
+from ..dist import Connected as _Connected
+from ..dist import Connection as _Protocol
+from ..dist import ConnectionClosed as _Closed
+from ..dist._flags import DEFAULT_FLAGS
+from ..term import Atom, ImproperList, Mapping, Pid, Reference, encode_body
+from . import _epmd_client
+from ._errors import (
+    EpmdUnavailable,
+    ErlangError,
+    ErlangExit,
+    ErlangThrow,
+    MailboxClosed,
+    NoConnection,
+)
+from ._mailbox import DOWN, KILL, NODEDOWN, NORMAL, PROCESS, Mailbox, check_name
+
+__all__ = ["Node", "default_cookie", "full_node_name"]
+
+log = logging.getLogger("beambridge.node")
+io_log = logging.getLogger("beambridge.node.io")
+
+_A = Atom
+OK = _A("ok")
+ERROR = _A("error")
+RETURN = _A("return")
+THROW = _A("throw")
+EXIT_A = _A("exit")
+UNDEF = _A("undef")
+NOPROC = _A("noproc")
+NOCONNECTION = _A("noconnection")
+ERPC = _A("erpc")
+EXECUTE_CALL = _A("execute_call")
+EXECUTE_CAST = _A("execute_cast")
+MONITOR = _A("monitor")
+LINK = _A("link")
+REX = _A("rex")
+NET_KERNEL = _A("net_kernel")
+GEN_CALL = _A("$gen_call")
+GEN_CAST = _A("$gen_cast")
+CALL = _A("call")
+BADRPC = _A("badrpc")
+EXIT_TAG = _A("EXIT")
+SPAWN_REPLY = _A("spawn_reply")
+EMPTY = _A("")
+
+_WRITE_HIGH_WATER = 4 << 20
+#: Frames from these files are beambridge's or the thread pool's, not the user's: left out of stacks.
+_INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file__).resolve().parent),
+                   str(Path(contextlib.__file__).resolve().parent / "concurrent"))
+
+
+def default_cookie() -> str:
+    """``$ERLANG_COOKIE``, else ``~/.erlang.cookie``, as Erlang itself looks."""
+    cookie = os.environ.get("ERLANG_COOKIE")
+    if cookie:
+        return cookie
+    path = Path.home() / ".erlang.cookie"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise UsageError(
+            "no cookie: pass cookie=..., set $ERLANG_COOKIE, or create ~/.erlang.cookie"
+        ) from None
+
+
+def full_node_name(name: str) -> str:
+    """``name`` as ``name@host`` (a short name gets this machine's short host name)."""
+    if not isinstance(name, str) or not name or name.startswith("@") or name.endswith("@"):
+        raise UsageError(f"a node name is 'name' or 'name@host', not {name!r}")
+    if "@" in name:
+        return name
+    return f"{name}@{socket.gethostname().split('.')[0]}"
+
+
+@dataclass(eq=False)
+class _Peer:
+    """One live connection."""
+
+    name: Atom
+    proto: _Protocol
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    flags: int
+    creation: int
+    last_sent: float = field(default_factory=time.monotonic)
+    last_recv: float = field(default_factory=time.monotonic)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    alive: bool = True
+
+    def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
+        if not self.alive:
+            raise NoConnection(self.name, "connection closed")
+        data = self.proto.send(message, mapping=mapping)
+        self.writer.write(data)
+        self.last_sent = time.monotonic()
+
+    def send_quiet(self, message: ControlMessage) -> None:
+        """Send a signal; a dead connection or an unencodable term is logged, not raised."""
+        try:
+            self.send(message)
+        except (NoConnection, EncodeError) as error:
+            log.debug("signal %r to %s not sent: %s", type(message).__name__, self.name, error)
+
+    async def drain(self) -> None:
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            await self.writer.drain()
+
+
+class _PythonError:
+    """A Python exception turned into Erlang's ``error`` reason and stack."""
+
+    @staticmethod
+    def reason(error: BaseException) -> Any:
+        return (Atom("python"), Atom(type(error).__name__[:255]), str(error).encode("utf-8", "replace"))
+
+    @staticmethod
+    def stack(error: BaseException) -> list[Any]:
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if not f.filename.startswith(_INTERNAL_PATHS)]
+        stack = []
+        for frame in reversed(frames[-20:]):
+            location = [(Atom("file"), [ord(c) for c in frame.filename[-200:]]),
+                        (Atom("line"), frame.lineno or 0)]
+            module = Path(frame.filename).stem or "python"
+            stack.append((Atom(module[:255]), Atom(frame.name[:255]), 0, location))
+        return stack
+
+
+class _Undefined(Exception):
+    pass
+
+
+class Node:
+    """A Python process as an Erlang node (asyncio). Use ``async with Node(...) as node``.
+
+    ``name`` is ``'name'`` (this host's short name is added) or ``'name@host'``; ``cookie``
+    defaults to ``$ERLANG_COOKIE`` then ``~/.erlang.cookie``. ``hidden`` nodes (the default) do
+    not join the peer's global view, like ``erl -hidden``. ``epmd_port`` defaults to
+    ``$ERL_EPMD_PORT`` or 4369; ``start_epmd`` starts a loopback EPMD when none answers.
+    ``mapping`` chooses how terms map to Python (see ``beambridge.term.Mapping``).
+    """
+
+    def __init__(self, name: str, cookie: str | None = None, *, hidden: bool = True,
+                 epmd_host: str = "127.0.0.1", epmd_port: int | None = None,
+                 net_ticktime: float = 60.0, mapping: Mapping | None = None,
+                 listen_host: str = "127.0.0.1", connect_timeout: float = 10.0,
+                 start_epmd: bool = False) -> None:
+        self.name = full_node_name(name)
+        self.node_atom = Atom(self.name)
+        self.alive_name, self.host = self.name.split("@", 1)
+        self._cookie = cookie if cookie is not None else default_cookie()
+        self.hidden = hidden
+        self.epmd_host = epmd_host
+        self.epmd_port = epmd_port if epmd_port is not None else int(
+            os.environ.get("ERL_EPMD_PORT", epmd.DEFAULT_PORT))
+        if net_ticktime <= 0:
+            raise UsageError("net_ticktime must be positive")
+        self.net_ticktime = float(net_ticktime)
+        self.mapping = mapping or Mapping.EXACT
+        self.listen_host = listen_host
+        self.connect_timeout = connect_timeout
+        self.start_epmd = start_epmd
+        self.creation = 0
+        self.port = 0
+        self._flags = int(DEFAULT_FLAGS) | (0 if hidden else int(Flag.PUBLISHED))
+        self._started = False
+        self._closed = False
+        self._server: asyncio.Server | None = None
+        self._epmd_writer: asyncio.StreamWriter | None = None
+        self._peers: dict[Atom, _Peer] = {}
+        self._pending: dict[Atom, asyncio.Future[_Peer]] = {}
+        self._connecting: dict[Atom, asyncio.Task[None]] = {}
+        self._procs: dict[int, Mailbox] = {}
+        self._names: dict[Atom, Mailbox] = {}
+        self._aliases: dict[Reference, Mailbox] = {}
+        self._spawned: dict[int, asyncio.Task[Any]] = {}
+        self._exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]] = {}
+        self._nodes_watchers: set[Mailbox] = set()
+        self._pid_ids = itertools.count(1)
+        self._ref_ids = itertools.count(1)
+        self._unlink_ids = itertools.count(1)
+        self._ref_salt = (secrets.randbits(32), secrets.randbits(32))
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._anon: Mailbox | None = None
+        self._group_leader: Mailbox | None = None
+
+    # ================================================================ life cycle
+
+    async def start(self) -> Node:
+        """Listen, register with EPMD, and start the built-in services (rex, net_kernel)."""
+        if self._started:
+            raise UsageError("node already started")
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        self._server = await asyncio.start_server(self._on_accept, self.listen_host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            try:
+                self._epmd_writer, self.creation = await _epmd_client.register(
+                    self.epmd_host, self.epmd_port, self.alive_name, self.port,
+                    hidden=self.hidden, timeout=self.connect_timeout)
+            except EpmdUnavailable:
+                if not self.start_epmd:
+                    raise
+                _epmd_client.start_daemon(self.epmd_port)
+                self._epmd_writer, self.creation = await self._register_retrying()
+        except BaseException:
+            self._server.close()
+            self._closed = True
+            raise
+        self._anon = _Sink(self, self._next_pid())
+        self._procs[self._anon.pid.id] = self._anon
+        self._group_leader = _GroupLeader(self, self._next_pid())
+        self._procs[self._group_leader.pid.id] = self._group_leader
+        for service in (_Rex(self, self._next_pid(), REX), _NetKernel(self, self._next_pid(), NET_KERNEL)):
+            self._procs[service.pid.id] = service
+            self._names[service.name] = service  # type: ignore[index]
+        log.info("node %s up on port %d (creation %d)", self.name, self.port, self.creation)
+        return self
+
+    async def _register_retrying(self) -> tuple[asyncio.StreamWriter, int]:
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                return await _epmd_client.register(self.epmd_host, self.epmd_port, self.alive_name,
+                                                   self.port, hidden=self.hidden, timeout=2.0)
+            except EpmdUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        """Unregister from EPMD, close every connection, and wake every waiter with an error."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._epmd_writer is not None:
+            self._epmd_writer.close()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connecting.values()):
+            task.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(NoConnection("*", "node closed"))
+        for peer in list(self._peers.values()):
+            self._peer_down(peer, "node closed")
+        for mailbox in list(self._procs.values()):
+            mailbox.close(_A("shutdown"))
+        for task in list(self._spawned.values()) + list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        log.info("node %s closed", self.name)
+
+    async def __aenter__(self) -> Node:
+        if not self._started:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _check_running(self) -> None:
+        if not self._started:
+            raise UsageError("node not started: use `async with Node(...)` or `await node.start()`")
+        if self._closed:
+            raise NoConnection(self.name, "this node is closed")
+
+    def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ================================================================ identities
+
+    def _next_pid(self) -> Pid:
+        n = next(self._pid_ids)
+        return Pid(self.node_atom, n & 0x0FFFFFFF, (n >> 28) & 0x1FFF, self.creation)
+
+    def make_ref(self) -> Reference:
+        """A new reference of this node."""
+        n = next(self._ref_ids)
+        return Reference(self.node_atom, self.creation,
+                         (n & 0x3FFFF, ((n >> 18) ^ self._ref_salt[0]) & 0xFFFFFFFF, self._ref_salt[1]))
+
+    def _new_mailbox(self, name: Atom | None, trap_exits: bool) -> Mailbox:
+        if name is not None and name in self._names:
+            raise UsageError(f"the name {name} is already registered on {self.name}")
+        mailbox = Mailbox(self, self._next_pid(), name, trap_exits)
+        self._procs[mailbox.pid.id] = mailbox
+        if name is not None:
+            self._names[name] = mailbox
+        return mailbox
+
+    def mailbox(self, name: str | None = None, *, trap_exits: bool = True) -> Mailbox:
+        """A new Python process; ``name`` registers it so Erlang can send to ``{Name, Node}``."""
+        self._check_running()
+        return self._new_mailbox(check_name(name) if name is not None else None, trap_exits)
+
+    def whereis(self, name: str) -> Pid | None:
+        mailbox = self._names.get(Atom(name))
+        return mailbox.pid if mailbox is not None else None
+
+    def _local(self, pid: Pid) -> Mailbox | None:
+        if pid.node != self.node_atom or pid.creation != self.creation:
+            return None
+        mailbox = self._procs.get(pid.id)
+        if mailbox is not None and mailbox.pid == pid:
+            return mailbox
+        return None
+
+    # ================================================================ connections
+
+    def nodes(self) -> list[str]:
+        """Names of the nodes connected now."""
+        return [str(name) for name, peer in self._peers.items() if peer.alive]
+
+    async def connect(self, node: str, timeout: float | None = None) -> None:
+        """Connect to ``node`` now (sends and calls connect on demand anyway)."""
+        await self._peer(Atom(full_node_name(node)), timeout)
+
+    async def _peer(self, node: Atom, timeout: float | None = None) -> _Peer:
+        self._check_running()
+        peer = self._peers.get(node)
+        if peer is not None and peer.alive:
+            return peer
+        if node == self.node_atom:
+            raise UsageError("a node does not connect to itself")
+        future = self._pending.get(node)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_consume_exception)
+            self._pending[node] = future
+            self._connecting[node] = asyncio.ensure_future(self._connect(node, future))
+        limit = self.connect_timeout if timeout is None else min(timeout, self.connect_timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), limit)
+        except TimeoutError:
+            raise NoConnection(node, f"no connection within {limit} s") from None
+
+    async def _connect(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
+        opened: asyncio.StreamWriter | None = None
+        try:
+            alive, _, host = node.partition("@")
+            info = await _epmd_client.lookup(host, self.epmd_port, alive, self.connect_timeout)
+            if info is None:
+                raise NoConnection(node, f"{alive!r} is not registered with EPMD on {host}")
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, info.port), self.connect_timeout)
+            opened = writer
+            proto = _Protocol(Role.INITIATOR, this_node=self.name, cookie=self._cookie,
+                              creation=self.creation, flags=self._flags, peer_node=str(node),
+                              mapping=self.mapping)
+            writer.write(proto.start())
+            async with asyncio.timeout(self.connect_timeout):
+                connected = await self._handshake(proto, reader, writer, initiator=True)
+            if connected is None:
+                return  # lost the simultaneous-connect arbitration: the peer's connection wins
+            self._peer_up(proto, reader, writer, connected)
+            opened = None
+        except asyncio.CancelledError:
+            raise
+        except HandshakeFailed as error:
+            if error.reason == "nok":
+                # simultaneous connect and the peer's attempt wins; it resolves the future
+                log.debug("simultaneous connect to %s: waiting for its connection", node)
+                self._spawn_task(self._expire_pending(node, future))
+                return
+            self._fail_pending(node, future, error)
+        except (TimeoutError, Timeout):
+            self._fail_pending(node, future, NoConnection(node, "handshake timed out"))
+        except NoConnection as error:
+            self._fail_pending(node, future, error)
+        except (OSError, RemoteProtocolError, EpmdUnavailable) as error:
+            self._fail_pending(node, future, NoConnection(node, str(error)))
+        finally:
+            if self._connecting.get(node) is asyncio.current_task():
+                del self._connecting[node]
+            if opened is not None:
+                opened.close()
+
+    async def _expire_pending(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
+        await asyncio.sleep(self.connect_timeout)
+        self._fail_pending(node, future, NoConnection(node, "simultaneous connect did not complete"))
+
+    def _fail_pending(self, node: Atom, future: asyncio.Future[_Peer], error: BaseException) -> None:
+        if not future.done():
+            future.set_exception(error)
+        if self._pending.get(node) is future:
+            del self._pending[node]
+
+    async def _handshake(self, proto: _Protocol, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, *, initiator: bool) -> _Connected | None:
+        """Run the handshake to its end; ``None`` when we gave way to a simultaneous connect."""
+        while True:
+            event = proto.next_event()
+            out = proto.data_to_send()
+            if out:
+                writer.write(out)
+            if event is NEED_DATA:
+                data = await reader.read(65536)
+                proto.receive_data(data)
+                continue
+            if isinstance(event, _Connected):
+                return event
+            if isinstance(event, StatusReceived):
+                if event.status == "alive":
+                    # we are connecting anew, so any connection the peer remembers is dead
+                    writer.write(proto.answer_alive(True))
+                continue
+            if isinstance(event, NameReceived):
+                status = self._arbitrate(Atom(event.name))
+                writer.write(proto.accept_name(status))
+                if status in ("nok", "not_allowed"):
+                    await writer.drain()
+                    return None
+                continue
+            if isinstance(event, _Closed):
+                raise HandshakeFailed("closed", "peer closed the connection during the handshake")
+
+    def _arbitrate(self, other: Atom) -> str:
+        """The status for an incoming name (see ``net_kernel``'s simultaneous-connect rule)."""
+        if self._closed:
+            return "not_allowed"
+        peer = self._peers.get(other)
+        if peer is not None and peer.alive:
+            return "alive"
+        if other in self._connecting:
+            if self.name > other:
+                return "nok"  # our own attempt wins
+            task = self._connecting.pop(other)
+            task.cancel()
+            return "ok_simultaneous"
+        return "ok"
+
+    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        proto = _Protocol(Role.ACCEPTOR, this_node=self.name, cookie=self._cookie,
+                          creation=self.creation, flags=self._flags, mapping=self.mapping)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                connected = await self._handshake(proto, reader, writer, initiator=False)
+        except (HandshakeFailed, RemoteProtocolError, OSError, TimeoutError) as error:
+            log.warning("incoming connection%s refused: %s",
+                        f" from {proto.peer_node}" if proto.peer_node else "", error)
+            writer.close()
+            self._orphaned(proto.peer_node, error)
+            return
+        if connected is None:
+            writer.close()
+            return
+        old = self._peers.get(Atom(connected.name))
+        if old is not None:
+            self._peer_down(old, "replaced by a new connection")
+        self._peer_up(proto, reader, writer, connected)
+
+    def _orphaned(self, name: str | None, error: BaseException) -> None:
+        """An accepted handshake that we let win over our own attempt failed: fail its waiters."""
+        if name is None:
+            return
+        node = Atom(name)
+        future = self._pending.get(node)
+        if future is not None and node not in self._connecting:
+            self._fail_pending(node, future, NoConnection(node, f"handshake failed: {error}"))
+
+    def _peer_up(self, proto: _Protocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 connected: _Connected) -> None:
+        name = Atom(connected.name)
+        with contextlib.suppress(OSError):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation)
+        self._peers[name] = peer
+        peer.tasks.append(self._spawn_task(self._read_loop(peer)))
+        peer.tasks.append(self._spawn_task(self._tick_loop(peer)))
+        future = self._pending.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(peer)
+        log.info("connected to %s", name)
+        for watcher in list(self._nodes_watchers):
+            watcher.deliver((Atom("nodeup"), name))
+
+    async def _read_loop(self, peer: _Peer) -> None:
+        reason = "connection closed"
+        proto = peer.proto
+        try:
+            while True:
+                data = await peer.reader.read(1 << 18)
+                proto.receive_data(data)
+                peer.last_recv = time.monotonic()
+                while True:
+                    event = proto.next_event()
+                    if event is NEED_DATA:
+                        break
+                    if isinstance(event, _Closed):
+                        return
+                    if isinstance(event, Tick):
+                        continue
+                    try:
+                        self._dispatch(peer, event)
+                    except Exception:
+                        log.exception("error handling %r from %s", type(event).__name__, peer.name)
+        except RemoteProtocolError as error:
+            reason = f"protocol error: {error}"
+            log.warning("closing connection to %s: %s", peer.name, error)
+        except (OSError, asyncio.IncompleteReadError) as error:
+            reason = str(error)
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        finally:
+            self._peer_down(peer, reason)
+
+    async def _tick_loop(self, peer: _Peer) -> None:
+        interval = self.net_ticktime / 4
+        while peer.alive:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - peer.last_recv > self.net_ticktime:
+                log.warning("%s sent nothing for %.1f s (net_ticktime): connection dropped",
+                            peer.name, now - peer.last_recv)
+                self._peer_down(peer, "net_tick_timeout")
+                return
+            if now - peer.last_sent >= interval * 0.9 and peer.alive:
+                peer.writer.write(peer.proto.tick())
+                peer.last_sent = now
+
+    def _peer_down(self, peer: _Peer, reason: str) -> None:
+        if not peer.alive:
+            return
+        peer.alive = False
+        if self._peers.get(peer.name) is peer:
+            del self._peers[peer.name]
+        log.info("connection to %s down: %s", peer.name, reason)
+        peer.writer.close()
+        current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
+        for task in peer.tasks:
+            if task is not current:
+                task.cancel()
+        node = peer.name
+        for mailbox in list(self._procs.values()):
+            for linked in [p for p in mailbox.links if p.node == node]:
+                mailbox.links.discard(linked)
+                mailbox.exit_signal(linked, NOCONNECTION)
+            for ref, (target, target_node) in list(mailbox.monitors_out.items()):
+                if target_node == node:
+                    del mailbox.monitors_out[ref]
+                    shown = target if isinstance(target, Pid) else (target, node)
+                    mailbox.deliver((DOWN, ref, PROCESS, shown, NOCONNECTION))
+            for ref, (holder, _) in list(mailbox.monitors_in.items()):
+                if holder.node == node:
+                    del mailbox.monitors_in[ref]
+            if node in mailbox.node_monitors:
+                mailbox.node_monitors.discard(node)
+                mailbox.deliver((NODEDOWN, node))
+        for watcher in list(self._nodes_watchers):
+            watcher.deliver((NODEDOWN, node))
+
+    def monitor_nodes(self, mailbox: Mailbox, enable: bool = True) -> None:
+        """Deliver ``('nodeup', Node)``/``('nodedown', Node)`` for every connection to ``mailbox``."""
+        if enable:
+            self._nodes_watchers.add(mailbox)
+        else:
+            self._nodes_watchers.discard(mailbox)
+
+    # ================================================================ routing signals
+
+    def _signal_now(self, node: Atom, message: ControlMessage) -> None:
+        """Send a signal on an existing connection, or apply it locally; never waits."""
+        if node == self.node_atom:
+            self._dispatch(None, message)
+            return
+        peer = self._peers.get(node)
+        if peer is not None:
+            peer.send_quiet(message)
+
+    async def _signal(self, node: Atom, message: ControlMessage) -> None:
+        if node == self.node_atom:
+            self._dispatch(None, message)
+            return
+        peer = await self._peer(node)
+        peer.send(message)
+        await peer.drain()
+
+    def _dispatch(self, peer: _Peer | None, event: Any) -> None:
+        """Apply one control message that arrived (or that a local process sent locally)."""
+        kind = type(event)
+        if kind is Send or kind is SendSender:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None:
+                mailbox.deliver(event.message)
+        elif kind is RegSend:
+            mailbox = self._names.get(event.to_name)
+            if mailbox is not None:
+                mailbox.deliver(event.message)
+            else:
+                log.debug("message to unregistered name %s dropped", event.to_name)
+        elif kind is AliasSend:
+            mailbox = self._aliases.get(event.alias)
+            if mailbox is not None:
+                mailbox.deliver(event.message)
+        elif kind is MonitorPExit:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None and mailbox.monitors_out.pop(event.ref, None) is not None:
+                mailbox.deliver((DOWN, event.ref, PROCESS, event.from_proc, event.reason))
+        elif kind is SpawnReply:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None:
+                if isinstance(event.result, Pid):
+                    mailbox.deliver((SPAWN_REPLY, event.req_id, OK, event.result))
+                else:
+                    mailbox.monitors_out.pop(event.req_id, None)
+                    mailbox.deliver((SPAWN_REPLY, event.req_id, ERROR, event.result))
+        elif kind is Link:
+            mailbox = self._local(event.to_pid)
+            if mailbox is None or mailbox.closed is not None:
+                self._signal_now(event.from_pid.node, Exit(event.to_pid, event.from_pid, NOPROC))
+            else:
+                mailbox.links.add(event.from_pid)
+        elif kind is UnlinkId:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None:
+                mailbox.links.discard(event.from_pid)
+            self._signal_now(event.from_pid.node, UnlinkIdAck(event.id, event.to_pid, event.from_pid))
+        elif kind is Unlink:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None:
+                mailbox.links.discard(event.from_pid)
+        elif kind is Exit:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None and event.from_pid in mailbox.links:
+                mailbox.links.discard(event.from_pid)
+                mailbox.exit_signal(event.from_pid, event.reason)
+        elif kind is Exit2:
+            mailbox = self._local(event.to_pid)
+            if mailbox is not None:
+                mailbox.exit_signal(event.from_pid, event.reason, kill=event.reason == KILL)
+        elif kind is MonitorP:
+            target = event.to_proc
+            mailbox = self._names.get(target) if isinstance(target, Atom) else self._local(target)
+            if mailbox is None or mailbox.closed is not None:
+                self._signal_now(event.from_pid.node, MonitorPExit(target, event.from_pid, event.ref, NOPROC))
+            else:
+                mailbox.monitors_in[event.ref] = (event.from_pid, target)
+        elif kind is DemonitorP:
+            target = event.to_proc
+            mailbox = self._names.get(target) if isinstance(target, Atom) else self._local(target)
+            if mailbox is not None:
+                mailbox.monitors_in.pop(event.ref, None)
+        elif kind is SpawnRequest:
+            if peer is None:
+                raise UsageError("local spawn requests are not supported")
+            self._on_spawn_request(peer, event)
+        elif kind is UnlinkIdAck or kind is GroupLeader or kind is NodeLink:
+            pass
+        else:
+            log.debug("ignored %r", event)
+
+    def _process_ended(self, mailbox: Mailbox, reason: Any) -> None:
+        """A local process ended: tell linked and monitoring processes, unregister it."""
+        self._procs.pop(mailbox.pid.id, None)
+        if mailbox.name is not None and self._names.get(mailbox.name) is mailbox:
+            del self._names[mailbox.name]
+        self._nodes_watchers.discard(mailbox)
+        for alias in [a for a, m in self._aliases.items() if m is mailbox]:
+            del self._aliases[alias]
+        links, mailbox.links = mailbox.links, set()
+        for pid in links:
+            self._signal_now(pid.node, Exit(mailbox.pid, pid, reason))
+        monitors_in, mailbox.monitors_in = mailbox.monitors_in, {}
+        for ref, (watcher, target) in monitors_in.items():
+            self._signal_now(watcher.node, MonitorPExit(target, watcher, ref, reason))
+        monitors_out, mailbox.monitors_out = mailbox.monitors_out, {}
+        for ref, (target, node) in monitors_out.items():
+            self._signal_now(node, DemonitorP(mailbox.pid, target, ref))
+
+    # ================================================================ links and monitors
+
+    async def _link(self, mailbox: Mailbox, pid: Pid) -> None:
+        if not isinstance(pid, Pid):
+            raise UsageError(f"link wants a Pid, not {pid!r}")
+        mailbox.links.add(pid)
+        try:
+            await self._signal(pid.node, Link(mailbox.pid, pid))
+        except NoConnection:
+            mailbox.links.discard(pid)
+            mailbox.exit_signal(pid, NOCONNECTION)
+
+    async def _unlink(self, mailbox: Mailbox, pid: Pid) -> None:
+        if pid not in mailbox.links:
+            return
+        mailbox.links.discard(pid)
+        peer = self._peers.get(pid.node)
+        if pid.node == self.node_atom:
+            self._dispatch(None, UnlinkId(next(self._unlink_ids), mailbox.pid, pid))
+        elif peer is not None:
+            if peer.flags & Flag.UNLINK_ID:
+                peer.send_quiet(UnlinkId(next(self._unlink_ids), mailbox.pid, pid))
+            else:
+                peer.send_quiet(Unlink(mailbox.pid, pid))
+
+    async def _monitor(self, mailbox: Mailbox, target: Any) -> Reference:
+        ref = self.make_ref()
+        proc: Pid | Atom
+        if isinstance(target, Pid):
+            proc, node = target, target.node
+        elif isinstance(target, tuple) and len(target) == 2:
+            proc, node = check_name(target[0]), Atom(full_node_name(str(target[1])))
+        elif isinstance(target, str):
+            proc, node = check_name(target), self.node_atom
+        else:
+            raise UsageError(f"monitor wants a Pid, a name or (name, node), not {target!r}")
+        mailbox.monitors_out[ref] = (proc, node)
+        try:
+            await self._signal(node, MonitorP(mailbox.pid, proc, ref))
+        except NoConnection:
+            if mailbox.monitors_out.pop(ref, None) is not None:
+                shown = proc if isinstance(proc, Pid) else (proc, node)
+                mailbox.deliver((DOWN, ref, PROCESS, shown, NOCONNECTION))
+        return ref
+
+    async def _demonitor(self, mailbox: Mailbox, ref: Reference) -> None:
+        entry = mailbox.monitors_out.pop(ref, None)
+        if entry is not None:
+            self._signal_now(entry[1], DemonitorP(mailbox.pid, entry[0], ref))
+
+    # ================================================================ sending
+
+    def _resolve(self, dest: Any) -> tuple[Atom, Any]:
+        """``(node, pid | name | alias)`` for what the user names as a destination."""
+        if isinstance(dest, Pid):
+            return dest.node, dest
+        if isinstance(dest, Reference):
+            return dest.node, dest
+        if isinstance(dest, str):
+            return self.node_atom, check_name(dest)
+        if isinstance(dest, tuple) and len(dest) == 2:
+            return Atom(full_node_name(str(dest[1]))), check_name(dest[0])
+        raise UsageError(f"send to a Pid, a registered name, (name, node) or an alias, not {dest!r}")
+
+    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None) -> None:
+        """Send ``message`` to a ``Pid``, a name registered here, ``(name, node)``, or an alias.
+
+        Connects on demand; raises ``NoConnection`` when the node cannot be reached and
+        ``EncodeError`` when the message has no Erlang form (nothing is sent then).
+        """
+        self._check_running()
+        node, target = self._resolve(dest)
+        source = (sender or self._anon)
+        assert source is not None
+        if isinstance(target, Pid):
+            msg: ControlMessage = Send(target, message, source.pid)
+        elif isinstance(target, Reference):
+            msg = AliasSend(source.pid, target, message)
+        else:
+            msg = RegSend(source.pid, target, message)
+        if node == self.node_atom:
+            self._dispatch(None, msg)
+            return
+        peer = self._peers.get(node)
+        if peer is None or not peer.alive:
+            peer = await self._peer(node)
+        peer.send(msg)
+        await peer.drain()
+
+    # ================================================================ calling Erlang
+
+    async def rpc(self, node: str, module: str, function: str, args: Iterable[Any] = (),
+                  timeout: float | None = 30.0) -> Any:
+        """``erpc:call(Node, Module, Function, Args)``: the result, or a typed error.
+
+        ``ErlangError`` (reason and stack), ``ErlangThrow``, ``ErlangExit``; ``NoConnection``
+        when the node is unreachable or goes down during the call; ``Timeout`` after ``timeout``
+        seconds (the remote process is then killed, as erpc does).
+        """
+        self._check_running()
+        target = Atom(full_node_name(node))
+        m, f, a = check_name(module), check_name(function), list(args)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        peer = self._peers.get(target)
+        if peer is None or not peer.alive:
+            peer = await self._peer(target, timeout)
+        if not peer.flags & Flag.SPAWN:
+            return await self._rex_call(target, m, f, a, deadline)
+        mailbox = self._new_mailbox(None, trap_exits=True)
+        try:
+            req = self.make_ref()
+            tag = self.make_ref()
+            assert self._group_leader is not None
+            mailbox.monitors_out[req] = (ERPC, target)
+            peer.send(SpawnRequest(req, mailbox.pid, self._group_leader.pid, ERPC, EXECUTE_CALL,
+                                   [tag, m, f, a], [MONITOR]))
+            await peer.drain()
+            spawned: Pid | None = None
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    message = await mailbox.receive(remaining)
+                except Timeout:
+                    if spawned is not None:
+                        self._signal_now(target, Exit2(mailbox.pid, spawned, KILL))
+                    raise Timeout(f"rpc {m}:{f}/{len(a)} on {target} timed out after {timeout} s") from None
+                if type(message) is not tuple or len(message) < 4 or message[1] != req:
+                    continue
+                if message[0] == SPAWN_REPLY:
+                    if message[2] == OK:
+                        spawned = message[3]
+                        continue
+                    raise ErlangError((ERPC, message[3]))
+                if message[0] == DOWN:
+                    return _erpc_result(target, tag, message[4])
+        finally:
+            mailbox.monitors_out.clear()
+            mailbox.close()
+
+    async def _rex_call(self, node: Atom, m: Atom, f: Atom, a: list[Any], deadline: float | None) -> Any:
+        """Old-style rpc through ``rex`` for peers without SPAWN (erl_interface nodes)."""
+        assert self._group_leader is not None
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        result = await self.gen_call((REX, node), (CALL, m, f, a, self._group_leader.pid), remaining)
+        if type(result) is tuple and len(result) == 2 and result[0] == BADRPC:
+            reason = result[1]
+            if reason == _A("nodedown"):
+                raise NoConnection(node, "nodedown")
+            if type(reason) is tuple and len(reason) == 2 and reason[0] == EXIT_TAG:
+                inner = reason[1]
+                if type(inner) is tuple and len(inner) == 2 and isinstance(inner[1], list):
+                    raise ErlangError(inner[0], inner[1])
+                raise ErlangExit(inner)
+            raise ErlangError((BADRPC, reason))
+        return result
+
+    async def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
+        """``gen_server:call(Dest, Request)``: the reply; ``ErlangExit`` if the server is gone."""
+        self._check_running()
+        mailbox = self._new_mailbox(None, trap_exits=True)
+        try:
+            node, target = self._resolve(dest)
+            ref = await self._monitor(mailbox, target if isinstance(target, Pid) else (target, node))
+            await self.send(dest, (GEN_CALL, (mailbox.pid, ref), request), sender=mailbox)
+
+            def is_answer(msg: Any) -> bool:
+                return type(msg) is tuple and (
+                    (len(msg) == 2 and msg[0] == ref) or (len(msg) == 5 and msg[0] == DOWN and msg[1] == ref))
+
+            try:
+                reply = await mailbox.receive(timeout, is_answer)
+            except Timeout:
+                raise Timeout(f"gen_call to {dest!r} timed out after {timeout} s") from None
+            if len(reply) == 2:
+                return reply[1]
+            if reply[4] == NOCONNECTION:
+                raise NoConnection(node, f"while calling {dest!r}")
+            raise ErlangExit(reply[4])
+        finally:
+            mailbox.close()
+
+    async def gen_cast(self, dest: Any, request: Any) -> None:
+        """``gen_server:cast(Dest, Request)``."""
+        await self.send(dest, (GEN_CAST, request))
+
+    async def ping(self, node: str, timeout: float = 5.0) -> bool:
+        """``net_adm:ping``: True (pong) when the node answers, False (pang) otherwise."""
+        try:
+            target = Atom(full_node_name(node))
+            answer = await self.gen_call((NET_KERNEL, target), (_A("is_auth"), self.node_atom), timeout)
+        except (NoConnection, Timeout, HandshakeFailed, RemoteError_):
+            return False
+        return bool(answer == _A("yes"))
+
+    # ================================================================ Erlang calling us
+
+    def expose(self, module: str, functions: Any, *, inline: bool = False) -> None:
+        """Make Python callables callable from Erlang as ``Module:Function(Args...)``.
+
+        ``functions`` is a mapping name -> callable, an iterable of named callables, or an
+        object whose public callables are taken. Coroutine functions run on the node's loop;
+        plain ones run in a worker thread (``inline=True`` runs them on the loop: fast, but they
+        must not block). Erlang reaches them with ``rpc:call``, ``erpc:call``, ``erl_call``.
+        """
+        table: dict[Atom, tuple[Callable[..., Any], bool]] = {}
+        if isinstance(functions, AbcMapping):
+            items = list(functions.items())
+        elif isinstance(functions, Iterable) and not isinstance(functions, (str, bytes)):
+            items = [(getattr(fn, "__name__", ""), fn) for fn in functions]
+        else:
+            items = [(n, getattr(functions, n)) for n in dir(functions)
+                     if not n.startswith("_") and callable(getattr(functions, n))]
+        for fname, fn in items:
+            if not callable(fn):
+                raise UsageError(f"{module}:{fname} is not callable")
+            table[check_name(fname)] = (fn, inline)
+        self._exposed.setdefault(check_name(module), {}).update(table)
+
+    async def _invoke(self, module: Atom, function: Atom, args: list[Any]) -> Any:
+        entry = self._exposed.get(module, {}).get(function)
+        if entry is None or not isinstance(args, list):
+            raise _Undefined()
+        fn, inline = entry
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        if inline:
+            result = fn(*args)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _outcome(self, module: Atom, function: Atom, args: Any) -> tuple[str, Any, Any]:
+        """Run an exposed function: ``('return', value, None)``, ``('error', reason, stack)``..."""
+        try:
+            return "return", await self._invoke(module, function, args), None
+        except _Undefined:
+            arity = args if isinstance(args, list) else 0
+            return "error", UNDEF, [(module, function, arity, [])]
+        except asyncio.CancelledError:
+            raise
+        except RemoteError_ as error:  # an Erlang-style error raised on purpose keeps its form
+            return error.kind, error.reason, error.stack or []
+        except Exception as error:
+            arity = len(args) if isinstance(args, list) else 0
+            stack = [*_PythonError.stack(error), (module, function, arity, [])]
+            return "error", _PythonError.reason(error), stack
+
+    def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
+        if self._closed:
+            peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, _A("notsup")))
+            return
+        process = Mailbox(self, self._next_pid(), None, trap_exits=False)
+        self._procs[process.pid.id] = process
+        flags = 0
+        for option in event.options:
+            if option == LINK:
+                process.links.add(event.from_pid)
+                flags |= 1
+            elif option == MONITOR:
+                process.monitors_in[event.req_id] = (event.from_pid, process.pid)
+                flags |= 2
+        peer.send_quiet(SpawnReply(event.req_id, event.from_pid, flags, process.pid))
+        task = self._spawn_task(self._run_spawned(process, event))
+        self._spawned[process.pid.id] = task
+
+    async def _run_spawned(self, process: Mailbox, event: SpawnRequest) -> None:
+        m, f, args = event.module, event.function, event.args
+        waiter = self._spawn_task(process.receive(None, lambda _: False))  # wakes when killed
+        waiter.add_done_callback(_consume_exception)
+        try:
+            if m == ERPC and f == EXECUTE_CALL and len(args) == 4:
+                work = self._spawn_task(self._outcome(args[1], args[2], args[3]))
+                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done:
+                    work.cancel()
+                    return
+                kind, value, stack = work.result()
+                tag = args[0]
+                if kind == "return":
+                    reason: Any = (tag, RETURN, value)
+                elif kind == "error":
+                    reason = (tag, ERROR, value, stack)
+                else:
+                    reason = (tag, Atom(kind), value)
+                self._finish(process, reason, tag)
+            else:
+                if m == ERPC and f == EXECUTE_CAST and len(args) == 3:
+                    m, f, args = args[0], args[1], args[2]
+                work = self._spawn_task(self._outcome(m, f, args))
+                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done:
+                    work.cancel()
+                    return
+                kind, value, stack = work.result()
+                if kind == "return":
+                    self._finish(process, NORMAL, None)
+                else:
+                    self._finish(process, (value, stack) if kind == "error" else value, None)
+        finally:
+            waiter.cancel()
+            self._spawned.pop(process.pid.id, None)
+            if process.closed is None:
+                process.close(KILL)
+
+    def _finish(self, process: Mailbox, reason: Any, tag: Any) -> None:
+        """End a spawned process; a result with no Erlang form becomes an error reason."""
+        try:
+            encode_body(reason, mapping=self.mapping)
+        except EncodeError as error:
+            python_reason = (Atom("python"), Atom("EncodeError"), str(error).encode())
+            reason = (tag, ERROR, python_reason, []) if tag is not None else python_reason
+        process.close(reason)
+
+    # ================================================================ EPMD helpers
+
+    async def names(self, host: str | None = None, timeout: float = 5.0) -> list[tuple[str, int]]:
+        """What EPMD on ``host`` (default: ours) has registered: ``[(name, port), ...]``."""
+        return await _epmd_client.names(host or self.epmd_host, self.epmd_port, timeout)
+
+    def _sockets(self) -> list[socket.socket]:
+        """Every socket this node holds (the fork handling releases them in a child)."""
+        found: list[Any] = []
+        if self._server is not None:
+            found += list(self._server.sockets)
+        writers = [self._epmd_writer] + [p.writer for p in self._peers.values()]
+        for writer in writers:
+            if writer is not None:
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    found.append(sock)
+        return found
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _erpc_result(node: Atom, tag: Reference, reason: Any) -> Any:
+    """Map the exit reason of ``erpc:execute_call`` (seen in a DOWN message) to a result."""
+    if type(reason) is tuple and len(reason) >= 3 and reason[0] == tag:
+        kind = reason[1]
+        if kind == RETURN:
+            return reason[2]
+        if kind == THROW:
+            raise ErlangThrow(reason[2])
+        if kind == EXIT_A:
+            raise ErlangExit(reason[2])
+        if kind == ERROR:
+            raise ErlangError(reason[2], reason[3] if len(reason) == 4 else None)
+    if reason == NOCONNECTION:
+        raise NoConnection(node, "connection lost during the call")
+    raise ErlangExit((_A("signal"), reason))
+
+
+class _Service(Mailbox):
+    """A built-in process that handles its messages as they arrive (no queue)."""
+
+    def __init__(self, node: Node, pid: Pid, name: Atom | None = None) -> None:
+        super().__init__(node, pid, name, trap_exits=True)
+
+    def deliver(self, message: Any) -> None:
+        try:
+            self.handle(message)
+        except (EncodeError, NoConnection, MailboxClosed) as error:
+            log.debug("%s could not answer %r: %s", self.name, message, error)
+
+    def handle(self, message: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reply(self, to: Any, message: Any) -> None:
+        """Send without waiting: a reply goes back on the connection the request came on."""
+        node = self.node
+        if isinstance(to, ImproperList) and to.items and to.items[0] == _A("alias") and isinstance(
+                to.tail, Reference):
+            node._signal_now(to.tail.node, AliasSend(self.pid, to.tail, message))
+            return
+        if isinstance(to, Pid):
+            node._signal_now(to.node, Send(to, message, self.pid))
+
+    def gen_reply(self, sender: Any, reply: Any) -> None:
+        """Answer a ``'$gen_call'`` ``From`` (``{Pid, Tag}``; Tag may be an alias)."""
+        if type(sender) is not tuple or len(sender) != 2:
+            return
+        pid, tag = sender
+        node = self.node
+        if (isinstance(tag, ImproperList) and tag.items and tag.items[0] == _A("alias")
+                and isinstance(tag.tail, Reference)):
+            peer = node._peers.get(pid.node) if isinstance(pid, Pid) else None
+            if peer is not None and peer.flags & Flag.ALIAS:
+                node._signal_now(pid.node, AliasSend(self.pid, tag.tail, (tag, reply)))
+                return
+        if isinstance(pid, Pid):
+            node._signal_now(pid.node, Send(pid, (tag, reply), self.pid))
+
+
+class _Rex(_Service):
+    """The ``rex`` server: old-style rpc (``{call,M,F,A,GL}``, as erl_call and Jinterface send,
+    plain or through ``gen_server:call``) and ``features_request``."""
+
+    def handle(self, message: Any) -> None:
+        if type(message) is not tuple:
+            return
+        if len(message) == 2 and isinstance(message[0], Pid):
+            sender, request = message
+            if request == _A("features_request"):
+                self.reply(sender, (_A("features_reply"), self.node.node_atom, [ERPC]))
+            elif _is_call(request):
+                self.node._spawn_task(self._answer(request, lambda r: self.reply(sender, (REX, r))))
+        elif len(message) == 3 and message[0] == GEN_CALL and _is_call(message[2]):
+            sender = message[1]
+            self.node._spawn_task(self._answer(message[2], lambda r: self.gen_reply(sender, r)))
+
+    async def _answer(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
+        _, m, f, a = request[:4]
+        kind, value, stack = await self.node._outcome(m, f, a)
+        if kind == "return" or kind == "throw":
+            result = value
+        elif kind == "exit":
+            result = (BADRPC, (EXIT_TAG, value))
+        else:
+            result = (BADRPC, (EXIT_TAG, (value, stack)))
+        try:
+            reply(result)
+        except EncodeError as error:
+            reply((BADRPC, (EXIT_TAG, ((Atom("python"), Atom("EncodeError"), str(error).encode()), []))))
+
+
+def _is_call(request: Any) -> bool:
+    return (type(request) is tuple and len(request) == 5 and request[0] in (CALL, _A("block_call"))
+            and isinstance(request[1], Atom) and isinstance(request[2], Atom))
+
+
+class _Sink(_Service):
+    """The sender of messages sent with no mailbox; what comes back to it is dropped."""
+
+    def handle(self, message: Any) -> None:
+        log.debug("message to the node's anonymous sender dropped: %.200r", message)
+
+
+class _NetKernel(_Service):
+    """Enough of ``net_kernel`` to answer ``net_adm:ping`` (``{is_auth, Node}`` -> ``yes``)."""
+
+    def handle(self, message: Any) -> None:
+        if type(message) is tuple and len(message) == 3 and message[0] == GEN_CALL:
+            request = message[2]
+            if type(request) is tuple and len(request) == 2 and request[0] == _A("is_auth"):
+                self.gen_reply(message[1], _A("yes"))
+
+
+class _GroupLeader(_Service):
+    """The group leader of what we spawn remotely: io requests are logged and answered ``ok``."""
+
+    def handle(self, message: Any) -> None:
+        if type(message) is not tuple or len(message) != 4 or message[0] != _A("io_request"):
+            return
+        _, sender, reply_as, request = message
+        text = _io_text(request)
+        if text is not None:
+            io_log.info("%s", text.rstrip("\n"))
+            answer: Any = OK
+        else:
+            answer = (ERROR, _A("enotsup"))
+        self.reply(sender, (_A("io_reply"), reply_as, answer))
+
+
+def _io_text(request: Any) -> str | None:
+    if type(request) is not tuple or not request or request[0] != _A("put_chars"):
+        return None
+    chars = request[-1]
+    if isinstance(chars, bytes):
+        return chars.decode("utf-8", "replace")
+    if isinstance(chars, list):
+        try:
+            return "".join(chr(c) if isinstance(c, int) else (c.decode("utf-8", "replace")
+                           if isinstance(c, bytes) else "") for c in chars)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(chars, str):
+        return chars
+    return "<formatted output>"

@@ -1,0 +1,65 @@
+%% Helpers the integration tests run inside a real Erlang node.
+-module(bb_test).
+-behaviour(gen_server).
+-export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
+         big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
+         connect_many/2]).
+
+start_echo(Name) ->
+    Pid = spawn(fun echo_loop/0),
+    register(Name, Pid),
+    Pid.
+
+echo_loop() ->
+    receive
+        {From, Msg} -> From ! Msg, echo_loop();
+        stop -> ok
+    end.
+
+call_py(Node, M, F, A) -> rpc:call(Node, M, F, A).
+
+erpc_py(Node, M, F, A) ->
+    try {ok, erpc:call(Node, M, F, A, 10000)}
+    catch C:R -> {C, R}
+    end.
+
+%% A process linked to Pid (not trapping): dies when Pid dies; exits with Reason on {exit, Reason}.
+linker(Pid) ->
+    Self = self(),
+    Child = spawn(fun() -> link(Pid), Self ! linked, receive {exit, R} -> exit(R) end end),
+    receive linked -> Child after 5000 -> timeout end.
+
+%% A trapping process linked to Pid that forwards what it gets to ReportTo.
+trapper(Pid, ReportTo) ->
+    Self = self(),
+    Child = spawn(fun() -> process_flag(trap_exit, true), link(Pid), Self ! linked, forward(ReportTo) end),
+    receive linked -> Child after 5000 -> timeout end.
+
+%% A process monitoring Target that forwards what it gets to ReportTo.
+monitorer(Target, ReportTo) ->
+    Self = self(),
+    Child = spawn(fun() -> Ref = monitor(process, Target), Self ! {monitoring, Ref}, forward(ReportTo) end),
+    receive {monitoring, Ref} -> {Child, Ref} after 5000 -> timeout end.
+
+forward(To) ->
+    receive
+        {exit, R} -> exit(R);
+        Msg -> To ! {forwarded, self(), Msg}, forward(To)
+    end.
+
+big(N) -> binary:copy(<<"x">>, N).
+
+send_after(Ms, Dest, Msg) ->
+    spawn(fun() -> timer:sleep(Ms), Dest ! Msg end), ok.
+
+start_server(Name) ->
+    {ok, Pid} = gen_server:start({local, Name}, ?MODULE, [], []),
+    Pid.
+
+init([]) -> {ok, []}.
+handle_call(Req, _From, S) -> {reply, {echo, Req}, S}.
+handle_cast({tell, To, Msg}, S) -> To ! Msg, {noreply, S}.
+handle_info(_, S) -> {noreply, S}.
+
+%% Connect to every node in Nodes at once (for the simultaneous-connect test).
+connect_many(Nodes, _) -> [net_kernel:connect_node(N) || N <- Nodes].

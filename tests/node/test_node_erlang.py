@@ -1,0 +1,268 @@
+"""A beambridge node against real Erlang nodes (OTP 25 and 28): calls, messages, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from beambridge import Atom, Mapping, Pid, Timeout
+from beambridge.node import (
+    BlockingNode,
+    ErlangError,
+    ErlangExit,
+    ErlangThrow,
+    MailboxClosed,
+    NoConnection,
+    Node,
+)
+
+from .conftest import COOKIE, ErlNode, unique
+
+pytestmark = pytest.mark.erlang
+A = Atom
+
+
+@pytest.fixture
+def py(epmd_port: int) -> Iterator[BlockingNode]:
+    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+    yield node
+    node.close()
+
+
+def expose_pymod(py: BlockingNode) -> None:
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    def fail(text: bytes) -> None:
+        raise ValueError(text.decode())
+
+    async def slow_double(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return 2 * x
+
+    def throw(value: Any) -> None:
+        raise ErlangThrow(value)
+
+    py.expose("pymod", {"add": add, "fail": fail, "slow_double": slow_double, "throw": throw,
+                        "echo": lambda x: x})
+
+
+# ------------------------------------------------------------------ Python calls Erlang
+
+def test_rpc_results_and_typed_errors(py: BlockingNode, erl: ErlNode) -> None:
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+    assert py.rpc(erl.name, "lists", "reverse", [list(range(10))]) == list(range(9, -1, -1))
+    as_tuple = py.rpc(erl.name, "erlang", "list_to_tuple", [[1, b"b", 2.5, True, None]])
+    assert as_tuple == (1, b"b", 2.5, True, None)
+    with pytest.raises(ErlangError) as info:
+        py.rpc(erl.name, "erlang", "error", [A("bad")])
+    assert info.value.reason == A("bad") and info.value.stack
+    with pytest.raises(ErlangError) as info:
+        py.rpc(erl.name, "no_such_module", "f", [])
+    assert info.value.reason == A("undef")
+    with pytest.raises(ErlangThrow) as thrown:
+        py.rpc(erl.name, "erlang", "throw", [(A("my"), 1)])
+    assert thrown.value.reason == (A("my"), 1)
+    with pytest.raises(ErlangExit) as exited:
+        py.rpc(erl.name, "erlang", "exit", [A("gone")])
+    assert exited.value.reason == A("gone")
+    with pytest.raises(Timeout):
+        py.rpc(erl.name, "timer", "sleep", [5000], timeout=0.3)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)  # still fine after a timeout
+    assert erl.name in py.nodes()
+
+
+def test_rpc_to_unknown_node_is_noconnection(py: BlockingNode) -> None:
+    with pytest.raises(NoConnection):
+        py.rpc("nobody_here@127.0.0.1", "erlang", "node", [], timeout=5)
+
+
+def test_ping_both_ways(py: BlockingNode, erl: ErlNode) -> None:
+    assert py.ping(erl.name) is True
+    assert py.ping("nobody_here@127.0.0.1") is False
+    assert py.rpc(erl.name, "net_adm", "ping", [A(py.name)]) == A("pong")
+
+
+def test_gen_call_and_gen_cast(py: BlockingNode, erl: ErlNode) -> None:
+    name = unique("srv")
+    py.rpc(erl.name, "bb_test", "start_server", [A(name)])
+    assert py.gen_call((name, erl.name), (A("hello"), 1)) == (A("echo"), (A("hello"), 1))
+    with py.mailbox() as mb:
+        py.gen_cast((name, erl.name), (A("tell"), mb.pid, b"cast!"))
+        assert mb.receive(timeout=5) == b"cast!"
+    with pytest.raises(ErlangExit):
+        py.gen_call((unique("none"), erl.name), A("x"), timeout=5)
+
+
+# ------------------------------------------------------------------ Erlang calls Python
+
+def test_rpc_and_erpc_from_erlang(py: BlockingNode, erl: ErlNode) -> None:
+    expose_pymod(py)
+    me = A(py.name)
+    assert py.rpc(erl.name, "rpc", "call", [me, A("pymod"), A("add"), [1, 2]]) == 3
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("slow_double"), [21]]) == (A("ok"), 42)
+    kind, reason = py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("fail"), [b"nope"]])
+    assert kind == A("error")
+    assert reason[0] == A("exception")
+    assert reason[1] == (A("python"), A("ValueError"), b"nope")
+    assert any(frame[1] == A("fail") for frame in reason[2])
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("missing"), [1]]) == (
+        A("error"), (A("exception"), A("undef"), [(A("pymod"), A("missing"), [1], [])]))
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("throw"), [7]]) == (A("throw"), 7)
+    badrpc = py.rpc(erl.name, "rpc", "call", [me, A("nomod"), A("f"), []])
+    assert badrpc[0] == A("badrpc") and badrpc[1][1][0] == A("undef")
+    # rpc:cast into Python (SPAWN_REQUEST of erpc:execute_cast)
+    with py.mailbox("cast_target") as mb:
+        py.expose("pymod2", {"tell": lambda: py.send("cast_target", b"told")})
+        py.rpc(erl.name, "rpc", "cast", [me, A("pymod2"), A("tell"), []])
+        assert mb.receive(timeout=5) == b"told"
+
+
+def test_old_style_rex_call_and_features(py: BlockingNode, erl: ErlNode) -> None:
+    expose_pymod(py)
+    with py.mailbox() as mb:
+        py.send(("rex", py.name), (mb.pid, (A("call"), A("pymod"), A("add"), [2, 3], A("user"))))
+        assert mb.receive(timeout=5) == (A("rex"), 5)
+        py.send(("rex", py.name), (mb.pid, A("features_request")))
+        assert mb.receive(timeout=5) == (A("features_reply"), A(py.name), [A("erpc")])
+    # and gen_server:call(rex) from Erlang, as rpc:block_call does
+    assert py.rpc(erl.name, "rpc", "block_call", [A(py.name), A("pymod"), A("add"), [4, 5]]) == 9
+
+
+def test_erl_call_reaches_exposed_function(py: BlockingNode, erl: ErlNode, epmd_port: int) -> None:
+    expose_pymod(py)
+    import os
+    env = erl.runtime.environ({**os.environ, "ERL_EPMD_PORT": str(epmd_port)})
+    out = subprocess.run([str(erl.runtime.tool("erl_call")), "-name", py.name, "-c", COOKIE,
+                          "-a", "pymod add [40, 2]"], env=env, capture_output=True, timeout=30, text=True)
+    assert out.stdout.strip() == "42", out.stderr
+
+
+# ------------------------------------------------------------------ messages
+
+def test_messages_both_ways(py: BlockingNode, erl: ErlNode) -> None:
+    echo = unique("echo")
+    py.rpc(erl.name, "bb_test", "start_echo", [A(echo)])
+    with py.mailbox("inbox_" + echo) as mb:
+        py.send((echo, erl.name), (mb.pid, {b"k": [1, 2, 3]}))
+        assert mb.receive(timeout=5) == {b"k": [1, 2, 3]}
+        mb.send((echo, erl.name), (mb.pid, A("second")))
+        assert mb.receive(timeout=5) == A("second")
+        # Erlang sends to our registered name and to our pid; selective receive picks one
+        py.rpc(erl.name, "bb_test", "send_after", [0, (A(mb.name), A(py.name)), (A("first"), 1)])
+        py.rpc(erl.name, "bb_test", "send_after", [50, mb.pid, (A("later"), 2)])
+        assert mb.receive(timeout=5, match=lambda m: m[0] == A("later")) == (A("later"), 2)
+        assert mb.receive(timeout=5) == (A("first"), 1)
+        with pytest.raises(Timeout):
+            mb.receive(timeout=0.1)
+
+
+def test_mapping_text(epmd_port: int, erl: ErlNode) -> None:
+    with BlockingNode(unique("pytext") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      mapping=Mapping.TEXT) as node:
+        assert node.rpc(erl.name, "erlang", "iolist_to_binary", [["héllo", " ", "wörld"]]) == "héllo wörld"
+
+
+# ------------------------------------------------------------------ links, monitors, exits
+
+def test_links_and_exit_signals_both_ways(py: BlockingNode, erl: ErlNode) -> None:
+    with py.mailbox() as watcher:
+        # Erlang process linked to a Python mailbox: closing the mailbox with a reason kills it
+        victim_mb = py.mailbox()
+        erl_linked = py.rpc(erl.name, "bb_test", "linker", [victim_mb.pid])
+        assert isinstance(erl_linked, Pid)
+        ref = watcher.monitor(erl_linked)
+        victim_mb.close(A("boom"))
+        down = watcher.receive(timeout=5)
+        assert down == (A("DOWN"), ref, A("process"), erl_linked, A("boom"))
+
+        # Python links to an Erlang process; it exits; the trapping mailbox gets ('EXIT', Pid, R)
+        trapping = py.mailbox(trap_exits=True)
+        erl_proc = py.rpc(erl.name, "bb_test", "linker", [watcher.pid])
+        trapping.link(erl_proc)
+        time.sleep(0.1)
+        py.send(erl_proc, (A("exit"), A("bye")))
+        assert trapping.receive(timeout=5) == (A("EXIT"), erl_proc, A("bye"))
+        # (watcher was linked too, and traps exits by default)
+        assert watcher.receive(timeout=5) == (A("EXIT"), erl_proc, A("bye"))
+
+        # a non-trapping mailbox is closed by an abnormal exit signal
+        plain = py.mailbox(trap_exits=False)
+        erl_proc2 = py.rpc(erl.name, "bb_test", "linker", [plain.pid])
+        time.sleep(0.1)
+        py.send(erl_proc2, (A("exit"), A("crash")))
+        with pytest.raises(MailboxClosed) as closed:
+            plain.receive(timeout=5)
+        assert closed.value.reason == A("crash")
+
+        # an Erlang trapping process gets our exit, and unlink stops it
+        trapper = py.rpc(erl.name, "bb_test", "trapper", [trapping.pid, watcher.pid])
+        trapping.unlink(trapper)
+        trapping.close(A("done"))
+        with pytest.raises(Timeout):
+            watcher.receive(timeout=0.3, match=lambda m: m[0] == A("forwarded"))
+
+
+def test_monitors_both_ways(py: BlockingNode, erl: ErlNode) -> None:
+    with py.mailbox() as mb:
+        target = py.mailbox()
+        erl_mon, _ref = py.rpc(erl.name, "bb_test", "monitorer", [target.pid, mb.pid])
+        target.close(A("finished"))
+        forwarded = mb.receive(timeout=5)
+        assert forwarded[0] == A("forwarded") and forwarded[2][0] == A("DOWN")
+        assert forwarded[2][4] == A("finished")
+        # monitoring a name that does not exist: immediate noproc
+        ref = mb.monitor((unique("ghost"), erl.name))
+        down = mb.receive(timeout=5)
+        assert down[:2] == (A("DOWN"), ref) and down[4] == A("noproc")
+        # demonitor: no DOWN afterwards
+        ref2 = mb.monitor(erl_mon)
+        mb.demonitor(ref2)
+        py.send(erl_mon, (A("exit"), A("quiet")))
+        with pytest.raises(Timeout):
+            mb.receive(timeout=0.3, match=lambda m: m[0] == A("DOWN"))
+
+
+# ------------------------------------------------------------------ many threads
+
+def test_many_threads_share_one_blocking_node(py: BlockingNode, erl: ErlNode) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(30):
+                assert py.rpc(erl.name, "lists", "reverse", [[n, i]]) == [i, n]
+            with py.mailbox() as mb:
+                py.send(mb.pid, n)
+                assert mb.receive(timeout=5) == n
+        except BaseException as error:  # collected for the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
+# ------------------------------------------------------------------ the async API
+
+def test_async_node(epmd_port: int, erl: ErlNode) -> None:
+    async def main() -> None:
+        async with Node(unique("pyasync") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as node:
+            results = await asyncio.gather(*(node.rpc(erl.name, "erlang", "abs", [-i]) for i in range(64)))
+            assert results == list(range(64))
+            mb = node.mailbox()
+            await node.send(mb.pid, 1)
+            assert await mb.receive(timeout=1) == 1
+        with pytest.raises(MailboxClosed):
+            await mb.receive(timeout=1)
+
+    asyncio.run(main())
