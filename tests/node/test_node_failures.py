@@ -1,0 +1,214 @@
+"""Failure modes against real nodes: dead peers, restarts, wrong cookies, taken names, no EPMD,
+half handshakes, simultaneous connects, ticks, 100 MB messages, fork."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from beambridge import Atom, otp
+from beambridge.dist import epmd as epmd_messages
+from beambridge.node import (
+    BlockingNode,
+    EpmdUnavailable,
+    HandshakeFailed,
+    NameTaken,
+    NoConnection,
+    Node,
+)
+
+from .conftest import COOKIE, ErlNode, free_port, unique
+
+pytestmark = pytest.mark.erlang
+A = Atom
+
+
+@pytest.fixture
+def py(epmd_port: int) -> Iterator[BlockingNode]:
+    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+    yield node
+    node.close()
+
+
+def test_kill_erlang_mid_call_then_restart(py: BlockingNode, fresh_erl: ErlNode) -> None:
+    assert py.rpc(fresh_erl.name, "erlang", "node") == A(fresh_erl.name)
+    errors: list[BaseException] = []
+    started = time.monotonic()
+
+    def call() -> None:
+        try:
+            py.rpc(fresh_erl.name, "timer", "sleep", [20000], timeout=30)
+        except BaseException as error:
+            errors.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.5)
+    fresh_erl.stop()
+    caller.join(15)
+    assert len(errors) == 1 and isinstance(errors[0], NoConnection), errors
+    assert time.monotonic() - started < 10
+    assert fresh_erl.name not in py.nodes()
+    fresh_erl.start()
+    assert py.rpc(fresh_erl.name, "erlang", "node") == A(fresh_erl.name)  # reconnects on demand
+
+
+def test_links_and_monitors_see_noconnection(py: BlockingNode, fresh_erl: ErlNode) -> None:
+    with py.mailbox() as mb:
+        remote = py.rpc(fresh_erl.name, "bb_test", "linker", [mb.pid])
+        ref = mb.monitor(remote)
+        mb.monitor_node(fresh_erl.name)
+        fresh_erl.stop()
+        got = [mb.receive(timeout=10) for _ in range(3)]
+        assert (A("EXIT"), remote, A("noconnection")) in got
+        assert (A("DOWN"), ref, A("process"), remote, A("noconnection")) in got
+        assert (A("nodedown"), A(fresh_erl.name)) in got
+
+
+def test_wrong_cookie_both_directions(epmd_port: int, erl: ErlNode) -> None:
+    with BlockingNode(unique("badcookie") + "@127.0.0.1", "not-the-cookie", epmd_port=epmd_port) as bad:
+        with pytest.raises(HandshakeFailed) as info:
+            bad.rpc(erl.name, "erlang", "node", [], timeout=10)
+        assert "cookie" in str(info.value)
+        # Erlang connecting to us with its (different) cookie gets pang; we stay up
+        with BlockingNode(unique("good") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as good:
+            assert good.rpc(erl.name, "net_adm", "ping", [A(bad.name)]) == A("pang")
+        assert bad.names()  # still working
+
+
+def test_name_taken_and_no_epmd(epmd_port: int) -> None:
+    name = unique("taken") + "@127.0.0.1"
+    with BlockingNode(name, COOKIE, epmd_port=epmd_port), pytest.raises(NameTaken):
+        BlockingNode(name, COOKIE, epmd_port=epmd_port)
+    with pytest.raises(EpmdUnavailable, match="epmd -daemon"):
+        BlockingNode(unique("noepmd") + "@127.0.0.1", COOKIE, epmd_port=free_port(), connect_timeout=2)
+
+
+def test_peer_dies_mid_handshake(py: BlockingNode, epmd_port: int) -> None:
+    # 1. something connects to us, sends half a name and goes away: we carry on
+    port = py.node.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"\x00\x20N\x00\x00")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    # 2. a "node" registered in EPMD that hangs up after reading our name
+    fake = unique("fake")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    registration = socket.create_connection(("127.0.0.1", epmd_port), timeout=5)
+    registration.sendall(epmd_messages.alive2_request(fake, listener.getsockname()[1]))
+    assert epmd_messages.parse_alive2_reply(registration.recv(16)) is not None
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(100)
+        conn.close()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    started = time.monotonic()
+    with pytest.raises((HandshakeFailed, NoConnection)):
+        py.rpc(f"{fake}@127.0.0.1", "erlang", "node", [], timeout=10)
+    assert time.monotonic() - started < 5
+    server.join(5)
+    registration.close()
+    listener.close()
+    assert py.names()
+
+
+def test_simultaneous_connect_python_python(epmd_port: int) -> None:
+    async def main() -> None:
+        for _ in range(5):
+            a = Node(unique("sima") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+            b = Node(unique("simb") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+            async with a, b:
+                mb_a, mb_b = a.mailbox("ma"), b.mailbox("mb")
+                await asyncio.wait_for(asyncio.gather(a.connect(b.name), b.connect(a.name)), 10)
+                await asyncio.gather(a.send(("mb", b.name), 1), b.send(("ma", a.name), 2))
+                assert await mb_b.receive(timeout=5) == 1
+                assert await mb_a.receive(timeout=5) == 2
+                assert a.nodes() == [b.name] and b.nodes() == [a.name]
+
+    asyncio.run(main())
+
+
+def test_simultaneous_connect_with_erlang(epmd_port: int, fresh_erl: ErlNode) -> None:
+    async def main() -> None:
+        async with Node(unique("simpy") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as node:
+            mb = node.mailbox("here")
+            # Erlang (told through a second node) dials us while we dial it
+            async with Node(unique("helper") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as helper:
+                await helper.rpc(fresh_erl.name, "erlang", "node", [])
+                dial = helper.rpc(fresh_erl.name, "net_kernel", "connect_node", [A(node.name)])
+                results = await asyncio.gather(dial, node.connect(fresh_erl.name))
+                assert results[0] is True
+            await node.send(("here", node.name), 0)
+            assert await node.rpc(fresh_erl.name, "erlang", "node", []) == A(fresh_erl.name)
+            assert await mb.receive(timeout=1) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_idle_connection_survives_ticks(otp_runtime: otp.Runtime, epmd_port: int, test_ebin: Path) -> None:
+    erl = ErlNode(otp_runtime, epmd_port, test_ebin, ticktime=2)
+    try:
+        with BlockingNode(unique("ticky") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                          net_ticktime=2) as py:
+            assert py.rpc(erl.name, "net_kernel", "get_net_ticktime", []) == 2
+            time.sleep(6)  # three tick periods with no traffic
+            assert erl.name in py.nodes()
+            assert py.rpc(erl.name, "erlang", "nodes", [A("hidden")]) == [A(py.name)]
+    finally:
+        erl.stop()
+
+
+@pytest.mark.slow
+def test_100mb_binary_each_way(py: BlockingNode, erl: ErlNode) -> None:
+    size = 100 * 1024 * 1024
+    payload = b"\x01" * size
+    with py.mailbox() as mb:
+        echo = unique("bigecho")
+        py.rpc(erl.name, "bb_test", "start_echo", [A(echo)])
+        py.send((echo, erl.name), (mb.pid, payload), timeout=120)  # out in fragments, back
+        back = mb.receive(timeout=120)
+        assert len(back) == size and back == payload
+    del payload, back
+    assert py.rpc(erl.name, "erlang", "byte_size", [b"x" * size], timeout=120) == size
+    got = py.rpc(erl.name, "bb_test", "big", [size], timeout=120)
+    assert len(got) == size and got[:3] == b"xxx"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_gets_a_fresh_node(py: BlockingNode, erl: ErlNode) -> None:
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+    py_parent_name = py.name
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            result = py.rpc(erl.name, "erlang", "node", [], timeout=10)
+            name = py.name
+            ok = result == A(erl.name) and name != py_parent_name and str(os.getpid()) in name
+            os.write(write_end, struct.pack(">B", 1 if ok else 0) + name.encode())
+            code = 0
+        except BaseException as error:
+            os.write(write_end, b"\x00" + repr(error).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(child, 0)
+    answer = os.read(read_end, 1000)
+    os.close(read_end)
+    assert status == 0 and answer[:1] == b"\x01", answer
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)  # the parent's node is untouched
