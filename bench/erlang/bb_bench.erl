@@ -1,0 +1,65 @@
+%% The Erlang-to-Erlang side of bench/node_bench.py: each function does N operations against
+%% Node and returns the elapsed microseconds.
+-module(bb_bench).
+-export([seq_rpc/5, pipelined_rpc/6, concurrent_rpc/6, start_echo/1, echo_seq/3, echo_inflight/4]).
+
+time_us(Fun) ->
+    T0 = erlang:monotonic_time(microsecond),
+    Fun(),
+    erlang:monotonic_time(microsecond) - T0.
+
+seq_rpc(Node, M, F, A, N) ->
+    time_us(fun() -> seq_loop(Node, M, F, A, N) end).
+
+seq_loop(_, _, _, _, 0) -> ok;
+seq_loop(Node, M, F, A, N) -> _ = rpc:call(Node, M, F, A), seq_loop(Node, M, F, A, N - 1).
+
+%% N calls with at most Window outstanding (erpc:send_request / receive_response).
+pipelined_rpc(Node, M, F, A, N, Window) ->
+    time_us(fun() -> window(Node, M, F, A, N, Window, []) end).
+
+window(_, _, _, _, 0, _, Out) -> [erpc:receive_response(R) || R <- Out], ok;
+window(Node, M, F, A, N, W, Out) when length(Out) >= W ->
+    [R | Rest] = Out,
+    _ = erpc:receive_response(R),
+    window(Node, M, F, A, N, W, Rest);
+window(Node, M, F, A, N, W, Out) ->
+    window(Node, M, F, A, N - 1, W, Out ++ [erpc:send_request(Node, M, F, A)]).
+
+%% C processes each doing N div C sequential calls.
+concurrent_rpc(Node, M, F, A, N, C) ->
+    Self = self(),
+    time_us(fun() ->
+        Pids = [spawn_link(fun() -> seq_loop(Node, M, F, A, N div C), Self ! {done, self()} end)
+                || _ <- lists:seq(1, C)],
+        [receive {done, P} -> ok end || P <- Pids]
+    end).
+
+start_echo(Name) ->
+    Pid = spawn(fun loop/0),
+    register(Name, Pid),
+    Pid.
+
+loop() -> receive {From, Msg} -> From ! Msg, loop() end.
+
+echo_seq(Dest, Msg, N) ->
+    time_us(fun() -> echo_seq_loop(Dest, Msg, N) end).
+
+echo_seq_loop(_, _, 0) -> ok;
+echo_seq_loop(Dest, Msg, N) -> Dest ! {self(), Msg}, receive Msg -> ok end, echo_seq_loop(Dest, Msg, N - 1).
+
+%% N echoes with Window messages in flight.
+echo_inflight(Dest, Msg, N, Window) ->
+    time_us(fun() ->
+        First = min(Window, N),
+        [Dest ! {self(), Msg} || _ <- lists:seq(1, First)],
+        inflight(Dest, Msg, N - First, First)
+    end).
+
+inflight(_, _, 0, 0) -> ok;
+inflight(Dest, Msg, Left, Out) ->
+    receive Msg -> ok end,
+    case Left of
+        0 -> inflight(Dest, Msg, 0, Out - 1);
+        _ -> Dest ! {self(), Msg}, inflight(Dest, Msg, Left - 1, Out)
+    end.

@@ -1,0 +1,241 @@
+"""Erlang distribution speed: beambridge next to a second Erlang node, same work, same run.
+
+One target Erlang node; the same operations are timed from a second Erlang node (the
+reference) and from beambridge (``BlockingNode`` threads and ``Node`` tasks), and the ratio
+beambridge/Erlang is printed for each row. Run: ``.venv/bin/python bench/node_bench.py``
+(``--otp 28`` for the bundled OTP 28, ``--seconds`` per row). Prints only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from beambridge import Atom, otp
+from beambridge.node import BlockingNode, Node
+
+HERE = Path(__file__).parent
+COOKIE = "bench_" + secrets.token_hex(4)
+A = Atom
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Erl:
+    def __init__(self, runtime: otp.Runtime, name: str, epmd_port: int, ebin: Path) -> None:
+        self.name = f"{name}@127.0.0.1"
+        env = runtime.environ({**os.environ, "ERL_EPMD_PORT": str(epmd_port)})
+        self.proc = subprocess.Popen(
+            [str(runtime.erl), "-noinput", "-name", self.name, "-setcookie", COOKIE, "-pa", str(ebin),
+             "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def calibrate(run: Callable[[int], float], seconds: float) -> float:
+    """Operations per second: grow N until one run takes about ``seconds``."""
+    n = 200
+    while True:
+        elapsed = run(n)
+        if elapsed >= seconds or n >= 5_000_000:
+            return n / elapsed
+        n = int(n * min(max(seconds / max(elapsed, 1e-3), 1.5), 20))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--otp", type=int, default=None, help="OTP major release (default: the system's)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="target duration of each measurement")
+    opts = parser.parse_args()
+    runtimes = otp.find_runtimes()
+    runtime = next((r for r in runtimes if opts.otp is None or r.major == opts.otp), None)
+    if runtime is None:
+        print(f"no OTP {opts.otp} runtime found", file=sys.stderr)
+        return 2
+    ebin = Path(tempfile.mkdtemp(prefix="bb_bench_"))
+    subprocess.run([str(otp.erlc()), "-o", str(ebin), str(HERE / "erlang" / "bb_bench.erl")], check=True)
+    epmd_port = free_port()
+    epmd = subprocess.Popen(["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"])
+    time.sleep(0.3)
+    tag = secrets.token_hex(3)
+    target = Erl(runtime, f"target_{tag}", epmd_port, ebin)
+    client = Erl(runtime, f"client_{tag}", epmd_port, ebin)
+    seconds = opts.seconds
+    try:
+        py = _start_node(f"bench_{tag}@127.0.0.1", epmd_port)
+        with py:
+            for erl in (target, client):
+                _wait(lambda e=erl: py.ping(e.name, 2))
+            t = A(target.name)
+            py.rpc(target.name, "bb_bench", "start_echo", [A("bench_echo")])
+            rows = _run_rows(py, client.name, target.name, t, epmd_port, seconds)
+        print(f"\nbeambridge vs Erlang on OTP {runtime.release}, loopback, {os.cpu_count()} cores "
+              f"(ops/s; ratio = beambridge / Erlang)\n")
+        print(f"{'operation':44} {'Erlang':>10} {'beambridge':>11} {'ratio':>7}")
+        for label, erl_rate, py_rate in rows:
+            print(f"{label:44} {erl_rate:10.0f} {py_rate:11.0f} {py_rate / erl_rate:6.2f}x")
+    finally:
+        client.stop()
+        target.stop()
+        epmd.kill()
+        epmd.wait(10)
+    return 0
+
+
+def _start_node(name: str, epmd_port: int) -> BlockingNode:
+    return BlockingNode(name, COOKIE, epmd_port=epmd_port)
+
+
+def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError("Erlang node did not come up")
+        time.sleep(0.2)
+
+
+def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: int,
+              seconds: float) -> list[tuple[str, float, float]]:
+    def erl_us(function: str, args: list[Any]) -> float:
+        return float(py.rpc(client, "bb_bench", function, args, timeout=600)) / 1e6
+
+    rev10 = [list(range(10))]
+    rows: list[tuple[str, float, float]] = []
+
+    # sequential rpc
+    for label, m, f, a in (("sequential rpc erlang:node/0", "erlang", "node", []),
+                           ("sequential rpc lists:reverse/1 (10 elements)", "lists", "reverse", rev10)):
+        erl = calibrate(lambda n, m=m, f=f, a=a: erl_us("seq_rpc", [t, A(m), A(f), a, n]), seconds)
+
+        def py_seq(n: int, m: str = m, f: str = f, a: list[Any] = a) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                py.rpc(target, m, f, a)
+            return time.perf_counter() - start
+
+        rows.append((label + " [BlockingNode]", erl, calibrate(py_seq, seconds)))
+        rows.append((label + " [Node]", erl, calibrate(
+            lambda n, m=m, f=f, a=a: _async_run(py, _async_seq(target, m, f, a, n)), seconds)))
+
+    # 64 in flight
+    erl = calibrate(lambda n: erl_us("pipelined_rpc", [t, A("erlang"), A("node"), [], n, 64]), seconds)
+    rows.append(("rpc erlang:node/0, 64 in flight [Node]", erl, calibrate(
+        lambda n: _async_run(py, _async_window(target, n, 64)), seconds)))
+
+    # 4 concurrent callers
+    erl = calibrate(lambda n: erl_us("concurrent_rpc", [t, A("erlang"), A("node"), [], n, 4]), seconds)
+
+    def threads4(n: int) -> float:
+        def work() -> None:
+            for _ in range(n // 4):
+                py.rpc(target, "erlang", "node")
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        start = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return time.perf_counter() - start
+
+    rows.append(("rpc erlang:node/0, 4 callers [BlockingNode threads]", erl, calibrate(threads4, seconds)))
+    rows.append(("rpc erlang:node/0, 4 callers [Node tasks]", erl, calibrate(
+        lambda n: _async_run(py, _async_tasks(target, n, 4)), seconds)))
+
+    # echo
+    dest = (A("bench_echo"), t)
+    erl = calibrate(lambda n: erl_us("echo_seq", [dest, A("ping"), n]), seconds)
+
+    def echo_seq(n: int) -> float:
+        with py.mailbox() as mb:
+            start = time.perf_counter()
+            for _ in range(n):
+                mb.send(("bench_echo", target), (mb.pid, A("ping")))
+                mb.receive(timeout=10)
+            return time.perf_counter() - start
+
+    rows.append(("echo to a registered process, 1 at a time [BlockingNode]", erl,
+                 calibrate(echo_seq, seconds)))
+    rows.append(("echo to a registered process, 1 at a time [Node]", erl, calibrate(
+        lambda n: _async_run(py, _async_echo(target, n, 1)), seconds)))
+    erl = calibrate(lambda n: erl_us("echo_inflight", [dest, A("ping"), n, 64]), seconds)
+    rows.append(("echo, 64 in flight [Node]", erl, calibrate(
+        lambda n: _async_run(py, _async_echo(target, n, 64)), seconds)))
+    return rows
+
+
+def _async_run(py: BlockingNode, make: Callable[[Node], Any]) -> float:
+    async def go() -> float:
+        start = time.perf_counter()
+        await make(py.node)
+        return time.perf_counter() - start
+    return asyncio.run_coroutine_threadsafe(go(), py.loop).result(600)
+
+
+def _async_seq(target: str, m: str, f: str, a: list[Any], n: int) -> Callable[[Node], Any]:
+    async def run(node: Node) -> None:
+        for _ in range(n):
+            await node.rpc(target, m, f, a)
+    return run
+
+
+def _async_window(target: str, n: int, window: int) -> Callable[[Node], Any]:
+    async def run(node: Node) -> None:
+        left = n
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await node.rpc(target, "erlang", "node", [])
+        await asyncio.gather(*(worker() for _ in range(window)))
+    return run
+
+
+def _async_tasks(target: str, n: int, tasks: int) -> Callable[[Node], Any]:
+    async def run(node: Node) -> None:
+        async def worker() -> None:
+            for _ in range(n // tasks):
+                await node.rpc(target, "erlang", "node", [])
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+    return run
+
+
+def _async_echo(target: str, n: int, window: int) -> Callable[[Node], Any]:
+    async def run(node: Node) -> None:
+        mb = node.mailbox()
+        msg = (mb.pid, A("ping"))
+        dest = ("bench_echo", target)
+        first = min(window, n)
+        for _ in range(first):
+            await node.send(dest, msg, sender=mb)
+        left = n - first
+        for _ in range(n):
+            await mb.receive(10)
+            if left:
+                left -= 1
+                await node.send(dest, msg, sender=mb)
+        mb.close()
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
