@@ -36,17 +36,23 @@ le(A, B) -> A =< B.
 %% lower-cased). Returns `[{Word, Count}]'; unreadable files count as empty.
 word_count(Path) when is_binary(Path) ->
     case file:read_file(Path) of
-        {ok, Bin} ->
-            Words = case re:run(Bin, "[A-Za-z]+", [global, {capture, first, binary}]) of
-                        {match, Found} -> Found;
-                        nomatch -> []
-                    end,
-            Counts = lists:foldl(fun([W], Acc) ->
-                                         maps:update_with(string:lowercase(W),
-                                                          fun(N) -> N + 1 end, 1, Acc)
-                                 end, #{}, Words),
-            maps:to_list(Counts);
+        {ok, Bin} -> maps:to_list(scan(Bin, <<>>, #{}));
         {error, _} -> []
+    end.
+
+%% One pass over the bytes, growing the current word in place (appending to a binary
+%% is cheap in BEAM); letters are lower-cased by setting bit 0x20.
+scan(<<C, Rest/binary>>, Word, Acc) when C >= $a, C =< $z -> scan(Rest, <<Word/binary, C>>, Acc);
+scan(<<C, Rest/binary>>, Word, Acc) when C >= $A, C =< $Z -> scan(Rest, <<Word/binary, (C bor 32)>>, Acc);
+scan(<<_, Rest/binary>>, <<>>, Acc) -> scan(Rest, <<>>, Acc);
+scan(<<_, Rest/binary>>, Word, Acc) -> scan(Rest, <<>>, bump(Word, Acc));
+scan(<<>>, <<>>, Acc) -> Acc;
+scan(<<>>, Word, Acc) -> bump(Word, Acc).
+
+bump(Word, Acc) ->
+    case Acc of
+        #{Word := N} -> Acc#{Word := N + 1};
+        _ -> Acc#{Word => 1}
     end.
 
 %% The demo's reducer (a combiner: its output can be fed back to it).

@@ -77,6 +77,11 @@ class Service:
                 settings.update(json.loads(Path(config_file).read_text()))
             except (OSError, ValueError) as error:
                 raise ServiceFailed(f"cannot read config {config_file}: {error}") from error
+            if not isinstance(settings.get("code_paths", []), list):
+                raise ServiceFailed(f"{config_file}: code_paths must be a list of folders")
+            # Relative folders are relative to the config file, not to where erl runs.
+            base = Path(config_file).resolve().parent
+            settings["code_paths"] = [str(base / p) for p in settings.get("code_paths", [])]
         settings.update(config or {})
         settings.setdefault("port", port)
         settings.setdefault("bind", bind)
@@ -176,6 +181,9 @@ class Service:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int | None:

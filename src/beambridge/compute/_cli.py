@@ -1,0 +1,160 @@
+"""``beambridge compute ...``: serve, new, submit, demo.
+
+The lead's ``beambridge.cli`` calls ``add_parser(subparsers)`` and dispatches to
+``run(args)``; ``python -m beambridge.compute`` runs the same parser on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .._errors import Error
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``compute`` with its subcommands to an argparse subparsers object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "compute", help="the HTTP+JSON compute service and its map/reduce",
+        description="Run, scaffold and use beambridge's Erlang compute service.")
+    configure(parser)
+    return parser
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="compute_command", required=True)
+
+    serve = sub.add_parser("serve", help="start the service (and local worker nodes) until Ctrl-C")
+    serve.add_argument("--local-nodes", type=int, default=None, metavar="N",
+                       help="start and supervise N local worker nodes")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default 8080; 0 = any free)")
+    serve.add_argument("--bind", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--token", default=os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN"),
+                       help="require this bearer token (default $BEAMBRIDGE_COMPUTE_TOKEN)")
+    serve.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="JSON config (job_modules, code_paths, nodes, limits...)")
+
+    new = sub.add_parser("new", help="write a ready-to-build Erlang project for your own jobs")
+    new.add_argument("name", help="project and application name (an Erlang atom: a-z, 0-9, _)")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default .)")
+
+    submit = sub.add_parser("submit", help="run a job on a service, with a progress bar")
+    submit.add_argument("op", choices=["call", "map", "filter", "fold", "mapreduce", "sort"])
+    submit.add_argument("fun", help="module:function (the map function for mapreduce)")
+    submit.add_argument("data", help="JSON: the items (or the args, for call); @FILE reads a file")
+    submit.add_argument("--url", default=os.environ.get("BEAMBRIDGE_COMPUTE_URL", "http://127.0.0.1:8080"))
+    submit.add_argument("--token", default=os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN"))
+    submit.add_argument("--reduce", default=None, help="module:function reducer for mapreduce")
+    submit.add_argument("--init", default=None, help="JSON initial accumulator for fold")
+    submit.add_argument("--chunk", type=int, default=None)
+    submit.add_argument("--timeout", type=float, default=None, help="job time limit, seconds")
+
+    demo = sub.add_parser("demo", help="word count over the Python standard library on a local cluster")
+    demo.add_argument("--local-nodes", type=int, default=2)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.compute_command == "serve":
+            return _serve(args)
+        if args.compute_command == "new":
+            from ._skeleton import create
+            path = create(args.name, args.dir)
+            print(f"created {path}\nnext: cd {path} && make test && make serve")
+            return 0
+        if args.compute_command == "submit":
+            return _submit(args)
+        if args.compute_command == "demo":
+            from .demo import run as demo
+            return demo(local_nodes=args.local_nodes)
+    except Error as error:
+        print(f"beambridge compute: {error}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.compute_command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._service import Service
+    options: dict[str, Any] = {}
+    if args.port is not None:
+        options["port"] = args.port
+    if args.bind is not None:
+        options["bind"] = args.bind
+    if args.local_nodes is not None:
+        options["local_nodes"] = args.local_nodes
+    if args.config is None:
+        options.setdefault("port", 8080)
+    service = Service(config=options, config_file=args.config, token=args.token)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    try:
+        workers = len(service.worker_pids())
+        print(f"beambridge compute: serving {service.url} (node {service.node}, {workers} workers); "
+              "Ctrl-C stops", flush=True)
+        while not stop.wait(0.5):
+            if not service.running():
+                print("beambridge compute: the service stopped:\n" + service.log_text()[-2000:],
+                      file=sys.stderr)
+                return 1
+    finally:
+        service.stop()
+    print("beambridge compute: stopped", flush=True)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ._client import Client
+    text = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
+    data = json.loads(text)
+    spec: dict[str, Any] = {"timeout": args.timeout, "chunk": args.chunk}
+    if args.op == "call":
+        spec.update(fun=args.fun, args=data if isinstance(data, list) else [data])
+    elif args.op == "mapreduce":
+        spec.update(map=args.fun, items=data, reduce=args.reduce)
+    else:
+        spec.update(fun=args.fun, items=data)
+    if args.op == "fold":
+        spec["init"] = json.loads(args.init) if args.init is not None else 0
+    bar = _ProgressBar(sys.stderr)
+    with Client(args.url, token=args.token) as client:
+        job = client.submit(args.op, progress=bar, **{k: v for k, v in spec.items() if v is not None})
+        try:
+            result = job.result()
+        finally:
+            bar.close()
+    print(json.dumps(result))
+    return 0
+
+
+class _ProgressBar:
+    """A one-line text progress bar, redrawn in place on a terminal."""
+
+    def __init__(self, stream: Any, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // total if total else self.width
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beambridge compute")
+    configure(parser)
+    return run(parser.parse_args(argv))
