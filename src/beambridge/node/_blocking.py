@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from .._errors import Timeout, UsageError
 from ..term import Pid, Reference
 from ._errors import MailboxClosed
+from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match
 from ._node import Node
 
@@ -202,12 +203,38 @@ class BlockingNode:
     def rpc(self, node: str, module: str, function: str, args: Iterable[Any] = (),
             timeout: float | None = 30.0) -> Any:
         """See ``Node.rpc``."""
-        args = list(args)
-        return self._do(lambda n: n.rpc(node, module, function, args, timeout), timeout)
+        n, loop = self._ensure()
+        self._check_thread()
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def done(ok: bool, value: Any) -> None:
+            if not result.done():
+                if ok:
+                    result.set_result(value)
+                else:
+                    result.set_exception(value)
+
+        loop.call_soon_threadsafe(n.begin_rpc, node, module, function, list(args), timeout, done)
+        return self._wait(result, timeout)
+
+    def _check_thread(self) -> None:
+        if threading.current_thread() is self._thread:
+            raise UsageError("a BlockingNode cannot be called from its own loop thread; use the "
+                             "async Node API there (exposed functions run in worker threads)")
+
+    def _wait(self, result: concurrent.futures.Future[T], timeout: float | None) -> T:
+        try:
+            return result.result(None if timeout is None else timeout + _GRACE)
+        except concurrent.futures.TimeoutError:
+            raise Timeout(f"no answer from the node's loop within {timeout} s") from None
 
     def send(self, dest: Any, message: Any, timeout: float = 10.0) -> None:
         """See ``Node.send``."""
-        self._do(lambda n: n.send(dest, message), timeout)
+        n, loop = self._ensure()
+        self._check_thread()
+        result: concurrent.futures.Future[None] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(n.begin_send, dest, message, None, _settle(result))
+        self._wait(result, timeout)
 
     def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         return self._do(lambda n: n.gen_call(dest, request, timeout), timeout)
@@ -242,6 +269,16 @@ class BlockingNode:
         self._sync(lambda n: n.monitor_nodes(mailbox._mailbox, enable))
 
 
+def _settle(result: concurrent.futures.Future[Any]) -> Callable[[bool, Any], None]:
+    def done(ok: bool, value: Any) -> None:
+        if not result.done():
+            if ok:
+                result.set_result(value)
+            else:
+                result.set_exception(value)
+    return done
+
+
 class BlockingMailbox:
     """The blocking face of a ``Mailbox``; safe to use from any thread."""
 
@@ -263,10 +300,38 @@ class BlockingMailbox:
 
     def receive(self, timeout: float | None = None, match: Match | None = None) -> Any:
         """The oldest (matching) message; ``Timeout`` after ``timeout`` s, ``MailboxClosed``."""
-        return self._do(lambda m: m.receive(timeout, match), timeout)
+        self._owner._ensure()
+        if self._owner.generation != self._generation:
+            raise MailboxClosed("the node restarted after a fork; this mailbox belonged to the parent")
+        loop = self._owner._loop
+        assert loop is not None
+        self._owner._check_thread()
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        mailbox = self._mailbox
+        loop.call_soon_threadsafe(mailbox.attach, match, result)
+        try:
+            return result.result(timeout)
+        except concurrent.futures.TimeoutError:
+            pass
+        # give up, unless a message slipped in meanwhile (then it is ours: nothing is lost)
+        late: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def detach() -> None:
+            late.set_result(mailbox.detach(result))
+
+        loop.call_soon_threadsafe(detach)
+        got = late.result(10)
+        if got is _NOTHING:
+            raise Timeout(f"no message within {timeout} s")
+        return got
 
     def send(self, dest: Any, message: Any, timeout: float = 10.0) -> None:
-        self._do(lambda m: m.send(dest, message), timeout)
+        owner = self._owner
+        n, loop = owner._ensure()
+        owner._check_thread()
+        result: concurrent.futures.Future[None] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, _settle(result))
+        owner._wait(result, timeout)
 
     def link(self, pid: Pid, timeout: float = 10.0) -> None:
         self._do(lambda m: m.link(pid), timeout)

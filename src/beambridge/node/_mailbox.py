@@ -9,6 +9,7 @@ would kill an Erlang process. Monitors deliver ``('DOWN', Ref, process, Target, 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ KILLED = Atom("killed")
 NODEDOWN = Atom("nodedown")
 
 Match = Callable[[Any], bool]
+#: What ``detach`` returns when no message was handed over.
+NOTHING: Any = object()
 
 
 class Mailbox:
@@ -122,6 +125,28 @@ class Mailbox:
                   and future.exception() is None):
                 # delivered just as we gave up (timeout or cancel): put it back, nothing is lost
                 queue.appendleft(future.result())
+
+    def attach(self, match: Match | None, result: concurrent.futures.Future[Any]) -> None:
+        """Loop side of a blocking receive: fill ``result`` now or when a message comes."""
+        for i, message in enumerate(self._queue):
+            if match is None or _matches(match, message):
+                del self._queue[i]
+                result.set_result(message)
+                return
+        if self.closed is not None:
+            result.set_exception(MailboxClosed(self.closed))
+            return
+        self._waiters.append((match, result))  # type: ignore[arg-type]
+
+    def detach(self, result: concurrent.futures.Future[Any]) -> Any:
+        """Withdraw a blocking receive; returns the message it got meanwhile, else ``NOTHING``."""
+        for i, (_, waiting) in enumerate(self._waiters):
+            if waiting is result:  # type: ignore[comparison-overlap]
+                del self._waiters[i]
+                return NOTHING
+        if result.done() and result.exception() is None:
+            return result.result()
+        return NOTHING
 
     def receive_nowait(self, match: Match | None = None) -> Any:
         """A queued message, or ``Timeout`` at once when none matches."""

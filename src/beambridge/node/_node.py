@@ -163,6 +163,18 @@ class _Peer:
             await self.writer.drain()
 
 
+@dataclass(eq=False, slots=True)
+class _Call:
+    """An rpc in flight: the reply routes to ``done`` by request id."""
+
+    node: Atom
+    tag: Reference
+    done: Callable[[bool, Any], None]
+    label: str
+    spawned: Pid | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
 class _PythonError:
     """A Python exception turned into Erlang's ``error`` reason and stack."""
 
@@ -241,6 +253,9 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._anon: Mailbox | None = None
         self._group_leader: Mailbox | None = None
+        self._caller_pid: Pid | None = None
+        self._calls: dict[Reference, _Call] = {}
+        self._node_atoms: dict[Any, Atom] = {}
 
     # ================================================================ life cycle
 
@@ -269,6 +284,9 @@ class Node:
         self._anon = _Sink(self, self._next_pid())
         self._procs[self._anon.pid.id] = self._anon
         self._group_leader = _GroupLeader(self, self._next_pid())
+        caller = _Sink(self, self._next_pid())  # the From of every rpc; replies are routed by id
+        self._procs[caller.pid.id] = caller
+        self._caller_pid = caller.pid
         self._procs[self._group_leader.pid.id] = self._group_leader
         for service in (_Rex(self, self._next_pid(), REX), _NetKernel(self, self._next_pid(), NET_KERNEL)):
             self._procs[service.pid.id] = service
@@ -303,6 +321,8 @@ class Node:
                 future.set_exception(NoConnection("*", "node closed"))
         for peer in list(self._peers.values()):
             self._peer_down(peer, "node closed")
+        for req in list(self._calls):
+            self._finish_call(req, False, NoConnection(self.name, "node closed"))
         for mailbox in list(self._procs.values()):
             mailbox.close(_A("shutdown"))
         for task in list(self._spawned.values()) + list(self._tasks):
@@ -599,6 +619,8 @@ class Node:
             if task is not current:
                 task.cancel()
         node = peer.name
+        for req in [r for r, c in self._calls.items() if c.node == node]:
+            self._finish_call(req, False, NoConnection(node, f"connection lost during the call: {reason}"))
         for mailbox in list(self._procs.values()):
             for linked in [p for p in mailbox.links if p.node == node]:
                 mailbox.links.discard(linked)
@@ -661,10 +683,16 @@ class Node:
             if mailbox is not None:
                 mailbox.deliver(event.message)
         elif kind is MonitorPExit:
+            if event.to_pid == self._caller_pid:
+                self._call_down(event.ref, event.reason)
+                return
             mailbox = self._local(event.to_pid)
             if mailbox is not None and mailbox.monitors_out.pop(event.ref, None) is not None:
                 mailbox.deliver((DOWN, event.ref, PROCESS, event.from_proc, event.reason))
         elif kind is SpawnReply:
+            if event.to_pid == self._caller_pid:
+                self._call_spawned(event.req_id, event.result)
+                return
             mailbox = self._local(event.to_pid)
             if mailbox is not None:
                 if isinstance(event.result, Pid):
@@ -796,18 +824,37 @@ class Node:
         if isinstance(dest, str):
             return self.node_atom, check_name(dest)
         if isinstance(dest, tuple) and len(dest) == 2:
-            return Atom(full_node_name(str(dest[1]))), check_name(dest[0])
+            return self._node_atom(dest[1]), check_name(dest[0])
         raise UsageError(f"send to a Pid, a registered name, (name, node) or an alias, not {dest!r}")
 
-    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None) -> None:
-        """Send ``message`` to a ``Pid``, a name registered here, ``(name, node)``, or an alias.
+    def begin_send(self, dest: Any, message: Any, sender: Mailbox | None,
+                   done: Callable[[bool, Any], None]) -> None:
+        """``send`` in callback form (for ``BlockingNode``): sends at once when connected."""
+        try:
+            self._check_running()
+            node, _ = self._resolve(dest)
+            peer = self._peers.get(node)
+            if node == self.node_atom or (peer is not None and peer.alive):
+                self._send_now(dest, message, sender)
+                done(True, None)
+                return
+        except Exception as error:
+            done(False, error)
+            return
 
-        Connects on demand; raises ``NoConnection`` when the node cannot be reached and
-        ``EncodeError`` when the message has no Erlang form (nothing is sent then).
-        """
-        self._check_running()
+        async def slow() -> None:
+            try:
+                await self.send(dest, message, sender=sender)
+            except Exception as error:
+                done(False, error)
+            else:
+                done(True, None)
+
+        self._spawn_task(slow())
+
+    def _send_now(self, dest: Any, message: Any, sender: Mailbox | None) -> _Peer | None:
         node, target = self._resolve(dest)
-        source = (sender or self._anon)
+        source = sender or self._anon
         assert source is not None
         if isinstance(target, Pid):
             msg: ControlMessage = Send(target, message, source.pid)
@@ -817,14 +864,39 @@ class Node:
             msg = RegSend(source.pid, target, message)
         if node == self.node_atom:
             self._dispatch(None, msg)
-            return
-        peer = self._peers.get(node)
-        if peer is None or not peer.alive:
-            peer = await self._peer(node)
+            return None
+        peer = self._peers[node]
         peer.send(msg)
-        await peer.drain()
+        return peer
+
+    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None) -> None:
+        """Send ``message`` to a ``Pid``, a name registered here, ``(name, node)``, or an alias.
+
+        Connects on demand; raises ``NoConnection`` when the node cannot be reached and
+        ``EncodeError`` when the message has no Erlang form (nothing is sent then).
+        """
+        self._check_running()
+        node, _ = self._resolve(dest)
+        if node != self.node_atom:
+            peer = self._peers.get(node)
+            if peer is None or not peer.alive:
+                await self._peer(node)
+        sent = self._send_now(dest, message, sender)
+        if sent is not None:
+            await sent.drain()
 
     # ================================================================ calling Erlang
+
+    def _node_atom(self, node: Any) -> Atom:
+        """A node name as an Atom (cached: calls name the same few nodes again and again)."""
+        atom = self._node_atoms.get(node)
+        if atom is None:
+            if isinstance(node, Atom) and "@" in node:
+                return node
+            atom = Atom(full_node_name(str(node)))
+            if len(self._node_atoms) < 4096:
+                self._node_atoms[node] = atom
+        return atom
 
     async def rpc(self, node: str, module: str, function: str, args: Iterable[Any] = (),
                   timeout: float | None = 30.0) -> Any:
@@ -834,45 +906,122 @@ class Node:
         when the node is unreachable or goes down during the call; ``Timeout`` after ``timeout``
         seconds (the remote process is then killed, as erpc does).
         """
-        self._check_running()
-        target = Atom(full_node_name(node))
-        m, f, a = check_name(module), check_name(function), list(args)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        peer = self._peers.get(target)
-        if peer is None or not peer.alive:
-            peer = await self._peer(target, timeout)
-        if not peer.flags & Flag.SPAWN:
-            return await self._rex_call(target, m, f, a, deadline)
-        mailbox = self._new_mailbox(None, trap_exits=True)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        req = self.begin_rpc(node, module, function, args, timeout, settle)
         try:
-            req = self.make_ref()
-            tag = self.make_ref()
-            assert self._group_leader is not None
-            mailbox.monitors_out[req] = (ERPC, target)
-            peer.send(SpawnRequest(req, mailbox.pid, self._group_leader.pid, ERPC, EXECUTE_CALL,
-                                   [tag, m, f, a], [MONITOR]))
-            await peer.drain()
-            spawned: Pid | None = None
-            while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                try:
-                    message = await mailbox.receive(remaining)
-                except Timeout:
-                    if spawned is not None:
-                        self._signal_now(target, Exit2(mailbox.pid, spawned, KILL))
-                    raise Timeout(f"rpc {m}:{f}/{len(a)} on {target} timed out after {timeout} s") from None
-                if type(message) is not tuple or len(message) < 4 or message[1] != req:
-                    continue
-                if message[0] == SPAWN_REPLY:
-                    if message[2] == OK:
-                        spawned = message[3]
-                        continue
-                    raise ErlangError((ERPC, message[3]))
-                if message[0] == DOWN:
-                    return _erpc_result(target, tag, message[4])
-        finally:
-            mailbox.monitors_out.clear()
-            mailbox.close()
+            return await future
+        except asyncio.CancelledError:
+            if req is not None:
+                self._abandon_call(req)
+            raise
+
+    def begin_rpc(self, node: str, module: str, function: str, args: Iterable[Any],
+                  timeout: float | None, done: Callable[[bool, Any], None]) -> Reference | None:
+        """Start an rpc; ``done(ok, value_or_exception)`` is called once, on the loop.
+
+        The callback form lets ``BlockingNode`` wait on a thread future without a task per call.
+        Returns the request id when the request went out at once (connected peer).
+        """
+        try:
+            self._check_running()
+            target = self._node_atom(node)
+            m, f, a = check_name(module), check_name(function), list(args)
+        except Exception as error:
+            done(False, error)
+            return None
+        peer = self._peers.get(target)
+        if peer is not None and peer.alive and peer.flags & Flag.SPAWN:
+            try:
+                return self._start_call(peer, m, f, a, timeout, done)
+            except Exception as error:
+                done(False, error)
+                return None
+        self._spawn_task(self._rpc_slow(target, m, f, a, timeout, done))
+        return None
+
+    async def _rpc_slow(self, target: Atom, m: Atom, f: Atom, a: list[Any], timeout: float | None,
+                        done: Callable[[bool, Any], None]) -> None:
+        """Connect first (or use rex for peers without SPAWN), then call."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            peer = await self._peer(target, timeout)
+            if not peer.flags & Flag.SPAWN:
+                done(True, await self._rex_call(target, m, f, a, deadline))
+                return
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            self._start_call(peer, m, f, a, remaining, done)
+        except asyncio.CancelledError:
+            done(False, NoConnection(target, "node closed"))
+            raise
+        except Exception as error:
+            done(False, error)
+
+    def _start_call(self, peer: _Peer, m: Atom, f: Atom, a: list[Any], timeout: float | None,
+                    done: Callable[[bool, Any], None]) -> Reference:
+        req = self.make_ref()
+        tag = self.make_ref()
+        assert self._group_leader is not None and self._caller_pid is not None
+        peer.send(SpawnRequest(req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL,
+                               [tag, m, f, a], [MONITOR]))
+        call = _Call(peer.name, tag, done, f"{m}:{f}/{len(a)}")
+        self._calls[req] = call
+        if timeout is not None:
+            assert self._loop is not None
+            call.timer = self._loop.call_later(timeout, self._call_timeout, req, timeout)
+        return req
+
+    def _finish_call(self, req: Reference, ok: bool, value: Any) -> None:
+        call = self._calls.pop(req, None)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        call.done(ok, value)
+
+    def _call_spawned(self, req: Reference, result: Any) -> None:
+        call = self._calls.get(req)
+        if call is None:
+            return
+        if isinstance(result, Pid):
+            call.spawned = result
+        else:
+            self._finish_call(req, False, ErlangError((ERPC, result)))
+
+    def _call_down(self, req: Reference, reason: Any) -> None:
+        call = self._calls.get(req)
+        if call is None:
+            return
+        try:
+            value = _erpc_result(call.node, call.tag, reason)
+        except Exception as error:
+            self._finish_call(req, False, error)
+        else:
+            self._finish_call(req, True, value)
+
+    def _call_timeout(self, req: Reference, timeout: float) -> None:
+        call = self._calls.get(req)
+        if call is None:
+            return
+        self._abandon_call(req)
+        call.done(False, Timeout(f"rpc {call.label} on {call.node} timed out after {timeout} s"))
+
+    def _abandon_call(self, req: Reference) -> None:
+        """Forget a call and kill its remote process, as erpc does on timeout."""
+        call = self._calls.pop(req, None)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.spawned is not None and self._caller_pid is not None:
+            self._signal_now(call.node, Exit2(self._caller_pid, call.spawned, KILL))
 
     async def _rex_call(self, node: Atom, m: Atom, f: Atom, a: list[Any], deadline: float | None) -> Any:
         """Old-style rpc through ``rex`` for peers without SPAWN (erl_interface nodes)."""
