@@ -100,6 +100,7 @@ SPAWN_REPLY = _A("spawn_reply")
 EMPTY = _A("")
 
 _WRITE_HIGH_WATER = 4 << 20
+_COALESCE_LIMIT = 64 << 10
 #: Frames from these files are beambridge's or the thread pool's, not the user's: left out of stacks.
 _INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file__).resolve().parent),
                    str(Path(contextlib.__file__).resolve().parent / "concurrent"))
@@ -142,13 +143,33 @@ class _Peer:
     last_recv: float = field(default_factory=time.monotonic)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     alive: bool = True
+    pending: list[bytes] = field(default_factory=list)
+    flush_scheduled: bool = False
 
     def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
         if not self.alive:
             raise NoConnection(self.name, "connection closed")
-        data = self.proto.send(message, mapping=mapping)
-        self.writer.write(data)
+        self.write(self.proto.send(message, mapping=mapping))
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes; everything queued in one loop iteration goes out in one system call
+        (system calls, not Python, are the cost of many small messages)."""
         self.last_sent = time.monotonic()
+        if len(data) >= _COALESCE_LIMIT:
+            self.flush()
+            self.writer.write(data)
+            return
+        self.pending.append(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.pending and self.alive:
+            data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending.clear()
+            self.writer.write(data)
 
     def send_quiet(self, message: ControlMessage) -> None:
         """Send a signal; a dead connection or an unencodable term is logged, not raised."""
@@ -158,6 +179,8 @@ class _Peer:
             log.debug("signal %r to %s not sent: %s", type(message).__name__, self.name, error)
 
     async def drain(self) -> None:
+        if not self.alive:
+            return
         transport = self.writer.transport
         if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
             await self.writer.drain()
@@ -603,8 +626,7 @@ class Node:
                 self._peer_down(peer, "net_tick_timeout")
                 return
             if now - peer.last_sent >= interval * 0.9 and peer.alive:
-                peer.writer.write(peer.proto.tick())
-                peer.last_sent = now
+                peer.write(peer.proto.tick())
 
     def _peer_down(self, peer: _Peer, reason: str) -> None:
         if not peer.alive:
@@ -613,6 +635,7 @@ class Node:
         if self._peers.get(peer.name) is peer:
             del self._peers[peer.name]
         log.info("connection to %s down: %s", peer.name, reason)
+        peer.pending.clear()
         peer.writer.close()
         current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
         for task in peer.tasks:
