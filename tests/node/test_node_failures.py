@@ -23,6 +23,7 @@ from beambridge.node import (
     NameTaken,
     NoConnection,
     Node,
+    epmd_names,
 )
 
 from .conftest import COOKIE, ErlNode, free_port, unique
@@ -86,8 +87,12 @@ def test_wrong_cookie_both_directions(epmd_port: int, erl: ErlNode) -> None:
 
 def test_name_taken_and_no_epmd(epmd_port: int) -> None:
     name = unique("taken") + "@127.0.0.1"
-    with BlockingNode(name, COOKIE, epmd_port=epmd_port), pytest.raises(NameTaken):
-        BlockingNode(name, COOKIE, epmd_port=epmd_port)
+    with BlockingNode(name, COOKIE, epmd_port=epmd_port):
+        with pytest.raises(NameTaken):
+            BlockingNode(name, COOKIE, epmd_port=epmd_port)
+        assert name.split("@")[0] in [n for n, _ in epmd_names(port=epmd_port)]
+    with pytest.raises(EpmdUnavailable):
+        epmd_names(port=free_port(), timeout=2)
     with pytest.raises(EpmdUnavailable, match="epmd -daemon"):
         BlockingNode(unique("noepmd") + "@127.0.0.1", COOKIE, epmd_port=free_port(), connect_timeout=2)
 

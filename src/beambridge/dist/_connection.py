@@ -502,15 +502,11 @@ class Connection:
             raise RemoteProtocolError("truncated atom cache flags")
         offset += flag_len
 
-        def nibble(i: int) -> int:
-            byte = flags[i >> 1]
-            return (byte >> 4) if i & 1 else (byte & 0x0F)
-
-        long_atoms = nibble(count) & 1
+        long_atoms = (flags[count >> 1] >> 4 if count & 1 else flags[count >> 1]) & 1
         refs: list[Atom] = []
         cache = self._atom_cache
         for i in range(count):
-            flag = nibble(i)
+            flag = (flags[i >> 1] >> 4) if i & 1 else (flags[i >> 1] & 0x0F)
             index = ((flag & 7) << 8) | frame[offset]
             offset += 1
             if flag & 8:

@@ -5,7 +5,7 @@ to Erlang; ``expose`` for ``rpc:call``/``erpc:call``/``erl_call`` into Python), 
 mailboxes with links and monitors, ``gen_call``/``gen_cast``, ``ping``.
 """
 
-from ._blocking import BlockingMailbox, BlockingNode
+from ._blocking import BlockingMailbox, BlockingNode, epmd_names
 from ._errors import (
     BadCookie,
     EpmdUnavailable,
@@ -35,5 +35,6 @@ __all__ = [
     "NoConnection",
     "Node",
     "default_cookie",
+    "epmd_names",
     "full_node_name",
 ]

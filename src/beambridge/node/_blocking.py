@@ -26,7 +26,7 @@ from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match
 from ._node import Node
 
-__all__ = ["BlockingMailbox", "BlockingNode"]
+__all__ = ["BlockingMailbox", "BlockingNode", "epmd_names"]
 
 log = logging.getLogger("beambridge.node")
 T = TypeVar("T")
@@ -267,6 +267,16 @@ class BlockingNode:
 
     def monitor_nodes(self, mailbox: BlockingMailbox, enable: bool = True) -> None:
         self._sync(lambda n: n.monitor_nodes(mailbox._mailbox, enable))
+
+
+def epmd_names(host: str = "127.0.0.1", port: int | None = None,
+               timeout: float = 5.0) -> list[tuple[str, int]]:
+    """What EPMD on ``host`` has registered, ``[(name, port), ...]``, without starting a node
+    (``beambridge names``). ``port`` defaults to ``$ERL_EPMD_PORT`` or 4369."""
+    from ..dist import epmd as _epmd
+    from . import _epmd_client
+    chosen = port if port is not None else int(os.environ.get("ERL_EPMD_PORT", _epmd.DEFAULT_PORT))
+    return asyncio.run(_epmd_client.names(host, chosen, timeout))
 
 
 def _settle(result: concurrent.futures.Future[Any]) -> Callable[[bool, Any], None]:
