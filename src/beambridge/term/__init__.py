@@ -27,6 +27,7 @@ Subclasses of ``int``, ``float``, ``bytes``, ``tuple``, ``list`` and ``dict`` en
 
 from ._api import IMPLEMENTATION, binary_to_term, decode_body, encode_body, term_to_binary
 from ._options import Limits, Mapping
+from ._syntax import TermSyntaxError, format_term, parse_term
 from ._types import (
     Atom,
     BitString,
@@ -54,8 +55,11 @@ __all__ = [
     "Pid",
     "Port",
     "Reference",
+    "TermSyntaxError",
     "binary_to_term",
     "decode_body",
     "encode_body",
+    "format_term",
+    "parse_term",
     "term_to_binary",
 ]
