@@ -365,11 +365,13 @@ fun_module(Fun) when is_function(Fun) ->
 
 %%% ------------------------------------------------------------------ helpers
 
-chunk([], _N) -> [];
-chunk(List, N) when length(List) =< N -> [List];
-chunk(List, N) ->
-    {H, T} = lists:split(N, List),
-    [H | chunk(T, N)].
+%% One pass, no length/1 per chunk (that made small chunks quadratic).
+chunk(List, N) -> chunk(List, N, N, [], []).
+
+chunk([], _N, _K, [], Acc) -> lists:reverse(Acc);
+chunk([], _N, _K, Cur, Acc) -> lists:reverse([lists:reverse(Cur) | Acc]);
+chunk(List, N, 0, Cur, Acc) -> chunk(List, N, N, [], [lists:reverse(Cur) | Acc]);
+chunk([H | T], N, K, Cur, Acc) -> chunk(T, N, K - 1, [H | Cur], Acc).
 
 group(MapFun, Chunk) ->
     Pairs = lists:flatmap(fun(X) -> pairs(MapFun(X)) end, Chunk),
