@@ -14,6 +14,7 @@ from ._errors import (
     TransportError,
     UsageError,
 )
+from .node import BlockingMailbox, BlockingNode, Mailbox, Node
 from .term import (
     Atom,
     BitString,
@@ -27,7 +28,10 @@ from .term import (
     Pid,
     Port,
     Reference,
+    TermSyntaxError,
     binary_to_term,
+    format_term,
+    parse_term,
     term_to_binary,
 )
 
@@ -36,6 +40,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Atom",
     "BitString",
+    "BlockingMailbox",
+    "BlockingNode",
     "ConnectionLost",
     "DecodeError",
     "EncodeError",
@@ -45,17 +51,22 @@ __all__ = [
     "ImproperList",
     "Limits",
     "LocalTerm",
+    "Mailbox",
     "Map",
     "Mapping",
+    "Node",
     "Pid",
     "Port",
     "ProtocolError",
     "Reference",
     "RemoteError",
+    "TermSyntaxError",
     "Timeout",
     "TransportError",
     "UsageError",
     "__version__",
     "binary_to_term",
+    "format_term",
+    "parse_term",
     "term_to_binary",
 ]
