@@ -1,0 +1,59 @@
+"""Build hook for the optional compiled codec (``beambridge.term._cterm``).
+
+All metadata lives in pyproject.toml; this file only declares the C extension. A failed compile
+(no compiler, no Python headers) is not an install failure: the package then runs on the pure
+Python codec, and a warning says how to get the fast one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+_HINT = (
+    "beambridge: the compiled term codec could not be built ({error}); installing with the "
+    "pure-Python codec, which is correct but several times slower. To get the fast codec, install "
+    "a C compiler and the Python headers (Debian/Ubuntu: apt-get install gcc python3-dev) and "
+    "reinstall beambridge."
+)
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns and carries on when the extension cannot be compiled."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as error:  # setuptools raises several unrelated types here
+            self._warn(error)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as error:
+            self._warn(error)
+
+    @staticmethod
+    def _warn(error: BaseException) -> None:
+        message = _HINT.format(error=str(error).strip().splitlines()[-1] if str(error) else error)
+        print("*" * 78, file=sys.stderr)
+        print(message, file=sys.stderr)
+        print("*" * 78, file=sys.stderr)
+
+
+_CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wno-missing-braces"] if os.name == "posix" else []
+
+setup(
+    ext_modules=[
+        Extension(
+            "beambridge.term._cterm",
+            sources=["src/beambridge/term/_cterm.c"],
+            extra_compile_args=_CFLAGS,
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": OptionalBuildExt},
+)
