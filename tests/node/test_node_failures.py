@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import struct
 import threading
@@ -173,6 +174,17 @@ def test_idle_connection_survives_ticks(otp_runtime: otp.Runtime, epmd_port: int
             time.sleep(6)  # three tick periods with no traffic
             assert erl.name in py.nodes()
             assert py.rpc(erl.name, "erlang", "nodes", [A("hidden")]) == [A(py.name)]
+            # a peer that stops answering (frozen, not closed) is dropped within the tick time
+            assert erl.proc is not None
+            os.kill(erl.proc.pid, signal.SIGSTOP)
+            try:
+                frozen = time.monotonic()
+                while erl.name in py.nodes() and time.monotonic() - frozen < 10:
+                    time.sleep(0.1)
+                assert erl.name not in py.nodes()
+                assert time.monotonic() - frozen < 4.5
+            finally:
+                os.kill(erl.proc.pid, signal.SIGCONT)
     finally:
         erl.stop()
 
