@@ -229,3 +229,33 @@ def test_fork_gets_a_fresh_node(py: BlockingNode, erl: ErlNode) -> None:
     os.close(read_end)
     assert status == 0 and answer[:1] == b"\x01", answer
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)  # the parent's node is untouched
+
+
+def test_garbage_after_handshake_ends_only_that_connection(py: BlockingNode, erl: ErlNode) -> None:
+    from beambridge.dist import NEED_DATA as NEED
+    from beambridge.dist import Connected, Connection, Role
+
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+    fake = unique("rawpeer") + "@127.0.0.1"
+    proto = Connection(Role.INITIATOR, this_node=fake, cookie=COOKIE, creation=1, peer_node=py.name)
+    with socket.create_connection(("127.0.0.1", py.node.port), timeout=5) as sock:
+        sock.sendall(proto.start())
+        connected = False
+        while not connected:
+            event = proto.next_event()
+            out = proto.data_to_send()
+            if out:
+                sock.sendall(out)
+            if event is NEED:
+                proto.receive_data(sock.recv(4096))
+            connected = isinstance(event, Connected)
+        deadline = time.monotonic() + 5
+        while fake not in py.nodes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake in py.nodes()
+        sock.sendall(b"\x00\x00\x00\x04\x83D\x00\xff")  # a header followed by a bad term
+        deadline = time.monotonic() + 5
+        while fake in py.nodes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake not in py.nodes()
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)  # the other connection is untouched
