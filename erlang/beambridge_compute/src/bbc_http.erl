@@ -101,6 +101,8 @@ submit(Req) ->
         {ok, Spec} ->
             case bbc_exec:parse(Spec) of
                 {error, Status, Code, Reason} -> {Status, error_body(Code, Reason)};
+                %% A synchronous job's record must outlive the wait for it, whatever its ttl.
+                {ok, #{async := false, ttl := Ttl} = Plan} -> start(Plan#{ttl := max(Ttl, 10)});
                 {ok, Plan} -> start(Plan)
             end
     end.

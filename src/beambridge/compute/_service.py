@@ -146,11 +146,12 @@ class Service:
         return Client(self.url, token=self.token, **options)
 
     def worker_pids(self) -> list[int]:
-        """OS pids of the worker nodes the service reports (empty if it does not answer)."""
+        """OS pids of the local worker nodes the service started and reports (empty if it
+        does not answer); nodes it merely joined are not ours and not listed."""
         try:
             with self.client(timeout=5.0, retries=0) as client:
                 return [int(n["os_pid"]) for n in client.nodes()
-                        if n.get("role") != "service" and "os_pid" in n]
+                        if n.get("role") == "local" and "os_pid" in n]
         except Exception:  # a stopping or dead service has nothing to say
             return []
 
