@@ -288,6 +288,17 @@ def test_parse_big_integers_beyond_pythons_digit_limit() -> None:
     assert parse_term("36#" + "z" * 5000) == 36**5000 - 1
 
 
+def test_large_values_round_trip() -> None:
+    """Big binaries and lists take the scanner's fast paths; they must mean the same."""
+    data = bytes(range(256)) * 800
+    values = [data, list(range(-1000, 50000)), [data[:1000]] * 100, "é".encode() * 50000,
+              {A(f"k{i}"): [i, float(i)] for i in range(5000)}]
+    for value in values:
+        assert_same(parse_term(format_term(value)), value)
+    assert parse_term("<< 1 ,\n 2 >>") == b"\x01\x02"
+    assert parse_term("<<<<1,2>>/binary, 300>>") == b"\x01\x02\x2c"
+
+
 def test_parse_with_mappings() -> None:
     text = '[ok, "abc", <<"é"/utf8>>, true, nil, undefined, {}]'
     assert_same(parse_term(text, mapping=Mapping.CHARLIST),

@@ -129,6 +129,16 @@ _NUMBER = re.compile(
     r"|(?P<int>\d(?:_?\d)*)(?P<frac>\.\d(?:_?\d)*(?:[eE][+-]?\d(?:_?\d)*)?)?"
 )
 _PUNCT = ("<<", ">>", "=>", ":=", "#{", "{", "}", "[", "]", "(", ")", ",", "|", ":", "/", "-", "+")
+# The common tokens in one match (a decimal integer that is not the start of a float or based
+# integer, punctuation, a bare atom); anything else takes the general path.
+_COMMON = re.compile(
+    r"(?P<int>\d(?:_?\d)*)(?![.#\w])"
+    r"|(?P<punct><<|>>|=>|:=|\#\{|[{}\[\](),|:/+\-])"
+    f"|(?P<atom>{_BARE_ATOM.pattern})"
+)
+# A binary written as plain bytes (<<1,2,3>>), as format_term prints most binaries: one token.
+_BYTES = re.compile(r"<<\s*(\d{1,3}(?:\s*,\s*\d{1,3})*)\s*>>")
+_COMMA = re.compile(r"\s*,\s*")
 _PLAIN_CHARS = {"'": re.compile(r"[^'\\]+"), '"': re.compile(r'[^"\\]+')}
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _OCTAL = re.compile(r"[0-7]{1,3}")
@@ -162,7 +172,28 @@ class _Scanner:
         out: list[_Token] = []
         pos = _SKIP.match(text, 0).end()  # type: ignore[union-attr]
         end = len(text)
+        common = _COMMON.match
         while pos < end:
+            if text.startswith("<<", pos):
+                match = _BYTES.match(text, pos)
+                if match is not None:
+                    values = [int(n) for n in _COMMA.split(match.group(1))]
+                    if max(values) < 256:
+                        out.append(_Token("literal", bytes(values), pos))
+                        pos = _SKIP.match(text, match.end()).end()  # type: ignore[union-attr]
+                        continue
+            match = common(text, pos)
+            if match is not None:
+                kind = match.lastgroup
+                word = match.group()
+                if kind == "int":
+                    out.append(_Token("int", _digits_to_int(word.replace("_", ""), 10), pos))
+                elif kind == "punct":
+                    out.append(_Token(word, word, pos))
+                else:
+                    out.append(_Token("atom", word, pos))
+                pos = _SKIP.match(text, match.end()).end()  # type: ignore[union-attr]
+                continue
             c = text[pos]
             if c.isdigit() and c.isascii():
                 pos = self.number(pos, out)
@@ -609,10 +640,14 @@ class _Parser:
 
     def segment(self, bits: _Bits) -> None:
         start = self.peek()
+        if start.kind == "int" and self.tokens[self.i + 1].kind in (",", ">>"):  # the usual byte
+            self.i += 1
+            bits.bits(start.value & 0xFF, 8)
+            return
         value: Any
         if start.kind == "string":
             value = self.string(self.take())
-        elif start.kind in ("int", "float", "-", "+", "<<", "("):
+        elif start.kind in ("int", "float", "-", "+", "<<", "(", "literal"):
             value = self.term()
         else:
             self.fail(f"a binary segment is a number, string or binary, not {self.describe(start)}")
