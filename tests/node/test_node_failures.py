@@ -92,6 +92,10 @@ def test_name_taken_and_no_epmd(epmd_port: int) -> None:
         with pytest.raises(NameTaken):
             BlockingNode(name, COOKIE, epmd_port=epmd_port)
         assert name.split("@")[0] in [n for n, _ in epmd_names(port=epmd_port)]
+    deadline = time.monotonic() + 5  # close() unregistered it
+    while name.split("@")[0] in [n for n, _ in epmd_names(port=epmd_port)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name.split("@")[0] not in [n for n, _ in epmd_names(port=epmd_port)]
     with pytest.raises(EpmdUnavailable):
         epmd_names(port=free_port(), timeout=2)
     with pytest.raises(EpmdUnavailable, match="epmd -daemon"):
