@@ -35,13 +35,16 @@ def test_ping_names_rpc_send(erl: ErlNode, epmd_port: int) -> None:
                "--cookie", COOKIE)
     assert done.stdout.strip() == "{a,1.5,#{k => v}}"
 
-    # Register a process that forwards what it gets to a second registered name, then read it back.
-    setup = cli(epmd_port, "rpc", erl.name, "erlang", "register",
-                "[bb_cli_sink, <0.1.0>]", "--cookie", COOKIE)
-    assert setup.returncode in (1, 2)  # a pid literal of another node cannot be registered there
-    done = cli(epmd_port, "send", erl.name, "no_such_name_but_fine", "{hello, <<\"x\">>}",
+    # A registered process that leaves a 3-tuple unread: `send` puts it in its message queue.
+    started = cli(epmd_port, "rpc", erl.name, "bb_test", "start_echo", "[bb_cli_echo]",
+                  "--cookie", COOKIE)
+    assert started.returncode == 0, started.stderr
+    pid_text = started.stdout.strip()
+    done = cli(epmd_port, "send", erl.name, "bb_cli_echo", '{hello, <<"x">>, 42}', "--cookie", COOKIE)
+    assert done.returncode == 0, done.stderr
+    done = cli(epmd_port, "rpc", erl.name, "erlang", "process_info", f"[{pid_text}, messages]",
                "--cookie", COOKIE)
-    assert done.returncode == 0, done.stderr  # like `!` to a name: sent, no delivery guarantee
+    assert done.stdout.strip() == '{messages,[{hello,<<"x">>,42}]}', (pid_text, done.stderr)
 
 
 def test_exit_codes(erl: ErlNode, epmd_port: int) -> None:
