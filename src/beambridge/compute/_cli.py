@@ -1,7 +1,7 @@
 """``beambridge compute ...``: serve, new, submit, demo.
 
-The lead's ``beambridge.cli`` calls ``add_parser(subparsers)`` and dispatches to
-``run(args)``; ``python -m beambridge.compute`` runs the same parser on its own.
+``beambridge.cli`` calls ``add_parser(subparsers)``, whose parser sets ``handler=run``;
+``python -m beambridge.compute`` runs the same parser on its own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .._errors import Error
+from .._errors import Error, TransportError, UsageError
+from ._errors import ServiceError
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "compute", help="the HTTP+JSON compute service and its map/reduce",
         description="Run, scaffold and use beambridge's Erlang compute service.")
     configure(parser)
+    parser.set_defaults(handler=run)
     return parser
 
 
@@ -75,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
             return demo(local_nodes=args.local_nodes)
     except Error as error:
         print(f"beambridge compute: {error}", file=sys.stderr)
-        return 1
+        # the command line's exit codes: 1 failed, 2 usage, 3 could not connect
+        if isinstance(error, TransportError):
+            return 3
+        return 2 if isinstance(error, UsageError) and not isinstance(error, ServiceError) else 1
     raise AssertionError(args.compute_command)
 
 
