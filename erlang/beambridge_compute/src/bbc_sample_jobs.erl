@@ -36,24 +36,28 @@ le(A, B) -> A =< B.
 %% lower-cased). Returns `[{Word, Count}]'; unreadable files count as empty.
 word_count(Path) when is_binary(Path) ->
     case file:read_file(Path) of
-        {ok, Bin} -> maps:to_list(scan(Bin, <<>>, #{}));
+        {ok, Bin} ->
+            %% An ets counter table: destructive updates beat rebuilding a large map per word.
+            Tab = ets:new(word_count, [set, private]),
+            try
+                scan(Bin, <<>>, Tab),
+                ets:tab2list(Tab)
+            after
+                ets:delete(Tab)
+            end;
         {error, _} -> []
     end.
 
 %% One pass over the bytes, growing the current word in place (appending to a binary
 %% is cheap in BEAM); letters are lower-cased by setting bit 0x20.
-scan(<<C, Rest/binary>>, Word, Acc) when C >= $a, C =< $z -> scan(Rest, <<Word/binary, C>>, Acc);
-scan(<<C, Rest/binary>>, Word, Acc) when C >= $A, C =< $Z -> scan(Rest, <<Word/binary, (C bor 32)>>, Acc);
-scan(<<_, Rest/binary>>, <<>>, Acc) -> scan(Rest, <<>>, Acc);
-scan(<<_, Rest/binary>>, Word, Acc) -> scan(Rest, <<>>, bump(Word, Acc));
-scan(<<>>, <<>>, Acc) -> Acc;
-scan(<<>>, Word, Acc) -> bump(Word, Acc).
+scan(<<C, Rest/binary>>, Word, Tab) when C >= $a, C =< $z -> scan(Rest, <<Word/binary, C>>, Tab);
+scan(<<C, Rest/binary>>, Word, Tab) when C >= $A, C =< $Z -> scan(Rest, <<Word/binary, (C bor 32)>>, Tab);
+scan(<<_, Rest/binary>>, <<>>, Tab) -> scan(Rest, <<>>, Tab);
+scan(<<_, Rest/binary>>, Word, Tab) -> bump(Word, Tab), scan(Rest, <<>>, Tab);
+scan(<<>>, <<>>, _Tab) -> ok;
+scan(<<>>, Word, Tab) -> bump(Word, Tab).
 
-bump(Word, Acc) ->
-    case Acc of
-        #{Word := N} -> Acc#{Word := N + 1};
-        _ -> Acc#{Word => 1}
-    end.
+bump(Word, Tab) -> ets:update_counter(Tab, Word, 1, {Word, 0}).
 
 %% The demo's reducer (a combiner: its output can be fed back to it).
 sum_counts(_Word, Counts) -> lists:sum(Counts).
