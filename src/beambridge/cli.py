@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-_COMMAND_MODULES = ("beambridge.node._cli", "beambridge.compute._cli")
+_COMMAND_MODULES = ("beambridge.node._cli", "beambridge.compute._cli", "beambridge.web._cli")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -279,6 +279,9 @@ class Node:
         self._caller_pid: Pid | None = None
         self._calls: dict[Reference, _Call] = {}
         self._node_atoms: dict[Any, Atom] = {}
+        #: gets what Erlang sends to a name nobody registered here (else it is dropped), as the
+        #: old uWSGI plugin did: replies to ``{any_name, Node}`` reach one Python inbox.
+        self.unrouted: Mailbox | None = None
 
     # ================================================================ life cycle
 
@@ -697,6 +700,8 @@ class Node:
                 mailbox.deliver(event.message)
         elif kind is RegSend:
             mailbox = self._names.get(event.to_name)
+            if mailbox is None:
+                mailbox = self.unrouted
             if mailbox is not None:
                 mailbox.deliver(event.message)
             else:

@@ -1,0 +1,1 @@
+"""Drop-in replacements for APIs that older Erlang bridges offered (``compat.uwsgi``)."""
