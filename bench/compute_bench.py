@@ -118,7 +118,7 @@ def main() -> None:
     print(f"\n3. CPU-bound map: {speed['items']} items x burn({speed['rounds']:,}) "
           "(timed in Erlang, best of 2)")
     print(f"   {'what':<52}{'seconds':>10}{'speedup':>9}")
-    labels = {"sequential": "lists:map on a worker node (reference)",
+    labels = {"sequential": "one process on a worker, all items (reference)",
               "one_node_one_process": "1 worker node, 1 process",
               "two_nodes_one_process_each": "2 worker nodes, 1 process each",
               "two_nodes_all_schedulers": "2 worker nodes, 1 process per scheduler"}
