@@ -65,6 +65,8 @@ from ._types import (
     Pid,
     Port,
     Reference,
+    trusted_pid,
+    trusted_reference,
 )
 
 __all__ = ["decode", "decode_body", "encode", "encode_body"]
@@ -545,7 +547,7 @@ def _make_decoder(
         raise _fail(f"expected an integer, found tag {tag}", pos)
 
     def make_pid(node: Any, pid_id: int, serial: int, creation: int) -> Any:
-        return Pid(node, pid_id, serial, creation) if not local else None
+        return trusted_pid(node, pid_id, serial, creation) if not local else None
 
     def list_to_str(items: list[Any]) -> Any:
         for code in items:
@@ -744,7 +746,7 @@ def _make_decoder(
                 creation = data[pos]
                 pos += 1
             ids = struct.unpack_from(f">{n}I", data, pos)
-            return (None if local else Reference(node, creation, ids)), pos + 4 * n
+            return (None if local else trusted_reference(node, creation, ids)), pos + 4 * n
         if tag == REFERENCE:
             node, pos = plain_atom(data, pos)
             ref_id = unpack_u32(data, pos)[0]

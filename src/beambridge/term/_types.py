@@ -351,3 +351,26 @@ class LocalTerm:
     def __post_init__(self) -> None:
         if type(self.raw) is not bytes or not self.raw or self.raw[0] != 121:
             raise ValueError("LocalTerm.raw must be bytes starting with the LOCAL_EXT tag (121)")
+
+
+# Decoders build these from fields they have already range-checked by construction (a u32 read
+# from the wire is a u32): skipping the constructor's validation halves the cost of a pid.
+_new = object.__new__
+_set = object.__setattr__
+
+
+def trusted_pid(node: Atom, pid_id: int, serial: int, creation: int) -> Pid:
+    pid = _new(Pid)
+    _set(pid, "node", node)
+    _set(pid, "id", pid_id)
+    _set(pid, "serial", serial)
+    _set(pid, "creation", creation)
+    return pid
+
+
+def trusted_reference(node: Atom, creation: int, ids: tuple[int, ...]) -> Reference:
+    ref = _new(Reference)
+    _set(ref, "node", node)
+    _set(ref, "creation", creation)
+    _set(ref, "ids", ids)
+    return ref
