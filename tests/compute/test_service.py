@@ -122,6 +122,8 @@ def job(spec: dict[str, Any]) -> bytes:
 
 
 def test_error_codes_have_json_bodies(service: Service) -> None:
+    running = service.client().submit("map", fun=f"{J}:sleep_square", items=[[30, i] for i in range(20)],
+                                      chunk=1)
     cases = [
         ("POST", "/jobs", b"{not json", 400, "bad_json"),
         ("POST", "/jobs", b"[1,2]", 400, "bad_request"),
@@ -143,7 +145,9 @@ def test_error_codes_have_json_bodies(service: Service) -> None:
         got_status, got = raw(service, method, path, body)
         assert (got_status, got["error"]) == (status, code), (method, path, got)
         assert isinstance(got["reason"], str) and got["reason"]
-    assert service.client().call(f"{J}:add", 1, 1) == 2  # none of it disturbed the service
+    # none of it disturbed the service or the job running meanwhile
+    assert service.client().call(f"{J}:add", 1, 1) == 2
+    assert running.result(timeout=30) == [i * i for i in range(20)]
 
 
 def test_typed_errors(service: Service) -> None:
