@@ -139,7 +139,8 @@ class Server:
         raise RuntimeError(f"server did not answer within 60 s:\n{self.output()}")
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:

@@ -5,11 +5,11 @@
 handle(Ctx) ->
     Method = bbw_ewgi:request_method(Ctx),
     Path = bbw_ewgi:path_info(Ctx),
-    case Path of
-        <<"/missing", _/binary>> ->
+    case binary:match(Path, <<"/missing">>) =/= nomatch of
+        true ->
             bbw_ewgi:set_body(<<"not here\n">>,
                 bbw_ewgi:set_header(<<"content-type">>, <<"text/plain">>, bbw_ewgi:set_status(404, Ctx)));
-        _ ->
+        false ->
             Body = [<<"hello from ">>, atom_to_binary(node(), utf8), <<": ">>, Method, <<" ">>, Path,
                     <<" q=">>, bbw_ewgi:query_string(Ctx),
                     <<" body=">>, bbw_ewgi:read_input(Ctx), <<"\n">>],

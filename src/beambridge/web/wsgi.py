@@ -40,8 +40,14 @@ class ErlangErrorMiddleware:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started: list[bool] = []
+
+        def tracking_start_response(*args: Any) -> Any:
+            started.append(True)
+            return start_response(*args)
+
         try:
-            result = self.app(environ, start_response)
+            result = self.app(environ, tracking_start_response)
             if isinstance(result, (list, tuple)):
                 return result
             # a generator app runs its body only when iterated: pull the first chunk here
@@ -57,7 +63,10 @@ class ErlangErrorMiddleware:
                 raise
             status, headers, body = error_response(error)
             log.warning("%s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), error)
-            start_response(status, headers, sys.exc_info())
+            if started:  # PEP 3333: replacing a started response needs exc_info
+                start_response(status, headers, sys.exc_info())
+            else:  # (some servers, uWSGI among them, choke on exc_info when nothing started)
+                start_response(status, headers)
             return [body]
 
 
