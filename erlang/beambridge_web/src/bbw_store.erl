@@ -25,9 +25,10 @@ setup(Dir) ->
     ok = mnesia:wait_for_tables([bbw_kv], 20000),
     {ok, mnesia:table_info(bbw_kv, storage_type)}.
 
+%% Writes are synced to the disc log before the answer: a node killed right after still has them.
 put(Key, Value) ->
-    {atomic, ok} = mnesia:transaction(fun() -> mnesia:write(#bbw_kv{key = Key, value = Value}) end),
-    ok.
+    {atomic, ok} = mnesia:sync_transaction(fun() -> mnesia:write(#bbw_kv{key = Key, value = Value}) end),
+    mnesia:sync_log().
 
 get(Key) ->
     case mnesia:transaction(fun() -> mnesia:read(bbw_kv, Key) end) of
@@ -36,8 +37,8 @@ get(Key) ->
     end.
 
 delete(Key) ->
-    {atomic, ok} = mnesia:transaction(fun() -> mnesia:delete({bbw_kv, Key}) end),
-    ok.
+    {atomic, ok} = mnesia:sync_transaction(fun() -> mnesia:delete({bbw_kv, Key}) end),
+    mnesia:sync_log().
 
 keys() -> mnesia:dirty_all_keys(bbw_kv).
 
