@@ -4,14 +4,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEB_PACKAGES := erlang-nox erlang-dev erlang-src erlang-eunit erlang-mochiweb erlang-jiffy
+# gcc and python3-dev build the compiled term codec (without them the pure-Python one is used).
+DEB_PACKAGES := erlang-nox erlang-dev erlang-src erlang-eunit erlang-mochiweb erlang-jiffy gcc python3-dev
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast lint bench fuzz clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -32,6 +33,8 @@ test: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@# The term codec's suite again on the pure-Python implementation (the run above is compiled).
+	BEAMBRIDGE_PURE_PYTHON=1 $(PY) -m pytest tests/term $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)

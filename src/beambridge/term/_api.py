@@ -30,6 +30,10 @@ def _select() -> tuple[ModuleType, str]:
 
 
 _impl, IMPLEMENTATION = _select()
+# Bound once: on the compiled codec the wrapper's own lookups are a visible share of a small call.
+_encode, _decode = _impl.encode, _impl.decode
+_encode_body, _decode_body = _impl.encode_body, _impl.decode_body
+_EXACT = Mapping.EXACT
 
 
 def _check_encode_options(compressed: bool | int, minor_version: int) -> None:
@@ -50,8 +54,9 @@ def term_to_binary(term: Any, *, compressed: bool | int = False, minor_version: 
     1 (OTP 25's default) writes Latin-1 atoms as ``ATOM_EXT``, 0 also writes the old text floats.
     Raises ``EncodeError`` naming the path to a value that has no Erlang form.
     """
-    _check_encode_options(compressed, minor_version)
-    return _impl.encode(term, compressed, minor_version, mapping or Mapping.EXACT)  # type: ignore[no-any-return]
+    if compressed is not False or minor_version != 2:  # the defaults need no check
+        _check_encode_options(compressed, minor_version)
+    return _encode(term, compressed, minor_version, mapping or _EXACT)  # type: ignore[no-any-return]
 
 
 def binary_to_term(data: bytes | bytearray | memoryview, *, mapping: Mapping | None = None,
@@ -62,19 +67,20 @@ def binary_to_term(data: bytes | bytearray | memoryview, *, mapping: Mapping | N
     BEAM's ``binary_to_term(B, [used])``; otherwise trailing bytes are an error.
     ``atom_cache`` resolves ``ATOM_CACHE_REF`` (index to atom), as the distribution layer hands in.
     """
-    return _impl.decode(data, mapping or Mapping.EXACT, limits or _DEFAULT_LIMITS, atom_cache, used)
+    return _decode(data, mapping or _EXACT, limits or _DEFAULT_LIMITS, atom_cache, used)
 
 
 def encode_body(term: Any, *, minor_version: int = 2, mapping: Mapping | None = None) -> bytes:
     """The encoding of ``term`` without the leading version byte, as terms follow a distribution
     header."""
-    _check_encode_options(False, minor_version)
-    return _impl.encode_body(term, minor_version, mapping or Mapping.EXACT)  # type: ignore[no-any-return]
+    if minor_version != 2:
+        _check_encode_options(False, minor_version)
+    return _encode_body(term, minor_version, mapping or _EXACT)  # type: ignore[no-any-return]
 
 
 def decode_body(data: bytes | bytearray | memoryview, offset: int = 0, *,
                 mapping: Mapping | None = None, limits: Limits | None = None,
                 atom_cache: Any = None) -> tuple[Any, int]:
     """Decode one term that has no version byte, starting at ``offset``; return ``(term, end)``."""
-    return _impl.decode_body(  # type: ignore[no-any-return]
-        data, offset, mapping or Mapping.EXACT, limits or _DEFAULT_LIMITS, atom_cache)
+    return _decode_body(  # type: ignore[no-any-return]
+        data, offset, mapping or _EXACT, limits or _DEFAULT_LIMITS, atom_cache)

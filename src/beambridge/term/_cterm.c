@@ -36,7 +36,7 @@ static PyObject *pure_inflate, *pure_local_decoder, *pure_encode_big, *zlib_comp
 static PyObject *default_mapping, *default_limits, *str_hint;
 static PyObject *s_node, *s_id, *s_serial, *s_creation, *s_ids, *s_v4, *s_data, *s_tail_bits,
     *s_items, *s_tail, *s_module, *s_function, *s_arity, *s_old_index, *s_old_uniq, *s_pid,
-    *s_free_vars, *s_uniq, *s_index, *s_raw, *s_at, *s_compressed, *s_max_depth,
+    *s_free_vars, *s_uniq, *s_index, *s_raw, *s_at, *s_compressed, *s_max_depth, *s_max_size,
     *s_binary_as, *s_string_as, *s_atom_as, *s_bool_atoms, *s_none_atom, *s_str_as,
     *s_bytes_like, *s_true, *s_false, *s_key, *s_value, *s_str;
 
@@ -406,11 +406,15 @@ static int list_join(PyObject **items, PyObject *src) {
 }
 
 static inline PyObject *dec_item(Dec *d, int depth) {
-    /* Small integers inline: most lists and tuples are full of them. */
+    /* Integers inline: most lists and tuples are full of them. */
     Py_ssize_t pos = d->pos;
     if (pos + 1 < d->len && d->buf[pos] == T_SMALL_INTEGER) {
         d->pos = pos + 2;
         return PyLong_FromLong(d->buf[pos + 1]);
+    }
+    if (pos + 4 < d->len && d->buf[pos] == T_INTEGER) {
+        d->pos = pos + 5;
+        return PyLong_FromLong((int32_t)rd32(d->buf + pos + 1));
     }
     return dec(d, depth);
 }
@@ -942,17 +946,26 @@ static PyObject *dec(Dec *d, int depth) {
 /* Limits are read once per distinct object (they are frozen). */
 static PyObject *last_limits;
 static long last_max_depth;
+static long long last_max_size;
 
-static int read_limits(PyObject *limits, long *max_depth) {
-    if (limits == last_limits) { *max_depth = last_max_depth; return 0; }
-    PyObject *v = PyObject_GetAttr(limits, s_max_depth);
-    if (!v) return -1;
-    long depth = PyLong_AsLong(v);
-    Py_DECREF(v);
-    if (depth == -1 && PyErr_Occurred()) return -1;
-    Py_INCREF(limits);
-    Py_XSETREF(last_limits, limits);
-    last_max_depth = *max_depth = depth;
+static int read_limits(PyObject *limits, long *max_depth, long long *max_size) {
+    if (limits != last_limits) {
+        PyObject *v = PyObject_GetAttr(limits, s_max_depth);
+        if (!v) return -1;
+        long depth = PyLong_AsLong(v);
+        Py_DECREF(v);
+        if (depth == -1 && PyErr_Occurred()) return -1;
+        if (!(v = PyObject_GetAttr(limits, s_max_size))) return -1;
+        long long size = PyLong_AsLongLong(v);
+        Py_DECREF(v);
+        if (size == -1 && PyErr_Occurred()) return -1;
+        Py_INCREF(limits);
+        Py_XSETREF(last_limits, limits);
+        last_max_depth = depth;
+        last_max_size = size;
+    }
+    *max_depth = last_max_depth;
+    if (max_size) *max_size = last_max_size;
     return 0;
 }
 
@@ -1008,7 +1021,7 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
 static PyObject *run_decoder(Dec *d, PyObject *mapping, PyObject *limits, PyObject *atom_cache,
                              Py_ssize_t offset, int *temp_ms) {
     long max_depth;
-    if (read_limits(limits, &max_depth) < 0) return NULL;
+    if (read_limits(limits, &max_depth, NULL) < 0) return NULL;
     d->ms = mapstate_get(mapping, temp_ms);
     if (!d->ms) return NULL;
     d->max_depth = max_depth;
@@ -1084,11 +1097,9 @@ static PyObject *cterm_decode(PyObject *self, PyObject *const *args, Py_ssize_t 
     int temp = 0;
     Dec d = {0};
     {
-        PyObject *ms = PyObject_GetAttrString(a[2], "max_size");
-        if (!ms) goto done;
-        long long max_size = PyLong_AsLongLong(ms);
-        Py_DECREF(ms);
-        if (max_size == -1 && PyErr_Occurred()) goto done;
+        long max_depth;
+        long long max_size;
+        if (read_limits(a[2], &max_depth, &max_size) < 0) goto done;
         if ((long long)size > max_size) {
             derr(0, "input of %zd bytes is over max_size=%lld", size, max_size);
             goto done;
@@ -2018,6 +2029,7 @@ PyMODINIT_FUNC PyInit__cterm(void) {
     INTERN(s_pid, "pid"); INTERN(s_free_vars, "free_vars"); INTERN(s_uniq, "uniq");
     INTERN(s_index, "index"); INTERN(s_raw, "raw"); INTERN(s_at, "at");
     INTERN(s_compressed, "compressed"); INTERN(s_max_depth, "max_depth");
+    INTERN(s_max_size, "max_size");
     INTERN(s_binary_as, "binary_as"); INTERN(s_string_as, "string_as"); INTERN(s_atom_as, "atom_as");
     INTERN(s_bool_atoms, "bool_atoms"); INTERN(s_none_atom, "none_atom"); INTERN(s_str_as, "str_as");
     INTERN(s_bytes_like, "bytes_like"); INTERN(s_true, "true"); INTERN(s_false, "false");

@@ -1,0 +1,116 @@
+"""Fuzz driver for the compiled decoder under AddressSanitizer (run by test_sanitizer.py).
+
+Usage: python asan_fuzz.py PATH_TO_ASAN_BUILT_CTERM_SO SECONDS. Every input is handed over in an
+``array.array`` whose buffer is exactly as long as the input (with PYTHONMALLOC=malloc, a read one
+byte past it lands in ASan's red zone), mutated from valid encodings and random bytes; encodes of
+random terms exercise the encoder. Exits 0 after the time is up; ASan aborts the process on the
+first bad access, and leaks are read from its report by the caller.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import importlib.util
+import random
+import sys
+import time
+from typing import Any
+
+import beambridge.term._api  # noqa: F401  (the Python side the module imports at init)
+from beambridge import Atom, BitString, DecodeError, EncodeError, ImproperList, Limits, Map, Mapping, Pid
+from beambridge.term import _pure
+
+
+def load(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("beambridge.term._cterm", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_term(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(14 if depth < 4 else 8)
+    if kind == 0:
+        return rng.randrange(256)
+    if kind == 1:
+        return rng.randrange(-(1 << 70), 1 << 70) >> rng.randrange(70)
+    if kind == 2:
+        return rng.uniform(-1e10, 1e10)
+    if kind == 3:
+        return Atom("".join(chr(rng.randrange(32, 0x3000)) for _ in range(rng.randrange(6))))
+    if kind == 4:
+        return rng.randbytes(rng.randrange(40))
+    if kind == 5:
+        return Pid(Atom("n@h"), rng.randrange(1 << 32), rng.randrange(9), rng.randrange(1 << 32))
+    if kind == 6:
+        return BitString(rng.randbytes(2), rng.randrange(9, 16))
+    if kind == 7:
+        return rng.choice([True, False, None, [], (), {}])
+    children = [random_term(rng, depth + 1) for _ in range(rng.randrange(5))]
+    if kind in (8, 9):
+        return children
+    if kind == 10:
+        return tuple(children)
+    if kind == 11:
+        return {i: c for i, c in enumerate(children)}
+    if kind == 12:
+        return Map([([i], c) for i, c in enumerate(children)])
+    return ImproperList([1, *children], Atom("t"))
+
+
+def exact_buffer(data: bytes) -> array.array[int]:
+    """A buffer of exactly len(data) bytes (array("B", data) would over-allocate)."""
+    exact = array.array("B", b"\0") * len(data)
+    exact[:] = array.array("B", data)
+    return exact
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randrange(1, 4)):
+        where = rng.randrange(max(len(out), 1))
+        action = rng.randrange(4)
+        if action == 0 and out:
+            out[where] = rng.randrange(256)
+        elif action == 1:
+            del out[where:]
+        elif action == 2:
+            out[where:where] = rng.randbytes(rng.randrange(1, 5))
+        else:
+            out[where:where] = b"\xff\xff\xff\xff"
+    return bytes(out)
+
+
+def main() -> None:
+    cterm = load(sys.argv[1])
+    deadline = time.monotonic() + float(sys.argv[2])
+    rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    mappings = [Mapping.EXACT, Mapping.TEXT, Mapping.CHARLIST, Mapping.UWSGI]
+    limits = Limits(max_decompressed_size=1 << 20)
+    cache = [Atom("a"), Atom("true")]
+    runs = 0
+    for data in (b"\x83m\x00\x00\x00\x03ab", b"\x83w\x03ab", b"\x83h\x02a"):  # ends early
+        with contextlib.suppress(DecodeError):
+            cterm.decode(exact_buffer(data))
+    while time.monotonic() < deadline:
+        term = random_term(rng)
+        mapping = rng.choice(mappings)
+        try:
+            valid = cterm.encode(term, rng.choice([False, False, True]), rng.randrange(3), mapping)
+        except EncodeError:
+            valid = _pure.encode(term, False, 2, Mapping.EXACT)
+        assert cterm.decode(valid) is not None or True
+        for data in (mutate(rng, valid), b"\x83" + rng.randbytes(rng.randrange(24))):
+            exact = exact_buffer(data)
+            with contextlib.suppress(DecodeError):
+                cterm.decode(exact, mapping, limits, cache, rng.random() < 0.5)
+            with contextlib.suppress(DecodeError):
+                cterm.decode_body(exact, 1, mapping, limits, cache)
+            runs += 1
+    print(f"asan fuzz: {runs} inputs decoded")
+
+
+if __name__ == "__main__":
+    main()
