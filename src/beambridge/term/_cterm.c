@@ -1427,13 +1427,13 @@ static int write_str(Enc *e, PyObject *value) {
 }
 
 /* Whether the list is one BEAM writes as STRING_EXT (0 < len <= 65535, all 0..255, no bools).
- * As in the pure codec: the first item must be a plain int, and other items that are ints by
+ * As in the pure codec: the first item must be an int (bools are refused below), and items that are ints by
  * __index__ (IntEnum, numpy) go through bytes(). */
 static int list_is_string(PyObject *list, PyObject **packed) {
     Py_ssize_t n = PyList_GET_SIZE(list);
     int other = 0;
     *packed = NULL;
-    if (n == 0 || !PyLong_CheckExact(PyList_GET_ITEM(list, 0))) return 0;
+    if (n == 0 || !PyLong_Check(PyList_GET_ITEM(list, 0))) return 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(list, i);
         if (PyLong_CheckExact(item)) {

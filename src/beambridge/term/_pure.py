@@ -168,7 +168,7 @@ def _make_encoder(minor_version: int, mapping: Mapping) -> Encoder:
 
     def byte_list(value: list[Any]) -> bytes | None:
         """The list as STRING_EXT when BEAM would write it so (0 < len <= 65535, all 0..255)."""
-        if type(value[0]) is not int:
+        if not isinstance(value[0], int):  # cheap refusal for lists of other things
             return None
         try:
             raw = bytes(value)
@@ -564,9 +564,10 @@ def _make_decoder(
                 items[i] = data[pos + 1]
                 pos += 2
             elif tag == BINARY and not binary_as_str:
-                end = pos + 5 + unpack_u32(data, pos + 1)[0]
+                size = unpack_u32(data, pos + 1)[0]
+                end = pos + 5 + size
                 if end > len(data):
-                    raise _fail("binary runs past the end of the input", pos)
+                    raise _fail(f"binary of {size} bytes runs past the end of the input", pos)
                 items[i] = data[pos + 5:end]
                 pos = end
             elif tag == SMALL_ATOM_UTF8:
