@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Mapping as AbcMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,22 +129,44 @@ def full_node_name(name: str) -> str:
     return f"{name}@{socket.gethostname().split('.')[0]}"
 
 
-@dataclass(eq=False)
 class _Peer:
-    """One live connection."""
+    """One live connection. After the handshake its transport feeds ``_PeerProtocol`` directly
+    (no stream reader task: one loop iteration less per message that arrives)."""
 
-    name: Atom
-    proto: _Protocol
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    flags: int
-    creation: int
-    last_sent: float = field(default_factory=time.monotonic)
-    last_recv: float = field(default_factory=time.monotonic)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    alive: bool = True
-    pending: list[bytes] = field(default_factory=list)
-    flush_scheduled: bool = False
+    __slots__ = (
+        "alive",
+        "creation",
+        "flags",
+        "flush_scheduled",
+        "last_recv",
+        "last_sent",
+        "loop",
+        "name",
+        "paused",
+        "pending",
+        "proto",
+        "reader",
+        "tasks",
+        "transport",
+        "writer",
+    )
+
+    def __init__(self, name: Atom, proto: _Protocol, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, flags: int, creation: int) -> None:
+        self.name = name
+        self.proto = proto
+        self.reader = reader
+        self.writer = writer  # kept: a collected StreamWriter closes its transport
+        self.transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
+        self.flags = flags
+        self.creation = creation
+        self.last_sent = self.last_recv = time.monotonic()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.alive = True
+        self.pending: list[bytes] = []
+        self.flush_scheduled = False
+        self.loop = asyncio.get_running_loop()
+        self.paused: asyncio.Future[None] | None = None
 
     def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
         if not self.alive:
@@ -152,24 +174,29 @@ class _Peer:
         self.write(self.proto.send(message, mapping=mapping))
 
     def write(self, data: bytes) -> None:
-        """Queue bytes; everything queued in one loop iteration goes out in one system call
-        (system calls, not Python, are the cost of many small messages)."""
+        """Write at once when nothing else went out in this loop iteration; later writes of the
+        same iteration are queued and leave in one system call at its end (system calls, not
+        Python, are the cost of many small messages; latency is the cost of one)."""
         self.last_sent = time.monotonic()
-        if len(data) >= _COALESCE_LIMIT:
-            self.flush()
-            self.writer.write(data)
-            return
-        self.pending.append(data)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
+            self.transport.write(data)
+            return
+        if len(data) >= _COALESCE_LIMIT:
+            self.flush()
+            self.flush_scheduled = True
+            self.transport.write(data)
+            return
+        self.pending.append(data)
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        if self.pending and self.alive:
-            data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
-            self.pending.clear()
-            self.writer.write(data)
+        pending = self.pending
+        if pending and self.alive:
+            data = b"".join(pending) if len(pending) > 1 else pending[0]
+            pending.clear()
+            self.transport.write(data)
 
     def send_quiet(self, message: ControlMessage) -> None:
         """Send a signal; a dead connection or an unencodable term is logged, not raised."""
@@ -179,11 +206,48 @@ class _Peer:
             log.debug("signal %r to %s not sent: %s", type(message).__name__, self.name, error)
 
     async def drain(self) -> None:
+        """Wait while the transport holds more than its high-water mark of unsent bytes."""
         if not self.alive:
             return
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-            await self.writer.drain()
+        if self.pending and self.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            self.flush()
+        waiter = self.paused
+        if waiter is not None:
+            await asyncio.shield(waiter)
+
+    def pause_writing(self) -> None:
+        if self.paused is None:
+            self.paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self.paused = self.paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _PeerProtocol(asyncio.Protocol):
+    """The transport's protocol once a connection is up: bytes go straight to the node."""
+
+    def __init__(self, node: Node, peer: _Peer) -> None:
+        self._node = node
+        self._peer = peer
+
+    def data_received(self, data: bytes) -> None:
+        self._node._on_peer_data(self._peer, data)
+
+    def eof_received(self) -> bool:
+        self._node._on_peer_data(self._peer, b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer.resume_writing()
+        self._node._peer_down(self._peer, str(exc) if exc else "connection closed")
+
+    def pause_writing(self) -> None:
+        self._peer.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._peer.resume_writing()
 
 
 @dataclass(eq=False, slots=True)
@@ -578,8 +642,16 @@ class Node:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation)
         self._peers[name] = peer
-        peer.tasks.append(self._spawn_task(self._read_loop(peer)))
+        # bytes the stream reader got after the handshake's last read are the peer's first packets
+        leftover = bytes(getattr(reader, "_buffer", b""))
+        eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
+        peer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        peer.transport.set_protocol(_PeerProtocol(self, peer))
         peer.tasks.append(self._spawn_task(self._tick_loop(peer)))
+        assert self._loop is not None
+        self._loop.call_soon(self._on_peer_data, peer, leftover or None)
+        if eof:
+            self._loop.call_soon(self._on_peer_data, peer, b"")
         future = self._pending.pop(name, None)
         if future is not None and not future.done():
             future.set_result(peer)
@@ -587,36 +659,36 @@ class Node:
         for watcher in list(self._nodes_watchers):
             watcher.deliver((Atom("nodeup"), name))
 
-    async def _read_loop(self, peer: _Peer) -> None:
-        reason = "connection closed"
+    def _on_peer_data(self, peer: _Peer, data: bytes | None) -> None:
+        """Bytes from a connection (``b""``: it closed; ``None``: only what is buffered): decode
+        and apply every whole message."""
+        if not peer.alive:
+            return
         proto = peer.proto
         try:
-            while True:
-                data = await peer.reader.read(1 << 18)
+            if data is not None:
                 proto.receive_data(data)
                 peer.last_recv = time.monotonic()
-                while True:
-                    event = proto.next_event()
-                    if event is NEED_DATA:
-                        break
-                    if isinstance(event, _Closed):
-                        return
-                    if isinstance(event, Tick):
-                        continue
-                    try:
-                        self._dispatch(peer, event)
-                    except Exception:
-                        log.exception("error handling %r from %s", type(event).__name__, peer.name)
+            next_event, dispatch = proto.next_event, self._dispatch
+            while True:
+                event = next_event()
+                if event is NEED_DATA:
+                    return
+                kind = type(event)
+                if kind is Tick:
+                    continue
+                if kind is _Closed:
+                    self._peer_down(peer, "connection closed")
+                    return
+                try:
+                    dispatch(peer, event)
+                except Exception:
+                    log.exception("error handling %r from %s", kind.__name__, peer.name)
+                if not peer.alive:
+                    return
         except RemoteProtocolError as error:
-            reason = f"protocol error: {error}"
             log.warning("closing connection to %s: %s", peer.name, error)
-        except (OSError, asyncio.IncompleteReadError) as error:
-            reason = str(error)
-        except asyncio.CancelledError:
-            reason = "cancelled"
-            raise
-        finally:
-            self._peer_down(peer, reason)
+            self._peer_down(peer, f"protocol error: {error}")
 
     async def _tick_loop(self, peer: _Peer) -> None:
         interval = self.net_ticktime / 4
@@ -639,7 +711,8 @@ class Node:
             del self._peers[peer.name]
         log.info("connection to %s down: %s", peer.name, reason)
         peer.pending.clear()
-        peer.writer.close()
+        peer.transport.close()
+        peer.resume_writing()
         current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
         for task in peer.tasks:
             if task is not current:
