@@ -8,10 +8,13 @@ Python codec, and a warning says how to get the fast one.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 _HINT = (
     "beambridge: the compiled term codec could not be built ({error}); installing with the "
@@ -44,6 +47,19 @@ class OptionalBuildExt(build_ext):
         print("*" * 78, file=sys.stderr)
 
 
+class BuildPyWithErlang(build_py):
+    """Ship the Erlang side (``erlang/``) inside the package as ``beambridge/_erlang``, so an
+    installed wheel can build and start the compute service and the helpers with ``erlc``."""
+
+    def run(self) -> None:
+        super().run()
+        source = Path(__file__).resolve().parent / "erlang"
+        if source.is_dir() and not self.editable_mode:
+            target = Path(self.build_lib) / "beambridge" / "_erlang"
+            shutil.copytree(source, target, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.beam", "_build", "ebin"))
+
+
 _CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wno-missing-braces"] if os.name == "posix" else []
 
 setup(
@@ -55,5 +71,5 @@ setup(
             optional=True,
         )
     ],
-    cmdclass={"build_ext": OptionalBuildExt},
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithErlang},
 )

@@ -42,3 +42,31 @@ def test_codec_demo_round_trips_through_a_local_beam() -> None:
     assert done.returncode == 0, done.stderr
     assert "equal after the round trip: True" in done.stdout
     assert "round trip OK" in done.stdout
+
+
+@pytest.mark.erlang
+@pytest.mark.slow
+def test_installed_wheel_carries_the_erlang_side_and_the_compiled_codec(tmp_path: object) -> None:
+    """A wheel (not the checkout) builds its Erlang helpers from the copy it ships."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = Path(str(tmp_path))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(root), "-w",
+                    str(out / "wheel")], check=True, capture_output=True, timeout=600)
+    wheel, = (out / "wheel").glob("*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "beambridge/_erlang/beambridge/src/bb_term_port.erl" in names
+    assert any(n.startswith("beambridge/_erlang/beambridge_compute/src/") for n in names)
+    assert any(n.startswith("beambridge/term/_cterm") and n.endswith(".so") for n in names)
+    target = out / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True, timeout=600)
+    env = {**__import__("os").environ, "PYTHONPATH": str(target), "XDG_CACHE_HOME": str(out / "cache")}
+    done = subprocess.run([sys.executable, "-m", "beambridge", "demo", "--codec"], cwd=str(out),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "round trip OK" in done.stdout
+    assert list((out / "cache").glob("beambridge/*/erlang/beambridge/ebin/bb_term_port.beam"))

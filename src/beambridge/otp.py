@@ -157,6 +157,11 @@ def build_dir() -> Path:
     if configured:
         return Path(configured)
     source = erlang_source_dir()
+    if source.name == "_erlang":  # an installed package: build into the user's cache
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        from . import __version__
+
+        return cache / "beambridge" / __version__ / "erlang"
     return source.parent / "_build" / "erlang"
 
 
