@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import struct
@@ -174,7 +175,7 @@ class Connection:
         self._peer_v5 = False
         self._atom_cache: list[Atom | None] = [None] * _ATOM_CACHE_SIZE
         self._partials: dict[int, _Partial] = {}
-        self._sequence = 0
+        self._sequences = itertools.count(1)  # next() is atomic: send() may run on any thread
         self._use_header = False
         self._use_fragments = False
 
@@ -565,7 +566,7 @@ class Connection:
         return struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body
 
     def _fragmented(self, body: bytes) -> bytes:
-        self._sequence += 1
+        sequence = next(self._sequences)
         step = self.fragment_size
         count = (len(body) + step - 1) // step
         out: list[bytes | memoryview] = []
@@ -574,9 +575,9 @@ class Connection:
             chunk = view[i * step:(i + 1) * step]
             fragment_id = count - i
             if i == 0:
-                head = b"\x83E" + struct.pack(">QQ", self._sequence, fragment_id) + b"\x00"
+                head = b"\x83E" + struct.pack(">QQ", sequence, fragment_id) + b"\x00"
             else:
-                head = b"\x83F" + struct.pack(">QQ", self._sequence, fragment_id)
+                head = b"\x83F" + struct.pack(">QQ", sequence, fragment_id)
             out.append(struct.pack(">I", len(head) + len(chunk)) + head)
             out.append(chunk)
         return b"".join(out)

@@ -205,6 +205,17 @@ class BlockingNode:
         """See ``Node.rpc``."""
         n, loop = self._ensure()
         self._check_thread()
+        fast = n.rpc_from_thread(node, module, function, args)
+        if fast is not None:
+            # the request went out from this thread; the loop thread fills the waiter
+            req, waiter = fast
+            if not waiter.wait(timeout):
+                loop.call_soon_threadsafe(n._call_timeout, req, float(timeout or 0))  # kills it
+                if not waiter.wait(_GRACE):
+                    raise Timeout(f"no answer from the node's loop within {timeout} s")
+            if waiter.ok:
+                return waiter.value
+            raise waiter.value
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def done(ok: bool, value: Any) -> None:
@@ -232,6 +243,8 @@ class BlockingNode:
         """See ``Node.send``."""
         n, loop = self._ensure()
         self._check_thread()
+        if n.send_from_thread(dest, message, None):
+            return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
         loop.call_soon_threadsafe(n.begin_send, dest, message, None, _settle(result))
         self._wait(result, timeout)
@@ -318,19 +331,13 @@ class BlockingMailbox:
         self._owner._check_thread()
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
         mailbox = self._mailbox
-        loop.call_soon_threadsafe(mailbox.attach, match, result)
+        mailbox.attach(match, result)  # under the mailbox's lock: no hop to the loop thread
         try:
             return result.result(timeout)
         except concurrent.futures.TimeoutError:
             pass
         # give up, unless a message slipped in meanwhile (then it is ours: nothing is lost)
-        late: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def detach() -> None:
-            late.set_result(mailbox.detach(result))
-
-        loop.call_soon_threadsafe(detach)
-        got = late.result(10)
+        got = mailbox.detach(result)
         if got is _NOTHING:
             raise Timeout(f"no message within {timeout} s")
         return got
@@ -339,6 +346,8 @@ class BlockingMailbox:
         owner = self._owner
         n, loop = owner._ensure()
         owner._check_thread()
+        if n.send_from_thread(dest, message, self._mailbox):
+            return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
         loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, _settle(result))
         owner._wait(result, timeout)

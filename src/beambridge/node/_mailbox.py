@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ class Mailbox:
         self.trap_exits = trap_exits
         self._queue: deque[Any] = deque()
         self._waiters: list[tuple[Match | None, asyncio.Future[Any]]] = []
+        #: guards ``_queue``/``_waiters`` against blocking receivers on other threads
+        self._lock = threading.Lock()
         self.links: set[Pid] = set()
         #: monitors others hold on us: ref -> (watcher pid, target as they named it)
         self.monitors_in: dict[Reference, tuple[Pid, Pid | Atom]] = {}
@@ -67,15 +70,16 @@ class Mailbox:
         """Queue ``message`` or hand it to a waiting ``receive``."""
         if self.closed is not None:
             return
-        waiters = self._waiters
-        for i, (match, future) in enumerate(waiters):
-            if future.done():
-                continue
-            if match is None or _matches(match, message):
-                del waiters[i]
-                future.set_result(message)
-                return
-        self._queue.append(message)
+        with self._lock:
+            waiters = self._waiters
+            for i, (match, future) in enumerate(waiters):
+                if future.done():
+                    continue
+                if match is None or _matches(match, message):
+                    del waiters[i]
+                    future.set_result(message)
+                    return
+            self._queue.append(message)
 
     def exit_signal(self, sender: Pid | Atom, reason: Any, *, kill: bool = False) -> None:
         """An exit signal arrived: a message when trapping, else the end of this mailbox."""
@@ -96,20 +100,21 @@ class Mailbox:
         Raises ``Timeout`` when nothing came, ``MailboxClosed`` once the mailbox is closed.
         """
         queue = self._queue
-        if queue:
-            if match is None:
-                return queue.popleft()
-            for i, message in enumerate(queue):
-                if _matches(match, message):
-                    del queue[i]
-                    return message
-        if self.closed is not None:
-            raise MailboxClosed(self.closed)
-        if timeout is not None and timeout <= 0:
-            raise Timeout("no message")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = (match, future)
-        self._waiters.append(entry)
+        with self._lock:
+            if queue:
+                if match is None:
+                    return queue.popleft()
+                for i, message in enumerate(queue):
+                    if _matches(match, message):
+                        del queue[i]
+                        return message
+            if self.closed is not None:
+                raise MailboxClosed(self.closed)
+            if timeout is not None and timeout <= 0:
+                raise Timeout("no message")
+            self._waiters.append(entry)
         taken = False
         try:
             async with asyncio.timeout(timeout):
@@ -119,41 +124,46 @@ class Mailbox:
         except TimeoutError:
             raise Timeout(f"no message within {timeout} s") from None
         finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
-            elif (not taken and future.done() and not future.cancelled()
-                  and future.exception() is None):
-                # delivered just as we gave up (timeout or cancel): put it back, nothing is lost
-                queue.appendleft(future.result())
+            with self._lock:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                elif (not taken and future.done() and not future.cancelled()
+                      and future.exception() is None):
+                    # delivered just as we gave up (timeout or cancel): put it back, nothing is lost
+                    queue.appendleft(future.result())
 
     def attach(self, match: Match | None, result: concurrent.futures.Future[Any]) -> None:
-        """Loop side of a blocking receive: fill ``result`` now or when a message comes."""
-        for i, message in enumerate(self._queue):
-            if match is None or _matches(match, message):
-                del self._queue[i]
-                result.set_result(message)
+        """A blocking receive (any thread): fill ``result`` now or when a message comes."""
+        with self._lock:
+            for i, message in enumerate(self._queue):
+                if match is None or _matches(match, message):
+                    del self._queue[i]
+                    result.set_result(message)
+                    return
+            if self.closed is not None:
+                result.set_exception(MailboxClosed(self.closed))
                 return
-        if self.closed is not None:
-            result.set_exception(MailboxClosed(self.closed))
-            return
-        self._waiters.append((match, result))  # type: ignore[arg-type]
+            self._waiters.append((match, result))  # type: ignore[arg-type]
 
     def detach(self, result: concurrent.futures.Future[Any]) -> Any:
-        """Withdraw a blocking receive; returns the message it got meanwhile, else ``NOTHING``."""
-        for i, (_, waiting) in enumerate(self._waiters):
-            if waiting is result:  # type: ignore[comparison-overlap]
-                del self._waiters[i]
-                return NOTHING
+        """Withdraw a blocking receive (any thread); returns the message it got meanwhile, else
+        ``NOTHING``."""
+        with self._lock:
+            for i, (_, waiting) in enumerate(self._waiters):
+                if waiting is result:  # type: ignore[comparison-overlap]
+                    del self._waiters[i]
+                    return NOTHING
         if result.done() and result.exception() is None:
             return result.result()
         return NOTHING
 
     def receive_nowait(self, match: Match | None = None) -> Any:
         """A queued message, or ``Timeout`` at once when none matches."""
-        for i, message in enumerate(self._queue):
-            if match is None or _matches(match, message):
-                del self._queue[i]
-                return message
+        with self._lock:
+            for i, message in enumerate(self._queue):
+                if match is None or _matches(match, message):
+                    del self._queue[i]
+                    return message
         if self.closed is not None:
             raise MailboxClosed(self.closed)
         raise Timeout("no message")
@@ -197,10 +207,11 @@ class Mailbox:
             return
         self.closed = reason
         self._node._process_ended(self, reason)
-        for _, future in self._waiters:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for _, future in waiters:
             if not future.done():
                 future.set_exception(MailboxClosed(reason))
-        self._waiters.clear()
 
     def _check_open(self) -> None:
         if self.closed is not None:

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,6 +37,7 @@ from ..dist import (
     GroupLeader,
     HandshakeFailed,
     Link,
+    LocalProtocolError,
     MonitorP,
     MonitorPExit,
     NameReceived,
@@ -146,8 +148,10 @@ class _Peer:
         "pending",
         "proto",
         "reader",
+        "sock",
         "tasks",
         "transport",
+        "wlock",
         "writer",
     )
 
@@ -167,6 +171,11 @@ class _Peer:
         self.flush_scheduled = False
         self.loop = asyncio.get_running_loop()
         self.paused: asyncio.Future[None] | None = None
+        #: orders the loop's writes with other threads' direct ones (``write_from_thread``)
+        self.wlock = threading.Lock()
+        # the plain socket under a selector transport (None elsewhere, e.g. uvloop: no fast path)
+        sock = getattr(self.transport, "_sock", None)
+        self.sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
 
     def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
         if not self.alive:
@@ -176,27 +185,60 @@ class _Peer:
     def write(self, data: bytes) -> None:
         """Write at once when nothing else went out in this loop iteration; later writes of the
         same iteration are queued and leave in one system call at its end (system calls, not
-        Python, are the cost of many small messages; latency is the cost of one)."""
+        Python, are the cost of many small messages; latency is the cost of one). Loop only."""
         self.last_sent = time.monotonic()
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
-            self.transport.write(data)
+            with self.wlock:
+                if not self.pending:
+                    self.transport.write(data)
+                    return
+                self.pending.append(data)
             return
         if len(data) >= _COALESCE_LIMIT:
-            self.flush()
-            self.flush_scheduled = True
-            self.transport.write(data)
+            with self.wlock:
+                self._flush_locked()
+                self.transport.write(data)
             return
-        self.pending.append(data)
+        with self.wlock:
+            self.pending.append(data)
 
     def flush(self) -> None:
         self.flush_scheduled = False
+        if self.pending:
+            with self.wlock:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
         pending = self.pending
         if pending and self.alive:
             data = b"".join(pending) if len(pending) > 1 else pending[0]
             pending.clear()
             self.transport.write(data)
+
+    def write_from_thread(self, data: bytes) -> bool:
+        """Another thread's write, straight to the socket when nothing is queued before it (no
+        hop to the loop thread). False when it must go through the loop instead."""
+        sock = self.sock
+        if sock is None:
+            return False
+        with self.wlock:
+            if not self.alive or self.pending or self.transport.get_write_buffer_size():
+                return False
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return False  # the loop sees the broken connection and reports it
+            self.last_sent = time.monotonic()
+            if sent == len(data):
+                return True
+            # the socket is full: the rest goes first in the loop's queue, which flushes it
+            self.pending.append(data[sent:])
+        self.loop.call_soon_threadsafe(self.flush)
+        return True
 
     def send_quiet(self, message: ControlMessage) -> None:
         """Send a signal; a dead connection or an unencodable term is logged, not raised."""
@@ -260,6 +302,28 @@ class _Call:
     label: str
     spawned: Pid | None = None
     timer: asyncio.TimerHandle | None = None
+
+
+class _Waiter:
+    """A blocking caller's slot for one result, filled once from the loop thread (a bare lock:
+    lighter than a ``concurrent.futures.Future``)."""
+
+    __slots__ = ("_lock", "ok", "value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.ok: bool | None = None
+        self.value: Any = None
+
+    def done(self, ok: bool, value: Any) -> None:
+        if self.ok is None:
+            self.ok, self.value = ok, value
+            self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once filled; False when ``timeout`` seconds passed first."""
+        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
 class _PythonError:
@@ -710,15 +774,16 @@ class Node:
         if self._peers.get(peer.name) is peer:
             del self._peers[peer.name]
         log.info("connection to %s down: %s", peer.name, reason)
-        peer.pending.clear()
-        peer.transport.close()
+        with peer.wlock:
+            peer.pending.clear()
+            peer.transport.close()
         peer.resume_writing()
         current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
         for task in peer.tasks:
             if task is not current:
                 task.cancel()
         node = peer.name
-        for req in [r for r, c in self._calls.items() if c.node == node]:
+        for req in [r for r, c in list(self._calls.items()) if c.node == node]:  # threads add
             self._finish_call(req, False, NoConnection(node, f"connection lost during the call: {reason}"))
         for mailbox in list(self._procs.values()):
             for linked in [p for p in mailbox.links if p.node == node]:
@@ -1047,6 +1112,69 @@ class Node:
                 return None
         self._spawn_task(self._rpc_slow(target, m, f, a, timeout, done))
         return None
+
+    def rpc_from_thread(self, node: str, module: str, function: str, args: Iterable[Any]
+                        ) -> tuple[Reference, _Waiter] | None:
+        """Start an rpc from a thread other than the loop's, writing the request itself.
+
+        ``None`` when the loop must do it (not connected, no SPAWN, bytes queued before ours).
+        Otherwise the reply arrives through the loop into the returned waiter; the caller owns
+        the deadline and hands an expired call to ``_call_timeout`` on the loop.
+        """
+        if self._closed or not self._started:
+            return None
+        target = self._node_atom(node)
+        peer = self._peers.get(target)
+        if peer is None or not peer.alive or peer.sock is None or not peer.flags & Flag.SPAWN:
+            return None
+        m, f, a = check_name(module), check_name(function), list(args)
+        assert self._group_leader is not None and self._caller_pid is not None
+        req = self.make_ref()
+        tag = self.make_ref()
+        try:
+            data = peer.proto.send(SpawnRequest(req, self._caller_pid, self._group_leader.pid, ERPC,
+                                                EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
+        except LocalProtocolError:
+            return None  # the connection is closing: the loop's path reports it
+        waiter = _Waiter()
+        self._calls[req] = _Call(peer.name, tag, waiter.done, f"{m}:{f}/{len(a)}")
+        if not peer.write_from_thread(data):
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
+        if not peer.alive and self._calls.pop(req, None) is not None:
+            raise NoConnection(peer.name, "connection closed")  # went down before it saw our call
+        return req, waiter
+
+    def _write_for_thread(self, peer: _Peer, data: bytes, req: Reference) -> None:
+        if peer.alive:
+            peer.write(data)
+        else:
+            self._finish_call(req, False, NoConnection(peer.name, "connection closed"))
+
+    def send_from_thread(self, dest: Any, message: Any, sender: Mailbox | None) -> bool:
+        """``send`` from a thread other than the loop's, written directly when the destination's
+        node is connected and nothing is queued; False: the loop must do it."""
+        if self._closed or not self._started:
+            return False
+        node, target = self._resolve(dest)
+        if node == self.node_atom:
+            return False
+        peer = self._peers.get(node)
+        if peer is None or not peer.alive or peer.sock is None:
+            return False
+        source = sender or self._anon
+        assert source is not None
+        if isinstance(target, Pid):
+            msg: ControlMessage = Send(target, message, source.pid)
+        elif isinstance(target, Reference):
+            msg = AliasSend(source.pid, target, message)
+        else:
+            msg = RegSend(source.pid, target, message)
+        try:
+            data = peer.proto.send(msg)
+        except LocalProtocolError:
+            return False
+        return peer.write_from_thread(data)
 
     async def _rpc_slow(self, target: Atom, m: Atom, f: Atom, a: list[Any], timeout: float | None,
                         done: Callable[[bool, Any], None]) -> None:
