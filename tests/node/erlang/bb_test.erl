@@ -3,7 +3,7 @@
 -behaviour(gen_server).
 -export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
-         connect_many/2]).
+         connect_many/2, register_and_sleep/2, collect/2]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -63,3 +63,19 @@ handle_info(_, S) -> {noreply, S}.
 
 %% Connect to every node in Nodes at once (for the simultaneous-connect test).
 connect_many(Nodes, _) -> [net_kernel:connect_node(N) || N <- Nodes].
+
+%% Register the calling process (an rpc's) under Name and sleep: a test can see it killed.
+register_and_sleep(Name, Ms) -> register(Name, self()), timer:sleep(Ms), done.
+
+%% A registered process that keeps {Tag, N} messages in arrival order and hands the list to
+%% whoever sends {get, From}.
+collect(Name, _) ->
+    Pid = spawn(fun() -> collect_loop([]) end),
+    register(Name, Pid),
+    Pid.
+
+collect_loop(Acc) ->
+    receive
+        {get, From} -> From ! {collected, lists:reverse(Acc)}, collect_loop([]);
+        Msg -> collect_loop([Msg | Acc])
+    end.

@@ -1,0 +1,175 @@
+"""The blocking API's direct path: calling threads write requests and messages themselves and
+wait on their own slot (no hop to the loop thread). These tests check what that must keep: order
+per sender, timeouts that still kill the remote process, errors when the peer or the node goes
+away mid-call, many threads at once, and messages queued behind large writes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from beambridge import Atom, Timeout
+from beambridge.node import BlockingNode, MailboxClosed, NoConnection
+
+from .conftest import COOKIE, ErlNode, unique
+
+pytestmark = pytest.mark.erlang
+A = Atom
+
+
+@pytest.fixture
+def py(epmd_port: int) -> Iterator[BlockingNode]:
+    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+    yield node
+    node.close()
+
+
+def _join_all(threads: list[threading.Thread], timeout: float = 120) -> None:
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0.1))
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+
+
+def test_many_threads_rpc_and_messages(py: BlockingNode, erl: ErlNode) -> None:
+    errors: list[BaseException] = []
+    echo = unique("echo")
+    py.rpc(erl.name, "bb_test", "start_echo", [A(echo)])
+
+    def worker(n: int) -> None:
+        try:
+            with py.mailbox() as mb:
+                for i in range(60):
+                    assert py.rpc(erl.name, "lists", "reverse", [[n, i]]) == [i, n]
+                    mb.send((echo, erl.name), (mb.pid, (n, i)))
+                    assert mb.receive(timeout=10) == (n, i)
+        except BaseException as error:  # collected for the main thread
+            errors.append(error)
+
+    _join_all([threading.Thread(target=worker, args=(n,)) for n in range(16)])
+    assert not errors, errors[:3]
+
+
+def test_order_per_sender_kept_behind_large_writes(py: BlockingNode, erl: ErlNode) -> None:
+    """Small messages from one mailbox arrive in order while other threads push megabytes on the
+    same connection (some small ones then queue behind bytes the socket did not take yet)."""
+    sink = unique("sink")
+    py.rpc(erl.name, "bb_test", "collect", [A(sink), 0])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def bulk() -> None:
+        try:
+            while not stop.is_set():
+                assert py.rpc(erl.name, "erlang", "byte_size", [b"x" * (2 << 20)], timeout=60) == 2 << 20
+        except BaseException as error:
+            errors.append(error)
+
+    def ordered(tag: int) -> None:
+        try:
+            with py.mailbox() as mb:
+                for i in range(300):
+                    mb.send((sink, erl.name), (tag, i))
+        except BaseException as error:
+            errors.append(error)
+
+    pushers = [threading.Thread(target=bulk) for _ in range(2)]
+    for t in pushers:
+        t.start()
+    try:
+        _join_all([threading.Thread(target=ordered, args=(tag,)) for tag in range(4)])
+    finally:
+        stop.set()
+        for t in pushers:
+            t.join(120)
+    assert not errors, errors[:3]
+    with py.mailbox() as mb:
+        mb.send((sink, erl.name), (A("get"), mb.pid))
+        tag_, got = mb.receive(timeout=30)
+    assert tag_ == A("collected")
+    for tag in range(4):
+        assert [i for t, i in got if t == tag] == list(range(300))
+
+
+def test_timeout_kills_the_remote_process(py: BlockingNode, erl: ErlNode) -> None:
+    name = unique("sleeper")
+    with pytest.raises(Timeout):
+        py.rpc(erl.name, "bb_test", "register_and_sleep", [A(name), 20000], timeout=0.5)
+    deadline = time.monotonic() + 10
+    while py.rpc(erl.name, "erlang", "whereis", [A(name)]) is not None:
+        assert time.monotonic() < deadline, "the timed-out call's process still runs"
+        time.sleep(0.05)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)  # the connection is fine
+
+
+def test_threads_mid_call_when_the_peer_dies(py: BlockingNode, fresh_erl: ErlNode) -> None:
+    assert py.rpc(fresh_erl.name, "erlang", "node") == A(fresh_erl.name)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            py.rpc(fresh_erl.name, "timer", "sleep", [30000], timeout=60)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    fresh_erl.stop()
+    for t in threads:
+        t.join(20)
+    assert len(errors) == 8 and all(isinstance(e, NoConnection) for e in errors), errors
+    fresh_erl.start()
+    assert py.rpc(fresh_erl.name, "erlang", "node") == A(fresh_erl.name)
+
+
+def test_close_wakes_blocked_callers_and_receivers(epmd_port: int, erl: ErlNode) -> None:
+    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+    node.rpc(erl.name, "erlang", "node")
+    mb = node.mailbox()
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            node.rpc(erl.name, "timer", "sleep", [30000], timeout=60)
+        except BaseException as error:
+            errors.append(error)
+
+    def receive() -> None:
+        try:
+            mb.receive(timeout=60)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(3)] + [threading.Thread(target=receive)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    node.close()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(type(e).__name__ for e in errors) == sorted(
+        ["NoConnection"] * 3 + [MailboxClosed.__name__]), errors
+
+
+def test_receive_timeout_keeps_a_late_message(py: BlockingNode, erl: ErlNode) -> None:
+    """A receive that gives up just as a message lands loses nothing: it returns it or the
+    next receive does."""
+    with py.mailbox() as mb:
+        got: list[object] = []
+        for i in range(40):
+            py.rpc(erl.name, "bb_test", "send_after", [1, mb.pid, i])
+            with contextlib.suppress(Timeout):
+                got.append(mb.receive(timeout=0.001))
+        deadline = time.monotonic() + 10
+        while len(got) < 40 and time.monotonic() < deadline:
+            got.append(mb.receive(timeout=5))
+        assert sorted(got) == list(range(40))  # type: ignore[type-var]
