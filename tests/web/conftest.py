@@ -91,7 +91,7 @@ def server_env(erl_name: str, epmd_port: int, **extra: str) -> dict[str, str]:
         "BEAMBRIDGE_ERLANG_NODE": erl_name,
         "BEAMBRIDGE_COOKIE": COOKIE,
         "BEAMBRIDGE_EPMD_PORT": str(epmd_port),
-        "BEAMBRIDGE_NODE_NAME": unique("srv"),
+        "BEAMBRIDGE_NODE_NAME": unique("srv") + "@127.0.0.1",
         "BEAMBRIDGE_RPC_TIMEOUT": "3",
         "BEAMBRIDGE_CONNECT_TIMEOUT": "2",
         "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "src"),

@@ -4,6 +4,7 @@ real Erlang node, which is stopped and restarted during the run."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from beambridge import Atom
+from beambridge.web import uwsgi_mule
 
-from .conftest import VENV_BIN, Server, free_port, http_get, http_json, server_env
+from .conftest import VENV_BIN, Server, free_port, http_get, http_json, server_env, unique
 
 pytestmark = pytest.mark.erlang
 A = Atom
@@ -22,12 +24,13 @@ def _exercise(server: Server, erl, workers: int) -> None:
     port = server.port
     # requests reach Erlang; every worker has its own node with its own name
     seen = {}
-    for _ in range(40):
-        answer = http_json(port, "/rpc")
-        assert answer["erlang"] == erl.name
-        seen[answer["pid"]] = answer["node"]
-        if len(seen) == workers:
-            break
+    deadline = time.monotonic() + 20
+    with ThreadPoolExecutor(8) as pool:
+        while len(seen) < workers and time.monotonic() < deadline:
+            # concurrent requests that hold their worker a moment, so that every worker serves
+            for answer in pool.map(lambda _: http_json(port, "/rpc?hold=150"), range(8)):
+                assert answer["erlang"] == erl.name
+                seen[answer["pid"]] = answer["node"]
     assert len(seen) == workers, seen
     assert len(set(seen.values())) == workers
     for pid, name in seen.items():
@@ -81,6 +84,56 @@ def test_gunicorn_two_workers(fresh_erl, web_epmd: int, tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()
+
+
+def test_uwsgi_processes_and_mule(fresh_erl, web_epmd: int, tmp_path: Path) -> None:
+    port = free_port()
+    receiver = unique("mule") + "@127.0.0.1"
+    log = tmp_path / "mule.txt"
+    env = server_env(fresh_erl.name, web_epmd, BEAMBRIDGE_RECEIVER_NAME=receiver,
+                     BEAMBRIDGE_RECEIVER_HANDLER="tests.web.apps.handlers:handle",
+                     BB_RECEIVER_LOG=str(log))
+    server = Server([str(VENV_BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--master",
+                     "--processes", "2", "--threads", "2", "--enable-threads", "--die-on-term",
+                     "--home", sys.prefix, "--module", "tests.web.apps.plain:app",
+                     f"--mule={uwsgi_mule.__file__}", "--need-app", "--disable-logging"],
+                    port, env, tmp_path / "uwsgi.log")
+    try:
+        _exercise(server, fresh_erl, 2)
+        # the mule's receiver gets messages sent from Erlang and answers pids
+        answer = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            answer = _ask(fresh_erl, receiver, port)
+            if answer is not None:
+                break
+            time.sleep(0.2)
+        assert answer is not None, server.output()
+        assert answer[0] == "got" and answer[1] == "hi"
+        _outage(server, fresh_erl)
+    finally:
+        server.stop()
+    assert log.read_text().count("b'hi'") >= 1
+    assert "Traceback" not in server.output(), server.output()
+
+
+def _ask(erl, receiver: str, port: int):
+    """Erlang sends {self(), <<"hi">>} to the mule's node; what came back, or None."""
+    from beambridge import web
+    from beambridge.web import WebSettings
+
+    from .conftest import COOKIE
+
+    web.configure(WebSettings(node_name=unique("asker"), erlang_node=erl.name, cookie=COOKIE,
+                              epmd_port=erl.epmd_port))
+    try:
+        result = web.rpc("bbw_examples", "request", [(A("x"), A(receiver)), b"hi", 1000])
+    finally:
+        web.close_node()
+    if result == A("timeout"):
+        return None
+    got, message, _ = result[1]
+    return (str(got), message.decode())
 
 
 def test_json_helper_sanity() -> None:

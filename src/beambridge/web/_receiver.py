@@ -150,6 +150,11 @@ class Receiver:
                 log.info("receiver mailbox closed; stopping")
                 self._stop.set()
                 return
+            except Exception:  # the node's loop is gone (shutting down): stop, don't spin
+                if not self._stop.is_set():
+                    log.exception("receiver could not read its mailbox; stopping")
+                self._stop.set()
+                return
             with self._serial:
                 self._handle(message, route)
 

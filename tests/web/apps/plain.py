@@ -30,6 +30,8 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
     if path == "/rpc":
+        if "hold" in query:
+            web.rpc("bbw_examples", "slow", [int(query["hold"])])
         name = web.rpc("bbw_examples", "node_name")
         return _json(start_response, {"pid": os.getpid(), "erlang": str(name),
                                       "node": web.get_node().name,
