@@ -48,6 +48,7 @@ log = logging.getLogger("beambridge.dist")
 #: Atoms in control tuples stay atoms (no true/false/undefined mapping).
 _CONTROL_MAPPING = Mapping(bool_atoms=False, none_atom=None)
 _TICK = b"\x00\x00\x00\x00"
+_unpack_u32 = struct.Struct(">I").unpack_from
 _ATOM_CACHE_SIZE = 2048
 _MAX_PARTIAL_SEQUENCES = 4096
 
@@ -114,6 +115,9 @@ class Tick:
     """An empty keep-alive packet."""
 
 
+_TICK_EVENT = Tick()
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed the connection."""
@@ -166,7 +170,7 @@ class Connection:
         self.max_message_size = max_message_size
         self.fragment_size = max(fragment_size, 64)
         self._state = State.IDLE if role is Role.INITIATOR else State.AWAIT_NAME
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
         self._out: list[bytes] = []
@@ -260,7 +264,17 @@ class Connection:
             return
         if self._eof:
             raise LocalProtocolError("data after end of input")
-        self._buf += data
+        buf = self._buf
+        if self._pos == len(buf) and type(data) is bytes:
+            # nothing left over (the usual case: reads end on packet ends): keep the bytes as they
+            # are and slice packets out of them, no copy into a buffer first
+            self._buf = data
+            self._pos = 0
+        elif type(buf) is bytearray:
+            buf += data
+        else:
+            self._buf = bytearray(buf[self._pos:]) + data
+            self._pos = 0
 
     def _take_frame(self, header: int) -> bytes | None:
         buf, pos = self._buf, self._pos
@@ -273,12 +287,11 @@ class Connection:
         end = pos + header + size
         if avail < header + size:
             return None
-        with memoryview(buf) as view:
-            frame = bytes(view[pos + header:end])
+        frame = bytes(buf[pos + header:end])
         if end == len(buf):
-            self._buf = bytearray()
+            self._buf = b""
             self._pos = 0
-        elif end > (1 << 16) and end * 2 > len(buf):
+        elif type(buf) is bytearray and end > (1 << 16) and end * 2 > len(buf):
             del buf[:end]
             self._pos = 0
         else:
@@ -288,7 +301,10 @@ class Connection:
     def next_event(self) -> Any:
         """The next event, or ``NEED_DATA``. Raises ``RemoteProtocolError``/``HandshakeFailed``
         (and enters the ERROR state) when the peer breaks the protocol or refuses us."""
-        if self._state is State.ERROR:
+        state = self._state
+        if state is State.CONNECTED and not self._events:
+            return self._next_connected()
+        if state is State.ERROR:
             raise LocalProtocolError("the connection is in its ERROR state")
         try:
             while not self._events:
@@ -303,11 +319,59 @@ class Connection:
                         return NEED_DATA
                     return self._on_eof()
                 if connected:
-                    self._on_packet(frame)
+                    event = self._on_packet(frame)
+                    if event is not None:
+                        self._events.append(event)
                 else:
                     self._on_handshake(frame)
             return self._events.popleft()
         except (RemoteProtocolError, HandshakeFailed):
+            self._fail()
+            raise
+        except DecodeError as error:
+            self._fail()
+            raise RemoteProtocolError(f"malformed term from peer: {error}") from error
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as error:
+            self._fail()
+            raise RemoteProtocolError(f"malformed packet from peer: {error}") from error
+
+    def _next_connected(self) -> Any:
+        """``next_event`` once connected: one packet, one event (the hot path)."""
+        try:
+            while True:
+                buf, pos = self._buf, self._pos
+                avail = len(buf) - pos
+                if avail < 4:
+                    if not self._eof:
+                        return NEED_DATA
+                    return self._on_eof()
+                size = _unpack_u32(buf, pos)[0]
+                if size > self.max_frame_size:
+                    raise RemoteProtocolError(
+                        f"packet of {size} bytes exceeds max_frame_size {self.max_frame_size}")
+                if avail < 4 + size:
+                    if not self._eof:
+                        return NEED_DATA
+                    return self._on_eof()
+                end = pos + 4 + size
+                if size == 0:
+                    event: Any = _TICK_EVENT
+                else:
+                    frame = buf[pos + 4:end]
+                    if type(frame) is not bytes:
+                        frame = bytes(frame)
+                    event = self._on_packet(frame)
+                if end == len(buf):
+                    self._buf = b""
+                    self._pos = 0
+                elif type(buf) is bytearray and end > (1 << 16) and end * 2 > len(buf):
+                    del buf[:end]
+                    self._pos = 0
+                else:
+                    self._pos = end
+                if event is not None:
+                    return event
+        except RemoteProtocolError:
             self._fail()
             raise
         except DecodeError as error:
@@ -438,10 +502,10 @@ class Connection:
 
     # ---------------------------------------------------------------- connected: input
 
-    def _on_packet(self, frame: bytes) -> None:
+    def _on_packet(self, frame: bytes) -> Any:
+        """The event a packet carries; None while a fragmented message is still incomplete."""
         if not frame:
-            self._events.append(Tick())
-            return
+            return _TICK_EVENT
         kind = frame[0]
         if kind == 112:  # pass-through: two whole terms, each with its version byte
             control, used = binary_to_term(memoryview(frame)[1:], mapping=_CONTROL_MAPPING,
@@ -452,20 +516,18 @@ class Connection:
                                          limits=self.limits)
             elif 1 + used != len(frame):
                 raise RemoteProtocolError("trailing bytes after a control message")
-            self._events.append(decode_control(control, payload))
-            return
+            return decode_control(control, payload)
         if kind != 131 or len(frame) < 2:
             raise RemoteProtocolError(f"packet starts with {frame[:2]!r}, not a distribution header")
         sub = frame[1]
         if sub == 68:  # 'D'
             refs, offset = self._atom_refs(frame, 2)
-            self._events.append(self._decode_message(frame, offset, refs))
+            return self._decode_message(frame, offset, refs)
         elif sub == 69:  # 'E' first fragment
             sequence, fragment = struct.unpack_from(">QQ", frame, 2)
             refs, offset = self._atom_refs(frame, 18)
             if fragment == 1:
-                self._events.append(self._decode_message(frame, offset, refs))
-                return
+                return self._decode_message(frame, offset, refs)
             if sequence in self._partials:
                 raise RemoteProtocolError(f"fragment sequence {sequence} started twice")
             if len(self._partials) >= _MAX_PARTIAL_SEQUENCES:
@@ -488,9 +550,10 @@ class Connection:
                 del self._partials[sequence]
                 data = b"".join(partial.chunks)
                 partial.chunks.clear()
-                self._events.append(self._decode_message(data, 0, partial.refs))
+                return self._decode_message(data, 0, partial.refs)
         else:
             raise RemoteProtocolError(f"unknown distribution header kind {sub}")
+        return None
 
     def _atom_refs(self, frame: bytes, offset: int) -> tuple[list[Atom], int]:
         count = frame[offset]

@@ -417,13 +417,95 @@ def _spawn_request(c: tuple[Any, ...], p: Any, token: Any = None) -> SpawnReques
     return SpawnRequest(c[1], c[2], c[3], mfa[0], mfa[1], p, c[5], token)
 
 
+# Decoded control tuples are checked field by field with exact type tests and then built without
+# the validating constructor (the hot path of every message); anything unusual goes through the
+# constructor, which raises the precise error.
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _send_sender(c: tuple[Any, ...], p: Any, token: Any = None) -> ControlMessage:
+    sender, to = c[1], c[2]
+    if type(sender) is not Pid or type(to) is not Pid:
+        return SendSender(sender, to, p, token)
+    m = _new(SendSender)
+    _set(m, "from_pid", sender)
+    _set(m, "to_pid", to)
+    _set(m, "message", p)
+    _set(m, "trace_token", token)
+    return m
+
+
+def _send(c: tuple[Any, ...], p: Any) -> ControlMessage:
+    to = c[2]
+    if type(to) is not Pid:
+        return Send(to, p)
+    m = _new(Send)
+    _set(m, "to_pid", to)
+    _set(m, "message", p)
+    _set(m, "from_pid", None)
+    _set(m, "trace_token", None)
+    return m
+
+
+def _reg_send(c: tuple[Any, ...], p: Any) -> ControlMessage:
+    sender, name = c[1], c[3]
+    if type(sender) is not Pid or type(name) is not Atom:
+        return RegSend(sender, name, p)
+    m = _new(RegSend)
+    _set(m, "from_pid", sender)
+    _set(m, "to_name", name)
+    _set(m, "message", p)
+    _set(m, "trace_token", None)
+    return m
+
+
+def _alias_send(c: tuple[Any, ...], p: Any) -> ControlMessage:
+    sender, alias = c[1], c[2]
+    if type(sender) is not Pid or type(alias) is not Reference:
+        return AliasSend(sender, alias, p)
+    m = _new(AliasSend)
+    _set(m, "from_pid", sender)
+    _set(m, "alias", alias)
+    _set(m, "message", p)
+    _set(m, "trace_token", None)
+    return m
+
+
+def _monitor_exit(c: tuple[Any, ...], reason: Any) -> ControlMessage:
+    proc, to, ref = c[1], c[2], c[3]
+    if ((type(proc) is not Pid and type(proc) is not Atom) or type(to) is not Pid
+            or type(ref) is not Reference):
+        return MonitorPExit(proc, to, ref, reason)
+    m = _new(MonitorPExit)
+    _set(m, "from_proc", proc)
+    _set(m, "to_pid", to)
+    _set(m, "ref", ref)
+    _set(m, "reason", reason)
+    return m
+
+
+def _spawn_reply(c: tuple[Any, ...], token: Any = None) -> ControlMessage:
+    req, to, flags, result = c[1], c[2], c[3], c[4]
+    if (type(req) is not Reference or type(to) is not Pid or type(flags) is not int
+            or (type(result) is not Pid and type(result) is not Atom)):
+        return SpawnReply(req, to, flags, result, token)
+    m = _new(SpawnReply)
+    _set(m, "req_id", req)
+    _set(m, "to_pid", to)
+    _set(m, "flags", flags)
+    _set(m, "result", result)
+    _set(m, "trace_token", token)
+    return m
+
+
 _BUILDERS: dict[int, tuple[int, _Builder]] = {
     1: (3, lambda c, p: Link(c[1], c[2])),
-    2: (3, lambda c, p: Send(c[2], p)),
+    2: (3, _send),
     3: (4, lambda c, p: Exit(c[1], c[2], c[3])),
     4: (3, lambda c, p: Unlink(c[1], c[2])),
     5: (1, lambda c, p: NodeLink()),
-    6: (4, lambda c, p: RegSend(c[1], c[3], p)),
+    6: (4, _reg_send),
     7: (3, lambda c, p: GroupLeader(c[1], c[2])),
     8: (4, lambda c, p: Exit2(c[1], c[2], c[3])),
     12: (4, lambda c, p: Send(c[2], p, None, c[3])),
@@ -432,19 +514,19 @@ _BUILDERS: dict[int, tuple[int, _Builder]] = {
     18: (5, lambda c, p: Exit2(c[1], c[2], c[4], c[3])),
     19: (4, lambda c, p: MonitorP(c[1], c[2], c[3])),
     20: (4, lambda c, p: DemonitorP(c[1], c[2], c[3])),
-    21: (5, lambda c, p: MonitorPExit(c[1], c[2], c[3], c[4])),
-    22: (3, lambda c, p: SendSender(c[1], c[2], p)),
-    23: (4, lambda c, p: SendSender(c[1], c[2], p, c[3])),
+    21: (5, lambda c, p: _monitor_exit(c, c[4])),
+    22: (3, _send_sender),
+    23: (4, lambda c, p: _send_sender(c, p, c[3])),
     24: (3, lambda c, p: Exit(c[1], c[2], p)),
     25: (4, lambda c, p: Exit(c[1], c[2], p, c[3])),
     26: (3, lambda c, p: Exit2(c[1], c[2], p)),
     27: (4, lambda c, p: Exit2(c[1], c[2], p, c[3])),
-    28: (4, lambda c, p: MonitorPExit(c[1], c[2], c[3], p)),
+    28: (4, _monitor_exit),
     29: (6, lambda c, p: _spawn_request(c, p)),
     30: (7, lambda c, p: _spawn_request(c, p, c[6])),
-    31: (5, lambda c, p: SpawnReply(c[1], c[2], c[3], c[4])),
-    32: (6, lambda c, p: SpawnReply(c[1], c[2], c[3], c[4], c[5])),
-    33: (3, lambda c, p: AliasSend(c[1], c[2], p)),
+    31: (5, lambda c, p: _spawn_reply(c)),
+    32: (6, lambda c, p: _spawn_reply(c, c[5])),
+    33: (3, _alias_send),
     34: (4, lambda c, p: AliasSend(c[1], c[2], p, c[3])),
     35: (4, lambda c, p: UnlinkId(c[1], c[2], c[3])),
     36: (4, lambda c, p: UnlinkIdAck(c[1], c[2], c[3])),
@@ -460,14 +542,15 @@ def decode_control(control: Any, payload: Any = NO_PAYLOAD) -> ControlMessage:
     """Build the event for a decoded control tuple (and its payload); malformed is remote's fault."""
     if type(control) is not tuple or not control or type(control[0]) is not int:
         raise RemoteProtocolError(f"control message is not a tagged tuple: {control!r:.200}")
-    entry = _BUILDERS.get(control[0])
+    tag = control[0]
+    entry = _BUILDERS.get(tag)
     if entry is None:
-        raise RemoteProtocolError(f"unknown control message tag {control[0]}")
+        raise RemoteProtocolError(f"unknown control message tag {tag}")
     size, build = entry
     if len(control) != size:
-        raise RemoteProtocolError(f"control message {control[0]} has {len(control)} elements, not {size}")
-    if (control[0] in PAYLOAD_TAGS) != (payload is not NO_PAYLOAD):
-        raise RemoteProtocolError(f"control message {control[0]} payload presence is wrong")
+        raise RemoteProtocolError(f"control message {tag} has {len(control)} elements, not {size}")
+    if (tag in PAYLOAD_TAGS) is (payload is NO_PAYLOAD):
+        raise RemoteProtocolError(f"control message {tag} payload presence is wrong")
     try:
         return build(control, payload)
     except (TypeError, ValueError) as error:
