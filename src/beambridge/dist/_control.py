@@ -499,6 +499,22 @@ def _spawn_reply(c: tuple[Any, ...], token: Any = None) -> ControlMessage:
     return m
 
 
+def spawn_request_unchecked(req_id: Reference, from_pid: Pid, group_leader: Pid, module: Atom,
+                            function: Atom, args: list[Any], options: list[Any]) -> SpawnRequest:
+    """A ``SpawnRequest`` from fields the caller built with the right types (a node's own rpc
+    path), without the constructor's checks."""
+    m = _new(SpawnRequest)
+    _set(m, "req_id", req_id)
+    _set(m, "from_pid", from_pid)
+    _set(m, "group_leader", group_leader)
+    _set(m, "module", module)
+    _set(m, "function", function)
+    _set(m, "args", args)
+    _set(m, "options", options)
+    _set(m, "trace_token", None)
+    return m
+
+
 _BUILDERS: dict[int, tuple[int, _Builder]] = {
     1: (3, lambda c, p: Link(c[1], c[2])),
     2: (3, _send),

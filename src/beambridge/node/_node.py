@@ -59,8 +59,10 @@ from ..dist import (
 from ..dist import Connected as _Connected
 from ..dist import Connection as _Protocol
 from ..dist import ConnectionClosed as _Closed
+from ..dist._control import spawn_request_unchecked
 from ..dist._flags import DEFAULT_FLAGS
 from ..term import Atom, ImproperList, Mapping, Pid, Reference, encode_body
+from ..term._types import trusted_reference
 from . import _epmd_client
 from ._errors import (
     EpmdUnavailable,
@@ -514,9 +516,9 @@ class Node:
 
     def make_ref(self) -> Reference:
         """A new reference of this node."""
-        n = next(self._ref_ids)
-        return Reference(self.node_atom, self.creation,
-                         (n & 0x3FFFF, ((n >> 18) ^ self._ref_salt[0]) & 0xFFFFFFFF, self._ref_salt[1]))
+        n = next(self._ref_ids)  # every field is in range by construction: no re-validation
+        return trusted_reference(self.node_atom, self.creation, (
+            n & 0x3FFFF, ((n >> 18) ^ self._ref_salt[0]) & 0xFFFFFFFF, self._ref_salt[1]))
 
     def _new_mailbox(self, name: Atom | None, trap_exits: bool) -> Mailbox:
         if name is not None and name in self._names:
@@ -1132,8 +1134,9 @@ class Node:
         req = self.make_ref()
         tag = self.make_ref()
         try:
-            data = peer.proto.send(SpawnRequest(req, self._caller_pid, self._group_leader.pid, ERPC,
-                                                EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
+            data = peer.proto.send(spawn_request_unchecked(
+                req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [tag, m, f, a],
+                [MONITOR]))
         except LocalProtocolError:
             return None  # the connection is closing: the loop's path reports it
         waiter = _Waiter()
@@ -1198,8 +1201,8 @@ class Node:
         req = self.make_ref()
         tag = self.make_ref()
         assert self._group_leader is not None and self._caller_pid is not None
-        peer.send(SpawnRequest(req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL,
-                               [tag, m, f, a], [MONITOR]))
+        peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
+                                          EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
         call = _Call(peer.name, tag, done, f"{m}:{f}/{len(a)}")
         self._calls[req] = call
         if timeout is not None:
