@@ -80,6 +80,7 @@ def test_gunicorn_two_workers(fresh_erl, web_epmd: int, tmp_path: Path) -> None:
                      "tests.web.apps.plain:app"], port, env, tmp_path / "gunicorn.log")
     try:
         _exercise(server, fresh_erl, 2)
+        assert http_json(server.port, "/rpc")["uwsgi_hook"] is False
         _outage(server, fresh_erl)
     finally:
         server.stop()
@@ -100,6 +101,7 @@ def test_uwsgi_processes_and_mule(fresh_erl, web_epmd: int, tmp_path: Path) -> N
                     port, env, tmp_path / "uwsgi.log")
     try:
         _exercise(server, fresh_erl, 2)
+        assert http_json(port, "/rpc")["uwsgi_hook"] is True  # register_uwsgi_postfork() took
         # the mule's receiver gets messages sent from Erlang and answers pids
         answer = None
         deadline = time.monotonic() + 20

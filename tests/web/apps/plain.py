@@ -12,8 +12,10 @@ from typing import Any
 from beambridge import web
 from beambridge.compat import uwsgi
 from beambridge.web import ErlangErrorMiddleware, EwgiBridge
+from beambridge.web.hooks import register_uwsgi_postfork
 
 ewgi = EwgiBridge("bbw_hello_ewgi")
+UNDER_UWSGI = register_uwsgi_postfork()  # explicit uWSGI postfork hook (False under gunicorn)
 
 
 def _json(start_response: Callable[..., Any], value: Any) -> list[bytes]:
@@ -35,7 +37,8 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         name = web.rpc("bbw_examples", "node_name")
         return _json(start_response, {"pid": os.getpid(), "erlang": str(name),
                                       "node": web.get_node().name,
-                                      "threads": threading.active_count()})
+                                      "threads": threading.active_count(),
+                                      "uwsgi_hook": UNDER_UWSGI})
     if path == "/add":
         return _json(start_response, {"sum": web.rpc("bbw_examples", "add",
                                                      [int(query["a"]), int(query["b"])])})
