@@ -173,3 +173,90 @@ def test_receive_timeout_keeps_a_late_message(py: BlockingNode, erl: ErlNode) ->
         while len(got) < 40 and time.monotonic() < deadline:
             got.append(mb.receive(timeout=5))
         assert sorted(got) == list(range(40))  # type: ignore[type-var]
+
+
+# ------------------------------------------------------------------ a caller reading for itself
+
+def test_messages_sent_before_the_reply_are_delivered_first(py: BlockingNode, erl: ErlNode) -> None:
+    """What the remote function sent before it returned is in the mailbox when rpc returns, also
+    when the calling thread read the reply from the socket itself."""
+    with py.mailbox() as mb:
+        for i in range(50):
+            assert py.rpc(erl.name, "erlang", "send", [mb.pid, i]) == i
+            assert mb._mailbox.receive_nowait() == i
+
+
+def test_an_idle_reader_does_not_hold_up_other_traffic(py: BlockingNode, erl: ErlNode) -> None:
+    """A thread that read its own replies and then went off to do other work must not keep
+    messages to other mailboxes (or other callers' replies) waiting."""
+    ready = threading.Event()
+    release = threading.Event()
+
+    def caller() -> None:
+        for _ in range(20):
+            py.rpc(erl.name, "erlang", "node")
+        ready.set()
+        release.wait(30)  # busy elsewhere, no further calls
+
+    t = threading.Thread(target=caller)
+    t.start()
+    try:
+        assert ready.wait(30)
+        with py.mailbox() as mb:
+            for i in range(5):
+                py.rpc(erl.name, "bb_test", "send_after", [10, mb.pid, i])
+                assert mb.receive(timeout=5) == i
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                for i in range(20):
+                    assert py.rpc(erl.name, "erlang", "abs", [-i]) == i
+            except BaseException as error:
+                errors.append(error)
+
+        _join_all([threading.Thread(target=other) for _ in range(3)], 60)
+        assert not errors, errors
+    finally:
+        release.set()
+        t.join(30)
+
+
+def test_async_calls_and_erlang_calling_python_while_threads_read(py: BlockingNode, erl: ErlNode) -> None:
+    """Async rpcs on the loop, Erlang calling exposed Python functions, and blocking callers
+    that read the socket themselves, all at once on one connection."""
+    import asyncio
+
+    py.expose("pyt", {"twice": lambda x: 2 * x})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def blocking() -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                assert py.rpc(erl.name, "lists", "reverse", [[i, 1]]) == [1, i]
+                i += 1
+        except BaseException as error:
+            errors.append(error)
+
+    async def async_calls() -> None:
+        node = py.node
+        for _ in range(100):
+            results = await asyncio.gather(*(node.rpc(erl.name, "erlang", "abs", [-j]) for j in range(8)))
+            assert results == list(range(8))
+
+    threads = [threading.Thread(target=blocking) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        future = asyncio.run_coroutine_threadsafe(async_calls(), py.loop)
+        for i in range(30):
+            got = py.rpc(erl.name, "bb_test", "erpc_py", [A(py.name), A("pyt"), A("twice"), [i]])
+            assert got == (A("ok"), 2 * i)
+        future.result(60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]

@@ -208,8 +208,8 @@ class BlockingNode:
         fast = n.rpc_from_thread(node, module, function, args)
         if fast is not None:
             # the request went out from this thread; the loop thread fills the waiter
-            req, waiter = fast
-            if not waiter.wait(timeout):
+            peer, req, waiter = fast
+            if not n.wait_from_thread(peer, waiter, timeout):
                 loop.call_soon_threadsafe(n._call_timeout, req, float(timeout or 0))  # kills it
                 if not waiter.wait(_GRACE):
                     raise Timeout(f"no answer from the node's loop within {timeout} s")

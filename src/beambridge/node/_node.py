@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import secrets
+import select
 import socket
 import threading
 import time
@@ -104,6 +105,9 @@ SPAWN_REPLY = _A("spawn_reply")
 EMPTY = _A("")
 
 _WRITE_HIGH_WATER = 4 << 20
+#: how long a blocking caller that reads its connection itself may stay away before the loop
+#: takes reading back (others' messages wait at most about this long meanwhile)
+_OWNER_IDLE = 0.002
 _COALESCE_LIMIT = 64 << 10
 #: Frames from these files are beambridge's or the thread pool's, not the user's: left out of stacks.
 _INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file__).resolve().parent),
@@ -138,18 +142,26 @@ class _Peer:
     (no stream reader task: one loop iteration less per message that arrives)."""
 
     __slots__ = (
+        "active",
         "alive",
         "creation",
         "flags",
         "flush_scheduled",
         "last_recv",
         "last_sent",
+        "leads",
         "loop",
         "name",
+        "olock",
+        "owner",
         "paused",
         "pending",
+        "posted",
+        "posted_n",
+        "processed",
         "proto",
         "reader",
+        "rlock",
         "sock",
         "tasks",
         "transport",
@@ -178,6 +190,17 @@ class _Peer:
         # the plain socket under a selector transport (None elsewhere, e.g. uvloop: no fast path)
         sock = getattr(self.transport, "_sock", None)
         self.sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
+        # Reading: the loop, or one blocking caller (the "owner") while the transport's reading is
+        # paused for it; ``rlock`` serializes feeding ``proto``, ``olock`` guards owner/active.
+        self.rlock = threading.Lock()
+        self.olock = threading.Lock()
+        self.owner: int | None = None
+        self.active = False
+        self.leads = 0  # times the owner started reading (the loop's watchdog sees it idle)
+        #: events the owner handed to the loop, and how many of them the loop has applied
+        self.posted = itertools.count(1)
+        self.posted_n = 0
+        self.processed = 0
 
     def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
         if not self.alive:
@@ -304,6 +327,7 @@ class _Call:
     label: str
     spawned: Pid | None = None
     timer: asyncio.TimerHandle | None = None
+    threaded: bool = False  # a blocking caller's: its reply may be applied off the loop thread
 
 
 class _Waiter:
@@ -321,10 +345,15 @@ class _Waiter:
     def done(self, ok: bool, value: Any) -> None:
         if self.ok is None:
             self.ok, self.value = ok, value
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the waiting thread (filled, or told it may now read the socket itself)."""
+        with contextlib.suppress(RuntimeError):  # already released: it wakes anyway
             self._lock.release()
 
     def wait(self, timeout: float | None) -> bool:
-        """True once filled; False when ``timeout`` seconds passed first."""
+        """True when woken; False when ``timeout`` seconds passed first."""
         return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
@@ -730,6 +759,10 @@ class Node:
         and apply every whole message."""
         if not peer.alive:
             return
+        with peer.rlock:
+            self._on_peer_data_locked(peer, data)
+
+    def _on_peer_data_locked(self, peer: _Peer, data: bytes | None) -> None:
         proto = peer.proto
         try:
             if data is not None:
@@ -1116,7 +1149,7 @@ class Node:
         return None
 
     def rpc_from_thread(self, node: str, module: str, function: str, args: Iterable[Any]
-                        ) -> tuple[Reference, _Waiter] | None:
+                        ) -> tuple[_Peer, Reference, _Waiter] | None:
         """Start an rpc from a thread other than the loop's, writing the request itself.
 
         ``None`` when the loop must do it (not connected, no SPAWN, bytes queued before ours).
@@ -1131,22 +1164,219 @@ class Node:
             return None
         m, f, a = check_name(module), check_name(function), list(args)
         assert self._group_leader is not None and self._caller_pid is not None
-        req = self.make_ref()
-        tag = self.make_ref()
+        # still this connection's reader from the last call: say so before the request goes out
+        # (the loop's watchdog must not take reading back while the reply is on its way)
+        leading = self._lead(peer, threading.get_ident())
         try:
-            data = peer.proto.send(spawn_request_unchecked(
-                req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [tag, m, f, a],
-                [MONITOR]))
-        except LocalProtocolError:
-            return None  # the connection is closing: the loop's path reports it
-        waiter = _Waiter()
-        self._calls[req] = _Call(peer.name, tag, waiter.done, f"{m}:{f}/{len(a)}")
-        if not peer.write_from_thread(data):
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
-        if not peer.alive and self._calls.pop(req, None) is not None:
-            raise NoConnection(peer.name, "connection closed")  # went down before it saw our call
-        return req, waiter
+            req = self.make_ref()
+            tag = self.make_ref()
+            try:
+                data = peer.proto.send(spawn_request_unchecked(
+                    req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [tag, m, f, a],
+                    [MONITOR]))
+            except LocalProtocolError:
+                self._unlead(peer, leading)
+                return None  # the connection is closing: the loop's path reports it
+            waiter = _Waiter()
+            self._calls[req] = _Call(peer.name, tag, waiter.done, f"{m}:{f}/{len(a)}", threaded=True)
+            if not peer.write_from_thread(data):
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
+            if not peer.alive and self._calls.pop(req, None) is not None:
+                raise NoConnection(peer.name, "connection closed")  # went down before it saw our call
+            return peer, req, waiter
+        except BaseException:
+            self._unlead(peer, leading)
+            raise
+
+    @staticmethod
+    def _unlead(peer: _Peer, leading: bool) -> None:
+        if leading:
+            with peer.olock:
+                peer.active = False
+
+    # ---------------------------------------------------------------- a caller reads for itself
+    #
+    # A blocking caller waiting for its reply may become the connection's reader ("owner"): the
+    # loop pauses the transport's reading and wakes it, and from then on the caller polls and
+    # reads the socket itself, applying rpc replies of blocking callers at once and handing every
+    # other event to the loop, in order. That saves two thread wake-ups per call (loop thread, then
+    # caller). The owner keeps the role across back-to-back calls; when it leaves, the loop takes
+    # reading back unless the owner has already started its next call.
+
+    def wait_from_thread(self, peer: _Peer, waiter: _Waiter, timeout: float | None) -> bool:
+        """Wait (on a non-loop thread) for ``waiter``; False when ``timeout`` passed first."""
+        loop = self._loop
+        assert loop is not None
+        me = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        may_lead = peer.sock is not None
+        try:
+            while waiter.ok is None:
+                if may_lead and self._lead(peer, me):
+                    try:
+                        outcome = self._read_as_owner(peer, waiter, deadline)
+                    finally:
+                        with peer.olock:
+                            peer.active = False
+                    if outcome == "timeout":
+                        return waiter.ok is not None
+                    if outcome != "done":  # "broken" or "handed": the loop reads again
+                        may_lead = False
+                        loop.call_soon_threadsafe(self._maybe_revoke, peer)
+                    continue
+                if may_lead and peer.owner is None and peer.alive:
+                    may_lead = False  # ask once per call
+                    loop.call_soon_threadsafe(self._grant, peer, me, waiter)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not waiter.wait(remaining):
+                    return waiter.ok is not None
+                if waiter.ok is None and not may_lead and peer.owner == me:
+                    may_lead = True  # woken by the grant: read
+            return True
+        finally:
+            if peer.owner == me:
+                with peer.olock:
+                    peer.active = False
+                if self._calls:  # others wait for replies: the loop reads for them now
+                    loop.call_soon_threadsafe(self._maybe_revoke, peer)
+
+    @staticmethod
+    def _lead(peer: _Peer, me: int) -> bool:
+        with peer.olock:
+            if peer.owner == me and peer.alive:
+                peer.active = True
+                peer.leads += 1
+                return True
+            return False
+
+    def _owner_watch(self, peer: _Peer, seen: int) -> None:
+        """Loop: take reading back from an owner that has not read since the last look (it went
+        off to do other work); an owner calling back to back keeps the role without a hop."""
+        with peer.olock:
+            if peer.owner is None:
+                return
+            if peer.active or peer.leads != seen:
+                assert self._loop is not None
+                self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, peer.leads)
+                return
+            peer.owner = None
+        if peer.alive:
+            peer.transport.resume_reading()
+
+    def _grant(self, peer: _Peer, ident: int, waiter: _Waiter) -> None:
+        """Loop: make a waiting blocking caller the connection's reader."""
+        if not peer.alive or peer.owner is not None or waiter.ok is not None:
+            return
+        with peer.olock:
+            peer.owner = ident
+            peer.active = False
+            seen = peer.leads
+        peer.transport.pause_reading()
+        # wake it one iteration later: a read the selector reported in this one still runs here
+        assert self._loop is not None
+        self._loop.call_soon(waiter.wake)
+        self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, seen)
+
+    def _maybe_revoke(self, peer: _Peer) -> None:
+        """Loop: take reading back from an owner that is not reading now."""
+        with peer.olock:
+            if peer.owner is None or peer.active:
+                return
+            peer.owner = None
+        if peer.alive:
+            peer.transport.resume_reading()
+
+    def _read_as_owner(self, peer: _Peer, waiter: _Waiter, deadline: float | None) -> str:
+        """Read and apply packets until ``waiter`` is filled: "done", "timeout", "handed" (see
+        ``_apply_as_owner``) or "broken"."""
+        sock = peer.sock
+        assert sock is not None
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        except (OSError, ValueError):
+            return "broken"
+        while waiter.ok is None:
+            if not peer.alive:
+                return "broken"
+            with peer.rlock:
+                try:
+                    data = sock.recv(1 << 18)
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                except (OSError, ValueError):
+                    return "broken"
+                if data is not None:
+                    if not data:
+                        return "broken"  # end of stream: the loop reads it again and closes
+                    peer.last_recv = time.monotonic()
+                    applied = self._apply_as_owner(peer, data)
+                    if applied != "ok":
+                        return applied
+                    continue
+            wait = 0.05
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return "timeout"
+            try:
+                poller.poll(wait * 1000)
+            except (OSError, ValueError):
+                return "broken"
+        return "done"
+
+    def _apply_as_owner(self, peer: _Peer, data: bytes) -> str:
+        """Feed bytes read by the owner: "ok"; "handed" when some event went to the loop (the
+        owner then stops reading: what it waits for may now come through the loop); "broken"
+        when the peer broke the protocol."""
+        proto = peer.proto
+        loop = self._loop
+        assert loop is not None
+        proto.receive_data(data)
+        caller = self._caller_pid
+        calls = self._calls
+        outcome = "ok"
+        while True:
+            try:
+                event = proto.next_event()
+            except RemoteProtocolError as error:
+                loop.call_soon_threadsafe(self._owner_protocol_error, peer, error)
+                return "broken"
+            if event is NEED_DATA:
+                return outcome
+            kind = type(event)
+            if kind is Tick:
+                continue
+            if peer.posted_n == peer.processed:  # nothing handed over is pending: order holds
+                if kind is MonitorPExit and event.to_pid == caller:
+                    call = calls.get(event.ref)
+                    if call is not None and call.threaded:
+                        self._call_down(event.ref, event.reason)
+                        continue
+                elif kind is SpawnReply and event.to_pid == caller:
+                    call = calls.get(event.req_id)
+                    if call is not None and call.threaded:
+                        self._call_spawned(event.req_id, event.result)
+                        continue
+            peer.posted_n = next(peer.posted)
+            loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
+            outcome = "handed"
+
+    def _dispatch_from_owner(self, peer: _Peer, event: Any) -> None:
+        peer.processed += 1
+        if not peer.alive:
+            return
+        try:
+            self._dispatch(peer, event)
+        except Exception:
+            log.exception("error handling %r from %s", type(event).__name__, peer.name)
+
+    def _owner_protocol_error(self, peer: _Peer, error: RemoteProtocolError) -> None:
+        log.warning("closing connection to %s: %s", peer.name, error)
+        self._peer_down(peer, f"protocol error: {error}")
 
     def _write_for_thread(self, peer: _Peer, data: bytes, req: Reference) -> None:
         if peer.alive:
