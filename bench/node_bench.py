@@ -65,6 +65,9 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--otp", type=int, default=None, help="OTP major release (default: the system's)")
     parser.add_argument("--seconds", type=float, default=1.5, help="target duration of each measurement")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="measure each side this many times, alternating, and keep the best "
+                             "(the machine is shared: the best run is the one least disturbed)")
     opts = parser.parse_args()
     runtimes = otp.find_runtimes()
     runtime = next((r for r in runtimes if opts.otp is None or r.major == opts.otp), None)
@@ -84,15 +87,17 @@ def main() -> int:
         py = _start_node(f"bench_{tag}@127.0.0.1", epmd_port)
         with py:
             for erl in (target, client):
-                _wait(lambda e=erl: py.ping(e.name, 2))
+                _wait(lambda e=erl: py.ping(e.name, 2))  # type: ignore[misc]
             t = A(target.name)
             py.rpc(target.name, "bb_bench", "start_echo", [A("bench_echo")])
-            rows = _run_rows(py, client.name, target.name, t, epmd_port, seconds)
-        print(f"\nbeambridge vs Erlang on OTP {runtime.release}, loopback, {os.cpu_count()} cores "
+            rows = _run_rows(py, client.name, target.name, t, epmd_port, seconds, opts.repeat)
+        load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+        print(f"\nbeambridge vs Erlang on OTP {runtime.release}, loopback, {os.cpu_count()} cores, "
+              f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, best of {opts.repeat} "
               f"(ops/s; ratio = beambridge / Erlang)\n")
-        print(f"{'operation':44} {'Erlang':>10} {'beambridge':>11} {'ratio':>7}")
+        print(f"{'operation':58} {'Erlang':>8} {'beambridge':>11} {'ratio':>7}")
         for label, erl_rate, py_rate in rows:
-            print(f"{label:44} {erl_rate:10.0f} {py_rate:11.0f} {py_rate / erl_rate:6.2f}x")
+            print(f"{label:58} {erl_rate:8.0f} {py_rate:11.0f} {py_rate / erl_rate:6.2f}x")
     finally:
         client.stop()
         target.stop()
@@ -114,17 +119,33 @@ def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: int,
-              seconds: float) -> list[tuple[str, float, float]]:
+              seconds: float, repeat: int = 3) -> list[tuple[str, float, float]]:
+    rows: list[tuple[str, float, float]] = []
+    for label, erl_run, py_run in _row_specs(py, client, target, t):
+        erl_best = py_best = 0.0
+        for _ in range(max(repeat, 1)):
+            erl_best = max(erl_best, calibrate(erl_run, seconds))
+            py_best = max(py_best, calibrate(py_run, seconds))
+        rows.append((label, erl_best, py_best))
+    return rows
+
+
+Run = Callable[[int], float]
+
+
+def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tuple[str, Run, Run]]:
+    """(label, Erlang run, beambridge run) per row; a run does N operations, returns seconds."""
     def erl_us(function: str, args: list[Any]) -> float:
         return float(py.rpc(client, "bb_bench", function, args, timeout=600)) / 1e6
 
     rev10 = [list(range(10))]
-    rows: list[tuple[str, float, float]] = []
+    specs: list[tuple[str, Run, Run]] = []
 
     # sequential rpc
     for label, m, f, a in (("sequential rpc erlang:node/0", "erlang", "node", []),
                            ("sequential rpc lists:reverse/1 (10 elements)", "lists", "reverse", rev10)):
-        erl = calibrate(lambda n, m=m, f=f, a=a: erl_us("seq_rpc", [t, A(m), A(f), a, n]), seconds)
+        def erl_seq(n: int, m: str = m, f: str = f, a: list[Any] = a) -> float:
+            return erl_us("seq_rpc", [t, A(m), A(f), a, n])
 
         def py_seq(n: int, m: str = m, f: str = f, a: list[Any] = a) -> float:
             start = time.perf_counter()
@@ -132,17 +153,20 @@ def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: in
                 py.rpc(target, m, f, a)
             return time.perf_counter() - start
 
-        rows.append((label + " [BlockingNode]", erl, calibrate(py_seq, seconds)))
-        rows.append((label + " [Node]", erl, calibrate(
-            lambda n, m=m, f=f, a=a: _async_run(py, _async_seq(target, m, f, a, n)), seconds)))
+        def node_seq(n: int, m: str = m, f: str = f, a: list[Any] = a) -> float:
+            return _async_run(py, _async_seq(target, m, f, a, n))
+
+        specs.append((label + " [BlockingNode]", erl_seq, py_seq))
+        specs.append((label + " [Node]", erl_seq, node_seq))
 
     # 64 in flight
-    erl = calibrate(lambda n: erl_us("pipelined_rpc", [t, A("erlang"), A("node"), [], n, 64]), seconds)
-    rows.append(("rpc erlang:node/0, 64 in flight [Node]", erl, calibrate(
-        lambda n: _async_run(py, _async_window(target, n, 64)), seconds)))
+    specs.append(("rpc erlang:node/0, 64 in flight [Node]",
+                  lambda n: erl_us("pipelined_rpc", [t, A("erlang"), A("node"), [], n, 64]),
+                  lambda n: _async_run(py, _async_window(target, n, 64))))
 
     # 4 concurrent callers
-    erl = calibrate(lambda n: erl_us("concurrent_rpc", [t, A("erlang"), A("node"), [], n, 4]), seconds)
+    def erl_conc(n: int) -> float:
+        return erl_us("concurrent_rpc", [t, A("erlang"), A("node"), [], n, 4])
 
     def threads4(n: int) -> float:
         def work() -> None:
@@ -156,13 +180,15 @@ def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: in
             th.join()
         return time.perf_counter() - start
 
-    rows.append(("rpc erlang:node/0, 4 callers [BlockingNode threads]", erl, calibrate(threads4, seconds)))
-    rows.append(("rpc erlang:node/0, 4 callers [Node tasks]", erl, calibrate(
-        lambda n: _async_run(py, _async_tasks(target, n, 4)), seconds)))
+    specs.append(("rpc erlang:node/0, 4 callers [BlockingNode threads]", erl_conc, threads4))
+    specs.append(("rpc erlang:node/0, 4 callers [Node tasks]", erl_conc,
+                  lambda n: _async_run(py, _async_tasks(target, n, 4))))
 
     # echo
     dest = (A("bench_echo"), t)
-    erl = calibrate(lambda n: erl_us("echo_seq", [dest, A("ping"), n]), seconds)
+
+    def erl_echo(n: int) -> float:
+        return erl_us("echo_seq", [dest, A("ping"), n])
 
     def echo_seq(n: int) -> float:
         with py.mailbox() as mb:
@@ -172,14 +198,13 @@ def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: in
                 mb.receive(timeout=10)
             return time.perf_counter() - start
 
-    rows.append(("echo to a registered process, 1 at a time [BlockingNode]", erl,
-                 calibrate(echo_seq, seconds)))
-    rows.append(("echo to a registered process, 1 at a time [Node]", erl, calibrate(
-        lambda n: _async_run(py, _async_echo(target, n, 1)), seconds)))
-    erl = calibrate(lambda n: erl_us("echo_inflight", [dest, A("ping"), n, 64]), seconds)
-    rows.append(("echo, 64 in flight [Node]", erl, calibrate(
-        lambda n: _async_run(py, _async_echo(target, n, 64)), seconds)))
-    return rows
+    specs.append(("echo to a registered process, 1 at a time [BlockingNode]", erl_echo, echo_seq))
+    specs.append(("echo to a registered process, 1 at a time [Node]", erl_echo,
+                  lambda n: _async_run(py, _async_echo(target, n, 1))))
+    specs.append(("echo, 64 in flight [Node]",
+                  lambda n: erl_us("echo_inflight", [dest, A("ping"), n, 64]),
+                  lambda n: _async_run(py, _async_echo(target, n, 64))))
+    return specs
 
 
 def _async_run(py: BlockingNode, make: Callable[[Node], Any]) -> float:
