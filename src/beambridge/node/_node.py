@@ -165,6 +165,7 @@ class _Peer:
         "sock",
         "tasks",
         "transport",
+        "waiting",
         "wlock",
         "writer",
     )
@@ -197,6 +198,8 @@ class _Peer:
         self.owner: int | None = None
         self.active = False
         self.leads = 0  # times the owner started reading (the loop's watchdog sees it idle)
+        #: blocking callers waiting for a reply here, by thread: the owner hands reading to one
+        self.waiting: dict[int, _Waiter] = {}
         #: events the owner handed to the loop, and how many of them the loop has applied
         self.posted = itertools.count(1)
         self.posted_n = 0
@@ -1211,6 +1214,7 @@ class Node:
         me = threading.get_ident()
         deadline = None if timeout is None else time.monotonic() + timeout
         may_lead = peer.sock is not None
+        peer.waiting[me] = waiter
         try:
             while waiter.ok is None:
                 if may_lead and self._lead(peer, me):
@@ -1233,15 +1237,29 @@ class Node:
                     return False
                 if not waiter.wait(remaining):
                     return waiter.ok is not None
-                if waiter.ok is None and not may_lead and peer.owner == me:
-                    may_lead = True  # woken by the grant: read
+                if waiter.ok is None and peer.owner == me:
+                    may_lead = True  # woken by a grant or a hand-over: read
             return True
         finally:
+            peer.waiting.pop(me, None)
             if peer.owner == me:
-                with peer.olock:
-                    peer.active = False
-                if self._calls:  # others wait for replies: the loop reads for them now
-                    loop.call_soon_threadsafe(self._maybe_revoke, peer)
+                self._leave(peer, me)
+
+    def _leave(self, peer: _Peer, me: int) -> None:
+        """The owner's call is over: hand reading to another waiting blocking caller, else to the
+        loop when replies are still due, else keep it for this thread's next call."""
+        with peer.olock:
+            if peer.owner != me:
+                return
+            peer.active = False
+            for ident, other in list(peer.waiting.items()):
+                if ident != me and other.ok is None:
+                    peer.owner = ident
+                    other.wake()
+                    return
+        if self._calls:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._maybe_revoke, peer)
 
     @staticmethod
     def _lead(peer: _Peer, me: int) -> bool:
