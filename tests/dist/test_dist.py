@@ -185,6 +185,19 @@ def test_peer_closing_mid_handshake() -> None:
         b.next_event()
 
 
+def test_atom_cache_refs_follow_a_replaced_slot() -> None:
+    """Headers that only refer to cached atoms may be remembered; a header that stores a new
+    atom in a slot must make the same reference bytes resolve to the new atom afterwards."""
+    _, b = connected_pair()
+    body = b"h\x04a\x06" + term_to_binary(PA)[1:] + b"R\x00R\x01" + b"R\x01"
+    cached = header_frame([(0, 5, None), (3, 200, None)], body)
+    frames = [header_frame([(0, 5, ""), (3, 200, "rex")], body), cached, cached,
+              header_frame([(0, 5, ""), (3, 200, "other")], body), cached]
+    events = feed(b, b"".join(frames), False)
+    assert events == [RegSend(PA, Atom("rex"), Atom("rex"))] * 3 + [
+        RegSend(PA, Atom("other"), Atom("other"))] * 2
+
+
 @pytest.mark.parametrize("garbage", [b"\x00\x03xyz", b"\x00\x01N", b"\x00\x00", b"\xff\xffGET / HTTP/1.1"])
 def test_handshake_garbage(garbage: bytes) -> None:
     b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)

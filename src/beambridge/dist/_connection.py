@@ -51,6 +51,7 @@ _TICK = b"\x00\x00\x00\x00"
 _unpack_u32 = struct.Struct(">I").unpack_from
 _ATOM_CACHE_SIZE = 2048
 _MAX_PARTIAL_SEQUENCES = 4096
+_REFS_MEMO_SIZE = 1024
 
 
 class Role(enum.Enum):
@@ -178,6 +179,7 @@ class Connection:
         self._our_challenge = 0
         self._peer_v5 = False
         self._atom_cache: list[Atom | None] = [None] * _ATOM_CACHE_SIZE
+        self._refs_memo: dict[bytes, list[Atom]] = {}
         self._partials: dict[int, _Partial] = {}
         self._sequences = itertools.count(1)  # next() is atomic: send() may run on any thread
         self._use_header = False
@@ -557,10 +559,18 @@ class Connection:
 
     def _atom_refs(self, frame: bytes, offset: int) -> tuple[list[Atom], int]:
         count = frame[offset]
-        offset += 1
         if count == 0:
-            return [], offset
+            return [], offset + 1
         flag_len = count // 2 + 1
+        # A header that only refers to cached atoms repeats byte for byte between messages of the
+        # same shape: remembered until the cache changes (a header that stores atoms clears it).
+        key_end = offset + 1 + flag_len + count
+        key = frame[offset:key_end]
+        known = self._refs_memo.get(key)
+        if known is not None:
+            return known, key_end
+        start = offset
+        offset += 1
         flags = frame[offset:offset + flag_len]
         if len(flags) != flag_len:
             raise RemoteProtocolError("truncated atom cache flags")
@@ -569,6 +579,7 @@ class Connection:
         long_atoms = (flags[count >> 1] >> 4 if count & 1 else flags[count >> 1]) & 1
         refs: list[Atom] = []
         cache = self._atom_cache
+        stored = False
         for i in range(count):
             flag = (flags[i >> 1] >> 4) if i & 1 else (flags[i >> 1] & 0x0F)
             index = ((flag & 7) << 8) | frame[offset]
@@ -586,12 +597,20 @@ class Connection:
                 offset += length
                 atom = Atom(text.decode("utf-8"))
                 cache[index] = atom
+                stored = True
             else:
                 cached = cache[index]
                 if cached is None:
                     raise RemoteProtocolError(f"reference to empty atom cache slot {index}")
                 atom = cached
             refs.append(atom)
+        memo = self._refs_memo
+        if stored:
+            memo.clear()
+        elif offset == key_end and len(key) == key_end - start:
+            if len(memo) >= _REFS_MEMO_SIZE:
+                memo.clear()
+            memo[key] = refs
         return refs, offset
 
     def _decode_message(self, data: bytes, offset: int, refs: list[Atom]) -> ControlMessage:

@@ -327,7 +327,7 @@ class _Call:
     node: Atom
     tag: Reference
     done: Callable[[bool, Any], None]
-    label: str
+    label: tuple[Atom, Atom, int]  # module, function, arity: formatted only for a timeout
     spawned: Pid | None = None
     timer: asyncio.TimerHandle | None = None
     threaded: bool = False  # a blocking caller's: its reply may be applied off the loop thread
@@ -441,6 +441,7 @@ class Node:
         self._caller_pid: Pid | None = None
         self._calls: dict[Reference, _Call] = {}
         self._node_atoms: dict[Any, Atom] = {}
+        self._name_atoms: dict[Any, Atom] = {}
         #: gets what Erlang sends to a name nobody registered here (else it is dropped), as the
         #: old uWSGI plugin did: replies to ``{any_name, Node}`` reach one Python inbox.
         self.unrouted: Mailbox | None = None
@@ -1091,6 +1092,17 @@ class Node:
 
     # ================================================================ calling Erlang
 
+    def _name_atom(self, name: Any) -> Atom:
+        """A module or function name as an Atom (cached, like node names)."""
+        if not isinstance(name, str):
+            return check_name(name)  # refuses it with the usual error
+        atom = self._name_atoms.get(name)
+        if atom is None:
+            atom = check_name(name)
+            if len(self._name_atoms) < 4096:
+                self._name_atoms[name] = atom
+        return atom
+
     def _node_atom(self, node: Any) -> Atom:
         """A node name as an Atom (cached: calls name the same few nodes again and again)."""
         atom = self._node_atoms.get(node)
@@ -1137,7 +1149,7 @@ class Node:
         try:
             self._check_running()
             target = self._node_atom(node)
-            m, f, a = check_name(module), check_name(function), list(args)
+            m, f, a = self._name_atom(module), self._name_atom(function), list(args)
         except Exception as error:
             done(False, error)
             return None
@@ -1165,7 +1177,7 @@ class Node:
         peer = self._peers.get(target)
         if peer is None or not peer.alive or peer.sock is None or not peer.flags & Flag.SPAWN:
             return None
-        m, f, a = check_name(module), check_name(function), list(args)
+        m, f, a = self._name_atom(module), self._name_atom(function), list(args)
         assert self._group_leader is not None and self._caller_pid is not None
         # still this connection's reader from the last call: say so before the request goes out
         # (the loop's watchdog must not take reading back while the reply is on its way)
@@ -1181,7 +1193,7 @@ class Node:
                 self._unlead(peer, leading)
                 return None  # the connection is closing: the loop's path reports it
             waiter = _Waiter()
-            self._calls[req] = _Call(peer.name, tag, waiter.done, f"{m}:{f}/{len(a)}", threaded=True)
+            self._calls[req] = _Call(peer.name, tag, waiter.done, (m, f, len(a)), threaded=True)
             if not peer.write_from_thread(data):
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
@@ -1451,7 +1463,7 @@ class Node:
         assert self._group_leader is not None and self._caller_pid is not None
         peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
                                           EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
-        call = _Call(peer.name, tag, done, f"{m}:{f}/{len(a)}")
+        call = _Call(peer.name, tag, done, (m, f, len(a)))
         self._calls[req] = call
         if timeout is not None:
             assert self._loop is not None
@@ -1491,7 +1503,8 @@ class Node:
         if call is None:
             return
         self._abandon_call(req)
-        call.done(False, Timeout(f"rpc {call.label} on {call.node} timed out after {timeout} s"))
+        m, f, arity = call.label
+        call.done(False, Timeout(f"rpc {m}:{f}/{arity} on {call.node} timed out after {timeout} s"))
 
     def _abandon_call(self, req: Reference) -> None:
         """Forget a call and kill its remote process, as erpc does on timeout."""
