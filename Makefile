@@ -33,8 +33,8 @@ test: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
-	@# The term codec's suite again on the pure-Python implementation (the run above is compiled).
-	BEAMBRIDGE_PURE_PYTHON=1 $(PY) -m pytest tests/term $(PYTEST_ARGS)
+	@# The whole suite again on the pure-Python codec (the run above uses the compiled one).
+	BEAMBRIDGE_PURE_PYTHON=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)

@@ -108,6 +108,10 @@ _WRITE_HIGH_WATER = 4 << 20
 #: how long a blocking caller that reads its connection itself may stay away before the loop
 #: takes reading back (others' messages wait at most about this long meanwhile)
 _OWNER_IDLE = 0.002
+#: how long an owner waiting for a reply polls the socket before it sleeps in poll(): a reply
+#: usually comes within tens of microseconds, and a sleep costs a wake-up (BEAM's schedulers
+#: busy-wait before sleeping for the same reason)
+_SPIN = 25e-6
 _COALESCE_LIMIT = 64 << 10
 #: Frames from these files are beambridge's or the thread pool's, not the user's: left out of stacks.
 _INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file__).resolve().parent),
@@ -352,8 +356,11 @@ class _Waiter:
 
     def wake(self) -> None:
         """Wake the waiting thread (filled, or told it may now read the socket itself)."""
-        with contextlib.suppress(RuntimeError):  # already released: it wakes anyway
+        # not contextlib.suppress: this runs once per reply, and that costs a microsecond
+        try:  # noqa: SIM105
             self._lock.release()
+        except RuntimeError:  # already released: it wakes anyway
+            pass
 
     def wait(self, timeout: float | None) -> bool:
         """True when woken; False when ``timeout`` seconds passed first."""
@@ -1329,6 +1336,7 @@ class Node:
             poller.register(sock.fileno(), select.POLLIN)
         except (OSError, ValueError):
             return "broken"
+        spin_until: float | None = None
         while waiter.ok is None:
             if not peer.alive:
                 return "broken"
@@ -1347,6 +1355,12 @@ class Node:
                     if applied != "ok":
                         return applied
                     continue
+            now = time.perf_counter()
+            if spin_until is None:
+                spin_until = now + _SPIN
+            if now < spin_until:
+                continue  # a reply is usually microseconds away: sleeping would cost a wake-up
+            spin_until = None
             wait = 0.05
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())

@@ -187,6 +187,45 @@ static PyObject *make(PyObject *type, int n, PyObject **args) {
     return result;
 }
 
+/* Pids, references and ports are slotted dataclasses whose constructors validate every field.
+ * The decoder reads fields that are in range by construction, so it allocates the object and
+ * stores each field through its slot's descriptor (object.__setattr__ without the name lookup);
+ * `make` stays the fallback if a class ever stops being slotted. */
+typedef struct {
+    PyTypeObject *type;
+    int n;
+    PyObject *slot[4]; /* member descriptors, in constructor order */
+} Slotted;
+
+static Slotted pid_slots, ref_slots, port_slots;
+
+static int slotted_init(Slotted *s, PyObject *type, int n, const char *const *names) {
+    s->type = NULL;
+    s->n = n;
+    if (!PyType_Check(type) || ((PyTypeObject *)type)->tp_dictoffset != 0) return 0;
+    for (int i = 0; i < n; i++) {
+        PyObject *descr = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, names[i]);
+        if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) return 0; /* not a slot */
+        Py_INCREF(descr);
+        s->slot[i] = descr;
+    }
+    s->type = (PyTypeObject *)type;
+    return 0;
+}
+
+/* Like make(), for a Slotted class: steals args, NULLs allowed (then it fails). */
+static PyObject *make_slotted(Slotted *s, PyObject *type, PyObject **args) {
+    if (!s->type) return make(type, s->n, args);
+    PyObject *obj = NULL;
+    int ok = 1;
+    for (int i = 0; i < s->n; i++) if (!args[i]) ok = 0;
+    if (ok) obj = s->type->tp_alloc(s->type, 0);
+    for (int i = 0; obj && i < s->n; i++)
+        if (Py_TYPE(s->slot[i])->tp_descr_set(s->slot[i], obj, args[i]) < 0) Py_CLEAR(obj);
+    for (int i = 0; i < s->n; i++) Py_XDECREF(args[i]);
+    return obj;
+}
+
 static void set_exception_object(PyObject *exc) {
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
@@ -644,7 +683,7 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
             args[3] = PyLong_FromLong(b[pos + 8]);
             d->pos = pos + 9;
         }
-        return make(PidType, 4, args);
+        return make_slotted(&pid_slots, PidType, args);
     }
     case T_NEWER_REFERENCE:
     case T_NEW_REFERENCE: {
@@ -668,7 +707,7 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
             }
         }
         d->pos = pos + 4 * n;
-        return make(ReferenceType, 3, args);
+        return make_slotted(&ref_slots, ReferenceType, args);
     }
     case T_REFERENCE: {
         if (!(node = plain_atom(d, pos, &pos))) return NULL;
@@ -678,7 +717,7 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
         args[2] = id ? PyTuple_Pack(1, id) : NULL;
         Py_XDECREF(id);
         d->pos = pos + 5;
-        return make(ReferenceType, 3, args);
+        return make_slotted(&ref_slots, ReferenceType, args);
     }
     case T_NEW_PORT:
     case T_PORT:
@@ -701,7 +740,7 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
             args[2] = PyLong_FromLong(b[pos + 4]);
         }
         d->pos = pos + need;
-        return make(PortType, 4, args);
+        return make_slotted(&port_slots, PortType, args);
     }
     case T_BIT_BINARY: {
         NEED_AT(pos, 5);
@@ -2040,6 +2079,13 @@ PyMODINIT_FUNC PyInit__cterm(void) {
         !(BitStringType = from(types, "BitString")) || !(ImproperListType = from(types, "ImproperList")) ||
         !(MapType = from(types, "Map")) || !(ExportFunType = from(types, "ExportFun")) ||
         !(FunType = from(types, "Fun")) || !(LocalTermType = from(types, "LocalTerm")))
+        return NULL;
+    static const char *const pid_fields[] = {"node", "id", "serial", "creation"};
+    static const char *const ref_fields[] = {"node", "creation", "ids"};
+    static const char *const port_fields[] = {"node", "id", "creation", "v4"};
+    if (slotted_init(&pid_slots, PidType, 4, pid_fields) < 0 ||
+        slotted_init(&ref_slots, ReferenceType, 3, ref_fields) < 0 ||
+        slotted_init(&port_slots, PortType, 4, port_fields) < 0)
         return NULL;
     if (!(DecodeErrorType = from("beambridge._errors", "DecodeError")) ||
         !(EncodeErrorType = from("beambridge._errors", "EncodeError")))

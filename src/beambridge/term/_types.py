@@ -74,6 +74,18 @@ class Pid:
         _check_u(self.serial, _U32, "Pid.serial")
         _check_u(self.creation, _U32, "Pid.creation")
 
+    # Hand-written equality and hash: pids and references are dictionary keys and are compared
+    # on every message routed; the generated methods build two tuples per comparison.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Pid:
+            return NotImplemented
+        return (self.id == other.id and self.node == other.node
+                and self.serial == other.serial
+                and self.creation == other.creation)
+
+    def __hash__(self) -> int:
+        return hash(self.node) ^ (self.id * 0x9E3779B1 + self.serial * 0x85EBCA77 + self.creation)
+
     def __repr__(self) -> str:
         return f"Pid({str(self.node)!r}, {self.id}, {self.serial}, {self.creation})"
 
@@ -116,6 +128,15 @@ class Reference:
             raise ValueError(f"Reference.ids must be a tuple of 1 to 5 ints, not {self.ids!r}")
         for word in self.ids:
             _check_u(word, _U32, "Reference id word")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Reference:
+            return NotImplemented
+        return (self.ids == other.ids and self.node == other.node
+                and self.creation == other.creation)
+
+    def __hash__(self) -> int:
+        return hash(self.ids) ^ hash(self.node) ^ self.creation
 
     def __repr__(self) -> str:
         return f"Reference({str(self.node)!r}, {self.creation}, {self.ids!r})"
