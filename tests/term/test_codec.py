@@ -102,6 +102,23 @@ def test_pid_port_reference_forms() -> None:
     assert binary_to_term(b"\x83ew\x03n@h" + struct.pack(">IB", 9, 7)) == Reference(NODE, 7, (9,))
 
 
+def test_decoded_identifiers_are_keys_equal_to_constructed_ones() -> None:
+    pid, ref, port = Pid(NODE, 1, 2, 3), Reference(NODE, 7, (1, 2, 3)), Port(NODE, 5, 6)
+    seen = {pid: "pid", ref: "ref", port: "port"}
+    for value in (pid, ref, port):
+        back = binary_to_term(term_to_binary(value))
+        assert type(back) is type(value) and back == value
+        assert hash(back) == hash(value) and seen[back] == seen[value]
+        assert repr(back) == repr(value)
+    other_node = Atom("m@h")
+    for differs in (Pid(NODE, 9, 2, 3), Pid(NODE, 1, 9, 3), Pid(NODE, 1, 2, 9), Pid(other_node, 1, 2, 3)):
+        assert differs != pid and differs not in seen
+    refs = (Reference(NODE, 8, (1, 2, 3)), Reference(NODE, 7, (1, 2)), Reference(other_node, 7, (1, 2, 3)))
+    for differs_r in refs:
+        assert differs_r != ref and differs_r not in seen
+    assert pid != (NODE, 1, 2, 3) and ref != (NODE, 7, (1, 2, 3)) and pid != ref
+
+
 def test_old_fun_ext_decodes_and_reencodes() -> None:
     pid = Pid(NODE, 1)
     fun = Fun(Atom("m"), 3, 4, pid, (Atom("x"),), None, None, None)

@@ -70,6 +70,9 @@ typedef struct {
 static PyObject *mapstates;          /* Mapping -> capsule(MapState) */
 static PyObject *last_mapping;       /* strong ref; the usual case is one mapping for all calls */
 static MapState *last_state;
+#define RECENT 4
+static struct { PyObject *mapping; MapState *state; } recent[RECENT];
+static int recent_next;
 #define MAX_MAPSTATES 64
 
 static void mapstate_free(MapState *ms) {
@@ -144,6 +147,16 @@ fail:
 static MapState *mapstate_get(PyObject *mapping, int *temp) {
     *temp = 0;
     if (mapping == last_mapping) return last_state;
+    /* the distribution layer alternates two mappings (control, payload): a few recent ones are
+     * found by identity, without hashing the Mapping dataclass (a Python-level __hash__) */
+    for (int i = 0; i < RECENT; i++) {
+        if (recent[i].mapping == mapping) {
+            Py_INCREF(mapping);
+            Py_XSETREF(last_mapping, mapping);
+            last_state = recent[i].state;
+            return last_state;
+        }
+    }
     PyObject *cap = PyDict_GetItemWithError(mapstates, mapping);
     MapState *ms;
     if (cap) {
@@ -162,6 +175,10 @@ static MapState *mapstate_get(PyObject *mapping, int *temp) {
     Py_INCREF(mapping);
     Py_XSETREF(last_mapping, mapping);
     last_state = ms;
+    Py_INCREF(mapping);
+    Py_XSETREF(recent[recent_next].mapping, mapping); /* its state lives in mapstates */
+    recent[recent_next].state = ms;
+    recent_next = (recent_next + 1) % RECENT;
     return ms;
 }
 
