@@ -23,7 +23,7 @@ from .._errors import Timeout, UsageError
 from ..term import Pid, Reference
 from ._errors import MailboxClosed
 from ._mailbox import NOTHING as _NOTHING
-from ._mailbox import Mailbox, Match
+from ._mailbox import Mailbox, Match, Slot
 from ._node import Node
 
 __all__ = ["BlockingMailbox", "BlockingNode", "epmd_names"]
@@ -329,13 +329,11 @@ class BlockingMailbox:
         loop = self._owner._loop
         assert loop is not None
         self._owner._check_thread()
-        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        result = Slot()
         mailbox = self._mailbox
         mailbox.attach(match, result)  # under the mailbox's lock: no hop to the loop thread
-        try:
-            return result.result(timeout)
-        except concurrent.futures.TimeoutError:
-            pass
+        if result.wait(timeout):
+            return result.result()
         # give up, unless a message slipped in meanwhile (then it is ours: nothing is lost)
         got = mailbox.detach(result)
         if got is _NOTHING:

@@ -9,7 +9,6 @@ would kill an Erlang process. Monitors deliver ``('DOWN', Ref, process, Target, 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +36,53 @@ Match = Callable[[Any], bool]
 NOTHING: Any = object()
 
 
+class Slot:
+    """A blocking receiver's place for one message, filled once from any thread.
+
+    The subset of ``concurrent.futures.Future`` that mailboxes use, over one bare lock: a
+    Future's Condition and notify cost several microseconds per message.
+    """
+
+    __slots__ = ("_error", "_filled", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._filled = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._filled
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, value: Any) -> None:
+        if not self._filled:
+            self._value, self._filled = value, True
+            self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._filled:
+            self._error, self._filled = error, True
+            self._lock.release()
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once filled; False when ``timeout`` seconds passed first."""
+        if self._filled:
+            return True
+        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+
+
 class Mailbox:
     """A Python process on a ``Node``; made by ``Node.mailbox()``."""
 
@@ -46,7 +92,7 @@ class Mailbox:
         self.name = name
         self.trap_exits = trap_exits
         self._queue: deque[Any] = deque()
-        self._waiters: list[tuple[Match | None, asyncio.Future[Any]]] = []
+        self._waiters: list[tuple[Match | None, asyncio.Future[Any] | Slot]] = []
         #: guards ``_queue``/``_waiters`` against blocking receivers on other threads
         self._lock = threading.Lock()
         self.links: set[Pid] = set()
@@ -132,7 +178,7 @@ class Mailbox:
                     # delivered just as we gave up (timeout or cancel): put it back, nothing is lost
                     queue.appendleft(future.result())
 
-    def attach(self, match: Match | None, result: concurrent.futures.Future[Any]) -> None:
+    def attach(self, match: Match | None, result: Slot) -> None:
         """A blocking receive (any thread): fill ``result`` now or when a message comes."""
         with self._lock:
             for i, message in enumerate(self._queue):
@@ -143,14 +189,14 @@ class Mailbox:
             if self.closed is not None:
                 result.set_exception(MailboxClosed(self.closed))
                 return
-            self._waiters.append((match, result))  # type: ignore[arg-type]
+            self._waiters.append((match, result))
 
-    def detach(self, result: concurrent.futures.Future[Any]) -> Any:
+    def detach(self, result: Slot) -> Any:
         """Withdraw a blocking receive (any thread); returns the message it got meanwhile, else
         ``NOTHING``."""
         with self._lock:
             for i, (_, waiting) in enumerate(self._waiters):
-                if waiting is result:  # type: ignore[comparison-overlap]
+                if waiting is result:
                     del self._waiters[i]
                     return NOTHING
         if result.done() and result.exception() is None:
