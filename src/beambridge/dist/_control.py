@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 _UNUSED = Atom("")
+# plain ints for the flag tests in to_wire (an IntFlag operation builds an enum member each time)
+_SEND_SENDER = int(Flag.SEND_SENDER)
+_EXIT_PAYLOAD = int(Flag.EXIT_PAYLOAD)
 
 
 class _NoPayload:
@@ -115,7 +118,7 @@ class Send(ControlMessage):
             _pid(self.from_pid, "from_pid")
 
     def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
-        if self.from_pid is not None and flags & Flag.SEND_SENDER:
+        if self.from_pid is not None and flags & _SEND_SENDER:
             ctrl: tuple[Any, ...] = (22, self.from_pid, self.to_pid)
             return _tt(ctrl, self.trace_token, 23), self.message
         return _tt((2, _UNUSED, self.to_pid), self.trace_token, 12), self.message
@@ -173,7 +176,7 @@ class Exit(ControlMessage):
         _pid(self.to_pid, "to_pid")
 
     def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
-        if flags & Flag.EXIT_PAYLOAD:
+        if flags & _EXIT_PAYLOAD:
             return _tt((24, self.from_pid, self.to_pid), self.trace_token, 25), self.reason
         if self.trace_token is not None:
             return (13, self.from_pid, self.to_pid, self.trace_token, self.reason), NO_PAYLOAD
@@ -195,7 +198,7 @@ class Exit2(ControlMessage):
         _pid(self.to_pid, "to_pid")
 
     def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
-        if flags & Flag.EXIT_PAYLOAD:
+        if flags & _EXIT_PAYLOAD:
             return _tt((26, self.from_pid, self.to_pid), self.trace_token, 27), self.reason
         if self.trace_token is not None:
             return (18, self.from_pid, self.to_pid, self.trace_token, self.reason), NO_PAYLOAD
@@ -290,7 +293,7 @@ class MonitorPExit(ControlMessage):
         _ref(self.ref, "ref")
 
     def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
-        if flags & Flag.EXIT_PAYLOAD:
+        if flags & _EXIT_PAYLOAD:
             return (28, self.from_proc, self.to_pid, self.ref), self.reason
         return (21, self.from_proc, self.to_pid, self.ref, self.reason), NO_PAYLOAD
 

@@ -108,6 +108,7 @@ _WRITE_HIGH_WATER = 4 << 20
 #: how long a blocking caller that reads its connection itself may stay away before the loop
 #: takes reading back (others' messages wait at most about this long meanwhile)
 _OWNER_IDLE = 0.002
+_SPAWN = int(Flag.SPAWN)  # plain int: an IntFlag operation builds an enum member each time
 #: how long an owner waiting for a reply polls the socket before it sleeps in poll(): a reply
 #: usually comes within tens of microseconds, and a sleep costs a wake-up (BEAM's schedulers
 #: busy-wait before sleeping for the same reason)
@@ -1161,7 +1162,7 @@ class Node:
             done(False, error)
             return None
         peer = self._peers.get(target)
-        if peer is not None and peer.alive and peer.flags & Flag.SPAWN:
+        if peer is not None and peer.alive and peer.flags & _SPAWN:
             try:
                 return self._start_call(peer, m, f, a, timeout, done)
             except Exception as error:
@@ -1182,7 +1183,7 @@ class Node:
             return None
         target = self._node_atom(node)
         peer = self._peers.get(target)
-        if peer is None or not peer.alive or peer.sock is None or not peer.flags & Flag.SPAWN:
+        if peer is None or not peer.alive or peer.sock is None or not peer.flags & _SPAWN:
             return None
         m, f, a = self._name_atom(module), self._name_atom(function), list(args)
         assert self._group_leader is not None and self._caller_pid is not None
