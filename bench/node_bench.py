@@ -1,7 +1,8 @@
 """Erlang distribution speed: beambridge next to a second Erlang node, same work, same run.
 
 One target Erlang node; the same operations are timed from a second Erlang node (the
-reference) and from beambridge (``BlockingNode`` threads and ``Node`` tasks), and the ratio
+reference), from beambridge (``BlockingNode`` threads and ``Node`` tasks) and, where it can do the
+row, from the best Python peer (erldistpy, when installed: ``make bench`` installs it), and the ratio
 beambridge/Erlang is printed for each row. Run: ``.venv/bin/python bench/node_bench.py``
 (``--otp 28`` for the bundled OTP 28, ``--seconds`` per row). Prints only; asserts nothing.
 """
@@ -95,9 +96,12 @@ def main() -> int:
         print(f"\nbeambridge vs Erlang on OTP {runtime.release}, loopback, {os.cpu_count()} cores, "
               f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, best of {opts.repeat} "
               f"(ops/s; ratio = beambridge / Erlang)\n")
-        print(f"{'operation':58} {'Erlang':>8} {'beambridge':>11} {'ratio':>7}")
-        for label, erl_rate, py_rate in rows:
-            print(f"{label:58} {erl_rate:8.0f} {py_rate:11.0f} {py_rate / erl_rate:6.2f}x")
+        print(f"{'operation':58} {'Erlang':>8} {'beambridge':>11} {'ratio':>7} "
+              f"{'erldistpy':>10} {'ratio':>7}")
+        for label, erl_rate, py_rate, peer_rate in rows:
+            peer = (f"{peer_rate:10.0f} {peer_rate / erl_rate:6.2f}x" if peer_rate is not None
+                    else f"{'-':>10} {'':>7}")
+            print(f"{label:58} {erl_rate:8.0f} {py_rate:11.0f} {py_rate / erl_rate:6.2f}x {peer}")
     finally:
         client.stop()
         target.stop()
@@ -119,15 +123,85 @@ def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: int,
-              seconds: float, repeat: int = 3) -> list[tuple[str, float, float]]:
-    rows: list[tuple[str, float, float]] = []
-    for label, erl_run, py_run in _row_specs(py, client, target, t):
-        erl_best = py_best = 0.0
-        for _ in range(max(repeat, 1)):
-            erl_best = max(erl_best, calibrate(erl_run, seconds))
-            py_best = max(py_best, calibrate(py_run, seconds))
-        rows.append((label, erl_best, py_best))
+              seconds: float, repeat: int = 3) -> list[tuple[str, float, float, float | None]]:
+    rows: list[tuple[str, float, float, float | None]] = []
+    peer = _Erldistpy.open(target, epmd_port)
+    try:
+        for label, erl_run, py_run in _row_specs(py, client, target, t):
+            peer_run = peer.run_for(label) if peer is not None else None
+            erl_best = py_best = peer_best = 0.0
+            for _ in range(max(repeat, 1)):
+                erl_best = max(erl_best, calibrate(erl_run, seconds))
+                py_best = max(py_best, calibrate(py_run, seconds))
+                if peer_run is not None:
+                    peer_best = max(peer_best, calibrate(peer_run, seconds))
+            rows.append((label, erl_best, py_best, peer_best if peer_run is not None else None))
+    finally:
+        if peer is not None:
+            peer.close()
     return rows
+
+
+class _Erldistpy:
+    """The best Python peer (erldistpy, a blocking client: one connection, one call at a time),
+    on the rows it can do: sequential rpc through ``rex`` (a gen_server call of
+    ``{call, M, F, A, user}``, the way that library calls Erlang) and one-at-a-time echo."""
+
+    def __init__(self, node: Any, mod: Any, target: str) -> None:
+        self.node, self.mod, self.target = node, mod, target
+
+    @classmethod
+    def open(cls, target: str, epmd_port: int) -> _Erldistpy | None:
+        try:
+            import erldistpy
+            import erldistpy.node as erldistpy_node
+        except ImportError:
+            return None
+        # it asks EPMD on the default port only: point it at this run's private EPMD
+        original = erldistpy_node.lookup
+        erldistpy_node.lookup = lambda name, host="localhost", timeout=5.0: original(  # type: ignore[assignment]
+            name, host, epmd_port, timeout)
+        try:
+            node = erldistpy.Node(our_name=f"peer_{secrets.token_hex(3)}@127.0.0.1",
+                                  peer_name=target.split("@")[0], cookie=COOKIE, peer_host="127.0.0.1")
+        except Exception as error:  # a peer that cannot connect is reported, not fatal
+            print(f"erldistpy: cannot connect ({type(error).__name__}: {error}); its column is empty")
+            return None
+        finally:
+            erldistpy_node.lookup = original
+        return cls(node, erldistpy, target)
+
+    def run_for(self, label: str) -> Run | None:
+        e = self.mod
+        if label.startswith("sequential rpc") and label.endswith("[BlockingNode]"):
+            m, f, a = (("lists", "reverse", [list(range(10))]) if "reverse" in label
+                       else ("erlang", "node", []))
+            request = (e.Atom("call"), e.Atom(m), e.Atom(f), a, e.Atom("user"))
+
+            def rpc(n: int) -> float:
+                self.node._channel.send_tick()  # it ticks only when told: keep the peer from dropping it
+                start = time.perf_counter()
+                for _ in range(n):
+                    self.node.call("rex", request, timeout=10)
+                return time.perf_counter() - start
+            return rpc
+        if label.startswith("echo to a registered process") and label.endswith("[BlockingNode]"):
+            pid = self.node._our_pid
+            channel = self.node._channel
+            name, message = e.Atom("bench_echo"), (pid, e.Atom("ping"))
+
+            def echo(n: int) -> float:
+                channel.send_tick()
+                start = time.perf_counter()
+                for _ in range(n):
+                    channel.send_reg_send(pid, name, message)
+                    channel.recv_message()
+                return time.perf_counter() - start
+            return echo
+        return None
+
+    def close(self) -> None:
+        self.node.close()
 
 
 Run = Callable[[int], float]
