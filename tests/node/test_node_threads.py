@@ -260,3 +260,36 @@ def test_async_calls_and_erlang_calling_python_while_threads_read(py: BlockingNo
         for t in threads:
             t.join(60)
     assert not errors, errors[:3]
+
+
+def test_blocking_receive_reading_its_connection_keeps_order_and_other_senders(
+        py: BlockingNode, erl: ErlNode) -> None:
+    """A blocking receive reads the connection its mailbox last sent on for a moment: messages
+    it reads there are delivered in order with the signals it hands to the loop, and messages
+    from elsewhere (a local thread, the loop) still reach it."""
+    echo = unique("echo")
+    py.rpc(erl.name, "bb_test", "start_echo", [A(echo)])
+    with py.mailbox() as mb:
+        for i in range(200):  # request/response on one connection: the receive reads it itself
+            mb.send((echo, erl.name), (mb.pid, i))
+            assert mb.receive(timeout=10) == i
+        # messages and exit signals (trapped: messages, applied on the loop) keep their order
+        for _ in range(5):
+            assert py.rpc(erl.name, "bb_test", "burst", [mb.pid, 100]) == A("ok")
+            got = [mb.receive(timeout=10) for _ in range(200)]
+            expected = [m for i in range(1, 101) for m in ((A("msg"), i), (A("sig"), i))]
+            assert [g if g[0] == A("msg") else g[2] for g in got] == expected
+        # while it waits (and reads the Erlang connection), a local sender still reaches it
+        mb.send((echo, erl.name), (mb.pid, A("late")))
+        sender = threading.Timer(0.3, lambda: py.send(mb.pid, A("local")))
+        sender.start()
+        try:
+            assert mb.receive(timeout=10, match=lambda m: m == A("local")) == A("local")
+        finally:
+            sender.join(10)
+        assert mb.receive(timeout=10) == A("late")  # the echo came first, and waited in the queue
+        # an Erlang message that comes well after the read window: the loop delivers it
+        py.rpc(erl.name, "bb_test", "send_after", [200, mb.pid, A("after")])
+        assert mb.receive(timeout=10) == A("after")
+        with pytest.raises(Timeout):
+            mb.receive(timeout=0.05)

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from ..term import Pid, Reference
 from ._errors import MailboxClosed
 from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match, Slot
-from ._node import Node
+from ._node import Node, _Peer
 
 __all__ = ["BlockingMailbox", "BlockingNode", "epmd_names"]
 
@@ -34,6 +35,8 @@ T = TypeVar("T")
 _instances: weakref.WeakSet[BlockingNode] = weakref.WeakSet()
 _abandoned: list[Any] = []  # a forked child's copies of the parent's objects, never finalized
 _GRACE = 2.0  # extra seconds a thread waits beyond an operation's own timeout
+#: how long a blocking receive reads its connection itself before it leaves reading to the loop
+_READ_WINDOW = 0.002
 
 
 def _after_fork_in_child() -> None:
@@ -311,6 +314,8 @@ class BlockingMailbox:
         self._generation = generation
         self.pid: Pid = mailbox.pid
         self.name = mailbox.name
+        #: the connection this mailbox last sent on, where its answers are likely to come
+        self._peer: _Peer | None = None
 
     def __repr__(self) -> str:
         return f"<BlockingMailbox {self.pid!r}>"
@@ -332,7 +337,19 @@ class BlockingMailbox:
         result = Slot()
         mailbox = self._mailbox
         mailbox.attach(match, result)  # under the mailbox's lock: no hop to the loop thread
-        if result.wait(timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        n, peer = self._owner._node, self._peer
+        if result.ok is None and n is not None and peer is not None and peer.alive:
+            # An answer usually comes soon, on the connection this mailbox last sent on: read it
+            # here for a moment, as a blocking rpc caller does (no wake-up of the loop thread and
+            # then of this one); after that the loop reads, and anything delivers at once.
+            n.wait_from_thread(peer, result, _READ_WINDOW if timeout is None
+                               else min(timeout, _READ_WINDOW))
+        while result.ok is None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not result.wait(remaining):
+                break
+        if result.ok is not None:
             return result.result()
         # give up, unless a message slipped in meanwhile (then it is ours: nothing is lost)
         got = mailbox.detach(result)
@@ -344,7 +361,9 @@ class BlockingMailbox:
         owner = self._owner
         n, loop = owner._ensure()
         owner._check_thread()
-        if n.send_from_thread(dest, message, self._mailbox):
+        peer = n.send_from_thread(dest, message, self._mailbox)
+        if peer is not None:
+            self._peer = peer
             return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
         loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, _settle(result))

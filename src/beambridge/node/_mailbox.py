@@ -39,47 +39,53 @@ NOTHING: Any = object()
 class Slot:
     """A blocking receiver's place for one message, filled once from any thread.
 
-    The subset of ``concurrent.futures.Future`` that mailboxes use, over one bare lock: a
-    Future's Condition and notify cost several microseconds per message.
+    The subset of ``concurrent.futures.Future`` that mailboxes use, over one bare lock (a
+    Future's Condition and notify cost several microseconds per message), plus the waiter
+    protocol of the node's blocking callers: ``ok`` (None until filled), ``wait``, and ``wake``,
+    which also tells a waiter that it may now read its connection itself.
     """
 
-    __slots__ = ("_error", "_filled", "_lock", "_value")
+    __slots__ = ("_lock", "ok", "value")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
-        self._filled = False
-        self._value: Any = None
-        self._error: BaseException | None = None
+        self.ok: bool | None = None
+        self.value: Any = None
 
     def done(self) -> bool:
-        return self._filled
+        return self.ok is not None
 
     def cancelled(self) -> bool:
         return False
 
     def set_result(self, value: Any) -> None:
-        if not self._filled:
-            self._value, self._filled = value, True
-            self._lock.release()
+        if self.ok is None:
+            self.ok, self.value = True, value
+            self.wake()
 
     def set_exception(self, error: BaseException) -> None:
-        if not self._filled:
-            self._error, self._filled = error, True
-            self._lock.release()
+        if self.ok is None:
+            self.ok, self.value = False, error
+            self.wake()
 
     def exception(self) -> BaseException | None:
-        return self._error
+        return self.value if self.ok is False else None
 
     def result(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._value
+        if self.ok is False:
+            raise self.value
+        return self.value
+
+    def wake(self) -> None:
+        # not contextlib.suppress: this runs once per message, and that costs a microsecond
+        try:  # noqa: SIM105
+            self._lock.release()
+        except RuntimeError:  # already released: it wakes anyway
+            pass
 
     def wait(self, timeout: float | None) -> bool:
-        """True once filled; False when ``timeout`` seconds passed first."""
-        if self._filled:
-            return True
+        """True when woken (filled, or told to read); False when ``timeout`` passed first."""
         return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
@@ -126,6 +132,26 @@ class Mailbox:
                     future.set_result(message)
                     return
             self._queue.append(message)
+
+    def deliver_from_thread(self, message: Any) -> bool:
+        """``deliver`` from a thread other than the loop's (a blocking caller reading its
+        connection); False when an async receive waits here (its future is the loop's to fill)."""
+        if self.closed is not None:
+            return True
+        with self._lock:
+            waiters = self._waiters
+            for _, future in waiters:
+                if type(future) is not Slot:
+                    return False
+            for i, (match, future) in enumerate(waiters):
+                if future.done():
+                    continue
+                if match is None or _matches(match, message):
+                    del waiters[i]
+                    future.set_result(message)
+                    return True
+            self._queue.append(message)
+        return True
 
     def exit_signal(self, sender: Pid | Atom, reason: Any, *, kill: bool = False) -> None:
         """An exit signal arrived: a message when trapping, else the end of this mailbox."""

@@ -73,7 +73,7 @@ from ._errors import (
     MailboxClosed,
     NoConnection,
 )
-from ._mailbox import DOWN, KILL, NODEDOWN, NORMAL, PROCESS, Mailbox, check_name
+from ._mailbox import DOWN, KILL, NODEDOWN, NORMAL, PROCESS, Mailbox, Slot, check_name
 
 __all__ = ["Node", "default_cookie", "full_node_name"]
 
@@ -204,7 +204,7 @@ class _Peer:
         self.active = False
         self.leads = 0  # times the owner started reading (the loop's watchdog sees it idle)
         #: blocking callers waiting for a reply here, by thread: the owner hands reading to one
-        self.waiting: dict[int, _Waiter] = {}
+        self.waiting: dict[int, _Waiter | Slot] = {}
         #: events the owner handed to the loop, and how many of them the loop has applied
         self.posted = itertools.count(1)
         self.posted_n = 0
@@ -1227,7 +1227,7 @@ class Node:
     # caller). The owner keeps the role across back-to-back calls; when it leaves, the loop takes
     # reading back unless the owner has already started its next call.
 
-    def wait_from_thread(self, peer: _Peer, waiter: _Waiter, timeout: float | None) -> bool:
+    def wait_from_thread(self, peer: _Peer, waiter: _Waiter | Slot, timeout: float | None) -> bool:
         """Wait (on a non-loop thread) for ``waiter``; False when ``timeout`` passed first."""
         loop = self._loop
         assert loop is not None
@@ -1304,7 +1304,7 @@ class Node:
         if peer.alive:
             peer.transport.resume_reading()
 
-    def _grant(self, peer: _Peer, ident: int, waiter: _Waiter) -> None:
+    def _grant(self, peer: _Peer, ident: int, waiter: _Waiter | Slot) -> None:
         """Loop: make a waiting blocking caller the connection's reader."""
         if not peer.alive or peer.owner is not None or waiter.ok is not None:
             return
@@ -1327,7 +1327,7 @@ class Node:
         if peer.alive:
             peer.transport.resume_reading()
 
-    def _read_as_owner(self, peer: _Peer, waiter: _Waiter, deadline: float | None) -> str:
+    def _read_as_owner(self, peer: _Peer, waiter: _Waiter | Slot, deadline: float | None) -> str:
         """Read and apply packets until ``waiter`` is filled: "done", "timeout", "handed" (see
         ``_apply_as_owner``) or "broken"."""
         sock = peer.sock
@@ -1406,6 +1406,13 @@ class Node:
                     if call is not None and call.threaded:
                         self._call_spawned(event.req_id, event.result)
                         continue
+                elif kind is Send or kind is SendSender or kind is RegSend:
+                    # a message for a plain mailbox: delivered here unless an async receive
+                    # waits on it (services such as rex run on the loop)
+                    box = (self._local(event.to_pid) if kind is not RegSend
+                           else self._names.get(event.to_name))
+                    if type(box) is Mailbox and box.deliver_from_thread(event.message):
+                        continue
             peer.posted_n = next(peer.posted)
             loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
             outcome = "handed"
@@ -1429,17 +1436,18 @@ class Node:
         else:
             self._finish_call(req, False, NoConnection(peer.name, "connection closed"))
 
-    def send_from_thread(self, dest: Any, message: Any, sender: Mailbox | None) -> bool:
+    def send_from_thread(self, dest: Any, message: Any, sender: Mailbox | None) -> _Peer | None:
         """``send`` from a thread other than the loop's, written directly when the destination's
-        node is connected and nothing is queued; False: the loop must do it."""
+        node is connected and nothing is queued: the connection it went out on; None: the loop
+        must do it."""
         if self._closed or not self._started:
-            return False
+            return None
         node, target = self._resolve(dest)
         if node == self.node_atom:
-            return False
+            return None
         peer = self._peers.get(node)
         if peer is None or not peer.alive or peer.sock is None:
-            return False
+            return None
         source = sender or self._anon
         assert source is not None
         if isinstance(target, Pid):
@@ -1451,8 +1459,8 @@ class Node:
         try:
             data = peer.proto.send(msg)
         except LocalProtocolError:
-            return False
-        return peer.write_from_thread(data)
+            return None
+        return peer if peer.write_from_thread(data) else None
 
     async def _rpc_slow(self, target: Atom, m: Atom, f: Atom, a: list[Any], timeout: float | None,
                         done: Callable[[bool, Any], None]) -> None:

@@ -3,7 +3,7 @@
 -behaviour(gen_server).
 -export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
-         connect_many/2, register_and_sleep/2, collect/2]).
+         connect_many/2, register_and_sleep/2, collect/2, burst/2]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -79,3 +79,7 @@ collect_loop(Acc) ->
         {get, From} -> From ! {collected, lists:reverse(Acc)}, collect_loop([]);
         Msg -> collect_loop([Msg | Acc])
     end.
+
+%% N rounds of a message and an exit signal to Pid, in that order on one connection.
+burst(Pid, N) ->
+    lists:foreach(fun(I) -> Pid ! {msg, I}, exit(Pid, {sig, I}) end, lists:seq(1, N)).
