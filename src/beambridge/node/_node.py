@@ -8,6 +8,7 @@ everything that waits has a deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import itertools
@@ -169,6 +170,7 @@ class _Peer:
         "rlock",
         "sock",
         "tasks",
+        "tq",
         "transport",
         "waiting",
         "wlock",
@@ -193,6 +195,8 @@ class _Peer:
         self.paused: asyncio.Future[None] | None = None
         #: orders the loop's writes with other threads' direct ones (``write_from_thread``)
         self.wlock = threading.Lock()
+        #: other threads' writes waiting for the write lock's holder (``write_from_thread``)
+        self.tq: collections.deque[bytes] = collections.deque()
         # the plain socket under a selector transport (None elsewhere, e.g. uvloop: no fast path)
         sock = getattr(self.transport, "_sock", None)
         self.sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
@@ -220,28 +224,45 @@ class _Peer:
         same iteration are queued and leave in one system call at its end (system calls, not
         Python, are the cost of many small messages; latency is the cost of one). Loop only."""
         self.last_sent = time.monotonic()
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
-            with self.wlock:
+        self.wlock.acquire()
+        try:
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self.flush)
                 if not self.pending:
                     self.transport.write(data)
                     return
                 self.pending.append(data)
-            return
-        if len(data) >= _COALESCE_LIMIT:
-            with self.wlock:
+                return
+            if len(data) >= _COALESCE_LIMIT:
                 self._flush_locked()
                 self.transport.write(data)
-            return
-        with self.wlock:
+                return
             self.pending.append(data)
+        finally:
+            self._unlock()
 
     def flush(self) -> None:
         self.flush_scheduled = False
         if self.pending:
-            with self.wlock:
+            self.wlock.acquire()
+            try:
                 self._flush_locked()
+            finally:
+                self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the write lock, then send what other threads queued while it was held (they
+        did not wait for it: see ``write_from_thread``)."""
+        lock, queue, sock = self.wlock, self.tq, self.sock
+        lock.release()
+        while queue and sock is not None:
+            if not lock.acquire(blocking=False):
+                return  # that holder sends it
+            try:
+                self._send_queued(sock)
+            finally:
+                lock.release()
 
     def _flush_locked(self) -> None:
         pending = self.pending
@@ -251,27 +272,51 @@ class _Peer:
             self.transport.write(data)
 
     def write_from_thread(self, data: bytes) -> bool:
-        """Another thread's write, straight to the socket when nothing is queued before it (no
-        hop to the loop thread). False when it must go through the loop instead."""
+        """Another thread's write, straight to the socket (no hop to the loop thread); False when
+        this transport has no plain socket and the loop must write it.
+
+        Flat combining: the data is queued, and whoever holds the write lock sends everything
+        queued (one system call for several threads' messages). A thread that finds the lock
+        taken returns at once instead of sleeping on it: the holder looks at the queue again
+        after it lets go, so nothing is left behind.
+        """
         sock = self.sock
         if sock is None:
             return False
-        with self.wlock:
-            if not self.alive or self.pending or self.transport.get_write_buffer_size():
-                return False
+        queue = self.tq
+        queue.append(data)
+        lock = self.wlock
+        while queue:
+            if not lock.acquire(blocking=False):
+                return True  # the holder sends it when it lets go (``_unlock``)
             try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                return False  # the loop sees the broken connection and reports it
-            self.last_sent = time.monotonic()
-            if sent == len(data):
-                return True
-            # the socket is full: the rest goes first in the loop's queue, which flushes it
-            self.pending.append(data[sent:])
-        self.loop.call_soon_threadsafe(self.flush)
+                self._send_queued(sock)
+            finally:
+                lock.release()
         return True
+
+    def _send_queued(self, sock: socket.socket) -> None:
+        """Send what threads queued (write lock held). What the socket does not take at once, and
+        anything behind the loop's own queue, goes to the loop's queue, which flushes in order."""
+        queue = self.tq
+        batch = [queue.popleft() for _ in range(len(queue))]
+        if not batch or not self.alive:
+            return  # a dead connection: its callers are told by the loop (or see it dead)
+        data = b"".join(batch) if len(batch) > 1 else batch[0]
+        if self.pending or self.transport.get_write_buffer_size():
+            self.pending.append(data)
+            self.loop.call_soon_threadsafe(self.flush)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the loop sees the broken connection and reports it
+        self.last_sent = time.monotonic()
+        if sent < len(data):
+            self.pending.append(data[sent:])
+            self.loop.call_soon_threadsafe(self.flush)
 
     def send_quiet(self, message: ControlMessage) -> None:
         """Send a signal; a dead connection or an unencodable term is logged, not raised."""
@@ -1283,8 +1328,13 @@ class Node:
 
     @staticmethod
     def _lead(peer: _Peer, me: int) -> bool:
+        """Start reading as the owner: this thread's role, or taken over from another blocking
+        thread that holds it but is not reading now (no hop to the loop; the order of events
+        does not depend on which thread reads)."""
         with peer.olock:
-            if peer.owner == me and peer.alive:
+            owner = peer.owner
+            if peer.alive and (owner == me or (owner is not None and not peer.active)):
+                peer.owner = me
                 peer.active = True
                 peer.leads += 1
                 return True
