@@ -345,6 +345,8 @@ class BlockingMailbox:
             # then of this one); after that the loop reads, and anything delivers at once.
             n.wait_from_thread(peer, result, _READ_WINDOW if timeout is None
                                else min(timeout, _READ_WINDOW))
+            if result.ok is None and peer.owner == threading.get_ident() and n._loop is not None:
+                n._loop.call_soon_threadsafe(n._maybe_revoke, peer)  # the loop reads from now on
         while result.ok is None:
             remaining = None if deadline is None else deadline - time.monotonic()
             if (remaining is not None and remaining <= 0) or not result.wait(remaining):
