@@ -214,8 +214,10 @@ class BlockingNode:
             peer, req, waiter = fast
             if not n.wait_from_thread(peer, waiter, timeout):
                 loop.call_soon_threadsafe(n._call_timeout, req, float(timeout or 0))  # kills it
-                if not waiter.wait(_GRACE):
-                    raise Timeout(f"no answer from the node's loop within {timeout} s")
+                grace = time.monotonic() + _GRACE
+                while waiter.ok is None:  # a late hand-over may wake it unfilled: wait on
+                    if not waiter.wait(grace - time.monotonic()):
+                        raise Timeout(f"no answer from the node's loop within {timeout} s")
             if waiter.ok:
                 return waiter.value
             raise waiter.value

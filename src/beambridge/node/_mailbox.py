@@ -37,7 +37,8 @@ NOTHING: Any = object()
 
 
 class Slot:
-    """A blocking receiver's place for one message, filled once from any thread.
+    """A blocking caller's place for one result (a message, an rpc reply), filled once from any
+    thread.
 
     The subset of ``concurrent.futures.Future`` that mailboxes use, over one bare lock (a
     Future's Condition and notify cost several microseconds per message), plus the waiter
@@ -59,15 +60,17 @@ class Slot:
     def cancelled(self) -> bool:
         return False
 
-    def set_result(self, value: Any) -> None:
+    def fill(self, ok: bool, value: Any) -> None:
+        """The outcome (``ok``: a value, else an exception); only the first one counts."""
         if self.ok is None:
-            self.ok, self.value = True, value
+            self.ok, self.value = ok, value
             self.wake()
 
+    def set_result(self, value: Any) -> None:
+        self.fill(True, value)
+
     def set_exception(self, error: BaseException) -> None:
-        if self.ok is None:
-            self.ok, self.value = False, error
-            self.wake()
+        self.fill(False, error)
 
     def exception(self) -> BaseException | None:
         return self.value if self.ok is False else None
@@ -123,15 +126,18 @@ class Mailbox:
         if self.closed is not None:
             return
         with self._lock:
-            waiters = self._waiters
-            for i, (match, future) in enumerate(waiters):
-                if future.done():
-                    continue
-                if match is None or _matches(match, message):
-                    del waiters[i]
-                    future.set_result(message)
-                    return
-            self._queue.append(message)
+            self._deliver_locked(message)
+
+    def _deliver_locked(self, message: Any) -> None:
+        waiters = self._waiters
+        for i, (match, future) in enumerate(waiters):
+            if future.done():
+                continue
+            if match is None or _matches(match, message):
+                del waiters[i]
+                future.set_result(message)
+                return
+        self._queue.append(message)
 
     def deliver_from_thread(self, message: Any) -> bool:
         """``deliver`` from a thread other than the loop's (a blocking caller reading its
@@ -139,18 +145,10 @@ class Mailbox:
         if self.closed is not None:
             return True
         with self._lock:
-            waiters = self._waiters
-            for _, future in waiters:
+            for _, future in self._waiters:
                 if type(future) is not Slot:
                     return False
-            for i, (match, future) in enumerate(waiters):
-                if future.done():
-                    continue
-                if match is None or _matches(match, message):
-                    del waiters[i]
-                    future.set_result(message)
-                    return True
-            self._queue.append(message)
+            self._deliver_locked(message)
         return True
 
     def exit_signal(self, sender: Pid | Atom, reason: Any, *, kill: bool = False) -> None:

@@ -208,7 +208,7 @@ class _Peer:
         self.active = False
         self.leads = 0  # times the owner started reading (the loop's watchdog sees it idle)
         #: blocking callers waiting for a reply here, by thread: the owner hands reading to one
-        self.waiting: dict[int, _Waiter | Slot] = {}
+        self.waiting: dict[int, Slot] = {}
         #: events the owner handed to the loop, and how many of them the loop has applied
         self.posted = itertools.count(1)
         self.posted_n = 0
@@ -381,36 +381,6 @@ class _Call:
     spawned: Pid | None = None
     timer: asyncio.TimerHandle | None = None
     threaded: bool = False  # a blocking caller's: its reply may be applied off the loop thread
-
-
-class _Waiter:
-    """A blocking caller's slot for one result, filled once from the loop thread (a bare lock:
-    lighter than a ``concurrent.futures.Future``)."""
-
-    __slots__ = ("_lock", "ok", "value")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.ok: bool | None = None
-        self.value: Any = None
-
-    def done(self, ok: bool, value: Any) -> None:
-        if self.ok is None:
-            self.ok, self.value = ok, value
-            self.wake()
-
-    def wake(self) -> None:
-        """Wake the waiting thread (filled, or told it may now read the socket itself)."""
-        # not contextlib.suppress: this runs once per reply, and that costs a microsecond
-        try:  # noqa: SIM105
-            self._lock.release()
-        except RuntimeError:  # already released: it wakes anyway
-            pass
-
-    def wait(self, timeout: float | None) -> bool:
-        """True when woken; False when ``timeout`` seconds passed first."""
-        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
 class _PythonError:
@@ -1217,7 +1187,7 @@ class Node:
         return None
 
     def rpc_from_thread(self, node: str, module: str, function: str, args: Iterable[Any]
-                        ) -> tuple[_Peer, Reference, _Waiter] | None:
+                        ) -> tuple[_Peer, Reference, Slot] | None:
         """Start an rpc from a thread other than the loop's, writing the request itself.
 
         ``None`` when the loop must do it (not connected, no SPAWN, bytes queued before ours).
@@ -1245,8 +1215,8 @@ class Node:
             except LocalProtocolError:
                 self._unlead(peer, leading)
                 return None  # the connection is closing: the loop's path reports it
-            waiter = _Waiter()
-            self._calls[req] = _Call(peer.name, tag, waiter.done, (m, f, len(a)), threaded=True)
+            waiter = Slot()
+            self._calls[req] = _Call(peer.name, tag, waiter.fill, (m, f, len(a)), threaded=True)
             if not peer.write_from_thread(data):
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
@@ -1272,7 +1242,7 @@ class Node:
     # caller). The owner keeps the role across back-to-back calls; when it leaves, the loop takes
     # reading back unless the owner has already started its next call.
 
-    def wait_from_thread(self, peer: _Peer, waiter: _Waiter | Slot, timeout: float | None) -> bool:
+    def wait_from_thread(self, peer: _Peer, waiter: Slot, timeout: float | None) -> bool:
         """Wait (on a non-loop thread) for ``waiter``; False when ``timeout`` passed first."""
         loop = self._loop
         assert loop is not None
@@ -1354,7 +1324,7 @@ class Node:
         if peer.alive:
             peer.transport.resume_reading()
 
-    def _grant(self, peer: _Peer, ident: int, waiter: _Waiter | Slot) -> None:
+    def _grant(self, peer: _Peer, ident: int, waiter: Slot) -> None:
         """Loop: make a waiting blocking caller the connection's reader."""
         if not peer.alive or peer.owner is not None or waiter.ok is not None:
             return
@@ -1377,7 +1347,7 @@ class Node:
         if peer.alive:
             peer.transport.resume_reading()
 
-    def _read_as_owner(self, peer: _Peer, waiter: _Waiter | Slot, deadline: float | None) -> str:
+    def _read_as_owner(self, peer: _Peer, waiter: Slot, deadline: float | None) -> str:
         """Read and apply packets until ``waiter`` is filled: "done", "timeout", "handed" (see
         ``_apply_as_owner``) or "broken"."""
         sock = peer.sock
