@@ -266,6 +266,30 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
     specs.append(("rpc erlang:node/0, 4 callers [Node tasks]", erl_conc,
                   lambda n: _async_run(py, _async_tasks(target, n, 4))))
 
+    # the floor: a plain TCP round trip (60 bytes, {packet, 4}) to an echo on the target node,
+    # no distribution at all, from a gen_tcp client on the Erlang node and a Python socket
+    tcp_port = int(py.rpc(target, "bb_bench", "start_tcp_echo", []))
+
+    def erl_tcp(n: int) -> float:
+        return erl_us("tcp_rtt", [tcp_port, n])
+
+    def py_tcp(n: int) -> float:
+        frame = (60).to_bytes(4, "big") + b"x" * 60
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            start = time.perf_counter()
+            for _ in range(n):
+                sock.sendall(frame)
+                got = 0
+                while got < 64:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("TCP echo closed")
+                    got += len(chunk)
+            return time.perf_counter() - start
+
+    specs.append(("floor: plain TCP round trip, no distribution [socket]", erl_tcp, py_tcp))
+
     # echo
     dest = (A("bench_echo"), t)
 

@@ -1,7 +1,8 @@
 %% The Erlang-to-Erlang side of bench/node_bench.py: each function does N operations against
 %% Node and returns the elapsed microseconds.
 -module(bb_bench).
--export([seq_rpc/5, pipelined_rpc/6, concurrent_rpc/6, start_echo/1, echo_seq/3, echo_inflight/4]).
+-export([seq_rpc/5, pipelined_rpc/6, concurrent_rpc/6, start_echo/1, echo_seq/3, echo_inflight/4,
+         start_tcp_echo/0, tcp_rtt/2]).
 
 time_us(Fun) ->
     T0 = erlang:monotonic_time(microsecond),
@@ -63,3 +64,41 @@ inflight(Dest, Msg, Left, Out) ->
         0 -> inflight(Dest, Msg, 0, Out - 1);
         _ -> Dest ! {self(), Msg}, inflight(Dest, Msg, Left - 1, Out)
     end.
+
+%% A plain TCP echo ({packet, 4}) on loopback, no distribution: the floor under every row.
+%% Serves one connection at a time, each in its own process; returns the port.
+start_tcp_echo() ->
+    Self = self(),
+    spawn(fun() ->
+        {ok, L} = gen_tcp:listen(0, [binary, {active, false}, {packet, 4}, {ip, {127, 0, 0, 1}},
+                                     {nodelay, true}, {reuseaddr, true}]),
+        {ok, Port} = inet:port(L),
+        Self ! {tcp_echo, Port},
+        tcp_accept(L)
+    end),
+    receive {tcp_echo, Port} -> Port after 5000 -> error(no_tcp_echo) end.
+
+tcp_accept(L) ->
+    {ok, S} = gen_tcp:accept(L),
+    Pid = spawn(fun() -> receive go -> tcp_echo(S) end end),
+    ok = gen_tcp:controlling_process(S, Pid),
+    Pid ! go,
+    tcp_accept(L).
+
+tcp_echo(S) ->
+    case gen_tcp:recv(S, 0) of
+        {ok, B} -> ok = gen_tcp:send(S, B), tcp_echo(S);
+        _ -> gen_tcp:close(S)
+    end.
+
+%% N round trips of a 60-byte frame to the echo on Port of this host.
+tcp_rtt(Port, N) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}, {packet, 4},
+                                                       {nodelay, true}]),
+    Frame = binary:copy(<<"x">>, 60),
+    T = time_us(fun() -> tcp_loop(S, Frame, N) end),
+    gen_tcp:close(S),
+    T.
+
+tcp_loop(_, _, 0) -> ok;
+tcp_loop(S, Frame, N) -> ok = gen_tcp:send(S, Frame), {ok, _} = gen_tcp:recv(S, 0), tcp_loop(S, Frame, N - 1).
