@@ -26,8 +26,7 @@ from typing import Any
 
 from .._errors import DecodeError
 from ..term import Atom, Limits, Mapping, binary_to_term, decode_body, encode_body, term_to_binary
-from ..term._api import _DEFAULT_LIMITS
-from ..term._api import _decode_body as _decode_body
+from ..term._api import _DEFAULT_LIMITS, _decode_body
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
@@ -364,10 +363,7 @@ class Connection:
                     frame = buf[pos + 4:end]
                     if type(frame) is not bytes:
                         frame = bytes(frame)
-                    if size > 3 and frame[0] == 131 and frame[1] == 68:
-                        event = self._on_message(frame)  # 'D': a whole message, the usual case
-                    else:
-                        event = self._on_packet(frame)
+                    event = self._on_packet(frame)
                 if end == len(buf):
                     self._buf = b""
                     self._pos = 0
@@ -562,28 +558,6 @@ class Connection:
             raise RemoteProtocolError(f"unknown distribution header kind {sub}")
         return None
 
-    def _on_message(self, frame: bytes) -> ControlMessage:
-        """``_on_packet`` for an unfragmented message, with the steps of the hot path inlined."""
-        count = frame[2]
-        if count == 0:
-            refs: list[Atom] = []
-            offset = 3
-        else:
-            key_end = 4 + (count >> 1) + count
-            known = self._refs_memo.get(frame[2:key_end])
-            if known is None:
-                refs, offset = self._atom_refs(frame, 2)
-            else:
-                refs, offset = known, key_end
-        limits = self.limits or _DEFAULT_LIMITS
-        control, end = _decode_body(frame, offset, _CONTROL_MAPPING, limits, refs)
-        payload = NO_PAYLOAD
-        if type(control) is tuple and control and control[0] in PAYLOAD_TAGS:
-            payload, end = _decode_body(frame, end, self.mapping, limits, refs)
-        if end != len(frame):
-            raise RemoteProtocolError(f"{len(frame) - end} trailing bytes after a message")
-        return decode_control(control, payload)
-
     def _atom_refs(self, frame: bytes, offset: int) -> tuple[list[Atom], int]:
         count = frame[offset]
         if count == 0:
@@ -641,12 +615,12 @@ class Connection:
         return refs, offset
 
     def _decode_message(self, data: bytes, offset: int, refs: list[Atom]) -> ControlMessage:
-        control, end = decode_body(data, offset, mapping=_CONTROL_MAPPING, limits=self.limits,
-                                   atom_cache=refs)
+        # every message of the connection passes here: the codec's own function, called directly
+        limits = self.limits or _DEFAULT_LIMITS
+        control, end = _decode_body(data, offset, _CONTROL_MAPPING, limits, refs)
         payload = NO_PAYLOAD
-        if has_payload(control):
-            payload, end = decode_body(data, end, mapping=self.mapping, limits=self.limits,
-                                       atom_cache=refs)
+        if type(control) is tuple and control and control[0] in PAYLOAD_TAGS:  # has_payload
+            payload, end = _decode_body(data, end, self.mapping, limits, refs)
         if end != len(data):
             raise RemoteProtocolError(f"{len(data) - end} trailing bytes after a message")
         return decode_control(control, payload)

@@ -214,10 +214,8 @@ class BlockingNode:
             peer, req, waiter = fast
             if not n.wait_from_thread(peer, waiter, timeout):
                 loop.call_soon_threadsafe(n._call_timeout, req, float(timeout or 0))  # kills it
-                grace = time.monotonic() + _GRACE
-                while waiter.ok is None:  # a late hand-over may wake it unfilled: wait on
-                    if not waiter.wait(grace - time.monotonic()):
-                        raise Timeout(f"no answer from the node's loop within {timeout} s")
+                if not waiter.wait_filled(_GRACE):  # a late hand-over may wake it unfilled
+                    raise Timeout(f"no answer from the node's loop within {timeout} s")
             if waiter.ok:
                 return waiter.value
             raise waiter.value
@@ -333,13 +331,11 @@ class BlockingMailbox:
         self._owner._ensure()
         if self._owner.generation != self._generation:
             raise MailboxClosed("the node restarted after a fork; this mailbox belonged to the parent")
-        loop = self._owner._loop
-        assert loop is not None
         self._owner._check_thread()
         result = Slot()
         mailbox = self._mailbox
         mailbox.attach(match, result)  # under the mailbox's lock: no hop to the loop thread
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
         n, peer = self._owner._node, self._peer
         if result.ok is None and n is not None and peer is not None and peer.alive:
             # An answer usually comes soon, on the connection this mailbox last sent on: read it
@@ -347,13 +343,8 @@ class BlockingMailbox:
             # then of this one); after that the loop reads, and anything delivers at once.
             n.wait_from_thread(peer, result, _READ_WINDOW if timeout is None
                                else min(timeout, _READ_WINDOW))
-            if result.ok is None and peer.owner == threading.get_ident() and n._loop is not None:
-                n._loop.call_soon_threadsafe(n._maybe_revoke, peer)  # the loop reads from now on
-        while result.ok is None:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or not result.wait(remaining):
-                break
-        if result.ok is not None:
+        left = None if timeout is None else timeout - (time.monotonic() - start)
+        if result.ok is not None or result.wait_filled(left):
             return result.result()
         # give up, unless a message slipped in meanwhile (then it is ours: nothing is lost)
         got = mailbox.detach(result)

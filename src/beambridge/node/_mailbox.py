@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,15 @@ class Slot:
     def wait(self, timeout: float | None) -> bool:
         """True when woken (filled, or told to read); False when ``timeout`` passed first."""
         return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+
+    def wait_filled(self, timeout: float | None) -> bool:
+        """``wait`` that sleeps on through wake-ups that did not fill it: True once filled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.ok is None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not self.wait(remaining):
+                break
+        return self.ok is not None
 
 
 class Mailbox:

@@ -254,11 +254,16 @@ class _Peer:
     def _unlock(self) -> None:
         """Release the write lock, then send what other threads queued while it was held (they
         did not wait for it: see ``write_from_thread``)."""
-        lock, queue, sock = self.wlock, self.tq, self.sock
-        lock.release()
-        while queue and sock is not None:
+        self.wlock.release()
+        if self.sock is not None:
+            self._drain(self.sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        """Send the threads' queue unless another holder of the write lock is there to do it."""
+        queue, lock = self.tq, self.wlock
+        while queue:
             if not lock.acquire(blocking=False):
-                return  # that holder sends it
+                return  # the holder sends it when it lets go (``_unlock``)
             try:
                 self._send_queued(sock)
             finally:
@@ -283,16 +288,8 @@ class _Peer:
         sock = self.sock
         if sock is None:
             return False
-        queue = self.tq
-        queue.append(data)
-        lock = self.wlock
-        while queue:
-            if not lock.acquire(blocking=False):
-                return True  # the holder sends it when it lets go (``_unlock``)
-            try:
-                self._send_queued(sock)
-            finally:
-                lock.release()
+        self.tq.append(data)
+        self._drain(sock)
         return True
 
     def _send_queued(self, sock: socket.socket) -> None:
@@ -1278,11 +1275,12 @@ class Node:
         finally:
             peer.waiting.pop(me, None)
             if peer.owner == me:
-                self._leave(peer, me)
+                self._leave(peer, me, waiter.ok is not None)
 
-    def _leave(self, peer: _Peer, me: int) -> None:
-        """The owner's call is over: hand reading to another waiting blocking caller, else to the
-        loop when replies are still due, else keep it for this thread's next call."""
+    def _leave(self, peer: _Peer, me: int, served: bool) -> None:
+        """The owner's wait is over: hand reading to another waiting blocking caller, else to the
+        loop when replies are still due or this wait ran out (the thread goes off elsewhere),
+        else keep it for this thread's next call."""
         with peer.olock:
             if peer.owner != me:
                 return
@@ -1292,7 +1290,7 @@ class Node:
                     peer.owner = ident
                     other.wake()
                     return
-        if self._calls:
+        if self._calls or not served:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._maybe_revoke, peer)
 

@@ -68,8 +68,9 @@ typedef struct {
 } MapState;
 
 static PyObject *mapstates;          /* Mapping -> capsule(MapState) */
-static PyObject *last_mapping;       /* strong ref; the usual case is one mapping for all calls */
-static MapState *last_state;
+/* The last few mappings used (strong refs; their states live in mapstates), found by identity:
+ * the usual case is one mapping for all calls, or the distribution layer's two alternating
+ * (control, payload), and Mapping's hash is a Python-level function. */
 #define RECENT 4
 static struct { PyObject *mapping; MapState *state; } recent[RECENT];
 static int recent_next;
@@ -146,17 +147,8 @@ fail:
  * to keep them all). */
 static MapState *mapstate_get(PyObject *mapping, int *temp) {
     *temp = 0;
-    if (mapping == last_mapping) return last_state;
-    /* the distribution layer alternates two mappings (control, payload): a few recent ones are
-     * found by identity, without hashing the Mapping dataclass (a Python-level __hash__) */
-    for (int i = 0; i < RECENT; i++) {
-        if (recent[i].mapping == mapping) {
-            Py_INCREF(mapping);
-            Py_XSETREF(last_mapping, mapping);
-            last_state = recent[i].state;
-            return last_state;
-        }
-    }
+    for (int i = 0; i < RECENT; i++)
+        if (recent[i].mapping == mapping) return recent[i].state;
     PyObject *cap = PyDict_GetItemWithError(mapstates, mapping);
     MapState *ms;
     if (cap) {
@@ -173,10 +165,7 @@ static MapState *mapstate_get(PyObject *mapping, int *temp) {
         if (rc < 0) return NULL;
     }
     Py_INCREF(mapping);
-    Py_XSETREF(last_mapping, mapping);
-    last_state = ms;
-    Py_INCREF(mapping);
-    Py_XSETREF(recent[recent_next].mapping, mapping); /* its state lives in mapstates */
+    Py_XSETREF(recent[recent_next].mapping, mapping);
     recent[recent_next].state = ms;
     recent_next = (recent_next + 1) % RECENT;
     return ms;
