@@ -152,8 +152,8 @@ class _Erldistpy:
     on the rows it can do: sequential rpc through ``rex`` (a gen_server call of
     ``{call, M, F, A, user}``, the way that library calls Erlang) and one-at-a-time echo."""
 
-    def __init__(self, node: Any, mod: Any, target: str) -> None:
-        self.node, self.mod, self.target = node, mod, target
+    def __init__(self, node: Any, mod: Any) -> None:
+        self.node, self.mod = node, mod
 
     @classmethod
     def open(cls, target: str, epmd_port: int) -> _Erldistpy | None:
@@ -174,16 +174,17 @@ class _Erldistpy:
             return None
         finally:
             erldistpy_node.lookup = original
-        return cls(node, erldistpy, target)
+        return cls(node, erldistpy)
 
     @staticmethod
     def does(label: str) -> bool:
         return label.endswith("[BlockingNode]") and (
             label.startswith("sequential rpc") or label.startswith("echo to a registered process"))
 
-    def run_for(self, label: str) -> Run | None:
+    def run_for(self, label: str) -> Run:
+        """The run for a row that ``does`` accepts."""
         e = self.mod
-        if label.startswith("sequential rpc") and label.endswith("[BlockingNode]"):
+        if label.startswith("sequential rpc"):
             m, f, a = (("lists", "reverse", [list(range(10))]) if "reverse" in label
                        else ("erlang", "node", []))
             request = (e.Atom("call"), e.Atom(m), e.Atom(f), a, e.Atom("user"))
@@ -194,19 +195,17 @@ class _Erldistpy:
                     self.node.call("rex", request, timeout=10)
                 return time.perf_counter() - start
             return rpc
-        if label.startswith("echo to a registered process") and label.endswith("[BlockingNode]"):
-            pid = self.node._our_pid
-            channel = self.node._channel
-            name, message = e.Atom("bench_echo"), (pid, e.Atom("ping"))
+        pid = self.node._our_pid
+        channel = self.node._channel
+        name, message = e.Atom("bench_echo"), (pid, e.Atom("ping"))
 
-            def echo(n: int) -> float:
-                start = time.perf_counter()
-                for _ in range(n):
-                    channel.send_reg_send(pid, name, message)
-                    channel.recv_message()
-                return time.perf_counter() - start
-            return echo
-        return None
+        def echo(n: int) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                channel.send_reg_send(pid, name, message)
+                channel.recv_message()
+            return time.perf_counter() - start
+        return echo
 
     def close(self) -> None:
         self.node.close()
