@@ -30,7 +30,7 @@ demo: setup
 
 ## The whole test suite (both OTP releases, property and fuzz tests, lint and types).
 test: setup
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@# The whole suite again on the pure-Python codec (the run above uses the compiled one).
@@ -40,7 +40,7 @@ test-fast: setup
 	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check
 	$(PY) -m mypy
 
 ## Codec benchmark against BEAM and the PyPI peers (bench/README.md); BENCH_ARGS="--quick" etc.

@@ -14,7 +14,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-_COMMAND_MODULES = ("beambridge.node._cli", "beambridge.compute._cli", "beambridge.web._cli")
+# Each layer's subcommand module, with the top-level packages of the optional extra it needs (if
+# any): only a missing one of those skips the module; any other import error is a bug and surfaces.
+_COMMAND_MODULES: dict[str, frozenset[str]] = {
+    "beambridge.node._cli": frozenset(),
+    "beambridge.compute._cli": frozenset(),
+    "beambridge.web._cli": frozenset(),
+}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -22,22 +28,20 @@ def _demo(args: argparse.Namespace) -> int:
         from . import _demo
 
         return _demo.run()
-    try:
-        compute_demo = importlib.import_module("beambridge.compute.demo")
-    except ImportError:
-        from . import _demo
+    from .compute import demo as compute_demo
 
-        return _demo.run()
     return int(compute_demo.run())
 
 
 def _layers() -> list[ModuleType]:
     found = []
-    for name in _COMMAND_MODULES:
+    for name, optional in _COMMAND_MODULES.items():
         try:
             found.append(importlib.import_module(name))
-        except ImportError:
-            continue
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in optional:
+                raise
+            logging.getLogger("beambridge.cli").debug("%s skipped: %s is not installed", name, exc.name)
     return found
 
 

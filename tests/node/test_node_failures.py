@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from beambridge import Atom, otp
-from beambridge.dist import epmd as epmd_messages
 from beambridge.node import (
     BlockingNode,
     EpmdUnavailable,
@@ -26,6 +25,7 @@ from beambridge.node import (
     Node,
     epmd_names,
 )
+from beambridge.protocol import epmd as epmd_messages
 
 from .conftest import COOKIE, ErlNode, free_port, unique
 
@@ -236,8 +236,8 @@ def test_fork_gets_a_fresh_node(py: BlockingNode, erl: ErlNode) -> None:
 
 
 def test_garbage_after_handshake_ends_only_that_connection(py: BlockingNode, erl: ErlNode) -> None:
-    from beambridge.dist import NEED_DATA as NEED
-    from beambridge.dist import Connected, Connection, Role
+    from beambridge.protocol import NEED_DATA as NEED
+    from beambridge.protocol import Connected, Connection, Role
 
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
     fake = unique("rawpeer") + "@127.0.0.1"

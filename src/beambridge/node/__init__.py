@@ -1,6 +1,6 @@
 """A Python process as a real Erlang node: ``Node`` (asyncio) and ``BlockingNode`` (threads).
 
-Both speak Erlang distribution (``beambridge.dist``) to OTP 25+ nodes: calls both ways (``rpc``
+Both speak Erlang distribution (``beambridge.protocol``) to OTP 25+ nodes: calls both ways (``rpc``
 to Erlang; ``expose`` for ``rpc:call``/``erpc:call``/``erl_call`` into Python), messages,
 mailboxes with links and monitors, ``gen_call``/``gen_cast``, ``ping``.
 """

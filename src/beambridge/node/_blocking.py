@@ -289,7 +289,7 @@ def epmd_names(host: str = "127.0.0.1", port: int | None = None,
                timeout: float = 5.0) -> list[tuple[str, int]]:
     """What EPMD on ``host`` has registered, ``[(name, port), ...]``, without starting a node
     (``beambridge names``). ``port`` defaults to ``$ERL_EPMD_PORT`` or 4369."""
-    from ..dist import epmd as _epmd
+    from ..protocol import epmd as _epmd
     from . import _epmd_client
     chosen = port if port is not None else int(os.environ.get("ERL_EPMD_PORT", _epmd.DEFAULT_PORT))
     return asyncio.run(_epmd_client.names(host, chosen, timeout))

@@ -1,4 +1,4 @@
-"""Talking to EPMD over asyncio, with the sans-IO messages of ``beambridge.dist.epmd``."""
+"""Talking to EPMD over asyncio, with the sans-IO messages of ``beambridge.protocol.epmd``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import shutil
 import subprocess
 
-from ..dist import epmd
+from ..protocol import epmd
 from ._errors import EpmdUnavailable, NameTaken
 
 log = logging.getLogger("beambridge.node")

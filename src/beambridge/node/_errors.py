@@ -8,7 +8,7 @@
     ├── ConnectionLost
     │   ├── NoConnection     the node cannot be reached, or the connection dropped mid-call
     │   └── MailboxClosed    the mailbox ended (closed, killed, or its node closed)
-    └── HandshakeFailed      (from ``beambridge.dist``) refused; ``BadCookie`` for a cookie mismatch
+    └── HandshakeFailed      (from ``beambridge.protocol``) refused; ``BadCookie`` for a cookie mismatch
     RemoteError
     ├── ErlangError          ``error:Reason`` with its stack
     ├── ErlangThrow          ``throw:Value``
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import ConnectionLost, RemoteError, TransportError
-from ..dist import BadCookie, HandshakeFailed
+from ..protocol import BadCookie, HandshakeFailed
 
 __all__ = [
     "BadCookie",

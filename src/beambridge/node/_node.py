@@ -1,4 +1,4 @@
-"""``Node``: an asyncio Erlang node over the sans-IO protocol in ``beambridge.dist``.
+"""``Node``: an asyncio Erlang node over the sans-IO protocol in ``beambridge.protocol``.
 
 One event loop owns all state (no locks); ``BlockingNode`` runs this same class on a background
 loop thread. Connections open on demand (EPMD lookup, handshake) and are kept up with ticks;
@@ -28,7 +28,7 @@ from typing import Any
 
 from .._errors import EncodeError, Timeout, UsageError
 from .._errors import RemoteError as RemoteError_
-from ..dist import (
+from ..protocol import (
     NEED_DATA,
     AliasSend,
     ControlMessage,
@@ -58,11 +58,11 @@ from ..dist import (
     UnlinkIdAck,
     epmd,
 )
-from ..dist import Connected as _Connected
-from ..dist import Connection as _Protocol
-from ..dist import ConnectionClosed as _Closed
-from ..dist._control import spawn_request_unchecked
-from ..dist._flags import DEFAULT_FLAGS
+from ..protocol import Connected as _Connected
+from ..protocol import Connection as _Protocol
+from ..protocol import ConnectionClosed as _Closed
+from ..protocol._control import spawn_request_unchecked
+from ..protocol._flags import DEFAULT_FLAGS
 from ..term import Atom, ImproperList, Mapping, Pid, Reference, encode_body
 from ..term._types import trusted_reference
 from . import _epmd_client

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import DecodeError
-from ..term import Atom, Limits, Mapping, binary_to_term, decode_body, encode_body, term_to_binary
+from ..term import Atom, Limits, Mapping, binary_to_term, encode_body, term_to_binary
 from ..term._api import _DEFAULT_LIMITS, _decode_body
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
@@ -44,7 +44,7 @@ __all__ = [
     "digest",
 ]
 
-log = logging.getLogger("beambridge.dist")
+log = logging.getLogger("beambridge.protocol")
 
 #: Atoms in control tuples stay atoms (no true/false/undefined mapping).
 _CONTROL_MAPPING = Mapping(bool_atoms=False, none_atom=None)

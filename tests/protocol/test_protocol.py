@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from beambridge.dist import (
+from beambridge.protocol import (
     NEED_DATA,
     AliasSend,
     BadCookie,
@@ -43,7 +43,7 @@ from beambridge.dist import (
     epmd,
     missing_mandatory,
 )
-from beambridge.dist._flags import DEFAULT_FLAGS, MANDATORY_25, MANDATORY_26
+from beambridge.protocol._flags import DEFAULT_FLAGS, MANDATORY_25, MANDATORY_26
 from beambridge.term import Atom, Pid, Reference, term_to_binary
 
 A = "a@host"
