@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import traceback
+import types
 from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass
@@ -1617,19 +1618,24 @@ class Node:
     def expose(self, module: str, functions: Any, *, inline: bool = False) -> None:
         """Make Python callables callable from Erlang as ``Module:Function(Args...)``.
 
-        ``functions`` is a mapping name -> callable, an iterable of named callables, or an
-        object whose public callables are taken. Coroutine functions run on the node's loop;
-        plain ones run in a worker thread (``inline=True`` runs them on the loop: fast, but they
-        must not block). Erlang reaches them with ``rpc:call``, ``erpc:call``, ``erl_call``.
+        ``functions`` is a mapping name -> callable or an iterable of named callables (exactly
+        those), a Python module (its ``__all__`` when it has one, else the public functions it
+        defines itself: never what it imported, such as ``subprocess.getoutput``), or an object
+        (the public methods defined in its class's own bodies: not instance attributes, not what
+        ``object`` or a built-in base class brings; for a class, its static and class methods).
+        Coroutine functions run on the node's loop; plain ones run in a worker thread
+        (``inline=True`` runs them on the loop: fast, but they must not block). Erlang reaches
+        them with ``rpc:call``, ``erpc:call``, ``erl_call``; anything else is ``undef``.
         """
         table: dict[Atom, tuple[Callable[..., Any], bool]] = {}
         if isinstance(functions, AbcMapping):
             items = list(functions.items())
-        elif isinstance(functions, Iterable) and not isinstance(functions, (str, bytes)):
+        elif isinstance(functions, types.ModuleType):
+            items = _module_functions(functions)
+        elif isinstance(functions, Iterable) and not isinstance(functions, (str, bytes, type)):
             items = [(getattr(fn, "__name__", ""), fn) for fn in functions]
         else:
-            items = [(n, getattr(functions, n)) for n in dir(functions)
-                     if not n.startswith("_") and callable(getattr(functions, n))]
+            items = _object_methods(functions)
         for fname, fn in items:
             if not callable(fn):
                 raise UsageError(f"{module}:{fname} is not callable")
@@ -1751,6 +1757,46 @@ class Node:
                 if sock is not None:
                     found.append(sock)
         return found
+
+
+def _module_functions(module: types.ModuleType) -> list[tuple[str, Callable[..., Any]]]:
+    """What a module offers: its ``__all__`` (the author's list, re-exports included), else the
+    public functions whose ``__module__`` is this one; classes are left out either way (calling
+    one from Erlang would build an object Erlang cannot receive)."""
+    names = getattr(module, "__all__", None)
+    if names is not None:
+        found = [(str(n), getattr(module, str(n), None)) for n in names]
+        return [(n, fn) for n, fn in found if callable(fn) and not isinstance(fn, type)]
+    return [(n, fn) for n, fn in vars(module).items()
+            if not n.startswith("_") and callable(fn) and not isinstance(fn, type)
+            and getattr(fn, "__module__", None) == module.__name__]
+
+
+def _object_methods(obj: object) -> list[tuple[str, Callable[..., Any]]]:
+    """The public methods an object's classes define in their own bodies (``__qualname__``
+    under the class's): an attribute set on the instance, or a function assigned into a class
+    body from elsewhere, is not one; nor is anything of ``object`` or a built-in base. For a
+    class, only its static and class methods (a plain method would need an instance)."""
+    is_class = isinstance(obj, type)
+    cls: type = obj if isinstance(obj, type) else type(obj)
+    seen: set[str] = set()
+    found: list[tuple[str, Callable[..., Any]]] = []
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)  # a subclass's attribute of that name hides the base's
+            plain = isinstance(value, types.FunctionType)
+            if is_class and plain:
+                continue
+            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if not isinstance(func, types.FunctionType):
+                continue
+            if not func.__qualname__.startswith(klass.__qualname__ + "."):
+                continue
+            # bound from the class: an instance attribute of the same name does not replace it
+            found.append((name, value.__get__(None if is_class else obj, cls)))
+    return found
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
