@@ -4,10 +4,20 @@ half-open connection floods, stalled handshakes, oversized handshake and EPMD pa
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import os
+import resource
+import select
+import selectors
+import socket
+import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +26,7 @@ import pytest
 
 from beambridge import Atom
 from beambridge.node import BlockingNode
+from beambridge.protocol import NEED_DATA, Connected, Connection, Role
 
 from .conftest import COOKIE, ErlNode, unique
 
@@ -132,3 +143,307 @@ def test_expose_an_object_offers_its_own_methods(py: BlockingNode, erl: ErlNode)
     assert py.rpc(erl.name, "rpc", "call", [me, A("apicls"), A("static"), [1]]) == 2
     answer = py.rpc(erl.name, "rpc", "call", [me, A("apicls"), A("scale"), [1]])
     assert _undef_shape(answer)[1] == A("undef")
+
+
+# ------------------------------------------------------------------ helpers for raw peers
+
+def hostile_peer(port: int, target: str, *, source: str = "127.0.0.1") -> tuple[socket.socket, str]:
+    """A connection that does a correct handshake with the cookie (our own sans-IO layer) and
+    is then free to send raw bytes."""
+    name = unique("hostile") + "@127.0.0.1"
+    proto = Connection(Role.INITIATOR, this_node=name, cookie=COOKIE, creation=1, peer_node=target)
+    sock = socket.socket()
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(proto.start())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        event = proto.next_event()
+        out = proto.data_to_send()
+        if out:
+            sock.sendall(out)
+        if event is NEED_DATA:
+            proto.receive_data(sock.recv(4096))
+        elif isinstance(event, Connected):
+            return sock, name
+    sock.close()
+    raise AssertionError("hostile peer: no handshake within 10 s")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Whether the other side closes ``sock`` within ``timeout`` (what it sends is skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            if not sock.recv(65536):
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def legit_calls(py: BlockingNode, erl: ErlNode) -> float:
+    """An Erlang node calls into ``py`` and ``py`` into it; returns the seconds both took."""
+    started = time.monotonic()
+    assert py.rpc(erl.name, "rpc", "call", [A(py.name), A("sec"), A("echo"), [7], 20000],
+                  timeout=30) == 7
+    assert py.rpc(erl.name, "erlang", "node", timeout=30) == A(erl.name)
+    return time.monotonic() - started
+
+
+# ------------------------------------------------------------------ fragments never finished
+
+def test_unfinished_fragments_close_only_that_connection(epmd_port: int, erl: ErlNode,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      max_fragmented_bytes=8 << 20) as py:
+        py.expose("sec", {"echo": lambda x: x})
+        legit_calls(py, erl)
+        sock, fake = hostile_peer(py.node.port, py.name)
+        with sock:
+            assert wait_until(lambda: fake in py.nodes(), 5)
+            proto = py.node._peers[A(fake)].proto
+            chunk = bytes(1 << 20)
+            sent = 0
+            with contextlib.suppress(OSError):  # the node resets the connection mid-send
+                for sequence in range(1, 64):  # 63 MiB offered, never finished
+                    frame = b"\x83E" + struct.pack(">QQ", sequence, 3) + b"\x00" + chunk
+                    sock.sendall(struct.pack(">I", len(frame)) + frame)
+                    sent += 1
+            assert closed_by_peer(sock, 10)
+        assert sent < 63  # refused past 8 MiB (what socket buffers took meanwhile aside)
+        assert wait_until(lambda: fake not in py.nodes(), 5)
+        assert "over max_fragmented_bytes" in caplog.text
+        assert proto._partial_bytes == 0 and not proto._partials  # the memory is released
+        legit_calls(py, erl)  # the other connection went on
+
+
+def test_unfinished_fragments_defaults_let_real_erlang_through(py: BlockingNode, erl: ErlNode) -> None:
+    """Big messages from real Erlang arrive fragmented: the defaults must not refuse them."""
+    data = py.rpc(erl.name, "bb_test", "big", [100_000_000], timeout=60)
+    assert len(data) == 100_000_000
+    assert py.rpc(erl.name, "lists", "seq", [1, 1_000_000], timeout=60)[-1] == 1_000_000
+
+
+# ------------------------------------------------------------------ unauthenticated connections
+
+TARGET = Path(__file__).with_name("target_node.py")
+
+
+class TargetNode:
+    """A Python node in its own process (``target_node.py``), stopped by its pid."""
+
+    def __init__(self, epmd_port: int, log: Path, *, nofile: int | None = None,
+                 **node_options: Any) -> None:
+        options = {"name": unique("target") + "@127.0.0.1", "cookie": COOKIE,
+                   "epmd_port": epmd_port, "nofile": nofile, "node_options": node_options}
+        self.log = log
+        with log.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, str(TARGET), json.dumps(options)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=err, text=True)
+        line = self._line(30).split()
+        if not line or line[0] != "READY":
+            self.stop()
+            raise RuntimeError(f"target node did not start: {line}")
+        self.name, self.port = line[1], int(line[2])
+
+    def _line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"target node silent for {timeout} s")
+        return self.proc.stdout.readline().strip()
+
+    def command(self, text: str, timeout: float = 40) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._line(timeout)
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Flood:
+    """Holds ``count`` connections from ``source`` open against ``port``, sending nothing, and
+    opens a new one for each the server closes (until ``stop()``)."""
+
+    def __init__(self, port: int, count: int, source: str) -> None:
+        self.port, self.count, self.source = port, count, source
+        self.selector = selectors.DefaultSelector()
+        self.stopping = threading.Event()
+        self.opened = self.closed_by_server = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind((self.source, 0))
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", self.port))
+        self.selector.register(sock, selectors.EVENT_READ)
+        self.opened += 1
+
+    def _run(self) -> None:
+        try:
+            for _ in range(self.count):
+                self._open()
+            while not self.stopping.is_set():
+                for key, _ in self.selector.select(0.1):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        data = sock.recv(4096)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self.selector.unregister(sock)
+                        sock.close()
+                        self.closed_by_server += 1
+                        self._open()
+        finally:
+            for key in list(self.selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            self.selector.close()
+
+    def __enter__(self) -> Flood:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+
+
+def test_half_open_flood_leaves_room_for_real_nodes(
+        epmd_port: int, fresh_erl: ErlNode, record_property: Callable[[str, Any], None],
+        tmp_path: Path) -> None:
+    _raise_nofile()
+    target = TargetNode(epmd_port, tmp_path / "target.log", nofile=1024)
+    try:
+        with Flood(target.port, 1200, "127.0.0.2") as flood:
+            assert wait_until(lambda: flood.opened >= 1200, 10)
+            time.sleep(1.0)  # the node has seen them all
+            fds = target.fds()
+            # the node calls out (a new connection, a new file descriptor) ...
+            out = target.command(f"call {fresh_erl.name} erlang node").split()
+            # ... and a real Erlang node from another address calls in
+            with BlockingNode(unique("driver") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as driver:
+                assert driver.rpc(fresh_erl.name, "erlang", "node") == A(fresh_erl.name)
+                started = time.monotonic()
+                answer = driver.rpc(fresh_erl.name, "rpc", "call",
+                                    [A(target.name), A("target"), A("echo"), [5], 30000], timeout=40)
+                took_in = time.monotonic() - started
+        assert out[:2] == ["CALL", "ok"], out
+        assert answer == 5
+        assert fds < 200, fds  # the flood holds at most the handshake caps' worth
+        assert flood.closed_by_server > 0
+        assert "max_handshakes_per_address=8" in target.log.read_text()  # logged, throttled
+        record_property("flood_call_out_s", out[2])
+        record_property("flood_call_in_s", f"{took_in:.3f}")
+        print(f"\nhalf-open flood of {flood.opened} connections: node holds {fds} fds; "
+              f"call out {out[2]} s, call in {took_in:.3f} s")
+    finally:
+        target.stop()
+
+
+def test_stalled_handshake_closed_after_the_deadline(epmd_port: int, erl: ErlNode) -> None:
+    with BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      handshake_timeout=0.5) as py:
+        py.expose("sec", {"echo": lambda x: x})
+        with socket.create_connection(("127.0.0.1", py.node.port), timeout=5) as silent, \
+                socket.create_connection(("127.0.0.1", py.node.port), timeout=5) as half:
+            half.sendall(b"\x00\x20N\x00\x00")  # a third of a name message, then nothing
+            started = time.monotonic()
+            legit_calls(py, erl)  # a real node is not held up meanwhile
+            assert closed_by_peer(silent, 5) and closed_by_peer(half, 5)
+            assert 0.4 < time.monotonic() - started < 4
+
+
+def test_outgoing_handshake_has_a_deadline(epmd_port: int) -> None:
+    """A "node" registered in EPMD that accepts and never answers: the caller gets
+    NoConnection after handshake_timeout, not after its own (longer) timeout."""
+    from beambridge.node import NoConnection
+    from beambridge.protocol import epmd as epmd_messages
+
+    fake = unique("mute")
+    with socket.socket() as listener, \
+            BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                         handshake_timeout=0.5) as py:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(("127.0.0.1", epmd_port), timeout=5) as registration:
+            registration.sendall(epmd_messages.alive2_request(fake, listener.getsockname()[1]))
+            assert epmd_messages.parse_alive2_reply(registration.recv(16)) is not None
+            started = time.monotonic()
+            with pytest.raises(NoConnection, match="handshake_timeout"):
+                py.rpc(f"{fake}@127.0.0.1", "erlang", "node", [], timeout=20)
+            assert time.monotonic() - started < 4
+
+
+def test_oversized_handshake_packet_closed_at_once(py: BlockingNode, erl: ErlNode) -> None:
+    py.expose("sec", {"echo": lambda x: x})
+    with socket.create_connection(("127.0.0.1", py.node.port), timeout=5) as sock:
+        sock.sendall(b"\xff\xffN" + bytes(100))  # claims a 64 KiB handshake message
+        assert closed_by_peer(sock, 3)
+    legit_calls(py, erl)
+
+
+def test_handshake_caps_total_and_per_address(epmd_port: int, erl: ErlNode) -> None:
+    with BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      max_handshakes=4, max_handshakes_per_address=2) as py:
+        py.expose("sec", {"echo": lambda x: x})
+        port = py.node.port
+
+        def connect(source: str) -> socket.socket:
+            sock = socket.socket()
+            sock.bind((source, 0))
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            return sock
+
+        held = [connect("127.0.0.2"), connect("127.0.0.2")]
+        try:
+            with connect("127.0.0.2") as third:  # over the per-address cap
+                assert closed_by_peer(third, 3)
+            held += [connect("127.0.0.3"), connect("127.0.0.3")]
+            assert wait_until(lambda: len(py.node._handshaking) == 4, 3)
+            with connect("127.0.0.4") as fifth:  # over the total cap
+                assert closed_by_peer(fifth, 3)
+        finally:
+            for sock in held:
+                sock.close()
+        assert wait_until(lambda: not py.node._handshaking, 3)
+        legit_calls(py, erl)  # room again once they are gone

@@ -43,6 +43,7 @@ from beambridge.protocol import (
     epmd,
     missing_mandatory,
 )
+from beambridge.protocol._connection import MAX_HANDSHAKE_MESSAGE
 from beambridge.protocol._flags import DEFAULT_FLAGS, MANDATORY_25, MANDATORY_26
 from beambridge.term import Atom, Pid, Reference, term_to_binary
 
@@ -185,6 +186,33 @@ def test_peer_closing_mid_handshake() -> None:
         b.next_event()
 
 
+@pytest.mark.parametrize("role", [Role.ACCEPTOR, Role.INITIATOR])
+def test_handshake_messages_are_bounded_small(role: Role) -> None:
+    """A handshake length over the limit is refused from its 2-byte prefix, before buffering."""
+    conn = Connection(role, this_node=B, cookie="c", creation=2, peer_node=A)
+    if role is Role.INITIATOR:
+        conn.start()
+    conn.receive_data(struct.pack(">H", MAX_HANDSHAKE_MESSAGE + 1))
+    with pytest.raises(RemoteProtocolError, match="handshake message limit"):
+        conn.next_event()
+    assert conn.state is State.ERROR and conn._buf == b""
+
+
+def test_handshake_name_longer_than_an_atom_is_refused() -> None:
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    name = ("x" * 300 + "@host").encode()
+    message = b"N" + struct.pack(">QIH", DEFAULT_FLAGS, 1, len(name)) + name
+    b.receive_data(struct.pack(">H", len(message)) + message)
+    with pytest.raises(RemoteProtocolError, match="255"):
+        b.next_event()
+    # the longest legal name (255 characters, 4 bytes each) fits the handshake limit
+    long_name = "\U0001f600" * 250 + "@host"
+    a = Connection(Role.INITIATOR, this_node=long_name, cookie="c", creation=1, peer_node=B)
+    b = Connection(Role.ACCEPTOR, this_node=B, cookie="c", creation=2)
+    b.receive_data(a.start())
+    assert b.next_event() == NameReceived(long_name, DEFAULT_FLAGS, 1)
+
+
 def test_atom_cache_refs_follow_a_replaced_slot() -> None:
     """Headers that only refer to cached atoms may be remembered; a header that stores a new
     atom in a slot must make the same reference bytes resolve to the new atom afterwards."""
@@ -306,6 +334,50 @@ def test_fragment_out_of_order_is_a_protocol_error() -> None:
     b.receive_data(second)
     with pytest.raises(RemoteProtocolError, match="fragment"):
         b.next_event()
+
+
+def first_fragment(sequence: int, count: int, chunk: bytes) -> bytes:
+    frame = b"\x83E" + struct.pack(">QQ", sequence, count) + b"\x00" + chunk
+    return struct.pack(">I", len(frame)) + frame
+
+
+def test_unfinished_fragments_are_bounded_in_bytes_and_released() -> None:
+    _, b = connected_pair(max_fragmented_bytes=10_000)
+    chunk = bytes(3000)
+    b.receive_data(b"".join(first_fragment(seq, 5, chunk) for seq in (1, 2, 3)))
+    assert drain(b) == []
+    assert b._partial_bytes == 9000
+    b.receive_data(first_fragment(4, 5, chunk))  # would hold 12000 bytes
+    with pytest.raises(RemoteProtocolError, match="max_fragmented_bytes"):
+        b.next_event()
+    assert b.state is State.ERROR and not b._partials and b._partial_bytes == 0
+
+
+def test_a_following_fragment_counts_toward_the_bound() -> None:
+    _, b = connected_pair(max_fragmented_bytes=5000)
+    follow = b"\x83F" + struct.pack(">QQ", 1, 4) + bytes(3000)
+    b.receive_data(first_fragment(1, 5, bytes(3000)) + struct.pack(">I", len(follow)) + follow)
+    with pytest.raises(RemoteProtocolError, match="max_fragmented_bytes"):
+        b.next_event()
+    assert not b._partials
+
+
+def test_unfinished_fragments_are_bounded_in_number() -> None:
+    _, b = connected_pair(max_fragmented_messages=8)
+    b.receive_data(b"".join(first_fragment(seq, 2, b"x") for seq in range(1, 9)))
+    assert drain(b) == []
+    b.receive_data(first_fragment(9, 2, b"x"))
+    with pytest.raises(RemoteProtocolError, match="max_fragmented_messages"):
+        b.next_event()
+    assert not b._partials
+
+
+def test_finished_fragments_give_their_bytes_back() -> None:
+    a, b = connected_pair(fragment_size=100, max_fragmented_bytes=1500)
+    for _ in range(5):  # each message fits under the bound; together they would not
+        events = feed(b, a.send(Send(PB, bytes(1000))), False)
+        assert events == [Send(PB, bytes(1000))]
+        assert b._partial_bytes == 0
 
 
 def header_frame(refs: list[tuple[int, int, str | None]], body: bytes, long_atoms: bool = False) -> bytes:

@@ -17,6 +17,7 @@ import os
 import secrets
 import select
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -116,6 +117,11 @@ _SPAWN = int(Flag.SPAWN)  # plain int: an IntFlag operation builds an enum membe
 #: busy-wait before sleeping for the same reason)
 _SPIN = 25e-6
 _COALESCE_LIMIT = 64 << 10
+_ACCEPT_BATCH = 64  # connections accepted per readiness event (then others' events run)
+_ACCEPT_RETRY = 1.0  # seconds without accepting after accept() failed (as asyncio does)
+_LISTEN_BACKLOG = 128
+_HANDSHAKE_READ = 16 << 10  # stream buffer while handshaking: handshake messages are small
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left for a refusal
 #: Frames from these files are beambridge's or the thread pool's, not the user's: left out of stacks.
 _INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file__).resolve().parent),
                    str(Path(contextlib.__file__).resolve().parent / "concurrent"))
@@ -413,13 +419,24 @@ class Node:
     not join the peer's global view, like ``erl -hidden``. ``epmd_port`` defaults to
     ``$ERL_EPMD_PORT`` or 4369; ``start_epmd`` starts a loopback EPMD when none answers.
     ``mapping`` chooses how terms map to Python (see ``beambridge.term.Mapping``).
+
+    The listening port is open to anyone who can reach it, so what an unauthenticated or
+    hostile peer can make the node hold is bounded: at most ``max_handshakes`` handshakes in
+    progress (``max_handshakes_per_address`` from one address; a connection over either is
+    closed as soon as it is accepted), each within ``handshake_timeout`` seconds for the whole
+    handshake, both directions (Erlang's ``net_setuptime``, 7 s). Once connected, a peer's
+    unfinished fragmented messages hold at most ``max_fragmented_bytes`` and number at most
+    ``max_fragmented_messages``; past a bound only that connection is closed, with a logged
+    reason.
     """
 
     def __init__(self, name: str, cookie: str | None = None, *, hidden: bool = True,
                  epmd_host: str = "127.0.0.1", epmd_port: int | None = None,
                  net_ticktime: float = 60.0, mapping: Mapping | None = None,
                  listen_host: str = "127.0.0.1", connect_timeout: float = 10.0,
-                 start_epmd: bool = False) -> None:
+                 start_epmd: bool = False, handshake_timeout: float = 7.0,
+                 max_handshakes: int = 64, max_handshakes_per_address: int = 8,
+                 max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256) -> None:
         self.name = full_node_name(name)
         self.node_atom = Atom(self.name)
         self.alive_name, self.host = self.name.split("@", 1)
@@ -435,12 +452,31 @@ class Node:
         self.listen_host = listen_host
         self.connect_timeout = connect_timeout
         self.start_epmd = start_epmd
+        if handshake_timeout <= 0:
+            raise UsageError("handshake_timeout must be positive")
+        self.handshake_timeout = float(handshake_timeout)
+        for option, value in (("max_handshakes", max_handshakes),
+                              ("max_handshakes_per_address", max_handshakes_per_address),
+                              ("max_fragmented_bytes", max_fragmented_bytes),
+                              ("max_fragmented_messages", max_fragmented_messages)):
+            if type(value) is not int or value < 1:
+                raise UsageError(f"{option} must be a positive int, not {value!r}")
+        self.max_handshakes = max_handshakes
+        self.max_handshakes_per_address = max_handshakes_per_address
+        self._proto_options: dict[str, Any] = {
+            "max_fragmented_bytes": max_fragmented_bytes,
+            "max_fragmented_messages": max_fragmented_messages,
+        }
         self.creation = 0
         self.port = 0
         self._flags = int(DEFAULT_FLAGS) | (0 if hidden else int(Flag.PUBLISHED))
         self._started = False
         self._closed = False
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        #: incoming handshakes in progress: their sockets, and how many per peer address
+        self._handshaking: set[socket.socket] = set()
+        self._handshaking_from: collections.Counter[str] = collections.Counter()
+        self._refusals = _Throttle(log, 10.0)
         self._epmd_writer: asyncio.StreamWriter | None = None
         self._peers: dict[Atom, _Peer] = {}
         self._pending: dict[Atom, asyncio.Future[_Peer]] = {}
@@ -475,8 +511,9 @@ class Node:
             raise UsageError("node already started")
         self._loop = asyncio.get_running_loop()
         self._started = True
-        self._server = await asyncio.start_server(self._on_accept, self.listen_host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._listener = _listen(self.listen_host)
+        self.port = self._listener.getsockname()[1]
+        self._loop.add_reader(self._listener.fileno(), self._accept_ready)
         try:
             try:
                 self._epmd_writer, self.creation = await _epmd_client.register(
@@ -488,7 +525,7 @@ class Node:
                 _epmd_client.start_daemon(self.epmd_port)
                 self._epmd_writer, self.creation = await self._register_retrying()
         except BaseException:
-            self._server.close()
+            self._stop_listening()
             self._closed = True
             raise
         self._anon = _Sink(self, self._next_pid())
@@ -522,8 +559,7 @@ class Node:
         self._closed = True
         if self._epmd_writer is not None:
             self._epmd_writer.close()
-        if self._server is not None:
-            self._server.close()
+        self._stop_listening()
         for task in list(self._connecting.values()):
             task.cancel()
         for future in self._pending.values():
@@ -537,10 +573,15 @@ class Node:
             mailbox.close(_A("shutdown"))
         for task in list(self._spawned.values()) + list(self._tasks):
             task.cancel()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
         log.info("node %s closed", self.name)
+
+    def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(listener.fileno())
+        listener.close()
 
     async def __aenter__(self) -> Node:
         if not self._started:
@@ -641,10 +682,14 @@ class Node:
             opened = writer
             proto = _Protocol(Role.INITIATOR, this_node=self.name, cookie=self._cookie,
                               creation=self.creation, flags=self._flags, peer_node=str(node),
-                              mapping=self.mapping)
+                              mapping=self.mapping, **self._proto_options)
             writer.write(proto.start())
-            async with asyncio.timeout(self.connect_timeout):
-                connected = await self._handshake(proto, reader, writer, initiator=True)
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    connected = await self._handshake(proto, reader, writer, initiator=True)
+            except TimeoutError:
+                raise NoConnection(node, f"handshake not finished within {self.handshake_timeout} s "
+                                         "(handshake_timeout)") from None
             if connected is None:
                 return  # lost the simultaneous-connect arbitration: the peer's connection wins
             self._peer_up(proto, reader, writer, connected)
@@ -724,18 +769,81 @@ class Node:
             return "ok_simultaneous"
         return "ok"
 
-    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        proto = _Protocol(Role.ACCEPTOR, this_node=self.name, cookie=self._cookie,
-                          creation=self.creation, flags=self._flags, mapping=self.mapping)
+    def _accept_ready(self) -> None:
+        """Accept what the listening socket has. A connection over the handshake caps is closed
+        at once (reset), before anything but its socket exists; one within them gets a
+        handshake task with a deadline."""
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:  # out of file descriptors or memory: try again later
+                self._refusals.warn("accept", "cannot accept connections: %s; retrying in %.0f s",
+                                    error, _ACCEPT_RETRY)
+                assert self._loop is not None
+                self._loop.remove_reader(listener.fileno())
+                self._loop.call_later(_ACCEPT_RETRY, self._resume_accepting, listener)
+                return
+            host = str(address[0])
+            if (len(self._handshaking) >= self.max_handshakes
+                    or self._handshaking_from[host] >= self.max_handshakes_per_address):
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.close()
+                self._refusals.warn(
+                    "cap", "incoming connection from %s closed: %d handshakes in progress (%d from "
+                    "that address; max_handshakes=%d, max_handshakes_per_address=%d)", host,
+                    len(self._handshaking), self._handshaking_from[host], self.max_handshakes,
+                    self.max_handshakes_per_address)
+                continue
+            self._handshaking.add(conn)
+            self._handshaking_from[host] += 1
+            self._spawn_task(self._on_accept(conn, host))
+
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if self._listener is listener and self._loop is not None:
+            self._loop.add_reader(listener.fileno(), self._accept_ready)
+
+    async def _on_accept(self, conn: socket.socket, host: str) -> None:
+        proto: _Protocol | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(self.handshake_timeout):
+                reader, writer = await asyncio.open_connection(sock=conn, limit=_HANDSHAKE_READ)
+                proto = _Protocol(Role.ACCEPTOR, this_node=self.name, cookie=self._cookie,
+                                  creation=self.creation, flags=self._flags, mapping=self.mapping,
+                                  **self._proto_options)
                 connected = await self._handshake(proto, reader, writer, initiator=False)
         except (HandshakeFailed, RemoteProtocolError, OSError, TimeoutError) as error:
-            log.warning("incoming connection%s refused: %s",
-                        f" from {proto.peer_node}" if proto.peer_node else "", error)
-            writer.close()
-            self._orphaned(proto.peer_node, error)
+            peer_node = proto.peer_node if proto is not None else None
+            if isinstance(error, TimeoutError):
+                error = TimeoutError(f"handshake not finished within {self.handshake_timeout} s "
+                                     "(handshake_timeout)")
+            self._refusals.warn("handshake", "incoming connection from %s%s refused: %s", host,
+                                f" ({peer_node})" if peer_node else "", error)
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
+            self._orphaned(peer_node, error)
             return
+        except BaseException:  # cancelled (the node closes): the socket goes with the task
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
+            raise
+        finally:
+            self._handshaking.discard(conn)
+            self._handshaking_from[host] -= 1
+            if self._handshaking_from[host] <= 0:
+                del self._handshaking_from[host]
         if connected is None:
             writer.close()
             return
@@ -1748,8 +1856,9 @@ class Node:
     def _sockets(self) -> list[socket.socket]:
         """Every socket this node holds (the fork handling releases them in a child)."""
         found: list[Any] = []
-        if self._server is not None:
-            found += list(self._server.sockets)
+        if self._listener is not None:
+            found.append(self._listener)
+        found += list(self._handshaking)
         writers = [self._epmd_writer] + [p.writer for p in self._peers.values()]
         for writer in writers:
             if writer is not None:
@@ -1757,6 +1866,47 @@ class Node:
                 if sock is not None:
                     found.append(sock)
         return found
+
+
+def _listen(host: str) -> socket.socket:
+    """A non-blocking listening socket on ``host`` and a free port (the loop does not own it:
+    the node accepts itself, so it can refuse a connection before building anything for it)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(_LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Throttle:
+    """Warnings an attacker can trigger at will, at most one per ``interval`` seconds per kind
+    (with a count of the ones left out): a flood must not become a flood of log lines."""
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: collections.Counter[str] = collections.Counter()
+
+    def warn(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self._interval) < self._interval:
+            self._skipped[kind] += 1
+            log.debug(message, *args)
+            return
+        self._last[kind] = now
+        skipped = self._skipped.pop(kind, 0)
+        if skipped:
+            message += " (and %d more like it since the last such warning)"
+            args = (*args, skipped)
+        self._log.warning(message, *args)
 
 
 def _module_functions(module: types.ModuleType) -> list[tuple[str, Callable[..., Any]]]:

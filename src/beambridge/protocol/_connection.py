@@ -51,8 +51,11 @@ _CONTROL_MAPPING = Mapping(bool_atoms=False, none_atom=None)
 _TICK = b"\x00\x00\x00\x00"
 _unpack_u32 = struct.Struct(">I").unpack_from
 _ATOM_CACHE_SIZE = 2048
-_MAX_PARTIAL_SEQUENCES = 4096
 _REFS_MEMO_SIZE = 1024
+#: The longest handshake message: a challenge with a 255-character node name in UTF-8 is about
+#: 1,040 bytes. Anything longer comes from a peer that is not a node (refused before buffering).
+MAX_HANDSHAKE_MESSAGE = 2048
+_MAX_NAME_CHARS = 255
 
 
 class Role(enum.Enum):
@@ -130,6 +133,14 @@ def digest(challenge: int, cookie: bytes) -> bytes:
     return hashlib.md5(cookie + str(challenge).encode("ascii")).digest()
 
 
+def _node_name(raw: bytes) -> str:
+    """A peer's node name from the handshake: UTF-8, at most an atom's 255 characters."""
+    text = raw.decode("utf-8")
+    if len(text) > _MAX_NAME_CHARS:
+        raise RemoteProtocolError(f"node name of {len(text)} characters (an atom has at most 255)")
+    return text
+
+
 @dataclass(slots=True)
 class _Partial:
     refs: list[Atom]
@@ -145,14 +156,18 @@ class Connection:
     """The protocol state of one connection; see the module docstring.
 
     ``max_frame_size`` bounds one packet and ``max_message_size`` a reassembled fragmented
-    message (both refused before the bytes are buffered); ``fragment_size`` is the largest body
-    sent in one packet to a peer that accepts fragments.
+    message (both refused before the bytes are buffered). Unfinished fragmented messages are
+    bounded together, since a peer can start many and finish none: ``max_fragmented_bytes`` in
+    total and ``max_fragmented_messages`` at once; past either, ``RemoteProtocolError`` (and their
+    memory is released, as it is whenever the connection fails). ``fragment_size`` is the largest
+    body sent in one packet to a peer that accepts fragments.
     """
 
     def __init__(self, role: Role, *, this_node: str, cookie: str | bytes, creation: int,
                  flags: int = DEFAULT_FLAGS, peer_node: str | None = None,
                  mapping: Mapping | None = None, limits: Limits | None = None,
                  max_frame_size: int = 1 << 30, max_message_size: int = 1 << 30,
+                 max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256,
                  fragment_size: int = 1 << 20) -> None:
         if "@" not in this_node:
             raise LocalProtocolError(f"node names look like name@host, not {this_node!r}")
@@ -170,6 +185,8 @@ class Connection:
         self.limits = limits
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
+        self.max_fragmented_bytes = max_fragmented_bytes
+        self.max_fragmented_messages = max_fragmented_messages
         self.fragment_size = max(fragment_size, 64)
         self._state = State.IDLE if role is Role.INITIATOR else State.AWAIT_NAME
         self._buf: bytes | bytearray = b""
@@ -182,6 +199,7 @@ class Connection:
         self._atom_cache: list[Atom | None] = [None] * _ATOM_CACHE_SIZE
         self._refs_memo: dict[bytes, list[Atom]] = {}
         self._partials: dict[int, _Partial] = {}
+        self._partial_bytes = 0  # bytes held in _partials
         self._sequences = itertools.count(1)  # next() is atomic: send() may run on any thread
         self._use_header = False
         self._use_fragments = False
@@ -204,6 +222,14 @@ class Connection:
 
     def _fail(self) -> None:
         self._state = State.ERROR
+        self._release()
+
+    def _release(self) -> None:
+        """Drop what a dead connection holds (unfinished messages, unread input)."""
+        self._partials.clear()
+        self._partial_bytes = 0
+        self._buf = b""
+        self._pos = 0
 
     def _hs_send(self, payload: bytes) -> None:
         self._out.append(struct.pack(">H", len(payload)) + payload)
@@ -285,8 +311,10 @@ class Connection:
         if avail < header:
             return None
         size = int.from_bytes(buf[pos:pos + header], "big")
-        if size > self.max_frame_size:
-            raise RemoteProtocolError(f"packet of {size} bytes exceeds max_frame_size {self.max_frame_size}")
+        limit = self.max_frame_size if header == 4 else MAX_HANDSHAKE_MESSAGE
+        if size > limit:
+            what = "max_frame_size" if header == 4 else "the handshake message limit"
+            raise RemoteProtocolError(f"packet of {size} bytes exceeds {what} {limit}")
         end = pos + header + size
         if avail < header + size:
             return None
@@ -390,6 +418,7 @@ class Connection:
             self._state = State.CLOSED
             if leftover:
                 log.debug("peer %s closed with %d bytes of a partial packet", self.peer_node, leftover)
+            self._release()
             return ConnectionClosed()
         hint = " (the cookies probably differ)" if self._state is State.AWAIT_ACK else ""
         state = self._state.value
@@ -446,7 +475,7 @@ class Connection:
             self._peer_v5 = True
         else:
             raise RemoteProtocolError(f"expected a name message, got {tag!r}")
-        text = name.decode("utf-8")
+        text = _node_name(name)
         if "@" not in text:
             raise HandshakeFailed("not_allowed", f"peer asked for a dynamic name ({text!r}); not offered")
         missing = missing_mandatory(flags)
@@ -473,7 +502,7 @@ class Connection:
 
     def _on_challenge(self, msg: bytes) -> None:
         flags, challenge, creation, nlen = struct.unpack(">QIIH", msg[1:19])
-        name = msg[19:19 + nlen].decode("utf-8")
+        name = _node_name(msg[19:19 + nlen])
         if len(msg) < 19 + nlen:
             raise RemoteProtocolError("truncated challenge")
         if name != self.peer_node:
@@ -533,9 +562,12 @@ class Connection:
                 return self._decode_message(frame, offset, refs)
             if sequence in self._partials:
                 raise RemoteProtocolError(f"fragment sequence {sequence} started twice")
-            if len(self._partials) >= _MAX_PARTIAL_SEQUENCES:
-                raise RemoteProtocolError("too many fragmented messages in flight")
+            if len(self._partials) >= self.max_fragmented_messages:
+                raise RemoteProtocolError(
+                    f"more than max_fragmented_messages={self.max_fragmented_messages} "
+                    "fragmented messages in flight")
             chunk = frame[offset:]
+            self._hold(len(chunk), len(chunk))
             self._partials[sequence] = _Partial(refs, fragment - 1, [chunk], len(chunk))
         elif sub == 70:  # 'F' following fragment
             sequence, fragment = struct.unpack_from(">QQ", frame, 2)
@@ -543,20 +575,31 @@ class Connection:
             if partial is None or fragment != partial.next_id:
                 raise RemoteProtocolError(f"unexpected fragment {fragment} of sequence {sequence}")
             chunk = frame[18:]
+            self._hold(len(chunk), partial.size + len(chunk))
             partial.size += len(chunk)
-            if partial.size > self.max_message_size:
-                raise RemoteProtocolError(
-                    f"fragmented message exceeds max_message_size {self.max_message_size}")
             partial.chunks.append(chunk)
             partial.next_id -= 1
             if fragment == 1:
                 del self._partials[sequence]
+                self._partial_bytes -= partial.size
                 data = b"".join(partial.chunks)
                 partial.chunks.clear()
                 return self._decode_message(data, 0, partial.refs)
         else:
             raise RemoteProtocolError(f"unknown distribution header kind {sub}")
         return None
+
+    def _hold(self, more: int, message_size: int) -> None:
+        """Refuse a fragment that would take one message or all unfinished ones past their
+        bounds (checked before the chunk is kept)."""
+        if message_size > self.max_message_size:
+            raise RemoteProtocolError(
+                f"fragmented message exceeds max_message_size {self.max_message_size}")
+        if self._partial_bytes + more > self.max_fragmented_bytes:
+            raise RemoteProtocolError(
+                f"unfinished fragmented messages would hold {self._partial_bytes + more} bytes, "
+                f"over max_fragmented_bytes={self.max_fragmented_bytes}")
+        self._partial_bytes += more
 
     def _atom_refs(self, frame: bytes, offset: int) -> tuple[list[Atom], int]:
         count = frame[offset]
