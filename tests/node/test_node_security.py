@@ -4,6 +4,7 @@ half-open connection floods, stalled handshakes, oversized handshake and EPMD pa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -25,8 +26,9 @@ from typing import Any
 import pytest
 
 from beambridge import Atom
-from beambridge.node import BlockingNode
+from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, epmd_names
 from beambridge.protocol import NEED_DATA, Connected, Connection, Role
+from beambridge.protocol import epmd as epmd_messages
 
 from .conftest import COOKIE, ErlNode, unique
 
@@ -395,9 +397,6 @@ def test_stalled_handshake_closed_after_the_deadline(epmd_port: int, erl: ErlNod
 def test_outgoing_handshake_has_a_deadline(epmd_port: int) -> None:
     """A "node" registered in EPMD that accepts and never answers: the caller gets
     NoConnection after handshake_timeout, not after its own (longer) timeout."""
-    from beambridge.node import NoConnection
-    from beambridge.protocol import epmd as epmd_messages
-
     fake = unique("mute")
     with socket.socket() as listener, \
             BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
@@ -447,3 +446,65 @@ def test_handshake_caps_total_and_per_address(epmd_port: int, erl: ErlNode) -> N
                 sock.close()
         assert wait_until(lambda: not py.node._handshaking, 3)
         legit_calls(py, erl)  # room again once they are gone
+
+
+# ------------------------------------------------------------------ EPMD replies
+
+class Babbler:
+    """Something at an "EPMD" port that answers every request with ``head`` and then an
+    endless stream of ``filler`` (until ``stop()``)."""
+
+    def __init__(self, head: bytes, filler: bytes) -> None:
+        self.head, self.filler = head, filler * 4096
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                conn.recv(1024)
+                conn.sendall(self.head)
+                deadline = time.monotonic() + 10
+                while not self.stopping.is_set() and time.monotonic() < deadline:
+                    conn.sendall(self.filler)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(15)
+        self.listener.close()
+
+
+def test_epmd_replies_are_bounded(py: BlockingNode, erl: ErlNode) -> None:
+    babbler = Babbler(b"\x00\x00\x11\x11", b"name x at port 1\n")
+    try:
+        started = time.monotonic()
+        with pytest.raises(EpmdUnavailable, match="more than"):
+            epmd_names(port=babbler.port, timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        babbler.stop()
+    # a PORT2 reply is taken as soon as it is whole, whatever follows it
+    name = b"n" * 10
+    head = struct.pack(">BBHBBHHH", 119, 0, 4242, 77, 0, 6, 5, len(name)) + name + b"\x00\x00"
+    babbler = Babbler(head, b"\x00")
+    try:
+        started = time.monotonic()
+        info = asyncio.run(_epmd_client.lookup("127.0.0.1", babbler.port, "n", 10))
+        assert info is not None and info.port == 4242
+        assert time.monotonic() - started < 5
+    finally:
+        babbler.stop()
+    assert py.names()  # the real EPMD still answers
+    py.expose("sec", {"echo": lambda x: x})
+    legit_calls(py, erl)

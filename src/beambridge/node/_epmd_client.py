@@ -6,8 +6,9 @@ import asyncio
 import logging
 import shutil
 import subprocess
+from collections.abc import Callable
 
-from ..protocol import epmd
+from ..protocol import RemoteProtocolError, epmd
 from ._errors import EpmdUnavailable, NameTaken
 
 log = logging.getLogger("beambridge.node")
@@ -49,12 +50,31 @@ async def register(host: str, port: int, name: str, listen_port: int, *, hidden:
     return writer, reply.creation
 
 
-async def _request_until_close(host: str, port: int, request: bytes, timeout: float) -> bytes:
+#: The longest PORT2 reply: a 12-byte head, a name of up to 65,535 bytes, extra of up to 65,535.
+_MAX_PORT2_REPLY = 12 + 2 * 0xFFFF + 2
+#: A NAMES reply is a line per registered node (~40 bytes): 1 MiB is about 25,000 nodes.
+_MAX_NAMES_REPLY = 1 << 20
+
+
+async def _request(host: str, port: int, request: bytes, timeout: float, limit: int,
+                   complete: Callable[[bytes], bool] | None = None) -> bytes:
+    """Send ``request`` and read the reply until EPMD closes (or ``complete`` says it is whole),
+    at most ``limit`` bytes: whatever answers at the EPMD port need not be EPMD."""
     reader, writer = await _open(host, port, timeout)
+    data = bytearray()
     try:
         writer.write(request)
         async with asyncio.timeout(timeout):
-            return await reader.read(-1)
+            while True:
+                chunk = await reader.read(min(65536, limit + 1 - len(data)))
+                if not chunk:
+                    return bytes(data)
+                data += chunk
+                if len(data) > limit:
+                    raise EpmdUnavailable(f"EPMD at {host}:{port} sent more than {limit} bytes "
+                                          "of reply: not EPMD?")
+                if complete is not None and complete(bytes(data)):
+                    return bytes(data)
     except TimeoutError:
         raise EpmdUnavailable(f"EPMD at {host}:{port} did not answer within {timeout} s") from None
     finally:
@@ -63,8 +83,12 @@ async def _request_until_close(host: str, port: int, request: bytes, timeout: fl
 
 async def lookup(host: str, port: int, name: str, timeout: float) -> epmd.NodeInfo | None:
     """The port of ``name`` on ``host``, or ``None`` when it is not registered."""
-    data = await _request_until_close(host, port, epmd.port_please2_request(name), timeout)
-    reply = epmd.parse_port2_reply(data)
+    try:
+        data = await _request(host, port, epmd.port_please2_request(name), timeout, _MAX_PORT2_REPLY,
+                              lambda got: epmd.parse_port2_reply(got) is not None)
+        reply = epmd.parse_port2_reply(data)
+    except RemoteProtocolError as error:
+        raise EpmdUnavailable(f"EPMD at {host}:{port}: {error}") from None
     if reply is None:
         raise EpmdUnavailable(f"EPMD at {host}:{port} sent a truncated PORT2 reply")
     return reply.info
@@ -72,8 +96,11 @@ async def lookup(host: str, port: int, name: str, timeout: float) -> epmd.NodeIn
 
 async def names(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
     """What EPMD on ``host`` knows: ``[(name, port), ...]``."""
-    data = await _request_until_close(host, port, epmd.names_request(), timeout)
-    return epmd.parse_names_reply(data)[1]
+    data = await _request(host, port, epmd.names_request(), timeout, _MAX_NAMES_REPLY)
+    try:
+        return epmd.parse_names_reply(data)[1]
+    except RemoteProtocolError as error:
+        raise EpmdUnavailable(f"EPMD at {host}:{port}: {error}") from None
 
 
 def start_daemon(port: int) -> None:
