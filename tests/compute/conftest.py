@@ -7,6 +7,7 @@ Both are started once per module and stopped by pid.
 
 from __future__ import annotations
 
+import sysconfig
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,9 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="package")
 def service() -> Iterator[Service]:
-    svc = Service(local_nodes=2, config={"max_jobs": 200}).start()
+    # word_count tests read the standard library's sources: that is the data root named.
+    svc = Service(local_nodes=2, config={"max_jobs": 200, "max_jobs_per_client": 200},
+                  data_roots=[sysconfig.get_paths()["stdlib"]]).start()
     try:
         yield svc
     finally:
@@ -27,7 +30,8 @@ def service() -> Iterator[Service]:
 
 @pytest.fixture(scope="package")
 def limited() -> Iterator[Service]:
-    svc = Service(token=TOKEN, config={"max_jobs": 2, "max_body": 2000, "result_ttl_s": 60}).start()
+    svc = Service(token=TOKEN, config={"max_jobs": 2, "max_jobs_per_client": 2, "max_body": 2000,
+                                      "result_ttl_s": 60}).start()
     try:
         yield svc
     finally:

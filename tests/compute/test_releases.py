@@ -3,6 +3,8 @@ no inets or eunit: Debian's OTP 25 libraries are put on its path)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from beambridge import otp
@@ -12,7 +14,8 @@ pytestmark = pytest.mark.erlang
 
 
 def test_service_on_release(otp_runtime: otp.Runtime) -> None:
-    with Service(runtime=otp_runtime, local_nodes=1) as svc:
+    here = str(Path(__file__).parent)
+    with Service(runtime=otp_runtime, local_nodes=1, data_roots=[here]) as svc:
         client = svc.client()
         health = client.health()
         assert health["otp_release"] == str(otp_runtime.major)

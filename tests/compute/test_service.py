@@ -45,11 +45,13 @@ J = "bbc_sample_jobs"
 
 def raw(svc: Service, method: str, path: str, body: bytes | None = None,
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    """One plain HTTP exchange, to see status codes and error bodies as a client would."""
+    """One plain HTTP exchange, to see status codes and error bodies as a client would (a
+    legitimate one: POST and DELETE go as JSON unless ``headers`` say otherwise)."""
     parts = urllib.parse.urlsplit(svc.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    json_type = {"Content-Type": "application/json"} if method in ("POST", "DELETE") else {}
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body, headers={**json_type, **(headers or {})})
         answer = conn.getresponse()
         assert answer.getheader("Content-Type") == "application/json"
         return answer.status, json.loads(answer.read())

@@ -2,7 +2,9 @@
 %%%
 %%% Requests name functions as "module:function" from the operator's allow-list; nothing
 %%% in a request becomes an atom unless it already is one, so a client cannot fill the
-%%% atom table or reach a module that was not allowed.
+%%% atom table or reach a module that was not allowed. A function that declares it reads
+%%% files (`-bbc_reads_files') gets only paths under the operator's data roots, checked here
+%%% before the job starts, and only as the item or argument it reads.
 -module(bbc_exec).
 -export([parse/1, run/2, worker_slots/1]).
 
@@ -40,12 +42,53 @@ plan(Spec) ->
     case Op of
         <<"call">> ->
             Args = optional(<<"args">>, Spec, [], fun is_list/1, <<"an array">>),
-            Base#{call => function(<<"fun">>, Spec, length(Args)), args => Args, total => 1};
+            Call = function(<<"fun">>, Spec, length(Args)),
+            Base#{call => Call, args => file_inputs([Call], Args), total => 1};
         _ ->
             Items = field(<<"items">>, Spec, fun is_list/1, <<"an array">>),
-            Base#{items => Items, total => length(Items), malt => malt(Spec, length(Items)),
-                  funs => op_funs(Op, Spec)}
+            Funs = op_funs(Op, Spec),
+            Base#{items => item_inputs(Op, Funs, Items), total => length(Items),
+                  malt => malt(Spec, length(Items)), funs => Funs}
     end.
+
+%% Items reach `fun' (map, filter) or `map' (mapreduce) as they are; any other role gets
+%% computed values, which a file-reading function must never see.
+item_inputs(Op, Funs, Items) ->
+    Direct = case Op of
+                 <<"mapreduce">> -> [map];
+                 _ when Op =:= <<"map">>; Op =:= <<"filter">> -> [f];
+                 _ -> []
+             end,
+    [forbidden(<<"a function that reads files takes paths from the items only (as the map or ",
+                 "filter function)">>)
+     || {Role, F} <- maps:to_list(Funs), is_function(F), not lists:member(Role, Direct),
+        reads_files(F)],
+    file_inputs([maps:get(R, Funs) || R <- Direct], Items).
+
+%% Every input of a file-reading function must be a path under a data root; it is passed on
+%% resolved, so what runs is what was checked.
+file_inputs(Funs, Inputs) ->
+    case lists:any(fun reads_files/1, Funs) of
+        false -> Inputs;
+        true ->
+            [case bbc_files:check(Path) of
+                 {ok, Real} -> Real;
+                 {error, Why} when is_binary(Path) ->
+                     forbidden(<<Why/binary, ": ", (printable(Path))/binary>>);
+                 {error, Why} -> forbidden(Why)
+             end || Path <- Inputs]
+    end.
+
+reads_files(F) ->
+    {module, M} = erlang:fun_info(F, module),
+    {name, N} = erlang:fun_info(F, name),
+    {arity, A} = erlang:fun_info(F, arity),
+    M =/= erlang andalso bbc_files:reads_files(M, {N, A}).
+
+printable(Path) when byte_size(Path) > 200 -> <<(binary:part(Path, 0, 200))/binary, "...">>;
+printable(Path) -> Path.
+
+forbidden(Reason) -> throw({reject, 403, <<"forbidden">>, Reason}).
 
 op_funs(<<"map">>, Spec) -> #{f => function(<<"fun">>, Spec, 1)};
 op_funs(<<"filter">>, Spec) -> #{f => function(<<"fun">>, Spec, 1)};
@@ -106,12 +149,13 @@ worker_slots(#{nodes := Wanted, processes := Procs, chunk := Chunk}) ->
               end,
     NodeOpt ++ ProcOpt ++ [{chunk, Chunk} || Chunk =/= undefined].
 
-%% @doc Run a plan in the calling process; returns a JSON-able term or raises.
+%% @doc Run a plan in the calling process; returns the result as JSON text, or raises.
+%% Encoding here keeps it inside the job's time limit and gives its exact size.
 run(#{op := <<"call">>, call := Fun, args := Args}, _Progress) ->
-    bbc_json:to_json(apply(Fun, Args));
+    iolist_to_binary(bbc_json:encode(apply(Fun, Args)));
 run(#{op := Op, items := Items, malt := Malt, funs := Funs}, Progress) ->
     Opts = [{progress, Progress} | worker_slots(Malt)],
-    bbc_json:to_json(apply_op(Op, Funs, Items, Opts)).
+    iolist_to_binary(bbc_json:encode(apply_op(Op, Funs, Items, Opts))).
 
 apply_op(<<"map">>, #{f := F}, Items, Opts) -> bbc_plists:map(F, Items, Opts);
 apply_op(<<"filter">>, #{f := F}, Items, Opts) -> bbc_plists:filter(F, Items, Opts);
@@ -134,6 +178,8 @@ function(Name, Spec, Arity) ->
                          end,
     Allowed = bbc_config:get(job_modules),
     lists:member(ModName, Allowed) orelse unknown(Text, Arity),
+    %% module_info would tell a client where and how the service is installed
+    FunName =/= <<"module_info">> orelse unknown(Text, Arity),
     try
         Mod = binary_to_existing_atom(ModName),
         Fun = binary_to_existing_atom(FunName),

@@ -10,83 +10,201 @@
 %%% Every error answer is a JSON object `{"error": Code, "reason": Text, ...}'. Limits are
 %%% checked before work starts (413 body size, 429 jobs in flight), so a refused request
 %%% never disturbs running jobs.
+%%%
+%%% Before anything else a request must name an allowed Host (a DNS-rebinding page names
+%%% its own), carry no foreign Origin, and send POST and DELETE as application/json (which
+%%% a plain HTML form or a "simple" cross-site fetch cannot): a web page the user visits
+%%% cannot drive the service. Connections are admitted and timed by bbc_conns.
 -module(bbc_http).
 -export([start_link/0, port/0, loop/1]).
 
 -define(MAX_WAIT_MS, 60000).
+-define(LOOPBACK_HOSTS, [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]).
 
 start_link() ->
     {ok, Ip} = inet:parse_address(binary_to_list(bbc_config:get(bind))),
-    mochiweb_http:start_link([{name, ?MODULE}, {ip, Ip}, {port, bbc_config:get(port)},
-                              {loop, fun ?MODULE:loop/1}, {acceptor_pool_size, 32}]).
+    _ = mochiweb_clock:start(),
+    Max = bbc_config:get(max_connections),
+    %% MochiWeb stops accepting at its own max; ours (bbc_conns) is below it, so a new
+    %% connection is always seen and can take an idle one's place.
+    mochiweb_socket_server:start_link(
+      [{name, ?MODULE}, {ip, Ip}, {port, bbc_config:get(port)},
+       {loop, {bbc_conns, serve, [{?MODULE, loop}]}}, {acceptor_pool_size, 32},
+       {max, Max + 64}, {backlog, 1024}]).
 
 port() -> mochiweb_socket_server:get(?MODULE, port).
 
 loop(Req) ->
     Method = mochiweb_request:get(method, Req),
     Path = string:lexemes(mochiweb_request:get(path, Req), "/"),
-    try route(Method, Path, Req) of
+    Answer = try admitted(Method, Path, Req)
+             catch
+                 exit:{body_too_large, _} ->
+                     {413, error_body(<<"body_too_large">>,
+                                      <<"the request body is over the limit of ",
+                                        (integer_to_binary(bbc_config:get(max_body)))/binary,
+                                        " bytes">>),
+                      [{"Connection", "close"}]};
+                 exit:{noproc, _} ->
+                     {503, error_body(<<"unavailable">>, <<"the service is not running">>),
+                      [{"Retry-After", "1"}]};
+                 Class:Why:Stack ->
+                     logger:error("bbc_http: ~p ~s failed: ~0p:~0p ~0p",
+                                  [Method, mochiweb_request:get(path, Req), Class, Why, Stack]),
+                     {500, error_body(<<"internal">>, <<"internal error; see the service log">>)}
+             end,
+    bbc_conns:phase(reply),
+    case Answer of
         {Status, Body} -> reply(Req, Status, Body, []);
         {Status, Body, Headers} -> reply(Req, Status, Body, Headers)
-    catch
-        exit:{body_too_large, _} ->
-            reply(Req, 413, error_body(<<"body_too_large">>,
-                                       <<"the request body is over the limit of ",
-                                         (integer_to_binary(bbc_config:get(max_body)))/binary,
-                                         " bytes">>),
-                  [{"Connection", "close"}]);
-        exit:{noproc, _} ->
-            reply(Req, 503, error_body(<<"unavailable">>, <<"the service is not running">>),
-                  [{"Retry-After", "1"}]);
-        Class:Why:Stack ->
-            logger:error("bbc_http: ~p ~s failed: ~0p:~0p ~0p", [Method, mochiweb_request:get(path, Req),
-                                                                 Class, Why, Stack]),
-            reply(Req, 500, error_body(<<"internal">>, <<"internal error; see the service log">>), [])
+    end,
+    bbc_conns:phase(header).
+
+%% The checks every request passes before it is routed, in this order: Host, Origin,
+%% (CORS preflight), token, Content-Type.
+admitted(Method, Path, Req) ->
+    case host(Req) of
+        {error, Why} -> {400, error_body(<<"bad_host">>, Why)};
+        {ok, Host} ->
+            case origin(Req, Host) of
+                {error, Why} -> {403, error_body(<<"bad_origin">>, Why)};
+                {ok, Cors} when Method =:= 'OPTIONS' -> preflight(Cors);
+                {ok, Cors} ->
+                    case route(Method, Path, Req) of
+                        {Status, Body} -> {Status, Body, Cors};
+                        {Status, Body, Headers} -> {Status, Body, Cors ++ Headers}
+                    end
+            end
+    end.
+
+host(Req) ->
+    case mochiweb_request:get_header_value("host", Req) of
+        undefined -> {error, <<"a Host header is required">>};
+        Value ->
+            Host = string:lowercase(unicode:characters_to_binary(Value)),
+            Allowed = bbc_config:get(allowed_hosts),
+            case lists:member(<<"*">>, Allowed) orelse lists:member(host_name(Host), allowed_hosts()) of
+                true -> {ok, Host};
+                false -> {error, <<"this Host is not served here; add it to allowed_hosts">>}
+            end
+    end.
+
+allowed_hosts() ->
+    Bind = string:lowercase(bbc_config:get(bind)),
+    Own = case Bind of
+              <<"0.0.0.0">> -> [];
+              <<"::">> -> [];
+              _ -> [Bind, <<"[", Bind/binary, "]">>]
+          end,
+    ?LOOPBACK_HOSTS ++ Own ++ bbc_config:get(allowed_hosts).
+
+%% "name", "name:port", "[v6]", "[v6]:port" -> the name part.
+host_name(<<"[", _/binary>> = Host) ->
+    case binary:split(Host, <<"]">>) of
+        [V6, _] -> <<V6/binary, "]">>;
+        _ -> Host
+    end;
+host_name(Host) ->
+    case binary:split(Host, <<":">>, [global]) of
+        [Name, _Port] -> Name;
+        _ -> Host
+    end.
+
+%% No Origin (not a browser, or a same-origin GET): fine. The service's own origin, or one
+%% the operator lists: fine, with CORS headers for a listed one. Anything else: refused.
+origin(Req, Host) ->
+    case mochiweb_request:get_header_value("origin", Req) of
+        undefined -> {ok, []};
+        Value ->
+            Origin = string:lowercase(unicode:characters_to_binary(Value)),
+            Own = [<<"http://", Host/binary>>, <<"https://", Host/binary>>],
+            case {lists:member(Origin, Own), lists:member(Origin, bbc_config:get(allowed_origins))} of
+                {true, _} -> {ok, []};
+                {false, true} ->
+                    {ok, [{"Access-Control-Allow-Origin", binary_to_list(Origin)}, {"Vary", "Origin"}]};
+                {false, false} ->
+                    {error, <<"requests from this Origin are refused; add it to allowed_origins">>}
+            end
+    end.
+
+preflight([]) ->
+    {204, no_body, [{"Allow", "GET, POST, DELETE, OPTIONS"}]};
+preflight(Cors) ->
+    {204, no_body, Cors ++ [{"Access-Control-Allow-Methods", "GET, POST, DELETE"},
+                            {"Access-Control-Allow-Headers", "Authorization, Content-Type"},
+                            {"Access-Control-Max-Age", "600"}]}.
+
+json_body(Req) ->
+    case mochiweb_request:get_header_value("content-type", Req) of
+        undefined -> false;
+        Value ->
+            [Type | _] = string:split(Value, ";"),
+            string:lowercase(string:trim(Type)) =:= "application/json"
     end.
 
 route('GET', ["health"], _Req) ->
+    bbc_conns:phase(handling),
+    %% The limits a client needs to know before it sends (the Python client reads max_body).
     {200, #{status => ok, node => node(), otp_release => list_to_binary(erlang:system_info(otp_release)),
             jobs_running => bbc_jobs:running(), workers => length(bbc_nodes:workers()),
-            json => bbc_json:backend()}};
+            json => bbc_json:backend(),
+            limits => maps:with([max_body, max_integer_digits, max_jobs, max_job_timeout_ms],
+                                (bbc_config:all())#{max_jobs_per_client => bbc_config:client_share()})}};
 route(Method, Path, Req) ->
-    case authorized(Req) of
-        true -> authorized_route(Method, Path, Req);
-        false -> {401, error_body(<<"unauthorized">>, <<"a valid bearer token is required">>),
-                  [{"WWW-Authenticate", "Bearer"}]}
+    case client(Req) of
+        {ok, Client} ->
+            case json_body(Req) orelse not (Method =:= 'POST' orelse Method =:= 'DELETE') of
+                true -> authorized_route(Method, Path, Req, Client);
+                false ->
+                    {415, error_body(<<"unsupported_media_type">>,
+                                     <<"POST and DELETE must be sent as Content-Type: application/json">>)}
+            end;
+        unauthorized ->
+            {401, error_body(<<"unauthorized">>, <<"a valid bearer token is required">>),
+             [{"WWW-Authenticate", "Bearer"}]}
     end.
 
-authorized_route('GET', ["nodes"], _Req) ->
+authorized_route('GET', ["nodes"], _Req, _Client) ->
+    bbc_conns:phase(handling),
     {200, #{nodes => bbc_nodes:info()}};
-authorized_route('POST', ["jobs"], Req) ->
-    submit(Req);
-authorized_route('GET', ["jobs", Id], Req) ->
+authorized_route('POST', ["jobs"], Req, Client) ->
+    submit(Req, Client);
+authorized_route('GET', ["jobs", Id], Req, _Client) ->
+    bbc_conns:phase(handling),
     Wait = case proplists:get_value("wait", mochiweb_request:parse_qs(Req)) of
                undefined -> 0;
                Text -> try min(?MAX_WAIT_MS, max(0, list_to_integer(Text))) catch _:_ -> 0 end
            end,
     case bbc_jobs:wait(list_to_binary(Id), Wait) of
-        {ok, View} -> {200, view_json(View)};
+        {ok, View} -> answer_view(View);
         not_found -> unknown_job(Id)
     end;
-authorized_route('DELETE', ["jobs", Id], _Req) ->
+authorized_route('DELETE', ["jobs", Id], _Req, _Client) ->
+    bbc_conns:phase(handling),
     BinId = list_to_binary(Id),
     case bbc_jobs:cancel(BinId) of
         ok -> {200, #{id => BinId, status => cancelled}};
-        {finished, View} -> bbc_jobs:forget(BinId), {200, (view_json(View))#{deleted => true}};
+        {finished, View} -> bbc_jobs:forget(BinId), {200, with(view_json(View), deleted, true)};
         not_found -> unknown_job(Id)
     end;
-authorized_route(_Method, Path, _Req) when Path =:= ["health"]; Path =:= ["nodes"];
-                                             Path =:= ["jobs"]; length(Path) =:= 2,
-                                             hd(Path) =:= "jobs" ->
+authorized_route(_Method, Path, _Req, _Client) when Path =:= ["health"]; Path =:= ["nodes"];
+                                                    Path =:= ["jobs"]; length(Path) =:= 2,
+                                                    hd(Path) =:= "jobs" ->
     {405, error_body(<<"method_not_allowed">>, <<"method not allowed here">>)};
-authorized_route(_Method, _Path, _Req) ->
+authorized_route(_Method, _Path, _Req, _Client) ->
     {404, error_body(<<"not_found">>, <<"no such endpoint">>)}.
+
+%% A finished job whose result was dropped to keep within max_result_bytes is gone (410);
+%% everything else is its view.
+answer_view(#{status := dropped} = View) ->
+    {410, maps:merge(error_body(<<"result_dropped">>, maps:get(reason, View)), view_json(View))};
+answer_view(View) -> {200, view_json(View)}.
 
 unknown_job(Id) ->
     {404, error_body(<<"unknown_job">>, <<"no job ", (list_to_binary(Id))/binary,
                                            " (never existed, or its result expired)">>)}.
 
-submit(Req) ->
+submit(Req, Client) ->
     Max = bbc_config:get(max_body),
     case mochiweb_request:get(body_length, Req) of
         N when is_integer(N), N > Max -> exit({body_too_large, content_length});
@@ -96,23 +214,45 @@ submit(Req) ->
                undefined -> <<>>;
                B -> B
            end,
+    bbc_conns:phase(handling),
+    Digits = bbc_config:get(max_integer_digits),
+    case bbc_json:long_number(Body, Digits) of
+        none -> submit_json(Body, Client);
+        At ->
+            {400, error_body(<<"number_too_long">>,
+                             <<"a JSON number at byte ", (integer_to_binary(At))/binary, " has more than ",
+                               (integer_to_binary(Digits))/binary, " digits (max_integer_digits)">>)}
+    end.
+
+submit_json(Body, Client) ->
     case bbc_json:decode(Body) of
         {error, Why} -> {400, error_body(<<"bad_json">>, <<"the body is not valid JSON: ", Why/binary>>)};
         {ok, Spec} ->
             case bbc_exec:parse(Spec) of
                 {error, Status, Code, Reason} -> {Status, error_body(Code, Reason)};
                 %% A synchronous job's record must outlive the wait for it, whatever its ttl.
-                {ok, #{async := false, ttl := Ttl} = Plan} -> start(Plan#{ttl := max(Ttl, 10)});
-                {ok, Plan} -> start(Plan)
+                {ok, #{async := false, ttl := Ttl} = Plan} ->
+                    start(Plan#{ttl := max(Ttl, 10), client => Client}, Body);
+                {ok, Plan} -> start(Plan#{client => Client}, Body)
             end
     end.
 
-start(Plan) ->
-    case bbc_jobs:submit(Plan) of
+start(Plan, Body) ->
+    case bbc_jobs:submit(Plan, Body) of
         {error, busy} ->
             {429, error_body(<<"too_many_jobs">>,
                              <<"the service already runs its limit of ",
                                (integer_to_binary(bbc_config:get(max_jobs)))/binary, " jobs">>),
+             [{"Retry-After", "1"}]};
+        {error, share} ->
+            {429, error_body(<<"client_share">>,
+                             <<"this client already runs its share of ",
+                               (integer_to_binary(bbc_config:client_share()))/binary,
+                               " jobs (max_jobs_per_client)">>),
+             [{"Retry-After", "1"}]};
+        {error, {unrecorded, Why}} ->
+            logger:error("bbc_http: cannot record a background job: ~0p", [Why]),
+            {503, error_body(<<"unavailable">>, <<"the job could not be recorded; not started">>),
              [{"Retry-After", "1"}]};
         {ok, Id} when map_get(async, Plan) ->
             {202, #{id => Id, status => running, url => <<"/jobs/", Id/binary>>},
@@ -124,12 +264,14 @@ start(Plan) ->
     end.
 
 sync_answer(#{status := done, result := Result}) ->
-    {200, #{status => done, result => Result}};
+    {200, {raw, #{status => done}, result, Result}};
 sync_answer(#{status := failed, error := Error}) ->
     {500, maps:merge(error_body(<<"job_failed">>, <<"the job raised">>), error_json(Error))};
 sync_answer(#{status := timeout, timeout := Ms}) ->
     {504, error_body(<<"timeout">>, <<"the job did not finish within ", (integer_to_binary(Ms))/binary,
                                       " ms">>)};
+sync_answer(#{status := too_large, reason := Reason}) ->
+    {500, error_body(<<"result_too_large">>, Reason)};
 sync_answer(#{status := Status}) ->
     {409, error_body(atom_to_binary(Status), <<"the job was ", (atom_to_binary(Status))/binary>>)}.
 
@@ -137,45 +279,75 @@ sync_answer(#{status := Status}) ->
 
 view_json(View) ->
     {Done, Total} = maps:get(progress, View),
-    Base = maps:with([id, status, op, started, finished, timeout], View),
-    WithResult = case View of
-                     #{result := R} -> Base#{result => R};
-                     _ -> Base
-                 end,
+    Base = maps:with([id, status, op, started, finished, timeout, reason], View),
     WithError = case View of
-                    #{error := E} -> WithResult#{error => error_json(E)};
-                    _ -> WithResult
+                    #{error := E} -> Base#{error => error_json(E)};
+                    _ -> Base
                 end,
-    WithError#{progress => #{done => Done, total => Total}}.
+    Json = WithError#{progress => #{done => Done, total => Total}},
+    case View of
+        #{result := R} -> {raw, Json, result, R};
+        _ -> Json
+    end.
 
+with({raw, Map, Key, Raw}, K, V) -> {raw, Map#{K => V}, Key, Raw};
+with(Map, K, V) -> Map#{K => V}.
+
+%% What a client learns of a failure: the job's own frames, never the service's (whose
+%% file names would tell where and how it is installed), and file names without folders.
 error_json({Class, Reason, Stack}) ->
     #{kind => Class,
       reason => iolist_to_binary(io_lib:format("~0tP", [Reason, 40])),
       term => bbc_json:to_json(Reason),
-      stack => [frame(F) || F <- Stack]}.
+      stack => [frame(F) || F <- lists:takewhile(fun(F) -> not service_frame(F) end, Stack)]}.
+
+service_frame({M, _, _, _}) when is_atom(M) ->
+    Name = atom_to_binary(M),
+    not lists:member(Name, bbc_config:get(job_modules)) andalso
+        lists:any(fun(P) -> binary:longest_common_prefix([Name, P]) =:= byte_size(P) end,
+                  [<<"bbc_">>, <<"beambridge_compute">>, <<"mochiweb">>, <<"proc_lib">>,
+                   <<"gen_server">>]);
+service_frame(_) -> false.
 
 frame({M, F, ArityOrArgs, Loc}) ->
     Arity = case ArityOrArgs of A when is_integer(A) -> A; Args -> length(Args) end,
     Base = #{module => M, function => F, arity => Arity},
     case {proplists:get_value(file, Loc), proplists:get_value(line, Loc)} of
         {undefined, _} -> Base;
-        {File, Line} -> Base#{file => unicode:characters_to_binary(File), line => Line}
+        {File, Line} -> Base#{file => unicode:characters_to_binary(filename:basename(File)), line => Line}
     end;
 frame(Other) -> #{raw => iolist_to_binary(io_lib:format("~0p", [Other]))}.
 
 error_body(Code, Reason) -> #{error => Code, reason => Reason}.
 
+reply(Req, Status, no_body, Headers) ->
+    mochiweb_request:respond({Status, Headers, <<>>}, Req);
 reply(Req, Status, Body, Headers) ->
-    Json = bbc_json:encode(Body),
+    Json = case Body of
+               {raw, Map, Key, Raw} -> bbc_json:encode_with(Map, Key, Raw);
+               _ -> bbc_json:encode(Body)
+           end,
     mochiweb_request:respond({Status, [{"Content-Type", "application/json"} | Headers], Json}, Req).
 
-authorized(Req) ->
-    case bbc_config:get(token) of
-        null -> true;
-        Token ->
-            Given = case mochiweb_request:get_header_value("authorization", Req) of
-                        "Bearer " ++ T -> list_to_binary(T);
-                        _ -> <<>>
-                    end,
-            crypto:hash(sha256, Given) =:= crypto:hash(sha256, Token)
+%% `{ok, Client}' (the fair share is counted per Client) or `unauthorized'. With tokens
+%% the client is the token's name; without, each peer address is a client.
+client(Req) ->
+    Given = case mochiweb_request:get_header_value("authorization", Req) of
+                "Bearer " ++ T -> crypto:hash(sha256, T);
+                _ -> none
+            end,
+    Named = [{<<"token">>, T} || T <- [bbc_config:get(token)], T =/= null]
+        ++ maps:to_list(bbc_config:get(tokens)),
+    case Named of
+        [] ->
+            {ok, case mochiweb_request:get(peer, Req) of
+                     Peer when is_list(Peer) -> list_to_binary(Peer);
+                     _ -> <<"unknown">>
+                 end};
+        _ ->
+            %% Hashes compared, so the comparison's time says nothing about the token.
+            case [Name || {Name, T} <- Named, crypto:hash(sha256, T) =:= Given] of
+                [Name | _] -> {ok, Name};
+                [] -> unauthorized
+            end
     end.

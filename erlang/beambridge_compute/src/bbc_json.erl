@@ -8,7 +8,7 @@
 %%%
 %%% jiffy (Debian's erlang-jiffy, a NIF) is used when it loads; mochijson2 otherwise.
 -module(bbc_json).
--export([decode/1, encode/1, to_json/1, backend/0]).
+-export([decode/1, encode/1, encode_with/3, to_json/1, backend/0, long_number/2]).
 
 -spec decode(binary()) -> {ok, term()} | {error, binary()}.
 decode(Bin) ->
@@ -21,6 +21,43 @@ decode(Bin) ->
         _:{error, {Pos, Why}} when is_integer(Pos) -> {error, at(Why, Pos)};
         _:{Pos, Why} when is_integer(Pos) -> {error, at(Why, Pos)};
         _:Why -> {error, iolist_to_binary(io_lib:format("~0P", [Why, 8]))}
+    end.
+
+%% @doc The byte offset of the first JSON number in `Bin' with more than `Max' digits, or
+%% `none'. A decoder turns digits into an integer in time quadratic in their count, so a
+%% request is refused on this check before it is decoded. Digit runs inside strings are
+%% fine; PCRE finds candidate runs fast, and only then is the text scanned for strings.
+-spec long_number(binary(), pos_integer()) -> non_neg_integer() | none.
+long_number(Bin, Max) ->
+    case re:run(Bin, ["[0-9]{", integer_to_list(Max + 1), "}"], [{capture, none}]) of
+        nomatch -> none;
+        match -> scan(Bin, 0, out, 0, Max)
+    end.
+
+%% States: out (between tokens), str (inside a string), esc (after a backslash in one).
+scan(Bin, Pos, _State, _Run, _Max) when Pos >= byte_size(Bin) -> none;
+scan(Bin, Pos, State, Run, Max) ->
+    C = binary:at(Bin, Pos),
+    case State of
+        str when C =:= $\\ -> scan(Bin, Pos + 1, esc, 0, Max);
+        str when C =:= $" -> scan(Bin, Pos + 1, out, 0, Max);
+        str -> scan(Bin, Pos + 1, str, 0, Max);
+        esc -> scan(Bin, Pos + 1, str, 0, Max);
+        out when C =:= $" -> scan(Bin, Pos + 1, str, 0, Max);
+        out when C >= $0, C =< $9, Run >= Max -> Pos - Run;
+        out when C >= $0, C =< $9 -> scan(Bin, Pos + 1, out, Run + 1, Max);
+        out -> scan(Bin, Pos + 1, out, 0, Max)
+    end.
+
+%% @doc Encode `Map' with `Key' set to `Raw', JSON text encoded earlier (a job's result is
+%% encoded by the job, within its time limit and size budget, never again per request).
+-spec encode_with(map(), atom(), iodata()) -> iodata().
+encode_with(Map, Key, Raw) ->
+    Rest = iolist_to_binary(encode(maps:remove(Key, Map))),
+    Head = [$", atom_to_binary(Key), $", $:, Raw],
+    case Rest of
+        <<"{}">> -> [${, Head, $}];
+        <<${, Tail/binary>> -> [${, Head, $,, Tail]
     end.
 
 at(Why, Pos) -> iolist_to_binary(io_lib:format("~p at byte ~p", [Why, Pos])).

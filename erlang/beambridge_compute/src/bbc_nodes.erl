@@ -91,10 +91,11 @@ start_local(Name, Node) ->
     Erl = filename:join([code:root_dir(), "bin", "erl"]),
     %% Same code path as ours (minus OTP's own), same cookie, loopback distribution.
     Paths = [P || P <- code:get_path(), not lists:prefix(code:root_dir(), P), P =/= "."],
-    Args = ["-setcookie", atom_to_list(erlang:get_cookie()), "-connect_all", "false",
-            "-kernel", "inet_dist_use_interface", inet_interface(), "-pa" | Paths],
+    {CookieArgs, Env} = cookie_source(),
+    Args = CookieArgs ++ ["-connect_all", "false",
+                          "-kernel", "inet_dist_use_interface", inet_interface(), "-pa" | Paths],
     Opts = #{name => list_to_atom(Base), host => Host, longnames => net_kernel:longnames(),
-             exec => Erl, args => Args, wait_boot => 30000},
+             exec => Erl, args => Args, env => Env, wait_boot => 30000},
     try peer:start_link(Opts) of
         {ok, Pid, Name} ->
             logger:info("bbc_nodes: worker ~p up", [Name]),
@@ -108,6 +109,28 @@ start_local(Name, Node) ->
             erlang:send_after(?RESTART_MS * 5, self(), {restart, Name}),
             Node#{status => down, peer => undefined}
     end.
+
+%% A worker reads the cookie where this node did: the same $HOME/.erlang.cookie (a file
+%% only our user can read), never a -setcookie argument that every local user can see in
+%% the process list. Only a cookie set at run time that differs from the file's goes on
+%% the command line, with a warning.
+cookie_source() ->
+    Home = os:getenv("HOME", ""),
+    Env = [{"HOME", Home}, {"XDG_CONFIG_HOME", os:getenv("XDG_CONFIG_HOME", filename:join(Home, ".config"))}],
+    Ours = atom_to_list(erlang:get_cookie()),
+    case file:read_file(filename:join(Home, ".erlang.cookie")) of
+        {ok, Bin} ->
+            case string:trim(binary_to_list(Bin)) of
+                Ours -> {[], Env};
+                _ -> visible_cookie(Ours, Env)
+            end;
+        _ -> visible_cookie(Ours, Env)
+    end.
+
+visible_cookie(Cookie, Env) ->
+    logger:warning("bbc_nodes: the cookie is not the one in $HOME/.erlang.cookie; local workers get it "
+                   "on their command line, where local users can read it"),
+    {["-setcookie", Cookie], Env}.
 
 inet_interface() ->
     case application:get_env(kernel, inet_dist_use_interface) of

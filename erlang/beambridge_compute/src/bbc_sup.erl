@@ -1,5 +1,7 @@
-%%% @doc Top supervisor. Order matters: the job registry and the worker nodes are up before
-%%% the HTTP listener takes requests; rest_for_one restarts the listener when either restarts.
+%%% @doc Top supervisor, children in dependency order: the worker nodes, the job registry
+%%% (which parses recovered jobs against the workers), the connection table, and last the
+%%% HTTP listener, so nothing takes requests before what serves them is up. rest_for_one
+%%% restarts what comes after a crashed child; shutdown runs in reverse: intake first.
 -module(bbc_sup).
 -behaviour(supervisor).
 -export([start_link/0, init/1]).
@@ -7,7 +9,8 @@
 start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
 init([]) ->
-    Children = [#{id => bbc_jobs, start => {bbc_jobs, start_link, []}},
-                #{id => bbc_nodes, start => {bbc_nodes, start_link, []}, shutdown => 30000},
+    Children = [#{id => bbc_nodes, start => {bbc_nodes, start_link, []}, shutdown => 30000},
+                #{id => bbc_jobs, start => {bbc_jobs, start_link, []}},
+                #{id => bbc_conns, start => {bbc_conns, start_link, []}},
                 #{id => bbc_http, start => {bbc_http, start_link, []}}],
     {ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.

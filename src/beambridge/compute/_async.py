@@ -12,7 +12,9 @@ from typing import Any
 from .._errors import ConnectionLost, ProtocolError, Timeout
 from ._base import (
     LONG_POLL,
+    OUTAGE_TIMEOUT,
     PROGRESS_POLL,
+    SMALL_BODY,
     BaseClient,
     JobStatus,
     ProgressCallback,
@@ -39,6 +41,7 @@ class AsyncClient(BaseClient):
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, **options: Any) -> None:
         super().__init__(url, token, timeout, **options)
         self._idle: list[Stream] = []
+        self._health: dict[str, Any] | None = None
 
     async def health(self) -> dict[str, Any]:
         return decode(await self._send(self.get_request("/health")))
@@ -94,6 +97,12 @@ class AsyncClient(BaseClient):
         return sync_result(decode(await self._send(self.job_request(op, background=False, **spec))))
 
     async def _send(self, request: Request) -> Response:
+        if request.body is not None and len(request.body) > SMALL_BODY:
+            if self._health is None:
+                self._health = await self.health()
+            refused = self.too_large(request, self._health)
+            if refused is not None:
+                raise refused
         attempt = 0
         while True:
             try:
@@ -120,7 +129,7 @@ class AsyncClient(BaseClient):
                     stream = await asyncio.open_connection(self.host, self.port)
             reader, writer = stream
             head = [f"{request.method} {self.target(request.path)} HTTP/1.1"]
-            head += [f"{k}: {v}" for k, v in self.headers(request.body).items()]
+            head += [f"{k}: {v}" for k, v in self.headers(request.method, request.body).items()]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (request.body or b""))
             await writer.drain()
             sent = True
@@ -199,10 +208,21 @@ class AsyncJob:
 
     async def result(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage: float | None = None
         while True:
             poll = LONG_POLL if self._progress is None else PROGRESS_POLL
             wait = poll if deadline is None else min(poll, deadline - time.monotonic())
-            status = await self._poll(max(0.0, wait))
+            try:
+                status = await self._poll(max(0.0, wait))
+            except ConnectionLost:  # a restarting service: see Job.result
+                now = time.monotonic()
+                outage = now if outage is None else outage
+                if (deadline is not None and now >= deadline) or (
+                        deadline is None and now - outage > OUTAGE_TIMEOUT):
+                    raise
+                await asyncio.sleep(min(1.0, self.client.retry.max_delay))
+                continue
+            outage = None
             if status.finished:
                 return finished_result(status)
             if deadline is not None and time.monotonic() >= deadline:

@@ -18,11 +18,15 @@ from typing import Any
 from .._errors import UsageError
 from ._errors import (
     BadRequest,
+    Forbidden,
     JobCancelled,
     JobFailed,
+    JobLost,
     JobTimeout,
     NotFound,
     PayloadTooLarge,
+    ResultDropped,
+    ResultTooLarge,
     ServiceBusy,
     ServiceError,
     Unauthorized,
@@ -38,6 +42,11 @@ DEFAULT_JOB_TIMEOUT = 60.0
 LONG_POLL = 5.0
 #: shorter long-polls while someone watches progress
 PROGRESS_POLL = 0.5
+#: how long ``Job.result()`` without a timeout keeps trying a service that went away (a
+#: restart); a job the service accepted is recorded and runs again when it is back
+OUTAGE_TIMEOUT = 60.0
+#: bodies up to this size are sent without first asking the service for its limit
+SMALL_BODY = 64 * 1024
 
 _OPS = ("call", "map", "filter", "fold", "mapreduce", "sort")
 
@@ -130,12 +139,13 @@ class BaseClient:
 
     # -- requests ---------------------------------------------------------------------
 
-    def headers(self, body: bytes | None) -> dict[str, str]:
+    def headers(self, method: str, body: bytes | None) -> dict[str, str]:
         headers = {"Host": f"{self.host}:{self.port}", "User-Agent": USER_AGENT,
                    "Accept": "application/json"}
-        if body is not None:
+        if body is not None or method in ("POST", "DELETE"):
+            # The service refuses POST and DELETE in any other type (browsers can't fake it).
             headers["Content-Type"] = "application/json"
-            headers["Content-Length"] = str(len(body))
+            headers["Content-Length"] = str(len(body or b""))
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
@@ -156,6 +166,17 @@ class BaseClient:
     def poll_request(self, job_id: str, wait: float) -> Request:
         quoted = urllib.parse.quote(job_id, safe="")
         return Request("GET", f"/jobs/{quoted}?wait={int(wait * 1000)}", None, wait + self.timeout)
+
+    def too_large(self, request: Request, health: dict[str, Any]) -> PayloadTooLarge | None:
+        """The error for a body over the limit the service advertises (checked before it is
+        sent: the service closes the connection on an oversized body, which would otherwise
+        surface as a lost connection)."""
+        limit = (health.get("limits") or {}).get("max_body")
+        size = len(request.body or b"")
+        if isinstance(limit, int) and size > limit:
+            return PayloadTooLarge(413, "body_too_large", f"the request body is {size} bytes, over the "
+                                   f"service's limit of {limit} bytes", {"max_body": limit})
+        return None
 
     def cancel_request(self, job_id: str) -> Request:
         return Request("DELETE", f"/jobs/{urllib.parse.quote(job_id, safe='')}", None, self.timeout)
@@ -222,6 +243,10 @@ def error_for(status: int, body: dict[str, Any], headers: dict[str, str] | None 
         return BadRequest(status, code, reason, body)
     if status == 401:
         return Unauthorized(status, code, reason, body)
+    if status == 403:
+        return Forbidden(status, code, reason, body)
+    if status == 410:
+        return ResultDropped(status, code, reason, body)
     if status == 404:
         return NotFound(status, code, reason, body)
     if status == 413:
@@ -235,6 +260,8 @@ def error_for(status: int, body: dict[str, Any], headers: dict[str, str] | None 
         return JobTimeout(status, code, reason, body)
     if code == "job_failed":
         return JobFailed(status, body)
+    if code == "result_too_large":
+        return ResultTooLarge(status, code, reason, body)
     if code == "cancelled":
         return JobCancelled(status, code, reason, body)
     return ServiceError(status, code, reason, body)
@@ -262,4 +289,8 @@ def finished_result(status: JobStatus) -> Any:
         raise JobTimeout(504, "timeout", f"job {status.id} ran out of its {raw.get('timeout')} ms", raw)
     if status.status == "cancelled":
         raise JobCancelled(409, "cancelled", f"job {status.id} was cancelled", raw)
+    if status.status == "too_large":
+        raise ResultTooLarge(500, "result_too_large", str(raw.get("reason", "")), raw)
+    if status.status == "lost":
+        raise JobLost(500, "lost", str(raw.get("reason", "")), raw)
     raise ServiceError(500, "bad_status", f"job {status.id} has unknown status {status.status!r}", raw)

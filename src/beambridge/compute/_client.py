@@ -13,7 +13,9 @@ from typing import Any
 from .._errors import ConnectionLost, Timeout
 from ._base import (
     LONG_POLL,
+    OUTAGE_TIMEOUT,
     PROGRESS_POLL,
+    SMALL_BODY,
     BaseClient,
     JobStatus,
     ProgressCallback,
@@ -37,6 +39,7 @@ class Client(BaseClient):
         super().__init__(url, token, timeout, **options)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._health: dict[str, Any] | None = None
 
     # -- plain calls ------------------------------------------------------------------
 
@@ -103,6 +106,12 @@ class Client(BaseClient):
         return sync_result(decode(self._send(self.job_request(op, background=False, **spec))))
 
     def _send(self, request: Request) -> Response:
+        if request.body is not None and len(request.body) > SMALL_BODY:
+            if self._health is None:
+                self._health = self.health()
+            refused = self.too_large(request, self._health)
+            if refused is not None:
+                raise refused
         attempt = 0
         while True:
             try:
@@ -130,7 +139,7 @@ class Client(BaseClient):
             assert conn.sock is not None
             conn.sock.settimeout(request.read_timeout)
             conn.request(request.method, self.target(request.path), body=request.body,
-                         headers=self.headers(request.body))
+                         headers=self.headers(request.method, request.body))
             sent = True
             answer = conn.getresponse()
             body = answer.read()
@@ -183,12 +192,25 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Wait (long-polling) until the job ends and return its result; raises the job's
         failure as a typed error, or ``Timeout`` if ``timeout`` seconds pass first (the job
-        keeps running: cancel it if it is no longer wanted)."""
+        keeps running: cancel it if it is no longer wanted). A service that goes away
+        meanwhile (a restart) is waited for within ``timeout``, else up to a minute."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage: float | None = None  # when the service stopped answering
         while True:
             poll = LONG_POLL if self._progress is None else PROGRESS_POLL
             wait = poll if deadline is None else min(poll, deadline - time.monotonic())
-            status = self._poll(max(0.0, wait))
+            try:
+                status = self._poll(max(0.0, wait))
+            except ConnectionLost:
+                # A restarting service: the job is recorded and runs again when it is back.
+                now = time.monotonic()
+                outage = now if outage is None else outage
+                if (deadline is not None and now >= deadline) or (
+                        deadline is None and now - outage > OUTAGE_TIMEOUT):
+                    raise
+                time.sleep(min(1.0, self.client.retry.max_delay))
+                continue
+            outage = None
             if status.finished:
                 return finished_result(status)
             if deadline is not None and time.monotonic() >= deadline:

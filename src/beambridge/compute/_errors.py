@@ -7,6 +7,7 @@
     │   ├── BadRequest          400: the service refused the request (reason says why)
     │   │   └── PayloadTooLarge 413: the body is over the service's limit
     │   ├── Unauthorized        401: missing or wrong bearer token
+    │   ├── Forbidden           403: refused by a rule (data_roots, Origin); reason names it
     │   └── NotFound            404: unknown job id (or expired), job function or endpoint
     ├── TransportError
     │   └── Timeout
@@ -14,8 +15,12 @@
     ├── RemoteError
     │   └── JobFailed           the job's Erlang code raised: kind, reason, stack, term
     └── ServiceError            every answer above carries status, code and reason
-        ├── ServiceBusy         429/503: too many jobs in flight; retry_after seconds
-        └── JobCancelled        the job was cancelled before it finished
+        ├── ServiceBusy         429/503: too many jobs in flight (or this client's share);
+        │                       retry_after seconds
+        ├── JobCancelled        the job was cancelled before it finished
+        ├── ResultTooLarge      the job's result alone is over the service's result budget
+        ├── ResultDropped       410: the result was dropped to keep within that budget
+        └── JobLost             the service restarted and could not run the job again
 
 Only transport failures are retried by the clients; every ``ServiceError`` is final.
 """
@@ -53,6 +58,10 @@ class Unauthorized(ServiceError, UsageError):
     """The service requires a bearer token and got none or a wrong one (401)."""
 
 
+class Forbidden(ServiceError, UsageError):
+    """A rule of the service refuses the request (403), e.g. a path outside its data roots."""
+
+
 class NotFound(ServiceError, UsageError):
     """Unknown job id (never existed or expired), job function, or endpoint (404)."""
 
@@ -72,6 +81,19 @@ class JobTimeout(ServiceError, Timeout):
 
 class JobCancelled(ServiceError):
     """The job was cancelled (``DELETE /jobs/ID``) before it finished."""
+
+
+class ResultTooLarge(ServiceError):
+    """The job finished, but its result alone is over the service's ``max_result_bytes``."""
+
+
+class ResultDropped(ServiceError):
+    """The job finished, but its result was dropped to keep finished results within the
+    service's ``max_result_bytes`` (410): fetch results sooner, or raise the budget."""
+
+
+class JobLost(ServiceError):
+    """The service restarted after accepting the job and could not run it again."""
 
 
 class JobFailed(ServiceError, RemoteError):

@@ -6,6 +6,11 @@ default, and writes its bound port to a "ready file" so no port is guessed. Its 
 carries a random suffix and our pid, so several services can run side by side; its local
 worker nodes are named after it. ``stop()`` ends it by pid, then makes sure its workers
 are gone too (by their pids).
+
+The cookie grants everything on the cluster (it is a password for running code), so it is
+never on a command line (every local user can read those) nor in the config: it lives in
+``.erlang.cookie`` (mode 0400) in a private folder (0700, under ``$XDG_RUNTIME_DIR`` when
+there is one) that the service's nodes use as their ``HOME``, the way Erlang reads it.
 """
 
 from __future__ import annotations
@@ -69,7 +74,13 @@ class Service:
                  token: str | None = None, config: dict[str, Any] | None = None,
                  config_file: str | os.PathLike[str] | None = None,
                  runtime: otp.Runtime | None = None, name: str | None = None,
-                 log_file: str | os.PathLike[str] | None = None) -> None:
+                 log_file: str | os.PathLike[str] | None = None,
+                 data_roots: list[str | os.PathLike[str]] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None) -> None:
+        """``data_roots``: folders file-reading jobs may read under (none by default).
+        ``data_dir``: where accepted background jobs are recorded; give the same one to a
+        restarted service for it to finish them (default: a private folder removed on stop).
+        """
         self.runtime = runtime or otp.default_runtime()
         settings: dict[str, Any] = {}
         if config_file is not None:
@@ -89,10 +100,15 @@ class Service:
             settings["local_nodes"] = local_nodes
         if token is not None:
             settings["token"] = token
+        if data_roots is not None:
+            settings["data_roots"] = [str(Path(r).resolve()) for r in data_roots]
+        if data_dir is not None:
+            settings["data_dir"] = str(Path(data_dir).resolve())
         self.settings = settings
         self.token: str | None = settings.get("token")
         self.name = name or f"bbcompute_{secrets.token_hex(3)}_{os.getpid()}"
-        self.cookie = str(settings.get("cookie") or secrets.token_hex(16))
+        # Taken out of the settings: the config file is no place for it (see the module doc).
+        self.cookie = str(settings.pop("cookie", None) or secrets.token_hex(16))
         self._log_path = Path(log_file) if log_file else None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -106,15 +122,16 @@ class Service:
         """Start and wait until the service answers (and its local workers are up)."""
         if self._proc is not None:
             raise UsageError("service already started")
-        self._dir = tempfile.TemporaryDirectory(prefix="bbcompute-")
-        folder = Path(self._dir.name)
+        self._dir = tempfile.TemporaryDirectory(prefix="bbcompute-", dir=_runtime_dir())
+        folder = Path(self._dir.name)  # mkdtemp: mode 0700
         ready = folder / "ready.json"
-        config = {**self.settings, "ready_file": str(ready), "cookie": self.cookie}
-        (folder / "config.json").write_text(json.dumps(config))
+        config = {"data_dir": str(folder / "data"), **self.settings, "ready_file": str(ready)}
+        _private_file(folder / "config.json", json.dumps(config))
+        _private_file(folder / ".erlang.cookie", self.cookie, mode=0o400)
         log_path = self._log_path or folder / "service.log"
         self._log_path = log_path
         command = [str(self.runtime.erl), "-noinput", "-name", f"{self.name}@127.0.0.1",
-                   "-setcookie", self.cookie, "-connect_all", "false"]
+                   "-connect_all", "false"]
         if not config.get("nodes"):  # only local workers: keep distribution on loopback
             command += ["-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
         for path in code_paths(self.runtime):
@@ -122,6 +139,8 @@ class Service:
         command += ["-run", "beambridge_compute", "main", str(folder / "config.json")]
         env = self.runtime.environ()
         env.setdefault("ERL_EPMD_ADDRESS", "127.0.0.1")
+        # Erlang reads $HOME/.erlang.cookie (then $XDG_CONFIG_HOME/erlang/): both point here.
+        env["HOME"] = env["XDG_CONFIG_HOME"] = str(folder)
         with open(log_path, "ab") as out:
             self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                           env=env, cwd=folder)
@@ -208,6 +227,24 @@ class Service:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _runtime_dir() -> str | None:
+    """``$XDG_RUNTIME_DIR/beambridge`` (a per-user tmpfs) when it exists, else the default."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base):
+        return None
+    folder = Path(base) / "beambridge"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return str(folder)
+
+
+def _private_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Create ``path`` readable by its owner only from the first byte (no window in which
+    the default umask's mode applies)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def _alive(pid: int) -> bool:

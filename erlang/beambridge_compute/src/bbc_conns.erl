@@ -1,0 +1,139 @@
+%%% @doc The HTTP connections: admission, caps and deadlines, so slow or greedy clients
+%%% cannot starve the service.
+%%%
+%%% MochiWeb's own limits are per header line (30 s each, 1000 lines) and a 2048-socket
+%%% ceiling past which it stops accepting: a few thousand connections dribbling one byte
+%%% now and then hold it forever. Here every connection is a row in a public ets table
+%%% with its phase and that phase's deadline:
+%%%
+%%% <pre>
+%%% header    from accept, and after each reply (keep-alive idle)    header_timeout_ms
+%%% body      from the end of the headers until the body is read      body_timeout_ms
+%%% handling  the request runs (bounded by the job's own timeout)     none
+%%% reply     writing the answer to the client                       body_timeout_ms
+%%% </pre>
+%%%
+%%% A sweeper ends connections past their deadline. Admission counts connections in all
+%%% and per peer address; a new connection over a cap closes the oldest connection of that
+%%% scope that is waiting on its client (header, body or reply phase) rather than being
+%%% refused, so a legitimate request always gets in and a slow one loses its slot. Only
+%%% when every connection is busy handling a request is the new one refused. Connection
+%%% processes update their own rows; nothing here is a call on a request's path.
+-module(bbc_conns).
+-behaviour(gen_server).
+
+-export([start_link/0, serve/3, phase/1, count/0]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+
+-define(TAB, bbc_conns).
+-define(SWEEP_MS, 200).
+
+start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc MochiWeb's connection loop, wrapped: admit, then serve requests with `Body'.
+-spec serve(term(), list(), term()) -> no_return().
+serve(Socket, Opts, Body) ->
+    Peer = case mochiweb_socket:peername(Socket) of
+               {ok, {Addr, _Port}} -> Addr;
+               _ -> unknown
+           end,
+    case admit(Peer) of
+        ok -> mochiweb_http:loop(Socket, Opts, Body);
+        full ->
+            mochiweb_socket:close(Socket),
+            exit({shutdown, too_many_connections})
+    end.
+
+%% @doc Enter a phase (header, body, handling or reply), which sets its deadline.
+-spec phase(header | body | handling | reply) -> ok.
+phase(Phase) ->
+    Deadline = case Phase of
+                   handling -> infinity;
+                   header -> now_ms() + bbc_config:get(header_timeout_ms);
+                   _ -> now_ms() + bbc_config:get(body_timeout_ms)
+               end,
+    _ = catch ets:update_element(?TAB, self(), [{3, Phase}, {4, Deadline}]),
+    ok.
+
+%% @doc Open connections now.
+-spec count() -> non_neg_integer().
+count() -> counter(total).
+
+%%% ------------------------------------------------------------------ admission
+
+admit(Peer) ->
+    Me = self(),
+    ets:insert(?TAB, {Me, Peer, header, now_ms() + bbc_config:get(header_timeout_ms)}),
+    gen_server:cast(?MODULE, {watch, Me}),
+    _ = ets:update_counter(?TAB, {count, total}, 1, {{count, total}, 0}),
+    _ = ets:update_counter(?TAB, {count, Peer}, 1, {{count, Peer}, 0}),
+    case make_room(Peer, bbc_config:get(max_connections_per_peer)) of
+        ok -> make_room('_', bbc_config:get(max_connections));
+        full -> full
+    end.
+
+%% Scope: a peer address, or '_' for all connections.
+make_room(Scope, Max) ->
+    case counter(case Scope of '_' -> total; Peer -> Peer end) > Max of
+        false -> ok;
+        true ->
+            Waiting = ets:select(?TAB, [{{'$1', Scope, '$2', '$3'},
+                                         [{'=/=', '$1', self()}, {'=/=', '$2', handling}],
+                                         [{{'$3', '$1'}}]}]),
+            case Waiting of
+                [] -> full;
+                _ ->
+                    {_, Oldest} = lists:min(Waiting),
+                    %% Out of the counts at once, so the next admission sees the room made.
+                    forget(Oldest),
+                    exit(Oldest, {shutdown, evicted}),
+                    ok
+            end
+    end.
+
+%%% ------------------------------------------------------------------ server
+
+init([]) ->
+    _ = ets:new(?TAB, [named_table, public, set, {write_concurrency, true}]),
+    erlang:send_after(?SWEEP_MS, self(), sweep),
+    {ok, #{}}.
+
+handle_call(_Request, _From, S) -> {reply, {error, unknown_call}, S}.
+
+handle_cast({watch, Pid}, S) ->
+    _ = erlang:monitor(process, Pid),
+    {noreply, S};
+handle_cast(_Msg, S) -> {noreply, S}.
+
+handle_info({'DOWN', _, process, Pid, _}, S) ->
+    forget(Pid),
+    {noreply, S};
+handle_info(sweep, S) ->
+    Now = now_ms(),
+    Late = ets:select(?TAB, [{{'$1', '_', '$2', '$3'},
+                              [{is_pid, '$1'}, {'=/=', '$2', handling}, {'<', '$3', Now}],
+                              [{{'$1', '$2'}}]}]),
+    [begin forget(Pid), exit(Pid, {shutdown, {deadline, Phase}}) end || {Pid, Phase} <- Late],
+    erlang:send_after(?SWEEP_MS, self(), sweep),
+    {noreply, S};
+handle_info(_Msg, S) -> {noreply, S}.
+
+%%% ------------------------------------------------------------------ internals
+
+%% Remove a connection's row and its counts, once (the row is the token).
+forget(Pid) ->
+    case ets:take(?TAB, Pid) of
+        [{Pid, Peer, _, _}] ->
+            _ = ets:update_counter(?TAB, {count, total}, -1, {{count, total}, 1}),
+            _ = ets:update_counter(?TAB, {count, Peer}, -1, {{count, Peer}, 1}),
+            ok;
+        [] -> ok
+    end.
+
+counter(Key) ->
+    case ets:lookup(?TAB, {count, Key}) of
+        [{_, N}] -> N;
+        [] -> 0
+    end.
+
+now_ms() -> erlang:monotonic_time(millisecond).
