@@ -3,12 +3,13 @@ no inets or eunit: Debian's OTP 25 libraries are put on its path)."""
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 
 import pytest
 
 from beambridge import otp
-from beambridge.compute import JobFailed, Service
+from beambridge.compute import Forbidden, JobFailed, Service
 
 pytestmark = pytest.mark.erlang
 
@@ -28,3 +29,13 @@ def test_service_on_release(otp_runtime: otp.Runtime) -> None:
         assert counts["otp"] > 0
         with pytest.raises(JobFailed):
             client.call("bbc_sample_jobs:fail", 1)
+        # safe by default on this release too: no file outside the root, no foreign Host,
+        # no cookie on a command line (the worker joined without one)
+        with pytest.raises(Forbidden):
+            client.call("bbc_sample_jobs:word_count", "/etc/passwd")
+        conn = http.client.HTTPConnection("127.0.0.1", int(svc.url.rsplit(":", 1)[1]), timeout=30)
+        conn.request("GET", "/health", headers={"Host": "evil.example"})
+        assert conn.getresponse().status == 400
+        conn.close()
+        for pid in [svc.pid, *svc.worker_pids()]:
+            assert b"-setcookie" not in Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -41,6 +41,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="require this bearer token (default $BEAMBRIDGE_COMPUTE_TOKEN)")
     serve.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="JSON config (job_modules, code_paths, nodes, limits...)")
+    serve.add_argument("--data-root", action="append", default=None, metavar="DIR", dest="data_roots",
+                       help="a folder file-reading jobs may read under (repeat for more; none by default)")
+    serve.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="where accepted background jobs are recorded, to finish them after a "
+                            "restart (default: ~/.local/state/beambridge/compute-PORT)")
+    serve.add_argument("--insecure-no-token", action="store_true",
+                       help="serve a non-loopback address without a token (anyone who reaches it "
+                            "can run jobs)")
 
     new = sub.add_parser("new", help="write a ready-to-build Erlang project for your own jobs")
     new.add_argument("name", help="project and application name (an Erlang atom: a-z, 0-9, _)")
@@ -95,7 +103,14 @@ def _serve(args: argparse.Namespace) -> int:
         options["local_nodes"] = args.local_nodes
     if args.config is None:
         options.setdefault("port", 8080)
-    service = Service(config=options, config_file=args.config, token=args.token)
+    if args.insecure_no_token:
+        options["allow_no_token"] = True
+    data_dir = args.data_dir
+    if data_dir is None and options.get("port"):
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        data_dir = state / "beambridge" / f"compute-{options['port']}"
+    service = Service(config=options, config_file=args.config, token=args.token,
+                      data_roots=args.data_roots, data_dir=data_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
