@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -141,6 +142,7 @@ class Service:
         env.setdefault("ERL_EPMD_ADDRESS", "127.0.0.1")
         # Erlang reads $HOME/.erlang.cookie (then $XDG_CONFIG_HOME/erlang/): both point here.
         env["HOME"] = env["XDG_CONFIG_HOME"] = str(folder)
+        _enough_descriptors(int(config.get("max_connections", 1024)) + 512)
         with open(log_path, "ab") as out:
             self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                           env=env, cwd=folder)
@@ -227,6 +229,17 @@ class Service:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _enough_descriptors(wanted: int) -> None:
+    """Raise this process's soft limit on open files (which ``erl`` inherits) to ``wanted``
+    when the hard limit allows: otherwise the BEAM runs out of sockets before the service's
+    own connection cap is reached, and the cap protects nothing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _runtime_dir() -> str | None:
