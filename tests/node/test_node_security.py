@@ -27,7 +27,7 @@ import pytest
 
 from beambridge import Atom
 from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, epmd_names
-from beambridge.protocol import NEED_DATA, Connected, Connection, Role
+from beambridge.protocol import NEED_DATA, Connected, Connection, Role, State, StatusReceived
 from beambridge.protocol import epmd as epmd_messages
 
 from .conftest import COOKIE, ErlNode, unique
@@ -233,8 +233,9 @@ def test_unfinished_fragments_close_only_that_connection(epmd_port: int, erl: Er
         legit_calls(py, erl)  # the other connection went on
 
 
-def test_unfinished_fragments_defaults_let_real_erlang_through(py: BlockingNode, erl: ErlNode) -> None:
-    """Big messages from real Erlang arrive fragmented: the defaults must not refuse them."""
+def test_defaults_let_big_messages_from_real_erlang_through(py: BlockingNode, erl: ErlNode) -> None:
+    """Big messages from real Erlang arrive fragmented and decode into many objects: neither
+    the fragment bounds nor the decode limits refuse them."""
     data = py.rpc(erl.name, "bb_test", "big", [100_000_000], timeout=60)
     assert len(data) == 100_000_000
     assert py.rpc(erl.name, "lists", "seq", [1, 1_000_000], timeout=60)[-1] == 1_000_000
@@ -433,14 +434,20 @@ def test_handshake_caps_total_and_per_address(epmd_port: int, erl: ErlNode) -> N
             sock.connect(("127.0.0.1", port))
             return sock
 
+        def refused(source: str) -> bool:
+            try:
+                sock = connect(source)
+            except ConnectionResetError:  # reset before connect() had even returned
+                return True
+            with sock:
+                return closed_by_peer(sock, 3)
+
         held = [connect("127.0.0.2"), connect("127.0.0.2")]
         try:
-            with connect("127.0.0.2") as third:  # over the per-address cap
-                assert closed_by_peer(third, 3)
+            assert refused("127.0.0.2")  # over the per-address cap
             held += [connect("127.0.0.3"), connect("127.0.0.3")]
             assert wait_until(lambda: len(py.node._handshaking) == 4, 3)
-            with connect("127.0.0.4") as fifth:  # over the total cap
-                assert closed_by_peer(fifth, 3)
+            assert refused("127.0.0.4")  # over the total cap
         finally:
             for sock in held:
                 sock.close()
@@ -508,3 +515,75 @@ def test_epmd_replies_are_bounded(py: BlockingNode, erl: ErlNode) -> None:
     assert py.names()  # the real EPMD still answers
     py.expose("sec", {"echo": lambda x: x})
     legit_calls(py, erl)
+
+
+def test_a_stranger_using_a_nodes_name_does_not_cancel_our_connect(py: BlockingNode,
+                                                                    epmd_port: int) -> None:
+    """While we connect to Z (whose name sorts after ours, so its own simultaneous attempt
+    would win), a stranger without the cookie calls itself Z: our attempt goes on."""
+    z_alive = "zzz_" + unique("slow")
+    z_name = f"{z_alive}@127.0.0.1"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(10)
+    stranger_sent = threading.Event()
+
+    def slow_node() -> None:  # a real handshake with the cookie, after the stranger's try
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            proto = Connection(Role.ACCEPTOR, this_node=z_name, cookie=COOKIE, creation=3)
+            while True:
+                event = proto.next_event()
+                if event is NEED_DATA:
+                    proto.receive_data(conn.recv(4096))
+                elif type(event).__name__ == "NameReceived":
+                    stranger_sent.wait(10)
+                    time.sleep(0.3)  # the stranger's handshake is over by now
+                    conn.sendall(proto.accept_name("ok"))
+                elif isinstance(event, Connected):
+                    conn.sendall(proto.data_to_send())
+                    time.sleep(1)
+                    return
+
+    server = threading.Thread(target=slow_node, daemon=True)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", epmd_port), timeout=5) as registration:
+            registration.sendall(epmd_messages.alive2_request(z_alive, listener.getsockname()[1]))
+            assert epmd_messages.parse_alive2_reply(registration.recv(16)) is not None
+            result: list[BaseException | None] = []
+            caller = threading.Thread(target=lambda: result.append(_try(lambda: py.connect(z_name, 10))))
+            caller.start()
+            time.sleep(0.3)  # our attempt is under way
+            stranger = Connection(Role.INITIATOR, this_node=z_name, cookie="wrong", creation=1,
+                                  peer_node=py.name)
+            with socket.create_connection(("127.0.0.1", py.node.port), timeout=5) as sock:
+                sock.sendall(stranger.start())
+                statuses = []
+                while stranger.state is not State.AWAIT_ACK:  # status, challenge, our reply
+                    event = stranger.next_event()
+                    if event is NEED_DATA and stranger.state is not State.AWAIT_ACK:
+                        stranger.receive_data(sock.recv(4096))
+                    elif isinstance(event, StatusReceived):
+                        statuses.append(event.status)
+                sock.sendall(stranger.data_to_send())
+                assert statuses == ["ok_simultaneous"]
+                assert closed_by_peer(sock, 5)  # the wrong cookie ends it
+            stranger_sent.set()
+            caller.join(15)
+            assert result == [None], result
+            assert z_name in py.nodes()
+    finally:
+        stranger_sent.set()
+        server.join(10)
+        listener.close()
+
+
+def _try(action: Callable[[], object]) -> BaseException | None:
+    try:
+        action()
+    except BaseException as error:
+        return error
+    return None

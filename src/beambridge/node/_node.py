@@ -65,7 +65,7 @@ from ..protocol import Connection as _Protocol
 from ..protocol import ConnectionClosed as _Closed
 from ..protocol._control import spawn_request_unchecked
 from ..protocol._flags import DEFAULT_FLAGS
-from ..term import Atom, ImproperList, Mapping, Pid, Reference, encode_body
+from ..term import Atom, ImproperList, Limits, Mapping, Pid, Reference, encode_body
 from ..term._types import trusted_reference
 from . import _epmd_client
 from ._errors import (
@@ -426,8 +426,10 @@ class Node:
     closed as soon as it is accepted), each within ``handshake_timeout`` seconds for the whole
     handshake, both directions (Erlang's ``net_setuptime``, 7 s). Once connected, a peer's
     unfinished fragmented messages hold at most ``max_fragmented_bytes`` and number at most
-    ``max_fragmented_messages``; past a bound only that connection is closed, with a logged
-    reason.
+    ``max_fragmented_messages``, and one message decodes within ``limits`` (default
+    ``beambridge.protocol.DIST_LIMITS``: 10M terms, ~512 MiB of objects, so that a small
+    compressed message cannot make the node build a gigabyte); past a bound only that
+    connection is closed, with a logged reason, and everyone else is served on.
     """
 
     def __init__(self, name: str, cookie: str | None = None, *, hidden: bool = True,
@@ -436,7 +438,8 @@ class Node:
                  listen_host: str = "127.0.0.1", connect_timeout: float = 10.0,
                  start_epmd: bool = False, handshake_timeout: float = 7.0,
                  max_handshakes: int = 64, max_handshakes_per_address: int = 8,
-                 max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256) -> None:
+                 max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256,
+                 limits: Limits | None = None) -> None:
         self.name = full_node_name(name)
         self.node_atom = Atom(self.name)
         self.alive_name, self.host = self.name.split("@", 1)
@@ -463,7 +466,10 @@ class Node:
                 raise UsageError(f"{option} must be a positive int, not {value!r}")
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
+        if limits is not None and not isinstance(limits, Limits):
+            raise UsageError(f"limits must be a beambridge.term.Limits, not {limits!r}")
         self._proto_options: dict[str, Any] = {
+            "limits": limits,
             "max_fragmented_bytes": max_fragmented_bytes,
             "max_fragmented_messages": max_fragmented_messages,
         }
@@ -764,8 +770,8 @@ class Node:
         if other in self._connecting:
             if self.name > other:
                 return "nok"  # our own attempt wins
-            task = self._connecting.pop(other)
-            task.cancel()
+            # the peer's wins, but only once it has proven the cookie (see ``_on_accept``): a
+            # stranger using its name must not cancel our attempt; the peer answers it ``nok``
             return "ok_simultaneous"
         return "ok"
 
@@ -847,7 +853,11 @@ class Node:
         if connected is None:
             writer.close()
             return
-        old = self._peers.get(Atom(connected.name))
+        name = Atom(connected.name)
+        ours = self._connecting.pop(name, None)
+        if ours is not None:
+            ours.cancel()  # simultaneous connect, authenticated: this connection wins
+        old = self._peers.get(name)
         if old is not None:
             self._peer_down(old, "replaced by a new connection")
         self._peer_up(proto, reader, writer, connected)
