@@ -37,6 +37,7 @@ static PyObject *default_mapping, *default_limits, *str_hint;
 static PyObject *s_node, *s_id, *s_serial, *s_creation, *s_ids, *s_v4, *s_data, *s_tail_bits,
     *s_items, *s_tail, *s_module, *s_function, *s_arity, *s_old_index, *s_old_uniq, *s_pid,
     *s_free_vars, *s_uniq, *s_index, *s_raw, *s_at, *s_compressed, *s_max_depth, *s_max_size,
+    *s_max_terms, *s_max_memory,
     *s_binary_as, *s_string_as, *s_atom_as, *s_bool_atoms, *s_none_atom, *s_str_as,
     *s_bytes_like, *s_true, *s_false, *s_key, *s_value, *s_str;
 
@@ -247,6 +248,8 @@ typedef struct {
     Py_ssize_t pos;
     Py_ssize_t top;      /* where decoding started (for the too-deep error) */
     long max_depth;
+    long long max_terms, max_memory;
+    long long terms_left, memory_left; /* this call's budget (Limits.max_terms, max_memory) */
     MapState *ms;
     PyObject *atom_cache; /* NULL when there is none */
     PyObject *src;        /* the object whose buffer this is (for LOCAL_EXT) */
@@ -270,6 +273,25 @@ static PyObject *eof(Dec *d) { return derr(d->len, "unexpected end of input"); }
 #define NEED_AT(p, n) do { if (d->len - (p) < (Py_ssize_t)(n)) return eof(d); } while (0)
 
 static PyObject *dec(Dec *d, int depth);
+
+/* The cost model of Limits.max_memory, as in _pure.py. */
+#define TERM_COST 32
+#define CONTAINER_COST 32
+#define SLOT_COST 8
+#define MAP_PAIR_COST (6 * SLOT_COST)
+#define STRUCT_COST 96
+#define LIST_ITEM_COST (TERM_COST + SLOT_COST)
+
+/* Count terms and bytes about to be built; -1 (DecodeError set) if they overrun the budget.
+ * Each charge is at most a few times 2^32, so the counters cannot wrap. */
+static int charge(Dec *d, long long terms, long long memory, Py_ssize_t offset) {
+    d->terms_left -= terms;
+    d->memory_left -= memory;
+    if (d->terms_left >= 0 && d->memory_left >= 0) return 0;
+    if (d->terms_left < 0) derr(offset, "over max_terms=%lld terms", d->max_terms);
+    else derr(offset, "over max_memory=%lld bytes of objects (estimated)", d->max_memory);
+    return -1;
+}
 
 static int depth_error(Dec *d, int depth, Py_ssize_t offset) {
     if (depth > d->max_depth) {
@@ -480,6 +502,10 @@ static PyObject *decode_list(Dec *d, Py_ssize_t start, int depth) {
             Py_DECREF(items);
             return derr(pos - 5, "list of %zd elements is longer than the input", n);
         }
+        if (charge(d, n, CONTAINER_COST + (long long)LIST_ITEM_COST * n, pos - 5) < 0) {
+            Py_DECREF(items);
+            return NULL;
+        }
         PyObject *chunk = PyList_New(n);
         if (!chunk) { Py_DECREF(items); return NULL; }
         d->pos = pos;
@@ -494,6 +520,7 @@ static PyObject *decode_list(Dec *d, Py_ssize_t start, int depth) {
         int tag = b[pos];
         if (tag == T_NIL) { pos++; break; }
         if (tag == T_LIST) continue;
+        if (charge(d, 1, TERM_COST, pos) < 0) { Py_DECREF(items); return NULL; }
         d->pos = pos;
         PyObject *tail = dec(d, depth);
         if (!tail) { Py_DECREF(items); return NULL; }
@@ -518,6 +545,8 @@ static PyObject *decode_map(Dec *d, Py_ssize_t pos, int depth) {
     if (2 * n > d->len - pos) return derr(pos - 5, "map of %zd pairs is longer than the input", n);
     depth++;
     if (depth_error(d, depth, pos - 5) < 0) return NULL;
+    if (charge(d, 2 * n, CONTAINER_COST + (long long)(MAP_PAIR_COST + 2 * TERM_COST) * n, pos - 5) < 0)
+        return NULL;
 #if PY_VERSION_HEX < 0x030D0000
     PyObject *dict = _PyDict_NewPresized(n);
 #else
@@ -587,6 +616,9 @@ static PyObject *decode_fun_rest(Dec *d, Py_ssize_t pos, Py_ssize_t start, int d
     }
     depth++;
     if (depth_error(d, depth, start) < 0) goto fail;
+    if (charge(d, num_free + (pid == NULL), CONTAINER_COST + (long long)LIST_ITEM_COST * num_free,
+               start) < 0)
+        goto fail;
     if (!(module = plain_atom(d, pos, &pos))) goto fail;
     if (!(old_index = small_int_field(d, pos, &pos))) goto fail;
     if (!(old_uniq = small_int_field(d, pos, &pos))) goto fail;
@@ -658,10 +690,12 @@ static PyObject *decode_local(Dec *d, Py_ssize_t pos) {
     if (PyTuple_Check(result) && PyTuple_GET_SIZE(result) == 2)
         end = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 1));
     Py_DECREF(result);
-    if (end < start || end > d->len) {
+    if (end < start) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_SystemError, "LOCAL_EXT walk gave a bad end");
         return NULL;
     }
+    if (end > d->len) return eof(d); /* as the pure codec: the walk found a field cut short */
+    if (charge(d, 0, end - start, start) < 0) return NULL;
     d->pos = end;
     PyObject *raw = PyBytes_FromStringAndSize((const char *)d->buf + start, end - start);
     return make(LocalTermType, 1, &raw);
@@ -671,6 +705,17 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
     const unsigned char *b = d->buf;
     Py_ssize_t start = pos - 1;
     PyObject *node;
+    switch (tag) {
+    case T_NEW_PID: case T_PID: case T_NEWER_REFERENCE: case T_NEW_REFERENCE: case T_REFERENCE:
+    case T_NEW_PORT: case T_PORT: case T_V4_PORT: case T_EXPORT:
+        if (charge(d, 0, STRUCT_COST, start) < 0) return NULL;
+        break;
+    case T_FUN:
+        if (charge(d, 1, TERM_COST, start) < 0) return NULL; /* its pid, decoded first */
+        break;
+    default:
+        break;
+    }
     switch (tag) {
     case T_NEW_PID:
     case T_PID: {
@@ -756,6 +801,7 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
         if (n > d->len - pos) return derr(start, "bitstring of %zd bytes runs past the end of the input", n);
         if (bits < 1 || bits > 8 || (n == 0 && bits != 8))
             return derr(start, "bitstring with %d bits in its last byte", bits);
+        if (charge(d, 0, n, start) < 0) return NULL;
         PyObject *raw = PyBytes_FromStringAndSize((const char *)b + pos, n);
         d->pos = pos + n;
         if (bits == 8 || !raw) return raw;
@@ -764,25 +810,36 @@ static PyObject *decode_rare(Dec *d, Py_ssize_t pos, int tag, int depth) {
     }
     case T_FLOAT: {
         if (31 > d->len - pos) return derr(start, "float runs past the end of the input");
-        Py_ssize_t n = 0;
-        while (n < 31 && b[pos + n] != 0) n++;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (b[pos + i] >= 128) return derr(start, "malformed FLOAT_EXT text");
-        PyObject *text = PyUnicode_DecodeASCII((const char *)b + pos, n, "strict");
-        if (!text) return NULL;
-        PyObject *number = PyFloat_FromString(text);
-        Py_DECREF(text);
-        if (!number) {
-            if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
-            PyErr_Clear();
-            return derr(start, "malformed FLOAT_EXT text");
+        /* BEAM's grammar (erts sys_chars_to_double): [+-]digits[.,]digits([eE][+-]digits), then
+         * the NUL that ends it inside the field (BEAM reads past a field without one). */
+        char text[32];
+        memcpy(text, b + pos, 31);
+        text[31] = 1; /* not a NUL: a field without one fails below */
+        const char *s = text;
+        if (*s == '+' || *s == '-') s++;
+        int ok = *s >= '0' && *s <= '9';
+        while (*s >= '0' && *s <= '9') s++;
+        ok = ok && (*s == '.' || *s == ',');
+        if (ok) {
+            text[s - text] = '.';
+            s++;
+            ok = *s >= '0' && *s <= '9';
+            while (*s >= '0' && *s <= '9') s++;
         }
-        if (!isfinite(PyFloat_AS_DOUBLE(number))) {
-            Py_DECREF(number);
-            return derr(start, "NaN or infinite float");
+        if (ok && (*s == 'e' || *s == 'E')) {
+            s++;
+            if (*s == '+' || *s == '-') s++;
+            ok = *s >= '0' && *s <= '9';
+            while (*s >= '0' && *s <= '9') s++;
         }
+        if (!ok || *s != 0) return derr(start, "malformed FLOAT_EXT text");
+        /* Python's own correctly rounded parser, as float() in the pure codec; the text is
+         * plain ASCII digits by now, so only a failed allocation can make it fail. */
+        double value = PyOS_string_to_double(text, NULL, NULL);
+        if (value == -1.0 && PyErr_Occurred()) return NULL;
+        if (!isfinite(value)) return derr(start, "NaN or infinite float");
         d->pos = pos + 31;
-        return number;
+        return PyFloat_FromDouble(value);
     }
     case T_EXPORT: {
         PyObject *args[3] = {NULL, NULL, NULL};
@@ -849,6 +906,7 @@ static PyObject *dec(Dec *d, int depth) {
         Py_ssize_t n = rd32(b + pos);
         pos += 4;
         if (n > d->len - pos) return derr(pos - 5, "binary of %zd bytes runs past the end of the input", n);
+        if (charge(d, 0, n, pos - 5) < 0) return NULL;
         d->pos = pos + n;
         if (d->ms->binary_as_str) {
             PyObject *s = PyUnicode_DecodeUTF8((const char *)b + pos, n, "strict");
@@ -890,6 +948,9 @@ static PyObject *dec(Dec *d, int depth) {
         }
         depth++;
         if (depth_error(d, depth, pos - 1) < 0) return NULL;
+        if (charge(d, n, CONTAINER_COST + (long long)LIST_ITEM_COST * n,
+                   tag == T_SMALL_TUPLE ? pos - 2 : pos - 5) < 0)
+            return NULL;
         PyObject *t = PyTuple_New(n);
         if (!t) return NULL;
         d->pos = pos;
@@ -903,6 +964,7 @@ static PyObject *dec(Dec *d, int depth) {
     case T_LIST:
         return decode_list(d, pos - 1, depth);
     case T_NIL:
+        if (charge(d, 0, CONTAINER_COST, pos - 1) < 0) return NULL;
         d->pos = pos;
         return PyList_New(0);
     case T_STRING: {
@@ -910,6 +972,7 @@ static PyObject *dec(Dec *d, int depth) {
         Py_ssize_t n = rd16(b + pos);
         pos += 2;
         if (n > d->len - pos) return derr(pos - 3, "string of %zd bytes runs past the end of the input", n);
+        if (charge(d, n, CONTAINER_COST + (long long)LIST_ITEM_COST * n, pos - 3) < 0) return NULL;
         d->pos = pos + n;
         if (d->ms->string_as_str) return PyUnicode_DecodeLatin1((const char *)b + pos, n, NULL);
         PyObject *list = PyList_New(n);
@@ -943,6 +1006,7 @@ static PyObject *dec(Dec *d, int depth) {
         int sign = b[pos++];
         if (n > d->len - pos) return derr(start, "integer of %zd bytes runs past the end of the input", n);
         if (sign > 1) return derr(start, "bad integer sign byte %d", sign);
+        if (charge(d, 0, n, start) < 0) return NULL;
         d->pos = pos + n;
         PyObject *number;
         if (n <= 8) {
@@ -990,27 +1054,39 @@ static PyObject *dec(Dec *d, int depth) {
 
 /* Limits are read once per distinct object (they are frozen). */
 static PyObject *last_limits;
-static long last_max_depth;
-static long long last_max_size;
+static long long last_max_depth, last_max_size, last_max_terms, last_max_memory;
 
-static int read_limits(PyObject *limits, long *max_depth, long long *max_size) {
+/* A positive int attribute; values past what C holds are as good as unlimited. */
+static int read_limit(PyObject *limits, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(limits, name);
+    if (!v) return -1;
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(v, &overflow);
+    Py_DECREF(v);
+    if (value == -1 && PyErr_Occurred()) return -1;
+    *out = overflow > 0 ? LLONG_MAX : value;
+    return 0;
+}
+
+/* Limits' fields (max_size and the budget may be NULL when not wanted). */
+static int read_limits(PyObject *limits, long *max_depth, long long *max_size, long long *max_terms,
+                       long long *max_memory) {
     if (limits != last_limits) {
-        PyObject *v = PyObject_GetAttr(limits, s_max_depth);
-        if (!v) return -1;
-        long depth = PyLong_AsLong(v);
-        Py_DECREF(v);
-        if (depth == -1 && PyErr_Occurred()) return -1;
-        if (!(v = PyObject_GetAttr(limits, s_max_size))) return -1;
-        long long size = PyLong_AsLongLong(v);
-        Py_DECREF(v);
-        if (size == -1 && PyErr_Occurred()) return -1;
+        long long depth, size, terms, memory;
+        if (read_limit(limits, s_max_depth, &depth) < 0 || read_limit(limits, s_max_size, &size) < 0 ||
+            read_limit(limits, s_max_terms, &terms) < 0 || read_limit(limits, s_max_memory, &memory) < 0)
+            return -1;
         Py_INCREF(limits);
         Py_XSETREF(last_limits, limits);
-        last_max_depth = depth;
+        last_max_depth = depth > LONG_MAX ? LONG_MAX : depth;
         last_max_size = size;
+        last_max_terms = terms;
+        last_max_memory = memory;
     }
-    *max_depth = last_max_depth;
+    *max_depth = (long)last_max_depth;
     if (max_size) *max_size = last_max_size;
+    if (max_terms) *max_terms = last_max_terms;
+    if (max_memory) *max_memory = last_max_memory;
     return 0;
 }
 
@@ -1066,14 +1142,17 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
 static PyObject *run_decoder(Dec *d, PyObject *mapping, PyObject *limits, PyObject *atom_cache,
                              Py_ssize_t offset, int *temp_ms) {
     long max_depth;
-    if (read_limits(limits, &max_depth, NULL) < 0) return NULL;
+    if (read_limits(limits, &max_depth, NULL, &d->max_terms, &d->max_memory) < 0) return NULL;
     d->ms = mapstate_get(mapping, temp_ms);
     if (!d->ms) return NULL;
     d->max_depth = max_depth;
+    d->terms_left = d->max_terms;
+    d->memory_left = d->max_memory;
     d->atom_cache = atom_cache == Py_None ? NULL : atom_cache;
     d->mapping = mapping;
     d->limits = limits;
     d->pos = d->top = offset;
+    if (charge(d, 1, TERM_COST, offset) < 0) return NULL;
     return dec(d, 0);
 }
 
@@ -1144,7 +1223,7 @@ static PyObject *cterm_decode(PyObject *self, PyObject *const *args, Py_ssize_t 
     {
         long max_depth;
         long long max_size;
-        if (read_limits(a[2], &max_depth, &max_size) < 0) goto done;
+        if (read_limits(a[2], &max_depth, &max_size, NULL, NULL) < 0) goto done;
         if ((long long)size > max_size) {
             derr(0, "input of %zd bytes is over max_size=%lld", size, max_size);
             goto done;
@@ -2075,6 +2154,8 @@ PyMODINIT_FUNC PyInit__cterm(void) {
     INTERN(s_index, "index"); INTERN(s_raw, "raw"); INTERN(s_at, "at");
     INTERN(s_compressed, "compressed"); INTERN(s_max_depth, "max_depth");
     INTERN(s_max_size, "max_size");
+    INTERN(s_max_terms, "max_terms");
+    INTERN(s_max_memory, "max_memory");
     INTERN(s_binary_as, "binary_as"); INTERN(s_string_as, "string_as"); INTERN(s_atom_as, "atom_as");
     INTERN(s_bool_atoms, "bool_atoms"); INTERN(s_none_atom, "none_atom"); INTERN(s_str_as, "str_as");
     INTERN(s_bytes_like, "bytes_like"); INTERN(s_true, "true"); INTERN(s_false, "false");

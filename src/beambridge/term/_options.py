@@ -93,14 +93,32 @@ class Limits:
     ``max_depth``: nesting of tuples, lists, maps and funs (bounded by Python's stack in the
     pure-Python codec). ``max_size``: bytes of input. ``max_decompressed_size``: bytes a
     compressed term may expand to (a zlib bomb is refused, not inflated).
+
+    Bytes of input do not bound the work: one byte (``[]``) becomes a 56-byte list, so a 15 KB
+    compressed message can ask for a gigabyte. Two limits bound what one decode call builds,
+    charged when a term's header is read, before its object is allocated:
+
+    ``max_terms``: terms built, nested ones included (a container charges for all its elements
+    when its header is read, so a list announcing 16M elements is refused at once).
+    ``max_memory``: an estimate, in bytes, of the Python objects built: every term 32 (a number,
+    or an object's header), plus for a tuple, list (``[]`` and each ``STRING_EXT`` too), map or
+    fun 32 and 8 per slot (a map has 6 per pair, a fun one per free variable), for a binary,
+    bitstring, big integer or ``LOCAL_EXT`` its length in bytes, and for a pid, port, reference
+    or export fun 96. This is a little above what CPython allocates (``[]`` is 56 bytes,
+    ``(a, b)`` 56, a dict ~40 per entry; small ints and atoms are shared, yet charged).
+
+    The defaults bound one call to about a gigabyte and a few seconds of CPU, and still pass
+    a 100 MB binary or millions of small tuples; the distribution layer passes tighter ones.
     """
 
     max_depth: int = 256
     max_size: int = 1 << 32
     max_decompressed_size: int = 64 << 20
+    max_terms: int = 1 << 24
+    max_memory: int = 1 << 30
 
     def __post_init__(self) -> None:
-        for name in ("max_depth", "max_size", "max_decompressed_size"):
+        for name in ("max_depth", "max_size", "max_decompressed_size", "max_terms", "max_memory"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")

@@ -9,10 +9,12 @@ against what is left of it before anything is allocated.
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zlib
 from collections.abc import Callable, Sequence
 from collections.abc import Mapping as AbcMapping
+from functools import partial
 from itertools import chain
 from typing import Any
 
@@ -434,7 +436,20 @@ def encode(term: Any, compressed: int | bool = False, minor_version: int = 2,
 # --------------------------------------------------------------------------------------------
 
 Decoder = Callable[[bytes, int], tuple[Any, int]]
-_decoders: dict[tuple[Mapping, Limits], Decoder] = {}
+
+# The cost model of Limits.max_memory (its docstring says what each stands for); _cterm.c has
+# the same numbers.
+TERM_COST = 32
+CONTAINER_COST = 32
+SLOT_COST = 8
+MAP_PAIR_COST = 6 * SLOT_COST
+STRUCT_COST = 96
+LIST_ITEM_COST = TERM_COST + SLOT_COST  # an element: its own base cost and its slot
+assert CONTAINER_COST == 32 and LIST_ITEM_COST == 40  # written as literals on hot paths
+
+# BEAM's FLOAT_EXT grammar (erts sys_chars_to_double): no spaces, underscores, "inf" or
+# exponent without a fraction; a comma works as the decimal point.
+_float_text = re.compile(rb"[+-]?[0-9]+[.,][0-9]+(?:[eE][+-]?[0-9]+)?").fullmatch
 
 
 def _fail(reason: str, offset: int) -> DecodeError:
@@ -463,6 +478,27 @@ def _make_decoder(
     latin1_cache: dict[bytes, Any] = {}
     utf8_cache: dict[bytes, Any] = {}
     raw_cache: dict[tuple[bytes, bool], Atom] = {}
+    max_terms = limits.max_terms
+    max_memory = limits.max_memory
+    # What is left of this call's budget; reset by decode_top (a decoder serves one call at a
+    # time: _run hands each call its own).
+    terms_left = 0
+    memory_left = 0
+    top_terms = max_terms - 1
+    top_memory = max_memory - TERM_COST
+
+    def over(offset: int) -> DecodeError:
+        if terms_left < 0:
+            return _fail(f"over max_terms={max_terms} terms", offset)
+        return _fail(f"over max_memory={max_memory} bytes of objects (estimated)", offset)
+
+    def charge(terms: int, memory: int, offset: int) -> None:
+        """Count terms and bytes about to be built; refuse them if they overrun the budget."""
+        nonlocal terms_left, memory_left
+        terms_left -= terms
+        memory_left -= memory
+        if terms_left < 0 or memory_left < 0:
+            raise over(offset)
 
     def make_atom(raw: bytes, utf8: bool, offset: int) -> Any:
         try:
@@ -556,7 +592,9 @@ def _make_decoder(
         return "".join(map(chr, items))
 
     def decode_items(data: bytes, pos: int, n: int, depth: int) -> tuple[list[Any], int]:
-        """Decode ``n`` consecutive terms; the common leaves are read inline (no call each)."""
+        """Decode ``n`` consecutive terms (already charged); the common leaves are read inline
+        (no call each)."""
+        nonlocal memory_left
         items: list[Any] = [None] * n
         for i in range(n):
             tag = data[pos]
@@ -568,6 +606,9 @@ def _make_decoder(
                 end = pos + 5 + size
                 if end > len(data):
                     raise _fail(f"binary of {size} bytes runs past the end of the input", pos)
+                memory_left -= size
+                if memory_left < 0:
+                    raise over(pos)
                 items[i] = data[pos + 5:end]
                 pos = end
             elif tag == SMALL_ATOM_UTF8:
@@ -592,6 +633,7 @@ def _make_decoder(
         return items, pos
 
     def dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        nonlocal terms_left, memory_left  # charge() inlined on the common containers
         tag = data[pos]
         pos += 1
         if tag == SMALL_INTEGER:
@@ -602,6 +644,9 @@ def _make_decoder(
             end = pos + n
             if end > len(data):
                 raise _fail(f"binary of {n} bytes runs past the end of the input", pos - 5)
+            memory_left -= n
+            if memory_left < 0:
+                raise over(pos - 5)
             raw = data[pos:end]
             if binary_as_str:
                 try:
@@ -623,11 +668,16 @@ def _make_decoder(
             depth += 1
             if depth > max_depth:
                 raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 1)
+            terms_left -= n
+            memory_left -= 32 + 40 * n  # CONTAINER_COST + LIST_ITEM_COST * n, as literals
+            if terms_left < 0 or memory_left < 0:
+                raise over(pos - 2 if tag == SMALL_TUPLE else pos - 5)
             items, pos = decode_items(data, pos, n, depth)
             return tuple(items), pos
         if tag == LIST:
             return decode_list(data, pos - 1, depth)
         if tag == NIL:
+            charge(0, CONTAINER_COST, pos - 1)
             return [], pos
         if tag == STRING:
             n = unpack_u16(data, pos)[0]
@@ -635,6 +685,7 @@ def _make_decoder(
             end = pos + n
             if end > len(data):
                 raise _fail(f"string of {n} bytes runs past the end of the input", pos - 3)
+            charge(n, CONTAINER_COST + LIST_ITEM_COST * n, pos - 3)
             if string_as_str:
                 return data[pos:end].decode("latin-1"), end
             return list(data[pos:end]), end
@@ -662,6 +713,7 @@ def _make_decoder(
                 raise _fail(f"integer of {n} bytes runs past the end of the input", start)
             if sign > 1:
                 raise _fail(f"bad integer sign byte {sign}", start)
+            charge(0, n, start)
             number = int.from_bytes(data[pos:end], "little")
             return (-number if sign else number), end
         if tag == ATOM_CACHE_REF:
@@ -676,6 +728,7 @@ def _make_decoder(
         return decode_rare(data, pos, tag, depth)
 
     def decode_list(data: bytes, start: int, depth: int) -> tuple[Any, int]:
+        nonlocal terms_left, memory_left
         depth += 1
         if depth > max_depth:
             raise _fail(f"nesting deeper than max_depth={max_depth}", start)
@@ -687,6 +740,10 @@ def _make_decoder(
             pos += 5
             if n > len(data) - pos:
                 raise _fail(f"list of {n} elements is longer than the input", pos - 5)
+            terms_left -= n
+            memory_left -= 32 + 40 * n  # CONTAINER_COST + LIST_ITEM_COST * n
+            if terms_left < 0 or memory_left < 0:
+                raise over(pos - 5)
             chunk, pos = decode_items(data, pos, n, depth)
             if items:
                 items.extend(chunk)
@@ -698,6 +755,7 @@ def _make_decoder(
                 break
             if tag == LIST:
                 continue
+            charge(1, TERM_COST, pos)
             tail, pos = dec(data, pos, depth)
             if type(tail) is list:  # a STRING_EXT or [] tail: still a proper list
                 items.extend(tail)
@@ -717,6 +775,7 @@ def _make_decoder(
         depth += 1
         if depth > max_depth:
             raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 5)
+        charge(2 * n, CONTAINER_COST + (MAP_PAIR_COST + 2 * TERM_COST) * n, pos - 5)
         flat, pos = decode_items(data, pos, 2 * n, depth)
         try:
             result: dict[Any, Any] = dict(zip(flat[0::2], flat[1::2], strict=True))
@@ -728,6 +787,8 @@ def _make_decoder(
 
     def decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]:
         start = pos - 1
+        if tag in _STRUCT_TAGS:
+            charge(0, STRUCT_COST, start)
         if tag == NEW_PID or tag == PID:
             node, pos = plain_atom(data, pos)
             if tag == NEW_PID:
@@ -750,8 +811,8 @@ def _make_decoder(
             return (None if local else trusted_reference(node, creation, ids)), pos + 4 * n
         if tag == REFERENCE:
             node, pos = plain_atom(data, pos)
-            ref_id = unpack_u32(data, pos)[0]
-            return (None if local else Reference(node, data[pos + 4], (ref_id,))), pos + 5
+            ref_id, creation = unpack_u32(data, pos)[0], data[pos + 4]
+            return (None if local else Reference(node, creation, (ref_id,))), pos + 5
         if tag == NEW_PORT or tag == PORT or tag == V4_PORT:
             node, pos = plain_atom(data, pos)
             if tag == V4_PORT:
@@ -770,6 +831,7 @@ def _make_decoder(
                 raise _fail(f"bitstring of {n} bytes runs past the end of the input", start)
             if not 1 <= bits <= 8 or (n == 0 and bits != 8):
                 raise _fail(f"bitstring with {bits} bits in its last byte", start)
+            charge(0, n, start)
             raw = data[pos:end]
             if bits == 8:
                 return raw, end
@@ -778,11 +840,11 @@ def _make_decoder(
             end = pos + 31
             if end > len(data):
                 raise _fail("float runs past the end of the input", start)
-            text = data[pos:end].split(b"\0", 1)[0]
-            try:
-                number = float(text.decode("ascii"))
-            except (UnicodeDecodeError, ValueError):
-                raise _fail("malformed FLOAT_EXT text", start) from None
+            nul = data.find(0, pos, end)
+            text = data[pos:nul]
+            if nul < 0 or _float_text(text) is None:  # BEAM reads past a field without a NUL
+                raise _fail("malformed FLOAT_EXT text", start)
+            number = float(text.replace(b",", b"."))
             if not isfinite(number):
                 raise _fail("NaN or infinite float", start)
             return number, end
@@ -791,7 +853,8 @@ def _make_decoder(
             function, pos = plain_atom(data, pos)
             if data[pos] != SMALL_INTEGER:
                 raise _fail("export fun arity is not a small integer", pos)
-            return (None if local else ExportFun(module, function, data[pos + 1])), pos + 2
+            arity = data[pos + 1]
+            return (None if local else ExportFun(module, function, arity)), pos + 2
         if tag == NEW_FUN:
             size, arity, uniq, index, num_free = _new_fun_head.unpack_from(data, pos)
             pos += _new_fun_head.size
@@ -799,6 +862,7 @@ def _make_decoder(
                 raise _fail("fun runs past the end of the input", start)
             return decode_fun_rest(data, pos, start, depth, num_free, arity, uniq, index, size)
         if tag == FUN:
+            charge(1, TERM_COST, start)  # its pid, decoded first
             num_free = unpack_u32(data, pos)[0]
             pos += 4
             pid, pos = dec(data, pos, depth)
@@ -808,7 +872,10 @@ def _make_decoder(
                 raise _fail("LOCAL_EXT inside LOCAL_EXT", start)
             if pos + 4 > len(data):
                 raise _fail("LOCAL_EXT runs past the end of the input", start)
-            _, end = _local_decoder(mapping, limits)(data, pos + 4)
+            _, end = _take(*_pool(mapping, limits, True), data, pos + 4)
+            if end > len(data):
+                raise _fail("unexpected end of input", len(data))
+            charge(0, end - start, start)
             return LocalTerm(data[start:end]), end
         if tag == COMPRESSED:
             raise _fail("a compressed term can only be the whole input", start)
@@ -824,6 +891,7 @@ def _make_decoder(
         depth += 1
         if depth > max_depth:
             raise _fail(f"nesting deeper than max_depth={max_depth}", start)
+        charge(num_free + (pid is _MISSING), CONTAINER_COST + LIST_ITEM_COST * num_free, start)
         module, pos = plain_atom(data, pos)
         old_index, pos = small_int_field(data, pos)
         old_uniq, pos = small_int_field(data, pos)
@@ -843,32 +911,74 @@ def _make_decoder(
         return Fun(module, old_index, old_uniq, pid, tuple(free), arity, uniq, index), pos
 
     def decode_top(data: bytes, pos: int) -> tuple[Any, int]:
+        nonlocal terms_left, memory_left
+        terms_left = top_terms  # the top term charged: charge(1, TERM_COST, pos) with no call
+        memory_left = top_memory
+        if top_memory < 0:
+            raise over(pos)
         return dec(data, pos, 0)
 
     return decode_top
 
 
-_local_decoders: dict[tuple[Mapping, Limits], Decoder] = {}
+# Tags charged STRUCT_COST (their object and its int fields).
+_STRUCT_TAGS = frozenset((NEW_PID, PID, NEWER_REFERENCE, NEW_REFERENCE, REFERENCE, NEW_PORT, PORT,
+                          V4_PORT, EXPORT))
+
+# A decoder keeps its call's budget in its closure, so one serves one call at a time: each set of
+# options has a pool of idle ones (list pop and append are atomic), a new one made when it is
+# empty, as when threads decode at once.
+_POOL_SIZE = 4
+_MAX_POOLS = 256
+Pool = tuple[list[Decoder], Callable[[], Decoder]]
+_pools: dict[tuple[Mapping, Limits, bool], Pool] = {}
+
+
+def _pool(mapping: Mapping, limits: Limits, local: bool = False) -> Pool:
+    key = (mapping, limits, local)
+    found = _pools.get(key)
+    if found is None:
+        if len(_pools) >= _MAX_POOLS:  # options made per call must not grow this without end
+            _pools.clear()
+        found = _pools[key] = ([], partial(_make_decoder, mapping, limits, local=local))
+    return found
 
 
 def _local_decoder(mapping: Mapping, limits: Limits) -> Decoder:
-    found = _local_decoders.get((mapping, limits))
-    if found is None:
-        found = _local_decoders[(mapping, limits)] = _make_decoder(mapping, limits, local=True)
-    return found
+    """The lenient walk that finds where a LOCAL_EXT ends (the compiled codec calls it too)."""
+    idle, make = _pool(mapping, limits, True)
+
+    def walk(data: bytes, pos: int) -> tuple[Any, int]:
+        return _take(idle, make, data, pos)
+
+    return walk
 
 
-def _decoder(mapping: Mapping, limits: Limits, atom_cache: AtomCache | None) -> Decoder:
-    if atom_cache is not None:
-        return _make_decoder(mapping, limits, atom_cache)
-    key = (mapping, limits)
-    found = _decoders.get(key)
-    if found is None:
-        found = _decoders[key] = _make_decoder(mapping, limits)
-    return found
+def _take(idle: list[Decoder], make: Callable[[], Decoder], data: bytes,
+          pos: int) -> tuple[Any, int]:
+    try:
+        decoder = idle.pop()
+    except IndexError:
+        decoder = make()
+    try:
+        return decoder(data, pos)
+    finally:
+        if len(idle) < _POOL_SIZE:
+            idle.append(decoder)
 
 
-def _run(decoder: Decoder, data: bytes, pos: int, compressed: bool = False) -> tuple[Any, int]:
+def _decoder(mapping: Mapping, limits: Limits, atom_cache: AtomCache | None) -> Pool:
+    if atom_cache is not None:  # the cache is bound into the decoder: one for this call
+        return [], partial(_make_decoder, mapping, limits, atom_cache)
+    return _pool(mapping, limits)
+
+
+def _run(pool: Pool, data: bytes, pos: int, compressed: bool = False) -> tuple[Any, int]:
+    idle, make = pool
+    try:
+        decoder = idle.pop()
+    except IndexError:
+        decoder = make()
     try:
         return decoder(data, pos)
     except DecodeError as error:
@@ -880,6 +990,9 @@ def _run(decoder: Decoder, data: bytes, pos: int, compressed: bool = False) -> t
     except RecursionError:
         raise DecodeError("nesting too deep for the Python stack; lower max_depth", pos,
                           compressed=compressed) from None
+    finally:
+        if len(idle) < _POOL_SIZE:
+            idle.append(decoder)
 
 
 _LIMITS = Limits()
