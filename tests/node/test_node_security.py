@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,10 +26,11 @@ from typing import Any
 
 import pytest
 
-from beambridge import Atom
+from beambridge import Atom, Pid
 from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, epmd_names
 from beambridge.protocol import NEED_DATA, Connected, Connection, Role, State, StatusReceived
 from beambridge.protocol import epmd as epmd_messages
+from beambridge.term import term_to_binary
 
 from .conftest import COOKIE, ErlNode, unique
 
@@ -239,6 +241,62 @@ def test_defaults_let_big_messages_from_real_erlang_through(py: BlockingNode, er
     data = py.rpc(erl.name, "bb_test", "big", [100_000_000], timeout=60)
     assert len(data) == 100_000_000
     assert py.rpc(erl.name, "lists", "seq", [1, 1_000_000], timeout=60)[-1] == 1_000_000
+
+
+# ------------------------------------------------------------------ decoding bounded by work
+
+def _nils(count: int) -> bytes:
+    """The body of a list of ``count`` empty lists: one byte each on the wire."""
+    return b"l" + struct.pack(">I", count) + b"j" * count + b"j"
+
+
+def zip_bomb_packet(sender: str) -> bytes:
+    """A pass-through REG_SEND whose ~15 KB compressed payload inflates to 16M ``[]``."""
+    control = term_to_binary((6, Pid(A(sender), 1, 0, 1), A(""), A("nobody")))
+    inner = _nils(16_000_000)
+    payload = b"\x83P" + struct.pack(">I", len(inner)) + zlib.compress(inner, 9)
+    body = b"p" + control + payload
+    return struct.pack(">I", len(body)) + body
+
+
+def long_list_packet(sender: str) -> bytes:
+    """A 'D' REG_SEND whose plain payload is a list of 11M ``[]`` (11 MB on the wire)."""
+    control = term_to_binary((6, Pid(A(sender), 1, 0, 1), A(""), A("nobody")))[1:]
+    body = b"\x83D\x00" + control + _nils(11_000_000)
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize("packet", [zip_bomb_packet, long_list_packet], ids=["zlib", "plain"])
+def test_decoding_bomb_closes_only_that_connection(
+        packet: Callable[[str], bytes], epmd_port: int, erl: ErlNode, tmp_path: Path,
+        record_property: Callable[[str, Any], None]) -> None:
+    target = TargetNode(epmd_port, tmp_path / "target.log")
+    try:
+        with BlockingNode(unique("driver") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as driver:
+            def call_in() -> Any:
+                return driver.rpc(erl.name, "rpc", "call",
+                                  [A(target.name), A("target"), A("echo"), [3], 20000], timeout=30)
+
+            assert call_in() == 3
+            sock, fake = hostile_peer(target.port, target.name)
+            with sock:
+                data = packet(fake)
+                assert target.command("reset") == "RESET"
+                base = int(target.command("rss").split()[1])
+                started = time.monotonic()
+                sock.sendall(data)
+                assert call_in() == 3  # a real node's call made meanwhile
+                took = time.monotonic() - started
+                assert closed_by_peer(sock, 10)
+            peak = int(target.command("rss").split()[2])
+            assert fake not in target.command("nodes").split()
+        grown = (peak - base) / 1024
+        assert grown < 128, f"the node grew by {grown:.0f} MB"
+        assert "max_terms" in target.log.read_text()
+        record_property("bomb_peak_growth_mb", f"{grown:.0f}")
+        print(f"\n{len(data)}-byte bomb: peak RSS +{grown:.0f} MB, call in meanwhile {took:.3f} s")
+    finally:
+        target.stop()
 
 
 # ------------------------------------------------------------------ unauthenticated connections

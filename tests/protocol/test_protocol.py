@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any
 
 import pytest
 
 from beambridge.protocol import (
+    DIST_LIMITS,
     NEED_DATA,
     AliasSend,
     BadCookie,
@@ -45,7 +47,7 @@ from beambridge.protocol import (
 )
 from beambridge.protocol._connection import MAX_HANDSHAKE_MESSAGE
 from beambridge.protocol._flags import DEFAULT_FLAGS, MANDATORY_25, MANDATORY_26
-from beambridge.term import Atom, Pid, Reference, term_to_binary
+from beambridge.term import Atom, Limits, Pid, Reference, term_to_binary
 
 A = "a@host"
 B = "b@host"
@@ -378,6 +380,36 @@ def test_finished_fragments_give_their_bytes_back() -> None:
         events = feed(b, a.send(Send(PB, bytes(1000))), False)
         assert events == [Send(PB, bytes(1000))]
         assert b._partial_bytes == 0
+
+
+def _nil_list(count: int) -> bytes:
+    return b"l" + struct.pack(">I", count) + b"j" * count + b"j"
+
+
+@pytest.mark.parametrize("form", ["pass-through-zlib", "header"])
+def test_decoding_is_bounded_by_work_not_bytes(form: str) -> None:
+    """A message whose few bytes ask for millions of objects is refused by DIST_LIMITS."""
+    _, b = connected_pair()
+    assert b.limits == DIST_LIMITS
+    control = term_to_binary((6, PA, Atom(""), Atom("nobody")))
+    if form == "header":
+        body = b"\x83D\x00" + control[1:] + _nil_list(11_000_000)
+    else:
+        inner = _nil_list(16_000_000)
+        body = b"p" + control + b"\x83P" + struct.pack(">I", len(inner)) + zlib.compress(inner, 9)
+        assert len(body) < 20_000
+    b.receive_data(struct.pack(">I", len(body)) + body)
+    with pytest.raises(RemoteProtocolError, match="max_terms"):
+        b.next_event()
+    assert b.state is State.ERROR
+
+
+def test_decode_limits_are_the_connections_choice() -> None:
+    a, b = connected_pair(limits=Limits(max_terms=100))
+    with pytest.raises(RemoteProtocolError, match="max_terms"):
+        feed(b, a.send(Send(PB, list(range(200)))), False)
+    a, b = connected_pair()
+    assert feed(b, a.send(Send(PB, list(range(1_000_000)))), False) == [Send(PB, list(range(1_000_000)))]
 
 
 def header_frame(refs: list[tuple[int, int, str | None]], body: bytes, long_atoms: bool = False) -> bytes:

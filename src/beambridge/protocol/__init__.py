@@ -7,6 +7,7 @@ sends. ``beambridge.node`` runs these over asyncio.
 
 from . import _epmd as epmd
 from ._connection import (
+    DIST_LIMITS,
     NEED_DATA,
     Connected,
     Connection,
@@ -45,6 +46,7 @@ from ._flags import DEFAULT_FLAGS, MANDATORY_25, MANDATORY_26, Flag, missing_man
 
 __all__ = [
     "DEFAULT_FLAGS",
+    "DIST_LIMITS",
     "MANDATORY_25",
     "MANDATORY_26",
     "NEED_DATA",

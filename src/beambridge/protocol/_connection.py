@@ -26,12 +26,13 @@ from typing import Any
 
 from .._errors import DecodeError
 from ..term import Atom, Limits, Mapping, binary_to_term, encode_body, term_to_binary
-from ..term._api import _DEFAULT_LIMITS, _decode_body
+from ..term._api import _decode_body
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
 
 __all__ = [
+    "DIST_LIMITS",
     "NEED_DATA",
     "Connected",
     "Connection",
@@ -52,6 +53,11 @@ _TICK = b"\x00\x00\x00\x00"
 _unpack_u32 = struct.Struct(">I").unpack_from
 _ATOM_CACHE_SIZE = 2048
 _REFS_MEMO_SIZE = 1024
+#: What one distribution message may make the decoder build (``Connection``'s default): 10M
+#: terms and about 512 MiB of Python objects. A 100 MB binary or a list of a million integers
+#: passes; a 15 KB message that inflates to a list of 16M ``[]`` (a gigabyte of lists, seconds
+#: of CPU) is refused as soon as its header is read.
+DIST_LIMITS = Limits(max_terms=10_000_000, max_memory=512 << 20)
 #: The longest handshake message: a challenge with a 255-character node name in UTF-8 is about
 #: 1,040 bytes. Anything longer comes from a peer that is not a node (refused before buffering).
 MAX_HANDSHAKE_MESSAGE = 2048
@@ -155,6 +161,9 @@ _STATUSES_ACCEPTOR = ("ok", "ok_simultaneous", "nok", "not_allowed", "alive")
 class Connection:
     """The protocol state of one connection; see the module docstring.
 
+    ``limits`` bound what decoding one message may build (``DIST_LIMITS`` by default: bytes
+    do not bound the work, a compressed term or a list of ``[]`` can ask for a gigabyte); a
+    message past them is a ``RemoteProtocolError``.
     ``max_frame_size`` bounds one packet and ``max_message_size`` a reassembled fragmented
     message (both refused before the bytes are buffered). Unfinished fragmented messages are
     bounded together, since a peer can start many and finish none: ``max_fragmented_bytes`` in
@@ -182,7 +191,7 @@ class Connection:
         self.peer_flags = 0
         self.peer_creation = 0
         self.mapping = mapping or Mapping.EXACT
-        self.limits = limits
+        self.limits = limits or DIST_LIMITS
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.max_fragmented_bytes = max_fragmented_bytes
@@ -659,7 +668,7 @@ class Connection:
 
     def _decode_message(self, data: bytes, offset: int, refs: list[Atom]) -> ControlMessage:
         # every message of the connection passes here: the codec's own function, called directly
-        limits = self.limits or _DEFAULT_LIMITS
+        limits = self.limits
         control, end = _decode_body(data, offset, _CONTROL_MAPPING, limits, refs)
         payload = NO_PAYLOAD
         if type(control) is tuple and control and control[0] in PAYLOAD_TAGS:  # has_payload
