@@ -13,8 +13,10 @@ import array
 import contextlib
 import importlib.util
 import random
+import struct
 import sys
 import time
+import zlib
 from typing import Any
 
 import beambridge.term._api  # noqa: F401  (the Python side the module imports at init)
@@ -83,17 +85,36 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
+# Inputs that once escaped as another exception, or that take the budget and text-float paths.
+CORPUS = [
+    b"\x83y\x00\x01\x00\x00ea\xbau\x02\x01R", b"\x83y\x00\x00\x00\x00qw\x01mw\x01fa",
+    b"\x83y\x00\x00\x00\x00h\x02eh\x01a\x01\x00\x00\x00\x00\x00a\x01",
+    b"\x83c" + b"1." + b"5" * 29, b"\x83c1,5e3" + bytes(26), b"\x83c1_0" + bytes(28),
+    b"\x83l\x00\x00\x10\x00" + b"j" * 4096 + b"j",
+    b"\x83l\x00\x00\x00\x03m\x00\x00\x00\x02abh\x02jjt\x00\x00\x00\x01a\x01jj",
+    b"\x83P" + struct.pack(">I", 4102) + zlib.compress(b"l\x00\x00\x10\x00" + b"j" * 4097),
+]
+
+
 def main() -> None:
     cterm = load(sys.argv[1])
     deadline = time.monotonic() + float(sys.argv[2])
     rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
     mappings = [Mapping.EXACT, Mapping.TEXT, Mapping.CHARLIST, Mapping.UWSGI]
     limits = Limits(max_decompressed_size=1 << 20)
+    # Budgets small enough to run out mid-term, at every kind of header.
+    tight = [Limits(max_decompressed_size=1 << 20, max_terms=t, max_memory=m)
+             for t in (1, 4, 50) for m in (40, 300, 5000)]
     cache = [Atom("a"), Atom("true")]
     runs = 0
     for data in (b"\x83m\x00\x00\x00\x03ab", b"\x83w\x03ab", b"\x83h\x02a"):  # ends early
         with contextlib.suppress(DecodeError):
             cterm.decode(exact_buffer(data))
+    for data in CORPUS:
+        for cut in range(1, len(data) + 1):
+            for budget in (limits, *tight):
+                with contextlib.suppress(DecodeError):
+                    cterm.decode(exact_buffer(data[:cut]), Mapping.EXACT, budget, cache, True)
     while time.monotonic() < deadline:
         term = random_term(rng)
         mapping = rng.choice(mappings)
@@ -102,10 +123,12 @@ def main() -> None:
         except EncodeError:
             valid = _pure.encode(term, False, 2, Mapping.EXACT)
         assert cterm.decode(valid) is not None or True
-        for data in (mutate(rng, valid), b"\x83" + rng.randbytes(rng.randrange(24))):
+        seed = rng.choice(CORPUS) if rng.random() < 0.1 else valid
+        for data in (mutate(rng, seed), b"\x83" + rng.randbytes(rng.randrange(24))):
             exact = exact_buffer(data)
             with contextlib.suppress(DecodeError):
-                cterm.decode(exact, mapping, limits, cache, rng.random() < 0.5)
+                cterm.decode(exact, mapping, rng.choice([limits, limits, *tight]), cache,
+                             rng.random() < 0.5)
             with contextlib.suppress(DecodeError):
                 cterm.decode_body(exact, 1, mapping, limits, cache)
             runs += 1

@@ -21,6 +21,7 @@ from beambridge.otp import Runtime
 from ._strict import strict_eq
 from .erlang_port import TermOracle, contains
 from .strategies import terms
+from .test_float_ext import FLOAT_TEXTS, float_ext
 
 pytestmark = pytest.mark.erlang
 
@@ -104,3 +105,23 @@ def test_beam_rejects_what_we_refuse(oracle: TermOracle) -> None:
         assert oracle.rejects(bad)
         with pytest.raises(DecodeError):
             binary_to_term(bad)
+
+
+def test_float_ext_texts_get_beams_verdict(oracle: TermOracle) -> None:
+    """Each tricky FLOAT_EXT text: refused where BEAM refuses it, else the float BEAM reads."""
+    import struct
+
+    from beambridge import DecodeError
+
+    for text, expected in FLOAT_TEXTS.items():
+        data = float_ext(text)
+        if oracle.rejects(data):
+            assert expected is None, f"{oracle.runtime} refuses {text!r}"
+            with pytest.raises(DecodeError):
+                binary_to_term(data)
+            continue
+        theirs = binary_to_term(oracle.reencode(data))
+        assert expected is not None, f"{oracle.runtime} reads {text!r} as {theirs!r}"
+        ours = binary_to_term(data)
+        assert struct.pack(">d", ours[0]) == struct.pack(">d", theirs[0]) == struct.pack(
+            ">d", expected), text
