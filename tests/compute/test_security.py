@@ -28,6 +28,7 @@ from beambridge.compute import (
     Forbidden,
     JobFailed,
     JobLost,
+    NotFound,
     PayloadTooLarge,
     ResultDropped,
     ResultTooLarge,
@@ -420,3 +421,202 @@ def test_the_client_reports_an_oversized_request_as_payload_too_large(service: S
     with pytest.raises(PayloadTooLarge, match="limit of 8388608"):
         service.client().call(f"{J}:echo", "x" * (9 << 20))
     assert service.client().call(f"{J}:add", 1, 1) == 2
+
+
+# -- found by an attack review --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tight(roots: Path) -> Iterator[Service]:
+    """Few connection slots, to see which connection gives way."""
+    config = {"max_connections": 40, "max_connections_per_peer": 10, "header_timeout_ms": 3000,
+              "body_timeout_ms": 8000, "max_finished_jobs": 5, "result_ttl_s": 600}
+    svc = Service(config=config, data_roots=[roots]).start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_long_polls_cannot_hold_the_connection_slots(tight: Service) -> None:
+    slow = Client(tight.url).submit("call", fun=f"{J}:sleep", args=[15000])
+    polls: list[socket.socket] = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            for _ in range(10):
+                s = socket.socket()
+                s.bind((source, 0))
+                s.connect(("127.0.0.1", port_of(tight)))
+                s.sendall(f"GET /jobs/{slow.id}?wait=60000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                polls.append(s)
+        time.sleep(0.5)
+        for _ in range(5):  # each legitimate request gets in, taking a poller's slot
+            assert exchange(tight, "GET", "/health", token=None, timeout=10)[0] == 200
+    finally:
+        for s in polls:
+            s.close()
+        slow.cancel()
+    assert exchange(tight, "GET", "/health", token=None)[0] == 200
+
+
+def test_a_flood_evicts_its_own_connections_not_a_slow_legitimate_upload(tight: Service) -> None:
+    stop = threading.Event()
+
+    def churn() -> None:  # many connections from one address, never finishing a request
+        held: list[socket.socket] = []
+        deadline = time.monotonic() + 15
+        while not stop.is_set() and time.monotonic() < deadline:
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            try:
+                s.connect(("127.0.0.1", port_of(tight)))
+                s.sendall(b"GET /health HTTP/1.1\r\n")
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+            if len(held) > 200:
+                held.pop(0).close()
+            time.sleep(0.002)
+        for s in held:
+            s.close()
+
+    flood = threading.Thread(target=churn)
+    flood.start()
+    try:
+        time.sleep(0.5)
+        body = b'{"op":"call","fun":"bbc_sample_jobs:echo","args":["' + b"z" * 200_000 + b'"]}'
+        with socket.create_connection(("127.0.0.1", port_of(tight)), timeout=20) as up:
+            up.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            for i in range(0, len(body), 20_000):  # about 1 s, past the floods' churn
+                up.sendall(body[i:i + 20_000])
+                time.sleep(0.1)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = up.recv(65536)
+                assert chunk, "the upload was cut off"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        stop.set()
+        flood.join(30)
+
+
+def test_a_body_may_take_its_own_deadline_not_the_headers(tight: Service) -> None:
+    body = job(op="call", fun=f"{J}:add", args=[20, 22])
+    with socket.create_connection(("127.0.0.1", port_of(tight)), timeout=20) as up:
+        up.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        time.sleep(4)  # past header_timeout_ms (3 s), within body_timeout_ms (8 s)
+        up.sendall(body)
+        answer = up.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200") and b'"result":42' in answer, answer
+
+
+def test_malformed_framing_is_refused_and_the_connection_closed(tight: Service) -> None:
+    cases = [(b"Content-Length: 1x\r\n", b" 400 "), (b"Transfer-Encoding: Chunked\r\n", b" 501 "),
+             (b"Transfer-Encoding: gzip\r\n", b" 501 ")]
+    for header, status in cases:
+        with socket.create_connection(("127.0.0.1", port_of(tight)), timeout=10) as raw:
+            raw.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        + header + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        assert status in answer.split(b"\r\n")[0], (header, answer)
+        assert b'"error"' in answer
+    for host in (b"[::1]evil.example", b"[::1]:", b"[::1]x:80"):
+        with socket.create_connection(("127.0.0.1", port_of(tight)), timeout=10) as raw:
+            raw.sendall(b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            assert b" 400 " in raw.recv(65536).split(b"\r\n")[0], host
+    assert exchange(tight, "GET", "/health", headers={"Host": "[::1]:8080"}, token=None)[0] == 200
+    log = tight.log_text()
+    assert "should_close" not in log and "crash" not in log.lower(), log[-2000:]
+
+
+def test_no_data_root_reaches_the_services_own_files(tmp_path: Path) -> None:
+    # A data root as wide as the folder the service keeps its cookie, config and jobs in.
+    root = Path(tempfile_dir())
+    svc = Service(token="tok-1", data_roots=[root]).start()
+    try:
+        home = Path(os.readlink(f"/proc/{svc.pid}/cwd"))
+        assert home.is_relative_to(root.resolve())
+        for private in (home / ".erlang.cookie", home / "config.json", home / "service.log",
+                        home / "data" / "jobs"):
+            status, body, _ = exchange(svc, "POST", "/jobs", job(op="call", fun=f"{J}:word_count",
+                                                                  args=[str(private)]), token="tok-1")
+            assert (status, body["error"]) == (403, "forbidden"), (private, body)
+            assert "private" in body["reason"]
+        other = tmp_path / "fine.txt"
+        other.write_text("fine words")
+        if other.resolve().is_relative_to(root.resolve()):
+            assert sorted(Client(svc.url, token="tok-1").call(f"{J}:word_count", str(other))) == \
+                [["fine", 1], ["words", 1]]
+    finally:
+        svc.stop()
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "beambridge")
+    return tempfile.gettempdir()
+
+
+def test_finished_jobs_are_bounded_in_number_and_their_requests_leave_the_disk(tmp_path: Path) -> None:
+    svc = Service(config={"max_finished_jobs": 3}, data_dir=tmp_path / "data").start()
+    try:
+        c = Client(svc.url)
+        jobs = [c.submit("call", fun=f"{J}:echo", args=[" " * 1000 + str(i)]) for i in range(5)]
+        assert [j.result(timeout=30).strip() for j in jobs[2:]] == ["2", "3", "4"]
+        folder = tmp_path / "data" / "jobs"
+        deadline = time.monotonic() + 10  # files are written after the answers, in the background
+        while time.monotonic() < deadline and (list(folder.glob("*.job"))
+                                               or len(list(folder.glob("*.done"))) > 3):
+            time.sleep(0.05)
+        assert list(folder.glob("*.job")) == []  # outcomes replaced requests
+        assert len(list(folder.glob("*.done"))) == 3
+        with pytest.raises(NotFound):
+            jobs[0].status()
+        assert c.call(f"{J}:add", 1, 1) == 2
+    finally:
+        svc.stop()
+
+
+def test_a_token_sees_only_its_own_jobs(guarded: Service) -> None:
+    mine = client(guarded, ALICE).submit("call", fun=f"{J}:add", args=[1, 2])
+    assert mine.result(timeout=30) == 3
+    with pytest.raises(NotFound):
+        client(guarded, BOB).job(mine.id).status()
+    status, _, _ = exchange(guarded, "DELETE", f"/jobs/{mine.id}", token=BOB)
+    assert status == 404
+    assert client(guarded, ALICE).job(mine.id).result(timeout=5) == 3
+    # the scheme is case-insensitive, as HTTP says
+    assert exchange(guarded, "GET", "/nodes", headers={"Authorization": f"bearer {ALICE}"},
+                    token=None)[0] == 200
+
+
+def test_recovered_jobs_wait_for_a_slot(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Service(data_dir=data, config={"max_jobs": 4, "max_jobs_per_client": 4}).start()
+    port = port_of(first)
+    try:
+        c = Client(first.url)
+        jobs = [c.submit("call", fun=f"{J}:sleep_square", args=[[400, i]]) for i in range(4)]
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.stop()
+    second = Service(data_dir=data, port=port, config={"max_jobs": 1}).start()
+    try:
+        most = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(j.status().finished for j in jobs):
+            most = max(most, c.health()["jobs_running"])
+            time.sleep(0.05)
+        assert [j.result(timeout=5) for j in jobs] == [0, 1, 4, 9]
+        assert most == 1  # one at a time, as the restarted service's max_jobs says
+    finally:
+        second.stop()

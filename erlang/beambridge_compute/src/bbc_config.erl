@@ -29,12 +29,16 @@ defaults() ->
       max_jobs => 64,
       %% jobs in flight one client (token name, else peer address) may hold; null: half
       max_jobs_per_client => null,
-      %% bytes of finished results kept; the oldest are dropped (410) past it
+      %% bytes of finished results (and error terms) kept; the oldest are dropped (410)
       max_result_bytes => 256 * 1024 * 1024,
+      %% finished jobs remembered; past it the oldest are forgotten (404)
+      max_finished_jobs => 10000,
       %% folders job functions that read files may read under; none by default
       data_roots => [],
       %% where accepted background jobs are recorded; null: the user's data dir for the node
       data_dir => null,
+      %% folders no job may read even under a data root (the Python launcher names its own)
+      private_paths => [],
       job_timeout_ms => 60000,
       max_job_timeout_ms => 3600000,
       result_ttl_s => 300,
@@ -63,10 +67,11 @@ load(File) ->
 set(Overrides) ->
     Defaults = defaults(),
     try
-        Config = maps:fold(fun(K, V, Acc) ->
-                                   Key = key(K, Defaults),
-                                   Acc#{Key => check(Key, V)}
-                           end, Defaults, Overrides),
+        Config0 = maps:fold(fun(K, V, Acc) ->
+                                    Key = key(K, Defaults),
+                                    Acc#{Key => check(Key, V)}
+                            end, Defaults, Overrides),
+        Config = Config0#{protected => protected(Config0)},
         persistent_term:put(?MODULE, Config),
         {ok, Config}
     catch throw:{bad_config, _, _} = Why -> {error, Why}
@@ -84,7 +89,7 @@ check(K, V) when K =:= max_body; K =:= max_jobs; K =:= job_timeout_ms; K =:= max
                  K =:= local_nodes; K =:= max_result_bytes ->
     case is_integer(V) andalso V >= 0 of true -> V; false -> throw({bad_config, K, V}) end;
 check(K, V) when K =:= max_integer_digits; K =:= header_timeout_ms; K =:= body_timeout_ms;
-                 K =:= max_connections; K =:= max_connections_per_peer ->
+                 K =:= max_connections; K =:= max_connections_per_peer; K =:= max_finished_jobs ->
     case is_integer(V) andalso V > 0 of true -> V; false -> throw({bad_config, K, V}) end;
 check(max_jobs_per_client, V) when V =:= null; is_integer(V), V > 0 -> V;
 check(allow_no_token, V) when is_boolean(V) -> V;
@@ -93,6 +98,11 @@ check(tokens, V) when is_map(V) ->
                     (Name, T) -> throw({bad_config, tokens, {Name, T}})
                  end, V),
     V;
+check(private_paths, V) when is_list(V) ->
+    [case bbc_files:resolve(P) of
+         {ok, Real} -> Real;
+         {error, Why} -> throw({bad_config, private_paths, {P, Why}})
+     end || P <- V];
 check(K, V) when K =:= allowed_hosts; K =:= allowed_origins ->
     case is_list(V) andalso lists:all(fun is_binary/1, V) of
         true -> [string:lowercase(H) || H <- V];
@@ -124,6 +134,16 @@ check(bind, V) when is_binary(V) ->
 check(K, V) -> throw({bad_config, K, V}).
 
 get(Key) -> maps:get(Key, all()).
+
+%% What no job may read, data roots or not: the cookie files Erlang reads, the recorded
+%% jobs, the ready file, and the folders the operator calls private. Resolved once, here.
+protected(#{private_paths := Private, data_dir := DataDir, ready_file := Ready}) ->
+    Home = os:getenv("HOME", "/nonexistent"),
+    Xdg = os:getenv("XDG_CONFIG_HOME", filename:join(Home, ".config")),
+    Candidates = [filename:join(Home, ".erlang.cookie"), filename:join([Xdg, "erlang", ".erlang.cookie"]),
+                  filename:join(filename:basedir(user_data, "beambridge_compute"), atom_to_list(node()))]
+        ++ [D || D <- [DataDir, Ready], D =/= null],
+    Private ++ [R || C <- Candidates, {ok, R} <- [bbc_files:resolve(unicode:characters_to_binary(C))]].
 
 %% @doc Jobs in flight one client may hold (half of max_jobs unless configured).
 -spec client_share() -> pos_integer().

@@ -10,14 +10,17 @@
 %%% header    from accept, and after each reply (keep-alive idle)    header_timeout_ms
 %%% body      from the end of the headers until the body is read      body_timeout_ms
 %%% handling  the request runs (bounded by the job's own timeout)     none
+%%% wait      a long poll for a job's end (bounded by its own wait)   none
 %%% reply     writing the answer to the client                       body_timeout_ms
 %%% </pre>
 %%%
 %%% A sweeper ends connections past their deadline. Admission counts connections in all
-%%% and per peer address; a new connection over a cap closes the oldest connection of that
-%%% scope that is waiting on its client (header, body or reply phase) rather than being
-%%% refused, so a legitimate request always gets in and a slow one loses its slot. Only
-%%% when every connection is busy handling a request is the new one refused. Connection
+%%% and per peer address; a new connection over a cap closes an older connection that
+%%% waits (header, body, reply or wait phase) rather than being refused: over the peer's cap
+%%% one of that peer's, over the total one of the peer holding the most. So a flood evicts
+%%% itself, a legitimate request gets in, and a slow one loses its slot. Only when every
+%%% connection is busy handling a request (a bounded number: jobs have a per-client share)
+%%% is the new one refused. Connection
 %%% processes update their own rows; nothing here is a call on a request's path.
 -module(bbc_conns).
 -behaviour(gen_server).
@@ -44,11 +47,13 @@ serve(Socket, Opts, Body) ->
             exit({shutdown, too_many_connections})
     end.
 
-%% @doc Enter a phase (header, body, handling or reply), which sets its deadline.
--spec phase(header | body | handling | reply) -> ok.
+%% @doc Enter a phase, which sets its deadline. `wait' is a long poll: bounded by its own
+%% timeout, and evictable, since the client waits on the service and not the reverse.
+-spec phase(header | body | handling | wait | reply) -> ok.
 phase(Phase) ->
     Deadline = case Phase of
                    handling -> infinity;
+                   wait -> infinity;
                    header -> now_ms() + bbc_config:get(header_timeout_ms);
                    _ -> now_ms() + bbc_config:get(body_timeout_ms)
                end,
@@ -72,23 +77,43 @@ admit(Peer) ->
         full -> full
     end.
 
-%% Scope: a peer address, or '_' for all connections.
-make_room(Scope, Max) ->
-    case counter(case Scope of '_' -> total; Peer -> Peer end) > Max of
+%% Over the per-peer cap, the peer's own oldest waiting connection goes; over the total
+%% cap, one of the peer that holds the most. So a flood evicts its own connections first,
+%% and a peer with a connection or two is the last to lose one.
+make_room(Peer, Max) when Peer =/= '_' ->
+    case counter(Peer) > Max of
+        false -> ok;
+        true -> evict_oldest(Peer)
+    end;
+make_room('_', Max) ->
+    case counter(total) > Max of
         false -> ok;
         true ->
-            Waiting = ets:select(?TAB, [{{'$1', Scope, '$2', '$3'},
-                                         [{'=/=', '$1', self()}, {'=/=', '$2', handling}],
-                                         [{{'$3', '$1'}}]}]),
-            case Waiting of
-                [] -> full;
-                _ ->
-                    {_, Oldest} = lists:min(Waiting),
-                    %% Out of the counts at once, so the next admission sees the room made.
-                    forget(Oldest),
-                    exit(Oldest, {shutdown, evicted}),
-                    ok
-            end
+            Peers = ets:select(?TAB, [{{{count, '$1'}, '$2'}, [{'=/=', '$1', total}], [{{'$2', '$1'}}]}]),
+            evict_from([P || {_, P} <- lists:reverse(lists:sort(Peers))])
+    end.
+
+evict_from([]) -> full;
+evict_from([Peer | Rest]) ->
+    case evict_oldest(Peer) of
+        ok -> ok;
+        full -> evict_from(Rest)
+    end.
+
+%% The peer's connection that has waited longest on its client (a long poll, whose wait has
+%% no deadline of its own, last).
+evict_oldest(Peer) ->
+    Waiting = ets:select(?TAB, [{{'$1', Peer, '$2', '$3'},
+                                 [{'=/=', '$1', self()}, {'=/=', '$2', handling}],
+                                 [{{'$3', '$1'}}]}]),
+    case Waiting of
+        [] -> full;
+        _ ->
+            {_, Oldest} = lists:min(Waiting),
+            %% Out of the counts at once, so the next admission sees the room made.
+            forget(Oldest),
+            exit(Oldest, {shutdown, evicted}),
+            ok
     end.
 
 %%% ------------------------------------------------------------------ server
@@ -126,6 +151,8 @@ forget(Pid) ->
         [{Pid, Peer, _, _}] ->
             _ = ets:update_counter(?TAB, {count, total}, -1, {{count, total}, 1}),
             _ = ets:update_counter(?TAB, {count, Peer}, -1, {{count, Peer}, 1}),
+            %% A peer with no connection left has no row (the table is bounded by connections).
+            _ = ets:select_delete(?TAB, [{{{count, Peer}, 0}, [], [true]}]),
             ok;
         [] -> ok
     end.

@@ -40,9 +40,14 @@ check(Path) ->
         Roots ->
             case resolve(Path) of
                 {ok, Real} ->
-                    case lists:any(fun(Root) -> under(Real, Root) end, Roots) of
-                        true -> {ok, Real};
-                        false -> {error, <<"the path is outside the data roots (data_roots)">>}
+                    Private = lists:any(fun(P) -> under(Real, P) end,
+                                        maps:get(protected, bbc_config:all(), [])),
+                    case {Private, lists:any(fun(Root) -> under(Real, Root) end, Roots)} of
+                        {true, _} ->
+                            {error, <<"the path is one of the service's private files (the cookie, "
+                                      "recorded jobs, private_paths), even under a data root">>};
+                        {false, true} -> {ok, Real};
+                        {false, false} -> {error, <<"the path is outside the data roots (data_roots)">>}
                     end;
                 {error, Why} ->
                     {error, <<"a path must be an absolute file name (", (atom_to_binary(Why))/binary,

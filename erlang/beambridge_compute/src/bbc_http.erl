@@ -27,14 +27,54 @@ start_link() ->
     Max = bbc_config:get(max_connections),
     %% MochiWeb stops accepting at its own max; ours (bbc_conns) is below it, so a new
     %% connection is always seen and can take an idle one's place.
-    mochiweb_socket_server:start_link(
-      [{name, ?MODULE}, {ip, Ip}, {port, bbc_config:get(port)},
-       {loop, {bbc_conns, serve, [{?MODULE, loop}]}}, {acceptor_pool_size, 32},
-       {max, Max + 64}, {backlog, 1024}]).
+    %% A restarted listener takes the port it had (port 0 picks one only the first time),
+    %% so clients and the ready file stay right.
+    Port = persistent_term:get({?MODULE, port}, bbc_config:get(port)),
+    case mochiweb_socket_server:start_link(
+           [{name, ?MODULE}, {ip, Ip}, {port, Port},
+            {loop, {bbc_conns, serve, [{?MODULE, loop}]}}, {acceptor_pool_size, 32},
+            {max, Max + 64}, {backlog, 1024}]) of
+        {ok, _} = Started ->
+            Port =:= 0 andalso persistent_term:put({?MODULE, port}, port()),
+            Started;
+        Error -> Error
+    end.
 
 port() -> mochiweb_socket_server:get(?MODULE, port).
 
 loop(Req) ->
+    %% The headers are in: reading the body (if any) has its own deadline.
+    bbc_conns:phase(body),
+    case framing(Req) of
+        ok -> serve(Req);
+        {Status, Code, Reason} -> refuse_framing(Req, Status, Code, Reason)
+    end.
+
+%% A body whose length cannot be known is refused before anything reads it, and the
+%% connection closed: what follows on it could not be told from the next request.
+framing(Req) ->
+    try mochiweb_request:get(body_length, Req) of
+        {unknown_transfer_encoding, _} ->
+            {501, <<"not_implemented">>, <<"the only transfer coding understood is chunked">>};
+        _ -> ok
+    catch _:_ -> {400, <<"bad_request">>, <<"the Content-Length header is not a length">>}
+    end.
+
+%% Written by hand: MochiWeb's own reply path parses the framing again (and fails on it).
+refuse_framing(Req, Status, Code, Reason) ->
+    bbc_conns:phase(reply),
+    Json = iolist_to_binary(bbc_json:encode(error_body(Code, Reason))),
+    Socket = mochiweb_request:get(socket, Req),
+    _ = mochiweb_socket:send(Socket, [<<"HTTP/1.1 ">>, integer_to_binary(Status),
+                                      case Status of 400 -> <<" Bad Request">>;
+                                                     _ -> <<" Not Implemented">> end,
+                                      <<"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                        "Content-Length: ">>, integer_to_binary(byte_size(Json)),
+                                      <<"\r\n\r\n">>, Json]),
+    mochiweb_socket:close(Socket),
+    exit({shutdown, bad_framing}).
+
+serve(Req) ->
     Method = mochiweb_request:get(method, Req),
     Path = string:lexemes(mochiweb_request:get(path, Req), "/"),
     Answer = try admitted(Method, Path, Req)
@@ -101,7 +141,8 @@ allowed_hosts() ->
 %% "name", "name:port", "[v6]", "[v6]:port" -> the name part.
 host_name(<<"[", _/binary>> = Host) ->
     case binary:split(Host, <<"]">>) of
-        [V6, _] -> <<V6/binary, "]">>;
+        [V6, <<>>] -> <<V6/binary, "]">>;
+        [V6, <<":", Port/binary>>] when Port =/= <<>> -> <<V6/binary, "]">>;
         _ -> Host
     end;
 host_name(Host) ->
@@ -169,23 +210,25 @@ authorized_route('GET', ["nodes"], _Req, _Client) ->
     {200, #{nodes => bbc_nodes:info()}};
 authorized_route('POST', ["jobs"], Req, Client) ->
     submit(Req, Client);
-authorized_route('GET', ["jobs", Id], Req, _Client) ->
-    bbc_conns:phase(handling),
+authorized_route('GET', ["jobs", Id], Req, Client) ->
     Wait = case proplists:get_value("wait", mochiweb_request:parse_qs(Req)) of
                undefined -> 0;
                Text -> try min(?MAX_WAIT_MS, max(0, list_to_integer(Text))) catch _:_ -> 0 end
            end,
-    case bbc_jobs:wait(list_to_binary(Id), Wait) of
+    %% A long poll waits on the service, not on its client: its connection may be evicted.
+    bbc_conns:phase(case Wait of 0 -> handling; _ -> wait end),
+    BinId = list_to_binary(Id),
+    case owned(BinId, Client) andalso bbc_jobs:wait(BinId, Wait) of
         {ok, View} -> answer_view(View);
-        not_found -> unknown_job(Id)
+        _ -> unknown_job(Id)
     end;
-authorized_route('DELETE', ["jobs", Id], _Req, _Client) ->
+authorized_route('DELETE', ["jobs", Id], _Req, Client) ->
     bbc_conns:phase(handling),
     BinId = list_to_binary(Id),
-    case bbc_jobs:cancel(BinId) of
+    case owned(BinId, Client) andalso bbc_jobs:cancel(BinId) of
         ok -> {200, #{id => BinId, status => cancelled}};
         {finished, View} -> bbc_jobs:forget(BinId), {200, with(view_json(View), deleted, true)};
-        not_found -> unknown_job(Id)
+        _ -> unknown_job(Id)
     end;
 authorized_route(_Method, Path, _Req, _Client) when Path =:= ["health"]; Path =:= ["nodes"];
                                                     Path =:= ["jobs"]; length(Path) =:= 2,
@@ -210,6 +253,7 @@ submit(Req, Client) ->
         N when is_integer(N), N > Max -> exit({body_too_large, content_length});
         _ -> ok
     end,
+    bbc_conns:phase(body),
     Body = case mochiweb_request:recv_body(Max, Req) of
                undefined -> <<>>;
                B -> B
@@ -329,12 +373,28 @@ reply(Req, Status, Body, Headers) ->
            end,
     mochiweb_request:respond({Status, [{"Content-Type", "application/json"} | Headers], Json}, Req).
 
+%% With tokens, a job belongs to the client that submitted it: another token sees no such
+%% job. Without, clients are peer addresses, which change (NAT, DHCP): ids alone guard jobs.
+owned(Id, Client) ->
+    Named = bbc_config:get(token) =/= null orelse map_size(bbc_config:get(tokens)) > 0,
+    case bbc_jobs:get(Id) of
+        {ok, #{client := Owner}} -> not Named orelse Owner =:= Client;
+        _ -> true
+    end.
+
 %% `{ok, Client}' (the fair share is counted per Client) or `unauthorized'. With tokens
 %% the client is the token's name; without, each peer address is a client.
 client(Req) ->
     Given = case mochiweb_request:get_header_value("authorization", Req) of
-                "Bearer " ++ T -> crypto:hash(sha256, T);
-                _ -> none
+                undefined -> none;
+                Value ->
+                    case string:split(Value, " ") of
+                        [Scheme, T] -> case string:lowercase(Scheme) of
+                                           "bearer" -> crypto:hash(sha256, string:trim(T));
+                                           _ -> none
+                                       end;
+                        _ -> none
+                    end
             end,
     Named = [{<<"token">>, T} || T <- [bbc_config:get(token)], T =/= null]
         ++ maps:to_list(bbc_config:get(tokens)),

@@ -1,48 +1,63 @@
-%%% @doc The job registry: starts jobs, enforces the in-flight limits (in all and per
-%%% client) and each job's deadline, answers status and long-poll waits, cancels, keeps
-%%% finished results within a memory budget, and expires them.
+%%% @doc The job registry: admits jobs (in flight, in all and per client), enforces each
+%%% job's deadline, answers long-poll waits, cancels, keeps finished jobs within a byte
+%%% budget and a count, expires them, and recovers recorded jobs after a restart.
 %%%
-%%% Each job runs in its own process whose whole outcome travels in its exit reason, so a
-%%% job's end is one 'DOWN' message here. Status is kept in a public ets table that HTTP
-%%% handlers read directly; only this server writes job states. Progress is written by the
-%%% job's coordinator under a separate key, so it never races a state change.
+%%% No payload passes through this server. A request is admitted here with its metadata;
+%%% the job process (a temporary child of bbc_job_sup, linked here) gets its plan straight
+%%% from the HTTP process, writes its own outcome (result JSON or error) into the public
+%%% table and, for a background job, to disk, and exits with `{shutdown, {bbc_job, Status,
+%%% Bytes}}'. HTTP handlers read states, progress and outcomes from the table directly;
+%%% only this server writes job states.
 %%%
-%%% Results are JSON text encoded by the job itself; their bytes count against
-%%% `max_result_bytes'. Past it the oldest finished results are dropped (their status
-%%% becomes `dropped', answered 410); a result alone over the budget fails its job.
-%%% Background jobs are recorded by bbc_store before they are acknowledged; at start
-%%% this server reloads their outcomes and runs again those that had none.
+%%% Finished jobs are kept in finishing order: past `max_result_bytes' (results and error
+%%% terms) the oldest outcomes are dropped (status `dropped', answered 410), past
+%%% `max_finished_jobs' the oldest jobs are forgotten. A result alone over the budget fails
+%%% its job. Expiry is indexed by time, so a sweep touches only what expires.
 -module(bbc_jobs).
 -behaviour(gen_server).
 
 -export([start_link/0, submit/2, get/1, wait/2, cancel/1, forget/1, running/0]).
+-export([start_job/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(TAB, bbc_jobs).
+-define(EXPIRY, bbc_jobs_expiry).
 -define(SWEEP_MS, 250).
+-define(PLAN_WAIT_MS, 10000).
+
+-type id() :: binary().
 
 start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
 %% @doc Start a job from a checked plan: `{ok, Id}' or `{error, busy | share | {unrecorded,
 %% Why}}'. A background job is on disk before this returns `{ok, Id}'. `Body' is the
 %% request as received (what a recovery parses again).
--spec submit(map(), binary()) -> {ok, binary()} | {error, term()}.
-submit(#{async := true} = Plan, Body) ->
+-spec submit(map(), binary()) -> {ok, id()} | {error, term()}.
+submit(Plan, Body) ->
     Id = new_id(),
-    Facts = #{body => Body, client => maps:get(client, Plan), submitted => erlang:system_time(millisecond)},
-    %% Written before the job exists, so no outcome can precede its record.
-    case bbc_store:record(Id, Facts) of
+    Durable = maps:get(async, Plan),
+    Client = maps:get(client, Plan, none),
+    Recorded = case Durable of
+                   %% Written before the job exists, so no outcome can precede its record.
+                   true -> bbc_store:record(Id, #{body => Body, client => Client, ttl => maps:get(ttl, Plan),
+                                                  submitted => erlang:system_time(millisecond)});
+                   false -> ok
+               end,
+    case Recorded of
         ok ->
-            case gen_server:call(?MODULE, {submit, Id, Plan}) of
-                {ok, Id} -> {ok, Id};
-                Refused -> bbc_store:remove(Id), Refused
+            case gen_server:call(?MODULE, {admit, Id, meta(Id, Plan)}) of
+                {ok, Pid} ->
+                    Pid ! {plan, Plan},
+                    {ok, Id};
+                Refused ->
+                    Durable andalso bbc_store:remove(Id),
+                    Refused
             end;
         {error, Why} -> {error, {unrecorded, Why}}
-    end;
-submit(Plan, _Body) ->
-    gen_server:call(?MODULE, {submit, new_id(), Plan}).
+    end.
 
-%% @doc The job's public view, or `not_found'.
+%% @doc The job's view (status, progress, and its outcome once finished), or `not_found'.
+-spec get(id()) -> {ok, map()} | not_found.
 get(Id) ->
     case ets:lookup(?TAB, {job, Id}) of
         [{_, Job}] -> {ok, view(Id, Job)};
@@ -50,46 +65,99 @@ get(Id) ->
     end.
 
 %% @doc Like get/1, but waits up to `Ms' for a running job to finish.
+-spec wait(id(), non_neg_integer()) -> {ok, map()} | not_found.
 wait(Id, Ms) ->
     case ?MODULE:get(Id) of
         {ok, #{status := running}} when Ms > 0 ->
-            gen_server:call(?MODULE, {wait, Id, Ms}, Ms + 5000);
+            _ = gen_server:call(?MODULE, {wait, Id, Ms}, Ms + 5000),
+            ?MODULE:get(Id);
         Other -> Other
     end.
 
+-spec cancel(id()) -> ok | {finished, map()} | not_found.
 cancel(Id) -> gen_server:call(?MODULE, {cancel, Id}).
 
-%% @doc Drop a job (used after a synchronous request has its answer).
+%% @doc Drop a job (a synchronous request that has its answer); a running one is stopped.
+-spec forget(id()) -> ok.
 forget(Id) -> gen_server:call(?MODULE, {forget, Id}).
 
+-spec running() -> non_neg_integer().
 running() -> gen_server:call(?MODULE, running).
+
+%%% ------------------------------------------------------------------ the job process
+
+%% @doc bbc_job_sup's start function: a job that runs once its plan arrives.
+-spec start_job(map()) -> {ok, pid()}.
+start_job(Meta) -> {ok, proc_lib:spawn_link(fun() -> job(Meta) end)}.
+
+job(#{id := Id, durable := Durable} = Meta) ->
+    Plan = receive
+               {plan, P} -> P
+           after ?PLAN_WAIT_MS -> exit({shutdown, {bbc_job, lost, 0}})
+           end,
+    Total = maps:get(total, Plan),
+    Progress = fun(Done, _ChunkTotal) -> ets:insert(?TAB, {{progress, Id}, {Done, Total}}) end,
+    {Status, Outcome, Bytes} =
+        try bbc_exec:run(Plan, Progress) of
+            Result -> result(Result)
+        catch Class:Reason:Stack ->
+                Error = {Class, Reason, Stack},
+                {failed, #{status => failed, error => Error}, erlang:external_size(Error)}
+        end,
+    ets:insert(?TAB, {{outcome, Id}, Outcome}),
+    Durable andalso bbc_store:finished(Id, record_of(Meta, Outcome)),
+    exit({shutdown, {bbc_job, Status, Bytes}}).
+
+result(Json) ->
+    Budget = bbc_config:get(max_result_bytes),
+    case byte_size(Json) > Budget of
+        false -> {done, #{status => done, result => Json}, byte_size(Json)};
+        true ->
+            Reason = iolist_to_binary(io_lib:format(
+                       "the result is ~b bytes of JSON, over the service's budget of ~b bytes for "
+                       "finished results (max_result_bytes)", [byte_size(Json), Budget])),
+            {too_large, #{status => too_large, reason => Reason}, 0}
+    end.
+
+%% What goes to disk for a finished background job: enough to answer for it after a restart.
+record_of(Meta, Outcome) ->
+    Now = erlang:system_time(millisecond),
+    maps:merge(maps:with([op, started, ttl, timeout, client], Meta),
+               Outcome#{finished => Now, expires => Now + round(maps:get(ttl, Meta) * 1000)}).
 
 %%% ------------------------------------------------------------------ server
 
 init([]) ->
     process_flag(trap_exit, true),
     _ = ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
+    _ = ets:new(?EXPIRY, [named_table, protected, ordered_set]),
     erlang:send_after(?SWEEP_MS, self(), sweep),
     _ = bbc_store:dir(),
     self() ! recover,
-    %% running: MonitorRef => Id; clients: Client => jobs in flight; waiters: Id => [From];
-    %% kept: queue of {Id, Bytes} in the order results finished; bytes: their total.
-    {ok, #{running => #{}, clients => #{}, waiters => #{}, kept => queue:new(), bytes => 0}}.
+    {ok, #{running => #{},         % job pid => Id
+           clients => #{},         % client => jobs in flight
+           pending => queue:new(), % recovered jobs waiting for a slot: {Meta, Plan}
+           waiters => #{},         % Id => [From]
+           writers => #{},         % Id => the last disk writer for it (writes are ordered)
+           seq => 0,
+           seqs => #{},                  % Id => Seq, for finished jobs
+           finished => gb_trees:empty(), % Seq => Id, every finished job in finishing order
+           kept => gb_trees:empty(),     % Seq => {Id, Bytes}, those holding an outcome
+           bytes => 0}}.
 
-handle_call({submit, Id, Plan}, _From, #{running := Running, clients := Clients} = S) ->
-    Client = maps:get(client, Plan, none),
-    case {map_size(Running) >= bbc_config:get(max_jobs),
-          maps:get(Client, Clients, 0) >= bbc_config:client_share()} of
-        {true, _} -> {reply, {error, busy}, S};
-        {_, true} -> {reply, {error, share}, S};
-        _ -> {reply, {ok, Id}, start(Id, Plan, S)}
+handle_call({admit, _Id, Meta}, _From, S) ->
+    case room(maps:get(client, Meta), S) of
+        ok ->
+            {Pid, S2} = start(Meta, S),
+            {reply, {ok, Pid}, S2};
+        Refused -> {reply, {error, Refused}, S}
     end;
 handle_call({wait, Id, Ms}, From, #{waiters := W} = S) ->
-    case ?MODULE:get(Id) of
-        {ok, #{status := running}} ->
+    case ets:lookup(?TAB, {job, Id}) of
+        [{_, #{status := running}}] ->
             erlang:send_after(Ms, self(), {wait_over, Id, From}),
             {noreply, S#{waiters := maps:update_with(Id, fun(L) -> [From | L] end, [From], W)}};
-        Other -> {reply, Other, S}
+        _ -> {reply, finished, S}
     end;
 handle_call({cancel, Id}, _From, S) ->
     case ets:lookup(?TAB, {job, Id}) of
@@ -98,7 +166,11 @@ handle_call({cancel, Id}, _From, S) ->
         [] -> {reply, not_found, S}
     end;
 handle_call({forget, Id}, _From, S) ->
-    {reply, ok, drop(Id, S)};
+    S2 = case ets:lookup(?TAB, {job, Id}) of
+             [{_, #{status := running} = Job}] -> stop_job(Id, Job, cancelled, S);
+             _ -> S
+         end,
+    {reply, ok, drop(Id, S2)};
 handle_call(running, _From, #{running := R} = S) ->
     {reply, map_size(R), S};
 handle_call(_Request, _From, S) ->
@@ -106,21 +178,19 @@ handle_call(_Request, _From, S) ->
 
 handle_cast(_Msg, S) -> {noreply, S}.
 
-handle_info({'DOWN', MRef, process, _Pid, Reason}, #{running := Running} = S)
-  when is_map_key(MRef, Running) ->
-    Id = maps:get(MRef, Running),
-    case ets:lookup(?TAB, {job, Id}) of
-        [{_, #{status := running} = Job}] ->
-            Outcome = case Reason of
-                          {bbc_job, ok, Result} -> #{status => done, result => Result};
-                          {bbc_job, raised, Class, Why, Stack} ->
-                              #{status => failed, error => {Class, Why, Stack}};
-                          Other -> #{status => failed, error => {exit, Other, []}}
+handle_info({'EXIT', Pid, Reason}, #{running := Running} = S) when is_map_key(Pid, Running) ->
+    Id = maps:get(Pid, Running),
+    {Status, Bytes} = case Reason of
+                          {shutdown, {bbc_job, St, B}} -> {St, B};
+                          Other ->
+                              %% Died without writing its outcome: say how.
+                              Error = {exit, Other, []},
+                              ets:insert(?TAB, {{outcome, Id}, #{status => failed, error => Error}}),
+                              {failed, erlang:external_size(Error)}
                       end,
-            {noreply, finish(Id, Job, Outcome, S)};
-        _ -> {noreply, untrack(MRef, S)}
-    end;
-handle_info({'DOWN', _, process, _, _}, S) ->
+    [{_, Job}] = ets:lookup(?TAB, {job, Id}),
+    {noreply, finish(Id, Job, Status, Bytes, S)};
+handle_info({'EXIT', _Pid, _Reason}, S) ->
     {noreply, S};
 handle_info({deadline, Id}, S) ->
     case ets:lookup(?TAB, {job, Id}) of
@@ -131,7 +201,7 @@ handle_info({wait_over, Id, From}, #{waiters := W} = S) ->
     case maps:find(Id, W) of
         {ok, Froms} ->
             case lists:member(From, Froms) of
-                true -> gen_server:reply(From, ?MODULE:get(Id));
+                true -> gen_server:reply(From, waited);
                 false -> ok
             end,
             W2 = case Froms -- [From] of [] -> maps:remove(Id, W); L -> W#{Id := L} end,
@@ -139,205 +209,270 @@ handle_info({wait_over, Id, From}, #{waiters := W} = S) ->
         error -> {noreply, S}
     end;
 handle_info(sweep, S) ->
-    Now = erlang:system_time(millisecond),
-    Expired = ets:select(?TAB, [{{{job, '$1'}, #{expires => '$2'}}, [{'<', '$2', Now}], ['$1']}]),
-    S2 = lists:foldl(fun drop/2, S, Expired),
     erlang:send_after(?SWEEP_MS, self(), sweep),
-    {noreply, S2};
+    {noreply, expire(erlang:system_time(millisecond), S)};
 handle_info(recover, S) ->
     {noreply, lists:foldl(fun recover/2, S, bbc_store:recover())};
+handle_info({'DOWN', _, process, Pid, _}, #{writers := Writers} = S) ->
+    %% A writer is done: forget it unless a later one for the same job took its place.
+    {noreply, S#{writers := maps:filter(fun(_, W) -> W =/= Pid end, Writers)}};
 handle_info(_Msg, S) ->
     {noreply, S}.
 
 terminate(_Reason, #{running := Running}) ->
-    [exit(Pid, kill) || Id <- maps:values(Running),
-                        {_, #{pid := Pid}} <- ets:lookup(?TAB, {job, Id})],
+    [exit(Pid, kill) || Pid <- maps:keys(Running)],
     ok.
 
-%%% ------------------------------------------------------------------ internals
+%%% ------------------------------------------------------------------ admission
 
 new_id() -> string:lowercase(binary:encode_hex(crypto:strong_rand_bytes(8))).
 
-start(Id, Plan, #{running := Running, clients := Clients} = S) ->
-    Total = maps:get(total, Plan),
-    Client = maps:get(client, Plan, none),
-    ets:insert(?TAB, {{progress, Id}, {0, Total}}),
-    Progress = fun(Done, _ChunkTotal) -> ets:insert(?TAB, {{progress, Id}, {Done, Total}}) end,
-    {Pid, MRef} = spawn_monitor(fun() -> run_job(Plan, Progress) end),
-    Timer = erlang:send_after(maps:get(timeout, Plan), self(), {deadline, Id}),
-    Job = #{status => running, pid => Pid, mref => MRef, timer => Timer, client => Client,
-            ttl => maps:get(ttl, Plan), timeout => maps:get(timeout, Plan),
-            durable => maps:get(async, Plan), op => maps:get(op, Plan),
-            started => erlang:system_time(millisecond)},
-    ets:insert(?TAB, {{job, Id}, Job}),
-    S#{running := Running#{MRef => Id},
-       clients := maps:update_with(Client, fun(N) -> N + 1 end, 1, Clients)}.
+meta(Id, Plan) ->
+    #{id => Id, client => maps:get(client, Plan, none), durable => maps:get(async, Plan),
+      ttl => maps:get(ttl, Plan), timeout => maps:get(timeout, Plan), op => maps:get(op, Plan),
+      total => maps:get(total, Plan), started => erlang:system_time(millisecond)}.
 
-run_job(Plan, Progress) ->
-    Result = try {bbc_job, ok, bbc_exec:run(Plan, Progress)}
-             catch Class:Reason:Stack -> {bbc_job, raised, Class, Reason, Stack}
-             end,
-    exit(Result).
-
-%% Kill a running job (its coordinator and workers follow) and record why it ended.
-stop_job(Id, #{pid := Pid, mref := MRef} = Job, Status, S) ->
-    erlang:demonitor(MRef, [flush]),
-    exit(Pid, kill),
-    finish(Id, Job, #{status => Status}, S).
-
-%% Forget a running job's slot (its monitor, its client's count).
-untrack(MRef, #{running := Running, clients := Clients} = S) ->
-    case maps:take(MRef, Running) of
-        {Id, Rest} ->
-            Client = case ets:lookup(?TAB, {job, Id}) of
-                         [{_, #{client := C}}] -> C;
-                         _ -> none
-                     end,
-            Clients2 = case maps:get(Client, Clients, 0) of
-                           N when N =< 1 -> maps:remove(Client, Clients);
-                           N -> Clients#{Client := N - 1}
-                       end,
-            S#{running := Rest, clients := Clients2};
-        error -> S
+room(Client, #{running := Running, clients := Clients}) ->
+    case {map_size(Running) >= bbc_config:get(max_jobs),
+          maps:get(Client, Clients, 0) >= bbc_config:client_share()} of
+        {true, _} -> busy;
+        {_, true} -> share;
+        _ -> ok
     end.
 
-finish(Id, #{mref := MRef, timer := Timer} = Job, Outcome0, S0) ->
-    _ = erlang:cancel_timer(Timer),
-    S1 = untrack(MRef, S0),
-    Outcome = within_budget(Outcome0),
-    Done = maps:merge(maps:without([pid, mref, timer], Job),
-                      Outcome#{finished => erlang:system_time(millisecond)}),
-    settle(Id, Done, S1).
+%% A job process, linked here, with its row, its deadline and its client's count.
+start(#{id := Id, client := Client, timeout := Timeout, total := Total} = Meta,
+      #{running := Running, clients := Clients} = S) ->
+    {ok, Pid} = bbc_job_sup:start_job(Meta),
+    link(Pid),
+    ets:insert(?TAB, {{progress, Id}, {0, Total}}),
+    Timer = erlang:send_after(Timeout, self(), {deadline, Id}),
+    ets:insert(?TAB, {{job, Id}, Meta#{status => running, pid => Pid, timer => Timer}}),
+    {Pid, S#{running := Running#{Pid => Id},
+             clients := maps:update_with(Client, fun(N) -> N + 1 end, 1, Clients)}}.
 
-%% A finished job enters the table (and its waiters get their answer); its result's
-%% bytes join the budget, which drops the oldest results to make room.
-settle(Id, #{finished := Finished, ttl := TtlS} = Done0, #{waiters := W} = S) ->
-    Done = Done0#{expires => Finished + round(TtlS * 1000)},
-    ets:insert(?TAB, {{job, Id}, Done}),
-    case Done of
-        #{durable := true} -> persist(Id, Done);
-        _ -> ok
-    end,
-    View = {ok, view(Id, Done)},
-    [gen_server:reply(From, View) || From <- maps:get(Id, W, [])],
-    S2 = S#{waiters := maps:remove(Id, W)},
-    case Done of
-        #{result := Result} -> make_room(keep(Id, byte_size(Result), S2));
+%% A slot came free: a recovered job waiting for one takes it.
+release(Pid, #{running := Running, clients := Clients} = S) ->
+    Id = maps:get(Pid, Running),
+    Client = case ets:lookup(?TAB, {job, Id}) of
+                 [{_, #{client := C}}] -> C;
+                 _ -> none
+             end,
+    Clients2 = case maps:get(Client, Clients, 0) of
+                   N when N =< 1 -> maps:remove(Client, Clients);
+                   N -> Clients#{Client := N - 1}
+               end,
+    start_pending(S#{running := maps:remove(Pid, Running), clients := Clients2}).
+
+start_pending(#{pending := Pending} = S) ->
+    case queue:out(Pending) of
+        {{value, {#{client := Client} = Meta, Plan}}, Rest} ->
+            case room(Client, S) of
+                ok ->
+                    {Pid, S2} = start(Meta, S#{pending := Rest}),
+                    Pid ! {plan, Plan},
+                    start_pending(S2);
+                _ -> S
+            end;
+        {empty, _} -> S
+    end.
+
+%%% ------------------------------------------------------------------ endings
+
+%% Stop a running job (its coordinator and workers follow) and record why it ended. Its
+%% supervisor ends it, so no crash is reported; it is gone when this returns, so nothing it
+%% writes can come after what is recorded here.
+stop_job(Id, #{pid := none} = Job, Status, #{pending := Pending} = S) ->
+    Left = queue:filter(fun({#{id := I}, _}) -> I =/= Id end, Pending),
+    stopped(Id, Job, Status, S#{pending := Left});
+stop_job(Id, #{pid := Pid} = Job, Status, S) ->
+    unlink(Pid),
+    _ = supervisor:terminate_child(bbc_job_sup, Pid),
+    receive {'EXIT', Pid, _} -> ok after 0 -> ok end,
+    stopped(Id, Job, Status, S).
+
+stopped(Id, Job, Status, S) ->
+    %% Anything it wrote is superseded by Status.
+    ets:delete(?TAB, {outcome, Id}),
+    S2 = finish(Id, Job, Status, 0, S),
+    case Job of
+        #{durable := true} -> persist(Id, record_of(Job, #{status => Status}), S2);
         _ -> S2
     end.
 
-within_budget(#{status := done, result := Result} = Outcome) ->
-    Budget = bbc_config:get(max_result_bytes),
-    case byte_size(Result) > Budget of
-        false -> Outcome;
-        true ->
-            #{status => too_large,
-              reason => iolist_to_binary(io_lib:format(
-                          "the result is ~b bytes of JSON, over the service's budget of ~b bytes "
-                          "for finished results (max_result_bytes)", [byte_size(Result), Budget]))}
-    end;
-within_budget(Outcome) -> Outcome.
+finish(Id, #{pid := Pid, timer := Timer} = Job, Status, Bytes, #{waiters := W} = S) ->
+    _ = is_reference(Timer) andalso erlang:cancel_timer(Timer),
+    Now = erlang:system_time(millisecond),
+    Expires = Now + round(maps:get(ttl, Job) * 1000),
+    Done = (maps:without([pid, timer], Job))#{status => Status, finished => Now, expires => Expires},
+    ets:insert(?TAB, {{job, Id}, Done}),
+    ets:insert(?EXPIRY, {{Expires, Id}}),
+    [gen_server:reply(From, finished) || From <- maps:get(Id, W, [])],
+    S2 = case Pid of
+             none -> S#{waiters := maps:remove(Id, W)};
+             _ -> release(Pid, S#{waiters := maps:remove(Id, W)})
+         end,
+    make_room(keep(Id, Bytes, S2)).
 
-keep(Id, Bytes, #{kept := Kept, bytes := Total} = S) ->
-    S#{kept := queue:in({Id, Bytes}, Kept), bytes := Total + Bytes}.
+keep(Id, Bytes, #{seq := Seq, seqs := Seqs, finished := F, kept := K, bytes := Total} = S) ->
+    S#{seq := Seq + 1, seqs := Seqs#{Id => Seq}, finished := gb_trees:insert(Seq, Id, F),
+       kept := case Bytes of 0 -> K; _ -> gb_trees:insert(Seq, {Id, Bytes}, K) end,
+       bytes := Total + Bytes}.
 
-make_room(#{kept := Kept, bytes := Total} = S) ->
-    case Total > bbc_config:get(max_result_bytes) andalso queue:out(Kept) of
-        false -> S;
-        {empty, _} -> S;
-        {{value, {Id, Bytes}}, Rest} ->
-            S2 = S#{kept := Rest, bytes := Total - Bytes},
-            case ets:lookup(?TAB, {job, Id}) of
-                [{_, #{result := _} = Job}] ->
-                    Dropped = (maps:remove(result, Job))#{
-                                status => dropped,
-                                reason => <<"the result was dropped to keep finished results within the "
-                                            "service's budget (max_result_bytes)">>},
-                    ets:insert(?TAB, {{job, Id}, Dropped}),
-                    case Dropped of
-                        #{durable := true} -> persist(Id, Dropped);
-                        _ -> ok
-                    end;
-                _ -> ok
-            end,
-            make_room(S2)
+%% Oldest outcomes go first past the byte budget, oldest jobs past the count.
+make_room(#{kept := K, bytes := Total, finished := F} = S) ->
+    Count = gb_trees:size(F) > bbc_config:get(max_finished_jobs),
+    Over = Total > bbc_config:get(max_result_bytes) andalso not gb_trees:is_empty(K),
+    if
+        Count ->
+            {_, Id} = gb_trees:smallest(F),
+            make_room(drop(Id, S));
+        Over ->
+            {_Seq, {Id, Bytes}, K2} = gb_trees:take_smallest(K),
+            ets:delete(?TAB, {outcome, Id}),
+            Dropped = #{status => dropped,
+                        reason => <<"the result was dropped to keep finished results within the "
+                                    "service's budget (max_result_bytes)">>},
+            S2 = case ets:lookup(?TAB, {job, Id}) of
+                     [{_, Job}] ->
+                         ets:insert(?TAB, {{job, Id}, maps:merge(Job, Dropped)}),
+                         case Job of
+                             #{durable := true} -> persist(Id, record_of(Job, Dropped), S);
+                             _ -> S
+                         end;
+                     [] -> S
+                 end,
+            make_room(S2#{kept := K2, bytes := Total - Bytes});
+        true -> S
     end.
 
-%% Remove a job and give back its result's bytes.
-drop(Id, #{kept := Kept, bytes := Total} = S) ->
-    [{_, Job}] = case ets:lookup(?TAB, {job, Id}) of [] -> [{none, #{}}]; Found -> Found end,
+%% Remove a job, its outcome, its expiry entry and its files; O(log n).
+drop(Id, #{finished := F, kept := K, bytes := Total, seqs := Seqs} = S) ->
+    Job = case ets:lookup(?TAB, {job, Id}) of [{_, J}] -> J; [] -> #{} end,
     ets:delete(?TAB, {job, Id}),
     ets:delete(?TAB, {progress, Id}),
+    ets:delete(?TAB, {outcome, Id}),
     case Job of
-        #{durable := true} -> bbc_store:remove(Id);
+        #{expires := Expires} -> ets:delete(?EXPIRY, {Expires, Id});
         _ -> ok
     end,
-    case Job of
-        #{result := Result} ->
-            S#{kept := queue:filter(fun({K, _}) -> K =/= Id end, Kept), bytes := Total - byte_size(Result)};
+    S2 = case Job of
+             #{durable := true} -> persist(Id, remove, S);
+             _ -> S
+         end,
+    case maps:take(Id, Seqs) of
+        {Seq, Seqs2} ->
+            {K2, Freed} = case gb_trees:lookup(Seq, K) of
+                              {value, {_, B}} -> {gb_trees:delete(Seq, K), B};
+                              none -> {K, 0}
+                          end,
+            S2#{finished := gb_trees:delete_any(Seq, F), kept := K2, bytes := Total - Freed,
+                seqs := Seqs2};
+        error -> S2
+    end.
+
+expire(Now, S) ->
+    case ets:first(?EXPIRY) of
+        {Expires, Id} when Expires < Now -> expire(Now, drop(Id, S));
         _ -> S
     end.
 
-%% Outcomes are written by a short-lived process: a big result never holds this server.
-persist(Id, Done) ->
-    Outcome = maps:with([status, result, error, reason, op, started, finished, expires, timeout, ttl],
-                        Done),
-    _ = spawn(fun() -> bbc_store:finished(Id, Outcome) end),
-    ok.
+%% Disk writes for one job happen in the order they were asked for: each writer waits for
+%% the one before it (the job process writes its own outcome before it exits, so before any
+%% of these), and a later state never loses to an earlier one. A big write never holds this
+%% server. What = an outcome to record, or `remove'.
+persist(Id, What, #{writers := Writers} = S) ->
+    Before = maps:get(Id, Writers, none),
+    {Writer, _} = spawn_monitor(
+                    fun() ->
+                            is_pid(Before) andalso
+                                begin
+                                    M = erlang:monitor(process, Before),
+                                    receive {'DOWN', M, process, Before, _} -> true end
+                                end,
+                            case What of
+                                remove -> bbc_store:remove(Id);
+                                Outcome -> bbc_store:finished(Id, Outcome)
+                            end
+                    end),
+    S#{writers := Writers#{Id => Writer}}.
 
-%% A recorded job after a restart: its outcome back in the table, or run again from its
-%% request, or, when that request no longer parses (the config changed), lost.
+%%% ------------------------------------------------------------------ recovery
+
+%% A recorded job after a restart: its outcome back in the table, or its request run again
+%% (when slots allow; else it waits for one), or, when that request no longer parses (the
+%% config changed) or its record is unreadable, `lost' with the reason.
 recover({Id, Facts, Outcome}, S) ->
     Now = erlang:system_time(millisecond),
-    Base = #{client => none, durable => true, op => <<"unknown">>, started => Now, ttl => 0,
-             timeout => 0},
     case {Facts, Outcome} of
-        {{unreadable, Why}, _} ->
-            lost(Id, Base#{ttl => bbc_config:get(result_ttl_s)}, io_lib:format("its record is unreadable (~0p)",
-                                                                                [Why]), S);
         {_, #{expires := Expires}} when Expires < Now ->
             bbc_store:remove(Id), S;
         {_, #{status := _} = Done} ->
-            ets:insert(?TAB, {{progress, Id}, {0, 0}}),
-            Row = maps:merge(Base, Done),
-            ets:insert(?TAB, {{job, Id}, Row}),
-            case Row of
-                #{result := Result} -> make_room(keep(Id, byte_size(Result), S));
-                _ -> S
-            end;
+            restore(Id, Done, S);
         {#{body := Body} = F, none} ->
-            Plan = try bbc_json:decode(Body) of
-                       {ok, Spec} -> bbc_exec:parse(Spec);
-                       Bad -> Bad
-                   catch Class:Why -> {error, Class, Why}
-                   end,
-            case Plan of
-                {ok, #{async := true} = P} ->
+            Parsed = try bbc_json:decode(Body) of
+                         {ok, Spec} -> bbc_exec:parse(Spec);
+                         Bad -> Bad
+                     catch Class:Why -> {error, Class, Why}
+                     end,
+            case Parsed of
+                {ok, #{async := true} = Plan0} ->
                     logger:notice("bbc_jobs: job ~s was accepted before a restart; running it again", [Id]),
-                    start(Id, P#{client => maps:get(client, F, none)}, S);
+                    Plan = Plan0#{client => maps:get(client, F, none)},
+                    Meta = meta(Id, Plan),
+                    %% Visible at once; started when a slot is free.
+                    ets:insert(?TAB, {{progress, Id}, {0, maps:get(total, Plan)}}),
+                    ets:insert(?TAB, {{job, Id}, Meta#{status => running, pid => none, timer => none}}),
+                    start_pending(S#{pending := queue:in({Meta, Plan}, maps:get(pending, S))});
                 Other ->
-                    lost(Id, Base#{ttl => bbc_config:get(result_ttl_s)},
-                         io_lib:format("its request no longer runs here after a restart (~0P)", [Other, 12]), S)
-            end
+                    lost(Id, io_lib:format("its request no longer runs here (~0P)", [Other, 12]), S)
+            end;
+        {Unreadable, Unreadable2} ->
+            lost(Id, io_lib:format("its record is unreadable (~0P)", [{Unreadable, Unreadable2}, 8]), S)
     end.
 
-lost(Id, Base, Why, S) ->
-    logger:warning("bbc_jobs: job ~s is lost: ~s", [Id, Why]),
+restore(Id, Done, S) ->
+    Row = maps:merge(#{client => none, durable => true, op => <<"unknown">>, started => 0, ttl => 0,
+                       timeout => 0}, maps:without([result, error], Done)),
     ets:insert(?TAB, {{progress, Id}, {0, 0}}),
-    Now = erlang:system_time(millisecond),
-    Row = Base#{status => lost, finished => Now, expires => Now + round(maps:get(ttl, Base) * 1000),
-                reason => iolist_to_binary(["the service restarted and the job could not be run again: ", Why])},
     ets:insert(?TAB, {{job, Id}, Row}),
-    persist(Id, Row),
-    S.
+    ets:insert(?EXPIRY, {{maps:get(expires, Row), Id}}),
+    Bytes = case maps:with([status, result, error, reason], Done) of
+                #{result := R} = O -> ets:insert(?TAB, {{outcome, Id}, O}), byte_size(R);
+                #{error := E} = O -> ets:insert(?TAB, {{outcome, Id}, O}), erlang:external_size(E);
+                _ -> 0
+            end,
+    make_room(keep(Id, Bytes, S)).
+
+lost(Id, Why, S) ->
+    logger:warning("bbc_jobs: job ~s is lost: ~s", [Id, Why]),
+    Now = erlang:system_time(millisecond),
+    Ttl = bbc_config:get(result_ttl_s),
+    Row = #{status => lost, client => none, durable => true, op => <<"unknown">>, started => Now,
+            ttl => Ttl, timeout => 0, finished => Now, expires => Now + round(Ttl * 1000),
+            reason => iolist_to_binary(["the service restarted and the job could not be run again: ",
+                                        Why])},
+    ets:insert(?TAB, {{progress, Id}, {0, 0}}),
+    ets:insert(?TAB, {{job, Id}, Row}),
+    ets:insert(?EXPIRY, {{maps:get(expires, Row), Id}}),
+    make_room(keep(Id, 0, persist(Id, Row, S))).
+
+%%% ------------------------------------------------------------------ views
 
 view(Id, Job) ->
     {Done, Total} = case ets:lookup(?TAB, {progress, Id}) of
                         [{_, P}] -> P;
                         [] -> {0, 0}
                     end,
-    Base = maps:with([status, result, error, reason, op, started, finished, timeout], Job),
-    Progress = case maps:get(status, Job) of
+    Status = maps:get(status, Job),
+    %% The job's own outcome counts only while its row agrees it ended that way (a job
+    %% stopped for its deadline may have written one just before).
+    Outcome = case lists:member(Status, [done, failed, too_large]) andalso ets:lookup(?TAB, {outcome, Id}) of
+                  [{_, #{status := Status} = O}] -> maps:with([result, error, reason], O);
+                  _ -> #{}
+              end,
+    Base = maps:merge(maps:with([status, reason, op, started, finished, timeout, client], Job), Outcome),
+    Progress = case Status of
                    done -> {Total, Total};
                    _ -> {Done, Total}
                end,

@@ -47,7 +47,9 @@ init([]) ->
 handle_call(workers, _From, S) ->
     {reply, [N || {N, #{status := up}} <- maps:to_list(S)], S};
 handle_call(nodes, _From, S) ->
-    {reply, [#{name => N, role => R, status => St} || {N, #{role := R, status := St}} <- lists:sort(maps:to_list(S))], S}.
+    {reply, [#{name => N, role => R, status => St} || {N, #{role := R, status := St}} <- lists:sort(maps:to_list(S))], S};
+handle_call(_Request, _From, S) ->
+    {reply, {error, unknown_call}, S}.
 
 handle_cast(_Msg, S) -> {noreply, S}.
 

@@ -4,11 +4,13 @@
 %%% <pre>
 %%% DATA_DIR/jobs/ID.job    the request as accepted (body, client, time): written and
 %%%                         synced before the 202 is sent
-%%% DATA_DIR/jobs/ID.done   the outcome, once there is one (result, error or status)
+%%% DATA_DIR/jobs/ID.done   the outcome, once there is one (result, error or status); the
+%%%                         request is deleted then (it is no longer needed, and big)
 %%% </pre>
-%%% Files are written whole to a temporary name, synced and renamed, so a crash leaves the
-%%% old state or the new, never half a file. One file per job keeps writes independent of
-%%% each other and of any server process, and a bad file costs one job, not the table.
+%%% Files are written whole to a temporary name of their own, synced and renamed, so a crash
+%%% leaves the old state or the new, never half a file, and two writers never share a file.
+%%% One file per job keeps writes independent of each other and of any server process, and a
+%%% bad file costs one job, not the table. Writers of one job are ordered by bbc_jobs.
 -module(bbc_store).
 -export([dir/0, record/2, finished/2, remove/1, recover/0]).
 
@@ -31,9 +33,14 @@ dir() ->
 -spec record(binary(), map()) -> ok | {error, term()}.
 record(Id, Facts) -> write(path(Id, ".job"), Facts).
 
-%% @doc Record a job's outcome (best effort: without it the job runs again after a crash).
+%% @doc Record a job's outcome, then forget its request (best effort: without the outcome
+%% the job runs again after a crash).
 -spec finished(binary(), map()) -> ok | {error, term()}.
-finished(Id, Outcome) -> write(path(Id, ".done"), Outcome).
+finished(Id, Outcome) ->
+    case write(path(Id, ".done"), Outcome) of
+        ok -> _ = file:delete(path(Id, ".job")), ok;
+        Error -> Error
+    end.
 
 -spec remove(binary()) -> ok.
 remove(Id) ->
@@ -41,25 +48,15 @@ remove(Id) ->
     _ = file:delete(path(Id, ".done")),
     ok.
 
-%% @doc Every recorded job: `{Id, Facts, Outcome | none}'. Unreadable files are reported
-%% as lost jobs rather than dropped; an outcome without its job is removed.
--spec recover() -> [{binary(), map() | {unreadable, term()}, map() | none}].
+%% @doc Every recorded job: `{Id, Facts | none, Outcome | none}' (at least one of the two).
+%% An unreadable file is reported, not dropped: the job comes back as lost.
+-spec recover() -> [{binary(), map() | none | {unreadable, term()}, map() | none | {unreadable, term()}}].
 recover() ->
     Dir = dir(),
     {ok, Names} = file:list_dir(Dir),
-    Jobs = [root(N) || N <- Names, filename:extension(N) =:= ".job"],
-    Stale = [N || N <- Names,
-                  case filename:extension(N) of
-                      ".tmp" -> true;
-                      ".done" -> not lists:member(root(N), Jobs);
-                      _ -> false
-                  end],
-    [_ = file:delete(filename:join(Dir, N)) || N <- Stale],
-    [{Id, read(path(Id, ".job")),
-      case read(path(Id, ".done")) of
-          {unreadable, _} -> none;
-          Outcome -> Outcome
-      end} || Id <- Jobs].
+    [_ = file:delete(filename:join(Dir, N)) || N <- Names, filename:extension(N) =:= ".tmp"],
+    Ids = lists:usort([root(N) || N <- Names, lists:member(filename:extension(N), [".job", ".done"])]),
+    [{Id, read(path(Id, ".job")), read(path(Id, ".done"))} || Id <- Ids].
 
 %%% ------------------------------------------------------------------ internals
 
@@ -74,7 +71,7 @@ path(Id, Ext) ->
     filename:join(Dir, <<Id/binary, (list_to_binary(Ext))/binary>>).
 
 write(Path, Term) ->
-    Tmp = iolist_to_binary([Path, ".tmp"]),
+    Tmp = iolist_to_binary([Path, ".", integer_to_list(erlang:unique_integer([positive])), ".tmp"]),
     case file:open(Tmp, [write, raw, binary]) of
         {ok, Fd} ->
             Result = case file:write(Fd, term_to_binary(Term)) of
@@ -98,5 +95,6 @@ read(Path) ->
                 Other -> {unreadable, {not_a_map, Other}}
             catch error:badarg -> {unreadable, corrupt}
             end;
+        {error, enoent} -> none;
         {error, Why} -> {unreadable, Why}
     end.

@@ -1,7 +1,9 @@
-%%% @doc Top supervisor, children in dependency order: the worker nodes, the job registry
-%%% (which parses recovered jobs against the workers), the connection table, and last the
-%%% HTTP listener, so nothing takes requests before what serves them is up. rest_for_one
-%%% restarts what comes after a crashed child; shutdown runs in reverse: intake first.
+%%% @doc Top supervisor, children in dependency order: the worker nodes, the supervisor of
+%%% running jobs, the job registry (which parses recovered jobs against the workers, and to
+%%% which every job is linked), the connection table, and last the HTTP listener, so
+%%% nothing takes requests before what serves them is up. rest_for_one restarts what comes
+%%% after a crashed child (a registry crash takes its jobs along, never the workers);
+%%% shutdown runs in reverse: intake first.
 -module(bbc_sup).
 -behaviour(supervisor).
 -export([start_link/0, init/1]).
@@ -10,6 +12,7 @@ start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
 init([]) ->
     Children = [#{id => bbc_nodes, start => {bbc_nodes, start_link, []}, shutdown => 30000},
+                #{id => bbc_job_sup, start => {bbc_job_sup, start_link, []}, type => supervisor},
                 #{id => bbc_jobs, start => {bbc_jobs, start_link, []}},
                 #{id => bbc_conns, start => {bbc_conns, start_link, []}},
                 #{id => bbc_http, start => {bbc_http, start_link, []}}],

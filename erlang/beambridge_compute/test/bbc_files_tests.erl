@@ -68,3 +68,21 @@ long_number_test_() ->
      ?_assertEqual(none, bbc_json:long_number(<<"[\"a\\\"123456\"]">>, 5)),
      ?_assertEqual(10, bbc_json:long_number(<<"[\"a\\\\\",1, 123456]">>, 5)),
      ?_assertEqual(none, bbc_json:long_number(<<"[1.23456,123e45678]">>, 5))].
+
+%% Two writers of one job's outcome at once (a big one first): never a torn or mixed file.
+store_writers_test() ->
+    Dir = filename:join(filename:basedir(user_cache, "bbc_store_tests"),
+                        integer_to_list(erlang:unique_integer([positive]))),
+    {ok, _} = bbc_config:set(#{data_dir => list_to_binary(Dir)}),
+    _ = bbc_store:dir(),
+    Big = #{status => done, result => binary:copy(<<"x">>, 20000000)},
+    Small = #{status => dropped, reason => <<"r">>},
+    Self = self(),
+    [spawn(fun() -> Self ! {W, bbc_store:finished(<<"job1">>, O)} end) || {W, O} <- [{big, Big}, {small, Small}]],
+    Results = [receive {W, R} -> R after 20000 -> timeout end || W <- [big, small]],
+    ?assertEqual([ok, ok], Results),
+    [{<<"job1">>, none, Outcome}] = bbc_store:recover(),
+    ?assert(Outcome =:= Big orelse Outcome =:= Small),
+    ?assertEqual([], filelib:wildcard(filename:join([Dir, "jobs", "*.tmp"]))),
+    {ok, _} = bbc_config:set(#{}),
+    file:del_dir_r(Dir).

@@ -127,6 +127,8 @@ class Service:
         folder = Path(self._dir.name)  # mkdtemp: mode 0700
         ready = folder / "ready.json"
         config = {"data_dir": str(folder / "data"), **self.settings, "ready_file": str(ready)}
+        # The folder holds the cookie, the config (with the token) and the log: no job reads it.
+        config["private_paths"] = [*config.get("private_paths", []), str(folder)]
         _private_file(folder / "config.json", json.dumps(config))
         _private_file(folder / ".erlang.cookie", self.cookie, mode=0o400)
         log_path = self._log_path or folder / "service.log"
