@@ -13,6 +13,7 @@ import time
 import zlib
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -206,3 +207,20 @@ def test_random_inputs_give_a_value_or_the_same_decode_error_in_both() -> None:
     while time.monotonic() < deadline or count < 2000:
         check_both(random_input(rng), rng.choice(TIGHT))
         count += 1
+
+
+def test_python_stack_running_out_in_a_map_key_is_a_decode_error() -> None:
+    # Hashing a key of nested improper lists runs Python code, one frame per level: with
+    # max_depth raised past Python's stack, the compiled codec let a RecursionError out.
+    key = b"l\x00\x00\x00\x01a\x01h\x01" * 900 + b"a\x02"
+    data = b"\x83t\x00\x00\x00\x01" + key + b"a\x01"
+    for _, codec in implementations():
+        with pytest.raises(DecodeError, match="too deep for the Python stack") as info:
+            codec.decode(data, Mapping.EXACT, Limits(max_depth=5000), None, False)
+        assert info.value.offset == 1
+
+
+def test_negative_body_offsets_are_refused_alike() -> None:
+    for _, codec in implementations():
+        with pytest.raises(ValueError, match="negative"):
+            codec.decode_body(b"a\x01", -1)

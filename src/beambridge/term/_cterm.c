@@ -1153,7 +1153,14 @@ static PyObject *run_decoder(Dec *d, PyObject *mapping, PyObject *limits, PyObje
     d->limits = limits;
     d->pos = d->top = offset;
     if (charge(d, 1, TERM_COST, offset) < 0) return NULL;
-    return dec(d, 0);
+    PyObject *term = dec(d, 0);
+    if (!term && PyErr_ExceptionMatches(PyExc_RecursionError)) {
+        /* Python code the decoder runs (hashing a map key of nested improper lists, a
+         * constructor) ran out of stack: as the pure codec says it. */
+        PyErr_Clear();
+        derr(d->top, "nesting too deep for the Python stack; lower max_depth");
+    }
+    return term;
 }
 
 static PyObject *cterm_decode_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs,

@@ -1001,6 +1001,8 @@ _LIMITS = Limits()
 def decode_body(data: bytes, offset: int = 0, mapping: Mapping = Mapping.EXACT,
                 limits: Limits = _LIMITS, atom_cache: AtomCache | None = None) -> tuple[Any, int]:
     """Decode one term without a version byte at ``offset``; return it and the offset after it."""
+    if offset < 0:  # data[-1] would read from the end
+        raise ValueError("offset must not be negative")
     if type(data) is not bytes:
         data = bytes(data)
     return _run(_decoder(mapping, limits, atom_cache), data, offset)
