@@ -445,7 +445,8 @@ SLOT_COST = 8
 MAP_PAIR_COST = 6 * SLOT_COST
 STRUCT_COST = 96
 LIST_ITEM_COST = TERM_COST + SLOT_COST  # an element: its own base cost and its slot
-assert CONTAINER_COST == 32 and LIST_ITEM_COST == 40  # written as literals on hot paths
+# written as literals on hot paths
+assert CONTAINER_COST == 32 and LIST_ITEM_COST == 40 and MAP_PAIR_COST + 2 * TERM_COST == 112
 
 # BEAM's FLOAT_EXT grammar (erts sys_chars_to_double): no spaces, underscores, "inf" or
 # exponent without a fraction; a comma works as the decimal point.
@@ -685,7 +686,10 @@ def _make_decoder(
             end = pos + n
             if end > len(data):
                 raise _fail(f"string of {n} bytes runs past the end of the input", pos - 3)
-            charge(n, CONTAINER_COST + LIST_ITEM_COST * n, pos - 3)
+            terms_left -= n
+            memory_left -= 32 + 40 * n  # CONTAINER_COST + LIST_ITEM_COST * n
+            if terms_left < 0 or memory_left < 0:
+                raise over(pos - 3)
             if string_as_str:
                 return data[pos:end].decode("latin-1"), end
             return list(data[pos:end]), end
@@ -768,6 +772,7 @@ def _make_decoder(
         return items, pos
 
     def decode_map(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        nonlocal terms_left, memory_left
         n = unpack_u32(data, pos)[0]
         pos += 4
         if 2 * n > len(data) - pos:
@@ -775,7 +780,10 @@ def _make_decoder(
         depth += 1
         if depth > max_depth:
             raise _fail(f"nesting deeper than max_depth={max_depth}", pos - 5)
-        charge(2 * n, CONTAINER_COST + (MAP_PAIR_COST + 2 * TERM_COST) * n, pos - 5)
+        terms_left -= 2 * n
+        memory_left -= 32 + 112 * n  # CONTAINER_COST + (MAP_PAIR_COST + 2 * TERM_COST) * n
+        if terms_left < 0 or memory_left < 0:
+            raise over(pos - 5)
         flat, pos = decode_items(data, pos, 2 * n, depth)
         try:
             result: dict[Any, Any] = dict(zip(flat[0::2], flat[1::2], strict=True))
@@ -967,10 +975,19 @@ def _take(idle: list[Decoder], make: Callable[[], Decoder], data: bytes,
             idle.append(decoder)
 
 
+_last: tuple[object, object, Pool] = (None, None, ([], partial(_make_decoder, Mapping(), Limits())))
+
+
 def _decoder(mapping: Mapping, limits: Limits, atom_cache: AtomCache | None) -> Pool:
+    global _last
     if atom_cache is not None:  # the cache is bound into the decoder: one for this call
         return [], partial(_make_decoder, mapping, limits, atom_cache)
-    return _pool(mapping, limits)
+    last = _last  # callers mostly pass the same objects again: no dataclass hashing then
+    if last[0] is mapping and last[1] is limits:
+        return last[2]
+    pool = _pool(mapping, limits)
+    _last = (mapping, limits, pool)
+    return pool
 
 
 def _run(pool: Pool, data: bytes, pos: int, compressed: bool = False) -> tuple[Any, int]:
