@@ -27,6 +27,8 @@ defaults() ->
       max_connections => 1024,
       max_connections_per_peer => 256,
       max_jobs => 64,
+      %% on shutdown, how long requests in flight may take to finish with their own answer
+      drain_ms => 10000,
       %% jobs in flight one client (token name, else peer address) may hold; null: half
       max_jobs_per_client => null,
       %% bytes of finished results (and error terms) kept; the oldest are dropped (410)
@@ -86,7 +88,7 @@ key(K, Defaults) ->
 
 check(K, V) when K =:= port, is_integer(V), V >= 0, V < 65536 -> V;
 check(K, V) when K =:= max_body; K =:= max_jobs; K =:= job_timeout_ms; K =:= max_job_timeout_ms;
-                 K =:= local_nodes; K =:= max_result_bytes ->
+                 K =:= local_nodes; K =:= max_result_bytes; K =:= drain_ms ->
     case is_integer(V) andalso V >= 0 of true -> V; false -> throw({bad_config, K, V}) end;
 check(K, V) when K =:= max_integer_digits; K =:= header_timeout_ms; K =:= body_timeout_ms;
                  K =:= max_connections; K =:= max_connections_per_peer; K =:= max_finished_jobs ->

@@ -25,7 +25,7 @@
 -module(bbc_conns).
 -behaviour(gen_server).
 
--export([start_link/0, serve/3, phase/1, count/0]).
+-export([start_link/0, serve/3, phase/1, count/0, busy/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(TAB, bbc_conns).
@@ -63,6 +63,12 @@ phase(Phase) ->
 %% @doc Open connections now.
 -spec count() -> non_neg_integer().
 count() -> counter(total).
+
+%% @doc Connections with a request in flight (running it, or in a long poll).
+-spec busy() -> [pid()].
+busy() ->
+    ets:select(?TAB, [{{'$1', '_', '$2', '_'}, [{is_pid, '$1'}, {'orelse', {'=:=', '$2', handling},
+                                                                   {'=:=', '$2', wait}}], ['$1']}]).
 
 %%% ------------------------------------------------------------------ admission
 

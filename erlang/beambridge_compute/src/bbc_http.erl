@@ -75,6 +75,17 @@ refuse_framing(Req, Status, Code, Reason) ->
     exit({shutdown, bad_framing}).
 
 serve(Req) ->
+    case persistent_term:get({?MODULE, draining}, false) of
+        true ->
+            bbc_conns:phase(reply),
+            reply(Req, 503, error_body(<<"unavailable">>, <<"the service is stopping">>),
+                  [{"Retry-After", "5"}, {"Connection", "close"}]);
+        false ->
+            put(bbc_request, Req),
+            serve_request(Req)
+    end.
+
+serve_request(Req) ->
     Method = mochiweb_request:get(method, Req),
     Path = string:lexemes(mochiweb_request:get(path, Req), "/"),
     Answer = try admitted(Method, Path, Req)
@@ -94,9 +105,10 @@ serve(Req) ->
                      {500, error_body(<<"internal">>, <<"internal error; see the service log">>)}
              end,
     bbc_conns:phase(reply),
+    Close = [{"Connection", "close"} || erase(bbc_close) =:= true],
     case Answer of
-        {Status, Body} -> reply(Req, Status, Body, []);
-        {Status, Body, Headers} -> reply(Req, Status, Body, Headers)
+        {Status, Body} -> reply(Req, Status, Body, Close);
+        {Status, Body, Headers} -> reply(Req, Status, Body, Close ++ Headers)
     end,
     bbc_conns:phase(header).
 
@@ -218,7 +230,12 @@ authorized_route('GET', ["jobs", Id], Req, Client) ->
     %% A long poll waits on the service, not on its client: its connection may be evicted.
     bbc_conns:phase(case Wait of 0 -> handling; _ -> wait end),
     BinId = list_to_binary(Id),
-    case owned(BinId, Client) andalso bbc_jobs:wait(BinId, Wait) of
+    case owned(BinId, Client) andalso bbc_jobs:get(BinId) of
+        {ok, #{status := running}} when Wait > 0 ->
+            case await(BinId, Wait, Req) of
+                closed -> exit({shutdown, client_closed});
+                _Ended -> job_view(BinId, Id)
+            end;
         {ok, View} -> answer_view(View);
         _ -> unknown_job(Id)
     end;
@@ -302,9 +319,54 @@ start(Plan, Body) ->
             {202, #{id => Id, status => running, url => <<"/jobs/", Id/binary>>},
              [{"Location", "/jobs/" ++ binary_to_list(Id)}]};
         {ok, Id} ->
-            {ok, View} = bbc_jobs:wait(Id, maps:get(timeout, Plan) + 5000),
-            bbc_jobs:forget(Id),
-            sync_answer(View)
+            case await(Id, maps:get(timeout, Plan) + 5000, get(bbc_request)) of
+                closed ->
+                    %% Nobody will read the answer: the job's slot is freed now.
+                    bbc_jobs:forget(Id),
+                    exit({shutdown, client_closed});
+                draining ->
+                    bbc_jobs:forget(Id),
+                    {503, error_body(<<"unavailable">>, <<"the service is stopping; the job was stopped "
+                                                          "before it finished">>),
+                     [{"Retry-After", "5"}, {"Connection", "close"}]};
+                _Ended ->
+                    {ok, View} = bbc_jobs:get(Id),
+                    bbc_jobs:forget(Id),
+                    sync_answer(View)
+            end
+    end.
+
+job_view(BinId, Id) ->
+    case bbc_jobs:get(BinId) of
+        {ok, View} -> answer_view(View);
+        not_found -> unknown_job(Id)
+    end.
+
+%% Wait for a job's end, the client's hang-up, the service's drain, or `Ms', whichever
+%% comes first; in this process, so a client that goes away stops waiting at once. Data
+%% from the client meanwhile (a pipelined request) ends the wait too, and the connection
+%% closes after the answer: it cannot be pushed back for MochiWeb to read.
+await(Id, Ms, Req) ->
+    Socket = mochiweb_request:get(socket, Req),
+    Ref = make_ref(),
+    case bbc_jobs:notify(Id, Ref) of
+        finished -> finished;
+        ok ->
+            _ = mochiweb_socket:setopts(Socket, [{active, once}]),
+            Timer = erlang:send_after(Ms, self(), {Ref, timeout}),
+            Why = receive
+                      {Ref, finished} -> finished;
+                      {Ref, timeout} -> timeout;
+                      bbc_drain -> draining;
+                      {tcp_closed, Socket} -> closed;
+                      {tcp_error, Socket, _} -> closed;
+                      {tcp, Socket, _} -> put(bbc_close, true), pipelined
+                  end,
+            _ = erlang:cancel_timer(Timer),
+            _ = mochiweb_socket:setopts(Socket, [{active, false}]),
+            receive {tcp, Socket, _} -> put(bbc_close, true) after 0 -> ok end,
+            Why =/= finished andalso bbc_jobs:unnotify(Id, Ref),
+            Why
     end.
 
 sync_answer(#{status := done, result := Result}) ->

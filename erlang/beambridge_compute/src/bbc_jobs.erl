@@ -16,7 +16,7 @@
 -module(bbc_jobs).
 -behaviour(gen_server).
 
--export([start_link/0, submit/2, get/1, wait/2, cancel/1, forget/1, running/0]).
+-export([start_link/0, submit/2, get/1, wait/2, notify/2, unnotify/2, cancel/1, forget/1, running/0]).
 -export([start_job/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -73,6 +73,15 @@ wait(Id, Ms) ->
             ?MODULE:get(Id);
         Other -> Other
     end.
+
+%% @doc `ok' and later `{Ref, finished}' sent to the caller when the job ends, or
+%% `finished' at once when it has already (or never existed).
+-spec notify(id(), reference()) -> ok | finished.
+notify(Id, Ref) -> gen_server:call(?MODULE, {notify, Id, self(), Ref}).
+
+%% @doc The caller no longer waits (it timed out or its client left).
+-spec unnotify(id(), reference()) -> ok.
+unnotify(Id, Ref) -> gen_server:cast(?MODULE, {unnotify, Id, self(), Ref}).
 
 -spec cancel(id()) -> ok | {finished, map()} | not_found.
 cancel(Id) -> gen_server:call(?MODULE, {cancel, Id}).
@@ -159,6 +168,13 @@ handle_call({wait, Id, Ms}, From, #{waiters := W} = S) ->
             {noreply, S#{waiters := maps:update_with(Id, fun(L) -> [From | L] end, [From], W)}};
         _ -> {reply, finished, S}
     end;
+handle_call({notify, Id, Pid, Ref}, _From, #{waiters := W} = S) ->
+    case ets:lookup(?TAB, {job, Id}) of
+        [{_, #{status := running}}] ->
+            Waiter = {notify, Pid, Ref},
+            {reply, ok, S#{waiters := maps:update_with(Id, fun(L) -> [Waiter | L] end, [Waiter], W)}};
+        _ -> {reply, finished, S}
+    end;
 handle_call({cancel, Id}, _From, S) ->
     case ets:lookup(?TAB, {job, Id}) of
         [{_, #{status := running} = Job}] -> {reply, ok, stop_job(Id, Job, cancelled, S)};
@@ -176,6 +192,16 @@ handle_call(running, _From, #{running := R} = S) ->
 handle_call(_Request, _From, S) ->
     {reply, {error, unknown_call}, S}.
 
+handle_cast({unnotify, Id, Pid, Ref}, #{waiters := W} = S) ->
+    W2 = case maps:find(Id, W) of
+             {ok, L} ->
+                 case lists:delete({notify, Pid, Ref}, L) of
+                     [] -> maps:remove(Id, W);
+                     L2 -> W#{Id := L2}
+                 end;
+             error -> W
+         end,
+    {noreply, S#{waiters := W2}};
 handle_cast(_Msg, S) -> {noreply, S}.
 
 handle_info({'EXIT', Pid, Reason}, #{running := Running} = S) when is_map_key(Pid, Running) ->
@@ -307,7 +333,10 @@ finish(Id, #{pid := Pid, timer := Timer} = Job, Status, Bytes, #{waiters := W} =
     Done = (maps:without([pid, timer], Job))#{status => Status, finished => Now, expires => Expires},
     ets:insert(?TAB, {{job, Id}, Done}),
     ets:insert(?EXPIRY, {{Expires, Id}}),
-    [gen_server:reply(From, finished) || From <- maps:get(Id, W, [])],
+    [case Waiter of
+         {notify, Waiting, Ref} -> Waiting ! {Ref, finished};
+         From -> gen_server:reply(From, finished)
+     end || Waiter <- maps:get(Id, W, [])],
     S2 = case Pid of
              none -> S#{waiters := maps:remove(Id, W)};
              _ -> release(Pid, S#{waiters := maps:remove(Id, W)})

@@ -15,5 +15,8 @@ init([]) ->
                 #{id => bbc_job_sup, start => {bbc_job_sup, start_link, []}, type => supervisor},
                 #{id => bbc_jobs, start => {bbc_jobs, start_link, []}},
                 #{id => bbc_conns, start => {bbc_conns, start_link, []}},
-                #{id => bbc_http, start => {bbc_http, start_link, []}}],
+                #{id => bbc_http, start => {bbc_http, start_link, []}},
+                %% Last, so first to stop: it drains the requests in flight.
+                #{id => bbc_drain, start => {bbc_drain, start_link, []},
+                  shutdown => bbc_config:get(drain_ms) + 10000}],
     {ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.

@@ -1,0 +1,147 @@
+"""The service's life: clients that hang up, SIGTERM with work in flight, and parts of the
+service killed under it (through a real Erlang distribution connection with its cookie)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beambridge import Atom, BlockingNode
+from beambridge.compute import Client, Service, ServiceBusy
+
+pytestmark = pytest.mark.erlang
+
+J = "bbc_sample_jobs"
+
+
+def port_of(svc: Service) -> int:
+    return int(urllib.parse.urlsplit(svc.url).port or 0)
+
+
+def until(predicate: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def test_a_client_that_hangs_up_frees_its_job_slot() -> None:
+    svc = Service(config={"max_jobs": 2, "max_jobs_per_client": 2}).start()
+    try:
+        c = Client(svc.url)
+        body = b'{"op":"call","fun":"bbc_sample_jobs:sleep","args":[20000]}'
+        with socket.create_connection(("127.0.0.1", port_of(svc)), timeout=10) as gone:
+            gone.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert until(lambda: c.health()["jobs_running"] == 1)
+        assert until(lambda: c.health()["jobs_running"] == 0), "the job outlived its client"
+        assert c.call(f"{J}:add", 1, 2) == 3
+    finally:
+        svc.stop()
+
+
+def test_sigterm_answers_requests_in_flight_before_stopping() -> None:
+    svc = Service(config={"drain_ms": 8000}).start()
+    try:
+        c = Client(svc.url, retries=0)
+        answers: dict[str, Any] = {}
+
+        def slow() -> None:
+            try:
+                answers["slow"] = c.call(f"{J}:sleep_square", [1500, 7])
+            except Exception as error:  # reported below
+                answers["slow"] = error
+
+        caller = threading.Thread(target=slow)
+        caller.start()
+        assert until(lambda: c.health()["jobs_running"] == 1)
+        assert svc.pid is not None
+        os.kill(svc.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(ServiceBusy, match="stopping"):  # no new work while draining
+            Client(svc.url, retries=0).call(f"{J}:add", 1, 1)
+        caller.join(30)
+        assert answers["slow"] == 49  # finished within the grace, answered with its result
+    finally:
+        svc.stop()
+
+
+def test_sigterm_past_the_grace_answers_503_not_a_closed_connection() -> None:
+    svc = Service(config={"drain_ms": 500}).start()
+    try:
+        c = Client(svc.url, retries=0)
+        answers: dict[str, Any] = {}
+
+        def slow() -> None:
+            try:
+                answers["slow"] = c.call(f"{J}:sleep", 20000)
+            except Exception as error:  # reported below
+                answers["slow"] = error
+
+        caller = threading.Thread(target=slow)
+        caller.start()
+        assert until(lambda: c.health()["jobs_running"] == 1)
+        assert svc.pid is not None
+        t0 = time.monotonic()
+        os.kill(svc.pid, signal.SIGTERM)
+        caller.join(30)
+        assert isinstance(answers["slow"], ServiceBusy), answers
+        assert "stopping" in str(answers["slow"])
+        assert time.monotonic() - t0 < 15
+    finally:
+        svc.stop()
+
+
+@pytest.fixture()
+def node_on(tmp_path: Path) -> Any:
+    """A Python node with the service's cookie: the way an operator's shell would kill parts."""
+    def connect(svc: Service) -> BlockingNode:
+        return BlockingNode(f"bbctest_{os.getpid()}_{time.monotonic_ns() % 10**6}@127.0.0.1",
+                            cookie=svc.cookie, start_epmd=False)
+    return connect
+
+
+def test_killed_parts_come_back_without_taking_others_along(node_on: Any, tmp_path: Path) -> None:
+    svc = Service(local_nodes=1, port=0, data_dir=tmp_path / "data").start()
+    try:
+        c = Client(svc.url)
+        workers = svc.worker_pids()
+        service = Atom(svc.node)
+        with node_on(svc) as node:
+            def kill(name: str) -> None:
+                pid = node.rpc(service, "erlang", "whereis", [Atom(name)], timeout=10)
+                node.rpc(service, "erlang", "exit", [pid, Atom("kill")], timeout=10)
+
+            # the listener: back on the same port (it was started with port 0)
+            kill("bbc_http")
+            assert until(lambda: _health(svc) == 200)
+            # the job registry: its running jobs go with it (nothing runs unseen), a recorded
+            # background job runs again, and the worker nodes stay as they were
+            job = c.submit("call", fun=f"{J}:sleep_square", args=[[1500, 6]])
+            assert until(lambda: c.health()["jobs_running"] == 1)
+            kill("bbc_jobs")
+            assert until(lambda: _health(svc) == 200)
+            assert c.job(job.id).result(timeout=30) == 36
+            assert svc.worker_pids() == workers
+            children = node.rpc(service, "supervisor", "which_children", [Atom("bbc_job_sup")], timeout=10)
+            assert children == []
+    finally:
+        svc.stop()
+
+
+def _health(svc: Service) -> int:
+    try:
+        Client(svc.url, retries=0, timeout=2).health()
+        return 200
+    except Exception:
+        return 0
