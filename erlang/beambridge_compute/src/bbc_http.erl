@@ -99,6 +99,9 @@ serve_request(Req) ->
                  exit:{noproc, _} ->
                      {503, error_body(<<"unavailable">>, <<"the service is not running">>),
                       [{"Retry-After", "1"}]};
+                 exit:{timeout, {gen_server, call, _}} ->
+                     {503, error_body(<<"unavailable">>, <<"the service is busy; try again">>),
+                      [{"Retry-After", "1"}]};
                  Class:Why:Stack ->
                      logger:error("bbc_http: ~p ~s failed: ~0p:~0p ~0p",
                                   [Method, mochiweb_request:get(path, Req), Class, Why, Stack]),

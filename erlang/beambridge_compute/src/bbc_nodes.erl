@@ -1,64 +1,119 @@
 %%% @doc The worker nodes: starts and supervises N local ones (OTP's peer module), joins
 %%% the ones named in the config, and reports each node's load.
 %%%
-%%% A local worker that dies is started again after a short delay; a configured node that
-%%% goes away is reconnected periodically. Jobs use whatever workers are up when they
-%%% start; bbc_plists reruns the chunks of a node that dies mid-job on the others.
+%%% Nothing here blocks: a local worker boots in a holder process of its own (linked here,
+%%% and to its peer, so a worker never outlives the service), a remote node is connected
+%%% from a short-lived process (a hung node can take net_setuptime), and the nodes and their
+%%% states are published in a public ets table that readers (jobs, /health) read without
+%%% calling this server. A local worker that dies is started again after a short delay; a
+%%% configured node that goes away is reconnected periodically. Jobs use whatever workers
+%%% are up when they start; bbc_plists reruns the chunks of a node that dies mid-job.
 -module(bbc_nodes).
 -behaviour(gen_server).
 
--export([start_link/0, workers/0, info/0]).
+-export([start_link/0, workers/0, configured/0, info/0, await_local/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
+-define(TAB, bbc_nodes).
 -define(RESTART_MS, 1000).
 -define(RECONNECT_MS, 2000).
 -define(RPC_MS, 2000).
 
+-spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
 %% @doc The worker nodes that are up now.
-workers() -> gen_server:call(?MODULE, workers).
+-spec workers() -> [node()].
+workers() -> [N || #{name := N, status := up} <- configured()].
+
+%% @doc Every configured worker with its role and status (from the table, no call).
+-spec configured() -> [#{name := node(), role := local | remote, status := up | down}].
+configured() ->
+    try lists:sort([#{name => N, role => R, status => St} || {N, R, St} <- ets:tab2list(?TAB)])
+    catch error:badarg -> []  % between two lives of this server
+    end.
 
 %% @doc One map per node, the service node first: name, role, status and load figures.
+%% The probes of all nodes run at once, each bounded, so a hung node costs ?RPC_MS.
+-spec info() -> [map()].
 info() ->
-    Nodes = gen_server:call(?MODULE, nodes),
     Self = #{name => node(), role => service, status => up},
-    [describe(N) || N <- [Self | Nodes]].
+    All = [Self | configured()],
+    Parent = self(),
+    Tags = [begin
+                Tag = make_ref(),
+                _ = spawn_link(fun() -> Parent ! {Tag, describe(N)} end),
+                Tag
+            end || N <- All],
+    [receive {Tag, Described} -> Described end || Tag <- Tags].
+
+%% @doc Wait (bounded) until every local worker has booted once, or failed to: what the
+%% entry point does before it says the service is ready.
+-spec await_local(non_neg_integer()) -> ok | timeout.
+await_local(Ms) ->
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    await_local_until(Deadline).
+
+await_local_until(Deadline) ->
+    Pending = [N || #{role := local, status := down, name := N} <- configured(),
+                    not persistent_term:get({?MODULE, tried, N}, false)],
+    case Pending of
+        [] -> ok;
+        _ ->
+            case erlang:monotonic_time(millisecond) >= Deadline of
+                true -> timeout;
+                false -> timer:sleep(50), await_local_until(Deadline)
+            end
+    end.
 
 %%% ------------------------------------------------------------------ server
 
 init([]) ->
     process_flag(trap_exit, true),
     ok = net_kernel:monitor_nodes(true),
+    _ = ets:new(?TAB, [named_table, protected, set, {read_concurrency, true}]),
     Count = bbc_config:get(local_nodes),
     Count > 0 andalso node() =:= nonode@nohost andalso
         logger:error("bbc_nodes: local worker nodes need a distributed service node (-name)"),
-    Local = maps:from_list([{local_name(I), #{role => local, status => down, peer => undefined}}
+    Local = maps:from_list([{local_name(I), #{role => local, status => down, holder => undefined}}
                             || I <- lists:seq(1, Count), node() =/= nonode@nohost]),
     Remote = maps:from_list([{binary_to_atom(N), #{role => remote, status => down}}
                              || N <- bbc_config:get(nodes)]),
     S0 = maps:merge(Remote, Local),
-    %% Start local workers now, so the service answers with its workers in place.
+    [persistent_term:erase({?MODULE, tried, N}) || N <- maps:keys(Local)],
     S1 = maps:map(fun(Name, #{role := local} = N) -> start_local(Name, N);
                      (Name, #{role := remote} = N) -> connect(Name, N)
                   end, S0),
-    {ok, S1}.
+    {ok, publish(S1)}.
 
-handle_call(workers, _From, S) ->
-    {reply, [N || {N, #{status := up}} <- maps:to_list(S)], S};
-handle_call(nodes, _From, S) ->
-    {reply, [#{name => N, role => R, status => St} || {N, #{role := R, status := St}} <- lists:sort(maps:to_list(S))], S};
 handle_call(_Request, _From, S) ->
     {reply, {error, unknown_call}, S}.
 
 handle_cast(_Msg, S) -> {noreply, S}.
 
+handle_info({booted, Holder, Name, Result}, S) when is_map_key(Name, S) ->
+    persistent_term:put({?MODULE, tried, Name}, true),
+    case {maps:get(Name, S), Result} of
+        {#{holder := Holder} = N, ok} ->
+            logger:info("bbc_nodes: worker ~p up", [Name]),
+            {noreply, publish(S#{Name := N#{status := up}})};
+        {#{holder := Holder} = N, {error, Why}} ->
+            logger:error("bbc_nodes: worker ~p failed to start: ~0p", [Name, Why]),
+            erlang:send_after(?RESTART_MS * 5, self(), {restart, Name}),
+            {noreply, publish(S#{Name := N#{status := down, holder := undefined}})};
+        _ -> {noreply, S}
+    end;
+handle_info({connected, Name, true}, S) when is_map_key(Name, S) ->
+    {noreply, publish(S#{Name := (maps:get(Name, S))#{status := up}})};
+handle_info({connected, Name, false}, S) when is_map_key(Name, S) ->
+    erlang:send_after(?RECONNECT_MS, self(), {restart, Name}),
+    {noreply, S};
 handle_info({'EXIT', Pid, Reason}, S) ->
-    case [N || {N, #{peer := P}} <- maps:to_list(S), P =:= Pid] of
+    case [N || {N, #{holder := H}} <- maps:to_list(S), H =:= Pid] of
         [Name] ->
             logger:warning("bbc_nodes: worker ~p stopped (~0p); restarting", [Name, Reason]),
             erlang:send_after(?RESTART_MS, self(), {restart, Name}),
-            {noreply, S#{Name := (maps:get(Name, S))#{status := down, peer := undefined}}};
+            {noreply, publish(S#{Name := (maps:get(Name, S))#{status := down, holder := undefined}})};
         [] -> {noreply, S}
     end;
 handle_info({nodedown, Name}, S) when is_map_key(Name, S) ->
@@ -67,11 +122,11 @@ handle_info({nodedown, Name}, S) when is_map_key(Name, S) ->
         #{role := remote} -> erlang:send_after(?RECONNECT_MS, self(), {restart, Name});
         _ -> ok
     end,
-    {noreply, S#{Name := Node#{status := down}}};
+    {noreply, publish(S#{Name := Node#{status := down}})};
 handle_info({restart, Name}, S) when is_map_key(Name, S) ->
     case maps:get(Name, S) of
         #{status := up} -> {noreply, S};
-        #{role := local, peer := undefined} = N -> {noreply, S#{Name := start_local(Name, N)}};
+        #{role := local, holder := undefined} = N -> {noreply, publish(S#{Name := start_local(Name, N)})};
         #{role := remote} = N -> {noreply, S#{Name := connect(Name, N)}};
         _ -> {noreply, S}
     end;
@@ -79,16 +134,40 @@ handle_info(_Msg, S) ->
     {noreply, S}.
 
 terminate(_Reason, S) ->
-    [catch peer:stop(P) || {_, #{peer := P}} <- maps:to_list(S), is_pid(P)],
+    %% Each holder stops its peer (and the node with it) before it goes.
+    Holders = [H || {_, #{holder := H}} <- maps:to_list(S), is_pid(H)],
+    [H ! stop || H <- Holders],
+    [receive {'EXIT', H, _} -> ok after 10000 -> exit(H, kill) end || H <- Holders],
     ok.
 
 %%% ------------------------------------------------------------------ internals
 
-local_name(I) ->
-    [Base, Host] = string:split(atom_to_list(node()), "@"),
-    list_to_atom(Base ++ "_w" ++ integer_to_list(I) ++ "@" ++ Host).
+publish(S) ->
+    ets:insert(?TAB, [{N, R, St} || {N, #{role := R, status := St}} <- maps:to_list(S)]),
+    S.
 
+%% The holder boots the peer (which can take up to its wait_boot), says how it went, then
+%% keeps it: linked to both, so the worker goes when either the service or the node does.
 start_local(Name, Node) ->
+    Server = self(),
+    Holder = spawn_link(fun() -> hold(Server, Name) end),
+    Node#{status => down, holder => Holder}.
+
+hold(Server, Name) ->
+    process_flag(trap_exit, true),
+    case boot(Name) of
+        {ok, Peer} ->
+            Server ! {booted, self(), Name, ok},
+            receive
+                stop -> catch peer:stop(Peer);
+                {'EXIT', Server, Why} -> catch peer:stop(Peer), exit(Why);
+                {'EXIT', Peer, Why} -> exit({worker_down, Why})
+            end;
+        {error, Why} ->
+            Server ! {booted, self(), Name, {error, Why}}
+    end.
+
+boot(Name) ->
     [Base, Host] = string:split(atom_to_list(Name), "@"),
     Erl = filename:join([code:root_dir(), "bin", "erl"]),
     %% Same code path as ours (minus OTP's own), same cookie, loopback distribution.
@@ -99,18 +178,14 @@ start_local(Name, Node) ->
     Opts = #{name => list_to_atom(Base), host => Host, longnames => net_kernel:longnames(),
              exec => Erl, args => Args, env => Env, wait_boot => 30000},
     try peer:start_link(Opts) of
-        {ok, Pid, Name} ->
-            logger:info("bbc_nodes: worker ~p up", [Name]),
-            Node#{status => up, peer => Pid};
-        Other ->
-            logger:error("bbc_nodes: worker ~p failed to start: ~0p", [Name, Other]),
-            erlang:send_after(?RESTART_MS * 5, self(), {restart, Name}),
-            Node#{status => down, peer => undefined}
-    catch Class:Why ->
-            logger:error("bbc_nodes: worker ~p failed to start: ~0p:~0p", [Name, Class, Why]),
-            erlang:send_after(?RESTART_MS * 5, self(), {restart, Name}),
-            Node#{status => down, peer => undefined}
+        {ok, Pid, Name} -> {ok, Pid};
+        Other -> {error, Other}
+    catch Class:Why -> {error, {Class, Why}}
     end.
+
+local_name(I) ->
+    [Base, Host] = string:split(atom_to_list(node()), "@"),
+    list_to_atom(Base ++ "_w" ++ integer_to_list(I) ++ "@" ++ Host).
 
 %% A worker reads the cookie where this node did: the same $HOME/.erlang.cookie (a file
 %% only our user can read), never a -setcookie argument that every local user can see in
@@ -140,13 +215,11 @@ inet_interface() ->
         undefined -> "{127,0,0,1}"
     end.
 
+%% From a process of its own: connecting to a hung node can take net_setuptime.
 connect(Name, Node) ->
-    case net_kernel:connect_node(Name) of
-        true -> Node#{status => up};
-        _ ->
-            erlang:send_after(?RECONNECT_MS, self(), {restart, Name}),
-            Node#{status => down}
-    end.
+    Server = self(),
+    _ = spawn(fun() -> Server ! {connected, Name, net_kernel:connect_node(Name) =:= true} end),
+    Node.
 
 describe(#{name := Name, status := up} = N) ->
     %% Plain BIF calls only: a joined node need not have our modules.

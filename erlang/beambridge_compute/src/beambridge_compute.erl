@@ -57,6 +57,8 @@ start_config(Config) ->
         code:ensure_loaded(binary_to_atom(M)) =/= {module, binary_to_atom(M)}],
     case application:ensure_all_started(beambridge_compute) of
         {ok, _} ->
+            %% Local workers boot in the background; "ready" means they have had their try.
+            _ = bbc_nodes:await_local(60000),
             Port = bbc_http:port(),
             ready(#{port => Port, node => node(), os_pid => list_to_integer(os:getpid()),
                     url => url()}),
