@@ -145,3 +145,46 @@ def _health(svc: Service) -> int:
         return 200
     except Exception:
         return 0
+
+
+def test_a_hung_worker_node_blocks_neither_start_nor_health(tmp_path: Path) -> None:
+    """A configured node whose OS process is stopped (SIGSTOP): its TCP port still accepts,
+    so connecting to it hangs until net_setuptime; nothing of the service may wait on it."""
+    import secrets
+    import subprocess
+
+    from beambridge import otp
+
+    cookie = secrets.token_hex(8)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / ".erlang.cookie").write_text(cookie)
+    (home / ".erlang.cookie").chmod(0o400)
+    name = f"bbchung_{os.getpid()}_{secrets.token_hex(2)}@127.0.0.1"
+    runtime = otp.default_runtime()
+    env = {**runtime.environ(), "HOME": str(home), "ERL_EPMD_ADDRESS": "127.0.0.1"}
+    hung = subprocess.Popen([str(runtime.erl), "-noinput", "-name", name, "-connect_all", "false"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)  # registered with EPMD
+        os.kill(hung.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        svc = Service(config={"nodes": [name], "cookie": cookie}).start(timeout=60)
+        started = time.monotonic() - t0
+        try:
+            c = Client(svc.url, timeout=3, retries=0)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # through at least one reconnect attempt
+                health = c.health()
+                assert health["status"] == "ok" and health["workers"] == 0
+                assert c.call(f"{J}:add", 1, 2) == 3
+                time.sleep(0.5)
+            assert [n["status"] for n in c.nodes() if n["name"] == name] == ["down"]
+        finally:
+            svc.stop()
+        print(f"service with a hung node up in {started:.1f} s")
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+        hung.kill()
+        hung.wait(10)
