@@ -620,3 +620,22 @@ def test_recovered_jobs_wait_for_a_slot(tmp_path: Path) -> None:
         assert most == 1  # one at a time, as the restarted service's max_jobs says
     finally:
         second.stop()
+
+
+def test_a_request_smuggled_in_a_refused_body_never_runs(guarded: Service, roots: Path) -> None:
+    """A page may POST text/plain cross-site; if its unread body were parsed as the next
+    request on the connection, a JSON POST hidden in it would run."""
+    inner = job(op="call", fun=f"{J}:word_count", args=[str(roots / "notes.txt")])
+    smuggled = (b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + ALICE.encode() + b"\r\nContent-Length: "
+                + str(len(inner)).encode() + b"\r\n\r\n" + inner)
+    for outer_type in (b"text/plain", b"application/json"):  # refused as 415, and as 401
+        auth = b"" if outer_type == b"text/plain" else b"Authorization: Bearer wrong\r\n"
+        with socket.create_connection(("127.0.0.1", port_of(guarded)), timeout=10) as raw:
+            raw.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + outer_type + b"\r\n"
+                        + auth + b"Content-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        assert answer.count(b"HTTP/1.1 ") == 1, answer  # one answer, then the connection closed
+        assert b"alpha" not in answer and (b" 415 " in answer or b" 401 " in answer)

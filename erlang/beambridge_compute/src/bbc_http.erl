@@ -108,6 +108,8 @@ serve_request(Req) ->
                      {500, error_body(<<"internal">>, <<"internal error; see the service log">>)}
              end,
     bbc_conns:phase(reply),
+    %% (A body left unread is never parsed as a next request: MochiWeb closes such a
+    %% connection after the answer; test_security checks it.)
     Close = [{"Connection", "close"} || erase(bbc_close) =:= true],
     case Answer of
         {Status, Body} -> reply(Req, Status, Body, Close);
