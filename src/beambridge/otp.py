@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import selectors
 import shutil
 import struct
@@ -188,10 +189,34 @@ def build_erlang_app(app: str, *, extra_paths: tuple[Path, ...] = ()) -> Path:
         subprocess.run([*command, *map(str, stale)], check=True, capture_output=True, timeout=300)
     app_src = src / f"{app}.app.src"
     if app_src.exists():
-        target = ebin / f"{app}.app"
-        if not target.exists() or target.stat().st_mtime < app_src.stat().st_mtime:
-            target.write_text(app_src.read_text())
+        modules = [s.stem for s in sources]
+        _write_if_changed(ebin / f"{app}.app", _app_resource(app_src.read_text(), modules))
     return ebin
+
+
+_MODULES = re.compile(r"\{\s*modules\s*,\s*\[[^\]]*\]\s*\}")
+_APPLICATION = re.compile(r"\{\s*application\s*,\s*'?[\w@]+'?\s*,\s*\[")
+
+
+def _app_resource(app_src: str, modules: list[str]) -> str:
+    """The ``.app`` file for an ``.app.src``: its ``{modules, [...]}`` is the list of modules
+    actually built (a release boots only what is listed there), never a hand-kept one."""
+    listed = "{modules, [" + ", ".join(modules) + "]}"
+    if _MODULES.search(app_src):
+        return _MODULES.sub(lambda _: listed, app_src, count=1)
+    # No modules entry: add one as the first property.
+    start = _APPLICATION.search(app_src)
+    if start is None:
+        raise UsageError("not an application resource file: no {application, Name, [...]}")
+    return f"{app_src[:start.end()]}{listed},\n  {app_src[start.end():].lstrip()}"
+
+
+def _write_if_changed(target: Path, text: str) -> None:
+    if target.exists() and target.read_text() == text:
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(target)  # atomic: a concurrent reader never sees half a file
 
 
 class ErlangPort:

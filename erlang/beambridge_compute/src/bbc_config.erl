@@ -1,10 +1,23 @@
-%%% @doc The service's settings: defaults, overridden by a JSON config file.
+%%% @doc The service's settings: defaults, overridden by the application environment
+%%% (`sys.config': `{beambridge_compute, [{port, 0}, {data_roots, ["/srv/data"]}]}'), in
+%%% turn overridden key by key by a JSON config file (the one `beambridge_compute:main/1'
+%%% is given, or the app env's `config_file'). Both sources go through the same checks:
+%%% unknown keys and bad values are refused, whichever source names them.
 %%%
 %%% Kept in persistent_term (read on every request, written once at start).
 -module(bbc_config).
--export([load/1, set/1, get/1, all/0, defaults/0, client_share/0]).
+-export([load/1, read/1, set/1, configure/0, refuse_exposed/1, get/1, all/0, defaults/0,
+         client_share/0]).
+-export_type([config/0]).
+
+%% The checked settings: every key of defaults/0 (JSON-shaped values: binaries for
+%% strings, lists, maps with binary keys), plus `protected'.
+-type config() :: #{atom() => term()}.
+
+-define(APP, beambridge_compute).
 
 %% Every limit a hostile client could otherwise push on has a default here (SECURITY.md).
+-spec defaults() -> config().
 defaults() ->
     #{bind => <<"127.0.0.1">>,
       port => 8080,
@@ -52,31 +65,108 @@ defaults() ->
       cookie => null,
       ready_file => null}.
 
-%% @doc Read a JSON object from `File' over the defaults; unknown keys are refused.
--spec load(file:filename_all() | undefined) -> {ok, map()} | {error, term()}.
-load(undefined) -> set(#{});
+%% @doc The settings from the app env and the JSON object in `File' (which wins), checked,
+%% refused if exposed without a token, and stored for get/1.
+-spec load(file:filename_all() | undefined) -> {ok, config()} | {error, term()}.
 load(File) ->
+    case read(File) of
+        {ok, Config} ->
+            case refuse_exposed(Config) of
+                ok -> persistent_term:put(?MODULE, Config), {ok, Config};
+                {error, _} = Refused -> Refused
+            end;
+        {error, _} = Error -> Error
+    end.
+
+%% @doc What the application's start runs: load/1 with the app env's `config_file'.
+-spec configure() -> {ok, config()} | {error, term()}.
+configure() -> load(application:get_env(?APP, config_file, undefined)).
+
+%% @doc The checked settings from the app env and `File' (JSON, key by key over the app env),
+%% without storing them: what the command line reads before it starts anything.
+-spec read(file:filename_all() | undefined) -> {ok, config()} | {error, term()}.
+read(File) ->
+    Env = [KV || {K, _} = KV <- application:get_all_env(?APP), K =/= config_file],
+    try
+        FromEnv = maps:from_list([{atom_to_binary(K), from_env(K, V)} || {K, V} <- Env]),
+        case read_json(File) of
+            {ok, FromFile} -> checked(maps:merge(FromEnv, FromFile));
+            {error, _} = Error -> Error
+        end
+    catch throw:{bad_config, _, _} = Why -> {error, Why}
+    end.
+
+read_json(undefined) -> {ok, #{}};
+read_json(File) ->
     case file:read_file(File) of
         {ok, Bin} ->
             case bbc_json:decode(Bin) of
-                {ok, Map} when is_map(Map) -> set(Map);
+                {ok, Map} when is_map(Map) -> {ok, Map};
                 {ok, _} -> {error, {config_not_an_object, File}};
                 {error, Why} -> {error, {bad_config_json, File, Why}}
             end;
         {error, Why} -> {error, {config_unreadable, File, Why}}
     end.
 
+%% @doc Check `Overrides' (keys atoms or binaries, JSON-shaped values) over the defaults and
+%% store the result (tests use it; the service goes through load/1).
+-spec set(map()) -> {ok, config()} | {error, term()}.
 set(Overrides) ->
+    case checked(Overrides) of
+        {ok, Config} -> persistent_term:put(?MODULE, Config), {ok, Config};
+        Error -> Error
+    end.
+
+checked(Overrides) ->
     Defaults = defaults(),
     try
         Config0 = maps:fold(fun(K, V, Acc) ->
                                     Key = key(K, Defaults),
                                     Acc#{Key => check(Key, V)}
                             end, Defaults, Overrides),
-        Config = Config0#{protected => protected(Config0)},
-        persistent_term:put(?MODULE, Config),
-        {ok, Config}
+        {ok, Config0#{protected => protected(Config0)}}
     catch throw:{bad_config, _, _} = Why -> {error, Why}
+    end.
+
+%% Erlang terms from sys.config into the JSON shapes check/2 takes: strings (charlists) and
+%% atoms become binaries, `undefined' null, an IP tuple its text, tokens a proplist or map.
+from_env(bind, Ip) when is_tuple(Ip) ->
+    case inet:ntoa(Ip) of
+        {error, _} -> throw({bad_config, bind, Ip});
+        Text -> list_to_binary(Text)
+    end;
+from_env(tokens, L) when is_list(L) ->
+    from_env(tokens, try maps:from_list(L) catch error:_ -> throw({bad_config, tokens, L}) end);
+from_env(_Key, V) -> env_value(V).
+
+env_value(V) when is_binary(V); is_number(V); is_boolean(V); V =:= null -> V;
+env_value(undefined) -> null;
+env_value(V) when is_atom(V) -> atom_to_binary(V);
+env_value(V) when is_map(V) -> maps:fold(fun(K, X, Acc) -> Acc#{env_value(K) => env_value(X)} end, #{}, V);
+env_value([]) -> [];
+env_value(V) when is_list(V) ->
+    case io_lib:printable_unicode_list(V) of
+        true -> unicode:characters_to_binary(V);
+        false -> [env_value(E) || E <- V]
+    end;
+env_value(V) -> V.  % check/2 refuses what it does not take
+
+%% @doc Anyone who reaches a non-loopback address could run jobs: without a token that takes
+%% the operator's explicit word (allow_no_token).
+-spec refuse_exposed(config()) -> ok | {error, binary()}.
+refuse_exposed(#{bind := Bind, token := Token, tokens := Tokens, allow_no_token := Allow}) ->
+    {ok, Ip} = inet:parse_address(binary_to_list(Bind)),
+    Loopback = case Ip of
+                   {127, _, _, _} -> true;
+                   {0, 0, 0, 0, 0, 0, 0, 1} -> true;
+                   _ -> false
+               end,
+    case Loopback orelse Token =/= null orelse map_size(Tokens) > 0 orelse Allow of
+        true -> ok;
+        false ->
+            {error, <<"refusing to serve ", Bind/binary, " without a token: anyone who reaches it could "
+                      "run jobs. Set a token (token or tokens in the config, --token or "
+                      "$BEAMBRIDGE_COMPUTE_TOKEN), or say allow_no_token (--insecure-no-token)">>}
     end.
 
 key(K, Defaults) when is_atom(K) -> key(atom_to_binary(K), Defaults);
@@ -135,6 +225,8 @@ check(bind, V) when is_binary(V) ->
     end;
 check(K, V) -> throw({bad_config, K, V}).
 
+%% @doc One setting (the defaults' when nothing was loaded).
+-spec get(atom()) -> term().
 get(Key) -> maps:get(Key, all()).
 
 %% What no job may read, data roots or not: the cookie files Erlang reads, the recorded
@@ -155,4 +247,6 @@ client_share() ->
         N -> N
     end.
 
+%% @doc Every setting.
+-spec all() -> config().
 all() -> persistent_term:get(?MODULE, defaults()).

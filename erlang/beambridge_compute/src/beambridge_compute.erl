@@ -1,83 +1,97 @@
 %%% @doc Entry points: start the service from a config file (what `beambridge compute
-%%% serve' runs: `erl ... -run beambridge_compute main CONFIG.json') or from Erlang.
+%%% serve' runs: `erl ... -run beambridge_compute main CONFIG.json') or from Erlang, or boot
+%%% it as part of a release (the application's own start, settings from sys.config).
 %%%
-%%% When the config names a `ready_file', the bound port (or the start error) is written
-%%% there as JSON once the service answers, so a launcher never has to guess or poll ports.
+%%% Settings come from the application environment and the JSON file, which wins key by
+%%% key (bbc_config). When they name a `ready_file', the bound port (or the start error) is
+%%% written there as JSON once the service answers, so a launcher never has to guess or
+%%% poll ports.
+%%%
+%%% Only main/1 touches the node itself: it adds the config's `code_paths' and sets its
+%%% `cookie'. start/1 and the application's start change nothing outside the application
+%%% (in a release, job modules belong in the release and the cookie in vm.args).
 -module(beambridge_compute).
--export([main/1, start/1, stop/0, url/0]).
+-export([main/1, start/1, stop/0, url/0, announce/1]).
 
+-define(APP, beambridge_compute).
+
+%% @doc The command line: start, say where it serves, or write the error and halt(2).
+-spec main([string()]) -> ok | no_return().
 main([ConfigFile]) ->
-    case start(ConfigFile) of
-        {ok, Url} ->
-            io:format("beambridge compute: serving ~s (node ~s, ~p workers)~n",
-                      [Url, node(), length(bbc_nodes:workers())]);
-        {error, Why} ->
-            Text = iolist_to_binary(io_lib:format("~0p", [Why])),
-            ready(#{error => Text}),
-            io:format(standard_error, "beambridge compute: cannot start: ~s~n", [Text]),
-            erlang:halt(2)
-    end.
-
-start(ConfigFile) ->
-    case bbc_config:load(ConfigFile) of
+    case bbc_config:read(ConfigFile) of
         {ok, Config} ->
-            case exposed_without_token(Config) of
-                ok -> start_config(Config);
-                {error, _} = Refused -> Refused
+            prepare_node(Config),
+            case start(ConfigFile) of
+                {ok, Url} ->
+                    io:format("beambridge compute: serving ~s (node ~s, ~p workers)~n",
+                              [Url, node(), length(bbc_nodes:workers())]);
+                {error, Why} -> cannot_start(Why, maps:get(ready_file, Config))
             end;
-        {error, Why} -> {error, Why}
+        {error, Why} -> cannot_start(Why, null)
     end.
 
-%% Anyone who reaches a non-loopback address could run jobs: without a token that takes
-%% the operator's explicit word (allow_no_token).
-exposed_without_token(#{bind := Bind, token := Token, tokens := Tokens, allow_no_token := Allow}) ->
-    {ok, Ip} = inet:parse_address(binary_to_list(Bind)),
-    Loopback = case Ip of
-                   {127, _, _, _} -> true;
-                   {0, 0, 0, 0, 0, 0, 0, 1} -> true;
-                   _ -> false
-               end,
-    case Loopback orelse Token =/= null orelse map_size(Tokens) > 0 orelse Allow of
-        true -> ok;
-        false ->
-            {error, <<"refusing to serve ", Bind/binary, " without a token: anyone who reaches it could "
-                      "run jobs. Set a token (token or tokens in the config, --token or "
-                      "$BEAMBRIDGE_COMPUTE_TOKEN), or say allow_no_token (--insecure-no-token)">>}
-    end.
+cannot_start(Why, ReadyFile) ->
+    Text = iolist_to_binary(io_lib:format("~0p", [Why])),
+    _ = write_ready(ReadyFile, #{error => Text}),
+    io:format(standard_error, "beambridge compute: cannot start: ~s~n", [Text]),
+    erlang:halt(2).
 
-start_config(Config) ->
+%% The node-wide side effects the command line asks for (never done by start/1).
+prepare_node(Config) ->
     ok = code:add_pathsa([binary_to_list(P) || P <- maps:get(code_paths, Config)]),
     case maps:get(cookie, Config) of
         null -> ok;
         Cookie when node() =/= nonode@nohost -> erlang:set_cookie(node(), binary_to_atom(Cookie));
         _ -> ok
+    end.
+
+%% @doc Start the application with `ConfigFile' (JSON) over its app env; `undefined': the
+%% app env alone. Settings are checked first, so a bad one is a plain `{error, Why}'.
+-spec start(file:filename_all() | undefined) -> {ok, binary()} | {error, term()}.
+start(ConfigFile) ->
+    case bbc_config:read(ConfigFile) of
+        {ok, Config} ->
+            case bbc_config:refuse_exposed(Config) of
+                ok -> start_app(ConfigFile);
+                {error, _} = Refused -> Refused
+            end;
+        {error, _} = Error -> Error
+    end.
+
+start_app(ConfigFile) ->
+    case application:load(?APP) of
+        ok -> ok;
+        {error, {already_loaded, ?APP}} -> ok
     end,
-    [logger:warning("beambridge compute: job module ~s cannot be loaded", [M])
-     || M <- maps:get(job_modules, Config),
-        code:ensure_loaded(binary_to_atom(M)) =/= {module, binary_to_atom(M)}],
-    case application:ensure_all_started(beambridge_compute) of
-        {ok, _} ->
-            %% Local workers boot in the background; "ready" means they have had their try.
-            _ = bbc_nodes:await_local(60000),
-            Port = bbc_http:port(),
-            ready(#{port => Port, node => node(), os_pid => list_to_integer(os:getpid()),
-                    url => url()}),
-            {ok, url()};
+    ok = application:set_env(?APP, config_file, ConfigFile),
+    case application:ensure_all_started(?APP) of
+        {ok, _} -> {ok, url()};
         {error, Why} -> {error, Why}
     end.
 
-stop() -> application:stop(beambridge_compute).
+%% @doc Stop the application (its workers, jobs and listener; drains requests first).
+-spec stop() -> ok | {error, term()}.
+stop() -> application:stop(?APP).
 
+%% @doc Where the service answers, e.g. `<<"http://127.0.0.1:8080">>'.
+-spec url() -> binary().
 url() ->
     Bind = binary_to_list(bbc_config:get(bind)),
     Host = case lists:member($:, Bind) of true -> "[" ++ Bind ++ "]"; false -> Bind end,
     iolist_to_binary(io_lib:format("http://~s:~p", [Host, bbc_http:port()])).
 
-ready(Facts) ->
-    case bbc_config:get(ready_file) of
-        null -> ok;
-        File ->
-            Tmp = <<File/binary, ".tmp">>,
-            ok = file:write_file(Tmp, bbc_json:encode(Facts)),
-            ok = file:rename(Tmp, File)
-    end.
+%% @doc Once the service answers (and its local workers have had their try): write the
+%% ready file, if one is configured. Run by the application's start.
+-spec announce(non_neg_integer()) -> ok.
+announce(WorkersMs) ->
+    %% Local workers boot in the background; "ready" means they have had their try.
+    _ = bbc_nodes:await_local(WorkersMs),
+    write_ready(bbc_config:get(ready_file),
+                #{port => bbc_http:port(), node => node(), os_pid => list_to_integer(os:getpid()),
+                  url => url()}).
+
+write_ready(null, _Facts) -> ok;
+write_ready(File, Facts) ->
+    Tmp = <<File/binary, ".tmp">>,
+    ok = file:write_file(Tmp, bbc_json:encode(Facts)),
+    ok = file:rename(Tmp, File).

