@@ -109,11 +109,19 @@ read_json(File) ->
     end.
 
 %% @doc Check `Overrides' (keys atoms or binaries, JSON-shaped values) over the defaults and
-%% store the result (tests use it; the service goes through load/1).
+%% store the result; the app env becomes exactly `Overrides' (no `config_file'), so the
+%% application's next start (configure/0) comes to the same settings. For tests and
+%% embedding; the service itself goes through load/1.
 -spec set(map()) -> {ok, config()} | {error, term()}.
 set(Overrides) ->
     case checked(Overrides) of
-        {ok, Config} -> persistent_term:put(?MODULE, Config), {ok, Config};
+        {ok, Config} ->
+            _ = application:load(?APP),
+            Defaults = defaults(),
+            _ = [application:unset_env(?APP, K) || {K, _} <- application:get_all_env(?APP)],
+            maps:foreach(fun(K, V) -> application:set_env(?APP, key(K, Defaults), V) end, Overrides),
+            persistent_term:put(?MODULE, Config),
+            {ok, Config};
         Error -> Error
     end.
 
