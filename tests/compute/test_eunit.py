@@ -15,6 +15,7 @@ from beambridge import otp
 from beambridge.compute._service import APP, _debian_lib
 
 TESTS = Path(otp.erlang_source_dir()) / APP / "test"
+PLISTS_TESTS = Path(otp.erlang_source_dir()) / "bbc_plists" / "test"
 
 
 def run_eunit(runtime: otp.Runtime, modules: list[str], paths: list[Path], tmp: Path) -> str:
@@ -38,17 +39,18 @@ def run_eunit(runtime: otp.Runtime, modules: list[str], paths: list[Path], tmp: 
 
 @pytest.mark.erlang
 def test_plists_eunit(otp_runtime: otp.Runtime, tmp_path: Path) -> None:
+    plists = otp.build_erlang_app("bbc_plists")
     ebin = otp.build_erlang_app(APP)
     out = tmp_path / "ebin"
     out.mkdir()
-    sources = [str(p) for p in sorted(TESTS.glob("*.erl"))]
-    subprocess.run([str(otp.erlc()), "-o", str(out), "-pa", str(ebin), *sources],
-                   check=True, capture_output=True, timeout=120)
-    paths = [out, ebin]
+    tests = [*sorted(PLISTS_TESTS.glob("*.erl")), *sorted(TESTS.glob("*.erl"))]
+    subprocess.run([str(otp.erlc()), "-o", str(out), "-pa", str(ebin), "-pa", str(plists),
+                    *map(str, tests)], check=True, capture_output=True, timeout=120)
+    paths = [out, plists, ebin]
     eunit = _debian_lib("eunit-")
     if eunit is not None and not any((otp_runtime.root / "lib").glob("eunit-*")):
         paths.append(eunit)
-    output = run_eunit(otp_runtime, [p.stem for p in sorted(TESTS.glob("*_tests.erl"))], paths, tmp_path)
+    output = run_eunit(otp_runtime, [p.stem for p in tests if p.stem.endswith("_tests")], paths, tmp_path)
     match = re.search(r"All (\d+) tests passed", output)
     assert match, output[-4000:]
     assert int(match.group(1)) >= 20

