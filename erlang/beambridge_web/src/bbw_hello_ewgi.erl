@@ -2,6 +2,8 @@
 -module(bbw_hello_ewgi).
 -export([handle/1]).
 
+%% @doc The EWGI handler: echoes the request; 404 under /missing.
+-spec handle(bbw_ewgi:ctx()) -> bbw_ewgi:ctx().
 handle(Ctx) ->
     Method = bbw_ewgi:request_method(Ctx),
     Path = bbw_ewgi:path_info(Ctx),

@@ -1,49 +1,86 @@
 %% A key/value store in Mnesia (a disc_copies table on this node), for web apps to use by rpc.
 %%
 %% setup(Dir) makes the schema on disc in Dir (once), starts Mnesia and the table; after a
-%% restart of the node, setup(Dir) again finds the data that was written before.
+%% restart of the node, setup(Dir) again finds the data that was written before. Mnesia is
+%% never stopped here (other applications may use it): when it already runs, it must run
+%% in Dir (its `dir' setting, e.g. from sys.config), and a schema it holds in RAM is moved
+%% to disc there.
 -module(bbw_store).
 -export([setup/1, put/2, get/1, delete/1, keys/0, count/0, info/0]).
 
 -record(bbw_kv, {key, value}).
 
+%% @doc Mnesia in `Dir' and the store's table in it; the table's storage type.
+-spec setup(file:filename_all()) -> {ok, disc_copies} | {error, term()}.
 setup(Dir) ->
-    DirS = unicode:characters_to_list(Dir),
+    DirS = filename:absname(unicode:characters_to_list(Dir)),
     ok = filelib:ensure_dir(filename:join(DirS, "x")),
-    _ = application:stop(mnesia),
+    case running() of
+        false -> start_in(DirS);
+        true ->
+            case filename:absname(mnesia:system_info(directory)) of
+                DirS -> schema_on_disc();
+                Other -> {error, {mnesia_runs_elsewhere, unicode:characters_to_binary(Other)}}
+            end
+    end.
+
+running() -> lists:keymember(mnesia, 1, application:which_applications()).
+
+start_in(DirS) ->
     ok = application:set_env(mnesia, dir, DirS),
     case mnesia:create_schema([node()]) of
         ok -> ok;
         {error, {_, {already_exists, _}}} -> ok
     end,
-    ok = mnesia:start(),
+    {ok, _} = application:ensure_all_started(mnesia),
+    table().
+
+%% Mnesia already runs in the right folder, perhaps with its schema in RAM only (started
+%% before any schema was made there).
+schema_on_disc() ->
+    case mnesia:table_info(schema, storage_type) of
+        disc_copies -> table();
+        ram_copies ->
+            case mnesia:change_table_copy_type(schema, node(), disc_copies) of
+                {atomic, ok} -> table();
+                {aborted, Why} -> {error, {schema_not_on_disc, Why}}
+            end
+    end.
+
+table() ->
     case mnesia:create_table(bbw_kv, [{disc_copies, [node()]},
                                       {attributes, record_info(fields, bbw_kv)}]) of
         {atomic, ok} -> ok;
         {aborted, {already_exists, bbw_kv}} -> ok
     end,
     ok = mnesia:wait_for_tables([bbw_kv], 20000),
-    {ok, mnesia:table_info(bbw_kv, storage_type)}.
+    {ok, disc_copies = mnesia:table_info(bbw_kv, storage_type)}.
 
 %% Writes are synced to the disc log before the answer: a node killed right after still has them.
+-spec put(term(), term()) -> ok.
 put(Key, Value) ->
     {atomic, ok} = mnesia:sync_transaction(fun() -> mnesia:write(#bbw_kv{key = Key, value = Value}) end),
     mnesia:sync_log().
 
+-spec get(term()) -> {ok, term()} | not_found.
 get(Key) ->
     case mnesia:transaction(fun() -> mnesia:read(bbw_kv, Key) end) of
         {atomic, [#bbw_kv{value = V}]} -> {ok, V};
         {atomic, []} -> not_found
     end.
 
+-spec delete(term()) -> ok.
 delete(Key) ->
     {atomic, ok} = mnesia:sync_transaction(fun() -> mnesia:delete({bbw_kv, Key}) end),
     mnesia:sync_log().
 
+-spec keys() -> [term()].
 keys() -> mnesia:dirty_all_keys(bbw_kv).
 
+-spec count() -> non_neg_integer().
 count() -> mnesia:table_info(bbw_kv, size).
 
+-spec info() -> #{storage := atom(), dir := binary(), size := non_neg_integer()}.
 info() -> #{storage => mnesia:table_info(bbw_kv, storage_type),
             dir => list_to_binary(mnesia:system_info(directory)),
             size => count()}.
