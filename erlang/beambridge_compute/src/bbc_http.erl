@@ -21,6 +21,7 @@
 -define(MAX_WAIT_MS, 60000).
 -define(LOOPBACK_HOSTS, [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]).
 
+-spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     {ok, Ip} = inet:parse_address(binary_to_list(bbc_config:get(bind))),
     _ = mochiweb_clock:start(),
@@ -40,8 +41,10 @@ start_link() ->
         Error -> Error
     end.
 
+-spec port() -> inet:port_number().
 port() -> mochiweb_socket_server:get(?MODULE, port).
 
+-spec loop(tuple()) -> term().
 loop(Req) ->
     %% The headers are in: reading the body (if any) has its own deadline.
     bbc_conns:phase(body),

@@ -26,7 +26,9 @@
 -define(PLAN_WAIT_MS, 10000).
 
 -type id() :: binary().
+-type state() :: #{atom() => term()}.
 
+-spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
 %% @doc Start a job from a checked plan: `{ok, Id}' or `{error, busy | share | {unrecorded,
@@ -136,6 +138,7 @@ record_of(Meta, Outcome) ->
 
 %%% ------------------------------------------------------------------ server
 
+-spec init([]) -> {ok, state()}.
 init([]) ->
     process_flag(trap_exit, true),
     _ = ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
@@ -154,6 +157,7 @@ init([]) ->
            kept => gb_trees:empty(),     % Seq => {Id, Bytes}, those holding an outcome
            bytes => 0}}.
 
+-spec handle_call(term(), gen_server:from(), state()) -> {reply, term(), state()} | {noreply, state()}.
 handle_call({admit, _Id, Meta}, _From, S) ->
     case room(maps:get(client, Meta), S) of
         ok ->
@@ -192,6 +196,7 @@ handle_call(running, _From, #{running := R} = S) ->
 handle_call(_Request, _From, S) ->
     {reply, {error, unknown_call}, S}.
 
+-spec handle_cast(term(), state()) -> {noreply, state()}.
 handle_cast({unnotify, Id, Pid, Ref}, #{waiters := W} = S) ->
     W2 = case maps:find(Id, W) of
              {ok, L} ->
@@ -204,6 +209,7 @@ handle_cast({unnotify, Id, Pid, Ref}, #{waiters := W} = S) ->
     {noreply, S#{waiters := W2}};
 handle_cast(_Msg, S) -> {noreply, S}.
 
+-spec handle_info(term(), state()) -> {noreply, state()}.
 handle_info({'EXIT', Pid, Reason}, #{running := Running} = S) when is_map_key(Pid, Running) ->
     Id = maps:get(Pid, Running),
     {Status, Bytes} = case Reason of
@@ -245,6 +251,7 @@ handle_info({'DOWN', _, process, Pid, _}, #{writers := Writers} = S) ->
 handle_info(_Msg, S) ->
     {noreply, S}.
 
+-spec terminate(term(), state()) -> ok.
 terminate(_Reason, #{running := Running}) ->
     [exit(Pid, kill) || Pid <- maps:keys(Running)],
     ok.

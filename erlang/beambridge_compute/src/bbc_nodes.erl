@@ -19,6 +19,9 @@
 -define(RECONNECT_MS, 2000).
 -define(RPC_MS, 2000).
 
+%% Node name => #{role, status, holder (local ones)}.
+-type state() :: #{node() => map()}.
+
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
@@ -68,6 +71,7 @@ await_local_until(Deadline) ->
 
 %%% ------------------------------------------------------------------ server
 
+-spec init([]) -> {ok, state()}.
 init([]) ->
     process_flag(trap_exit, true),
     ok = net_kernel:monitor_nodes(true),
@@ -86,11 +90,14 @@ init([]) ->
                   end, S0),
     {ok, publish(S1)}.
 
+-spec handle_call(term(), gen_server:from(), state()) -> {reply, {error, unknown_call}, state()}.
 handle_call(_Request, _From, S) ->
     {reply, {error, unknown_call}, S}.
 
+-spec handle_cast(term(), state()) -> {noreply, state()}.
 handle_cast(_Msg, S) -> {noreply, S}.
 
+-spec handle_info(term(), state()) -> {noreply, state()}.
 handle_info({booted, Holder, Name, Result}, S) when is_map_key(Name, S) ->
     persistent_term:put({?MODULE, tried, Name}, true),
     case {maps:get(Name, S), Result} of
@@ -133,6 +140,7 @@ handle_info({restart, Name}, S) when is_map_key(Name, S) ->
 handle_info(_Msg, S) ->
     {noreply, S}.
 
+-spec terminate(term(), state()) -> ok.
 terminate(_Reason, S) ->
     %% Each holder stops its peer (and the node with it) before it goes.
     Holders = [H || {_, #{holder := H}} <- maps:to_list(S), is_pid(H)],
