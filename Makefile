@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# gcc and python3-dev build the compiled term codec (without them the pure-Python one is used).
-DEB_PACKAGES := erlang-nox erlang-dev erlang-src erlang-eunit erlang-mochiweb erlang-jiffy gcc python3-dev
+# gcc and python3-dev build the compiled term codec (without them the pure-Python one is used);
+# erlang-dialyzer checks the Erlang side (tests/compute/test_otp_app.py).
+DEB_PACKAGES := erlang-nox erlang-dev erlang-src erlang-eunit erlang-dialyzer erlang-mochiweb erlang-jiffy gcc python3-dev
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast lint bench fuzz clean

@@ -19,6 +19,8 @@
 -module(bb_term_port).
 -export([main/0, random_term/2]).
 
+%% @doc Serve requests on stdin/stdout until eof, then halt.
+-spec main() -> no_return().
 main() ->
     Port = open_port({fd, 0, 1}, [binary, {packet, 4}, eof]),
     loop(Port, {[], [], 1, 0}).
@@ -60,7 +62,9 @@ handle(<<4, Etf/binary>>, State) ->
     {M, F, A} = binary_to_term(Etf),
     {<<0, (term_to_binary(apply(M, F, A)))/binary>>, State};
 handle(<<5, Etf/binary>>, State) ->
-    {<<0, (term_to_binary(binary_to_term(Etf), [local]))/binary>>, State};
+    %% `local' (OTP 26+) is named at run time: OTP 25's contract for term_to_binary/2
+    %% lacks it (there the request fails with badarg, which the caller is told).
+    {<<0, (term_to_binary(binary_to_term(Etf), [binary_to_atom(<<"local">>)]))/binary>>, State};
 handle(<<6, Bin/binary>>, State) ->
     try binary_to_term(Bin) of
         T -> {<<1, (format({accepted, T}))/binary>>, State}
@@ -84,6 +88,7 @@ check([{Term, Ours, Theirs} | Rest], Level, I, Acc) ->
 format(T) -> unicode:characters_to_binary(io_lib:format("~tp", [T])).
 
 %% Random terms: every kind of value BEAM can encode, sized by a budget that shrinks with depth.
+-spec random_term(integer(), integer()) -> term().
 random_term(Size, Depth) when Size =< 1; Depth > 6 -> leaf();
 random_term(Size, Depth) ->
     case rand:uniform(10) of

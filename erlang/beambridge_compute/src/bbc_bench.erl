@@ -8,6 +8,7 @@
 
 %% @doc Start (once) a MochiWeb server on a free loopback port that answers every request
 %% with the same small JSON; returns its port.
+-spec start_const() -> inet:port_number().
 start_const() ->
     case whereis(bbc_bench_const) of
         undefined ->
@@ -32,6 +33,8 @@ start_const() ->
 
 %% @doc Microseconds for `N' trivial items through lists:map, bbc_plists locally, and
 %% bbc_plists over every worker node; best of three each.
+-spec overhead(pos_integer()) -> #{items := pos_integer(), workers := non_neg_integer(),
+                                     micros := #{atom() => non_neg_integer()}}.
 overhead(N) when is_integer(N), N > 0, N =< 10000000 ->
     Items = lists:seq(1, N),
     F = fun bbc_sample_jobs:square/1,
@@ -46,6 +49,9 @@ overhead(N) when is_integer(N), N > 0, N =< 10000000 ->
 %% @doc Microseconds for mapping `bbc_sample_jobs:burn(Rounds)' over `Items' items:
 %% sequentially (lists:map on a worker), on one worker (one process), on two workers (one process each), and
 %% on two workers with a process per scheduler.
+-spec speedup(pos_integer(), pos_integer()) ->
+          #{items := pos_integer(), rounds := pos_integer(), workers := non_neg_integer(),
+            micros := #{atom() => non_neg_integer()}}.
 speedup(Items, Rounds) when is_integer(Items), Items > 0, is_integer(Rounds), Rounds > 0 ->
     List = lists:duplicate(Items, Rounds),
     F = fun bbc_sample_jobs:burn/1,

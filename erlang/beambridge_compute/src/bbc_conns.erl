@@ -31,6 +31,7 @@
 -define(TAB, bbc_conns).
 -define(SWEEP_MS, 200).
 
+-spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
 %% @doc MochiWeb's connection loop, wrapped: admit, then serve requests with `Body'.
@@ -124,18 +125,22 @@ evict_oldest(Peer) ->
 
 %%% ------------------------------------------------------------------ server
 
+-spec init([]) -> {ok, #{}}.
 init([]) ->
     _ = ets:new(?TAB, [named_table, public, set, {write_concurrency, true}]),
     erlang:send_after(?SWEEP_MS, self(), sweep),
     {ok, #{}}.
 
+-spec handle_call(term(), gen_server:from(), S) -> {reply, {error, unknown_call}, S}.
 handle_call(_Request, _From, S) -> {reply, {error, unknown_call}, S}.
 
+-spec handle_cast(term(), S) -> {noreply, S}.
 handle_cast({watch, Pid}, S) ->
     _ = erlang:monitor(process, Pid),
     {noreply, S};
 handle_cast(_Msg, S) -> {noreply, S}.
 
+-spec handle_info(term(), S) -> {noreply, S}.
 handle_info({'DOWN', _, process, Pid, _}, S) ->
     forget(Pid),
     {noreply, S};

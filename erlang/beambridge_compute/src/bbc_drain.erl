@@ -14,15 +14,19 @@
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
+-spec init([]) -> {ok, #{}}.
 init([]) ->
     process_flag(trap_exit, true),  % so terminate/2 runs on shutdown
     _ = persistent_term:erase({bbc_http, draining}),
     {ok, #{}}.
 
+-spec handle_call(term(), gen_server:from(), S) -> {reply, {error, unknown_call}, S}.
 handle_call(_Request, _From, S) -> {reply, {error, unknown_call}, S}.
 
+-spec handle_cast(term(), S) -> {noreply, S}.
 handle_cast(_Msg, S) -> {noreply, S}.
 
+-spec terminate(term(), term()) -> ok.
 terminate(_Reason, _S) ->
     persistent_term:put({bbc_http, draining}, true),
     Grace = erlang:monotonic_time(millisecond) + bbc_config:get(drain_ms),

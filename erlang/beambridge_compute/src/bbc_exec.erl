@@ -7,10 +7,15 @@
 %%% before the job starts, and only as the item or argument it reads.
 -module(bbc_exec).
 -export([parse/1, run/2, worker_slots/1]).
+-export_type([plan/0]).
+
+%% A checked job: op, its functions and items (or call and args), malt, timeout, ttl, async.
+-type plan() :: #{op := binary(), atom() => term()}.
 
 -define(OPS, [<<"call">>, <<"map">>, <<"filter">>, <<"fold">>, <<"mapreduce">>, <<"sort">>]).
 
 %% @doc `{ok, Plan}' or `{error, HttpStatus, Code, Reason}'.
+-spec parse(term()) -> {ok, plan()} | {error, pos_integer(), binary(), binary()}.
 parse(Spec) when is_map(Spec) ->
     try {ok, plan(Spec)}
     catch throw:{reject, Status, Code, Reason} -> {error, Status, Code, Reason}
@@ -134,6 +139,8 @@ malt(Spec, _Len) ->
     #{chunk => Chunk, processes => Procs, nodes => Nodes}.
 
 %% @doc The plists Malt for the workers wanted: named (must be known), all, or none.
+-spec worker_slots(#{nodes := term(), processes := term(), chunk := term(), _ => _}) ->
+          [{nodes, [{node(), schedulers}]} | {processes, term()} | {chunk, term()}].
 worker_slots(#{nodes := Wanted, processes := Procs, chunk := Chunk}) ->
     Workers = bbc_nodes:workers(),
     Nodes = case Wanted of
@@ -151,6 +158,7 @@ worker_slots(#{nodes := Wanted, processes := Procs, chunk := Chunk}) ->
 
 %% @doc Run a plan in the calling process; returns the result as JSON text, or raises.
 %% Encoding here keeps it inside the job's time limit and gives its exact size.
+-spec run(plan(), term()) -> binary().
 run(#{op := <<"call">>, call := Fun, args := Args}, _Progress) ->
     iolist_to_binary(bbc_json:encode(apply(Fun, Args)));
 run(#{op := Op, items := Items, malt := Malt, funs := Funs}, Progress) ->

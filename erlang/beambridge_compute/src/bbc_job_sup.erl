@@ -13,6 +13,7 @@ start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 -spec start_job(map()) -> {ok, pid()} | {error, term()}.
 start_job(Meta) -> supervisor:start_child(?MODULE, [Meta]).
 
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
     Job = #{id => job, start => {bbc_jobs, start_job, []}, restart => temporary,
             shutdown => brutal_kill, type => worker, modules => [bbc_jobs]},

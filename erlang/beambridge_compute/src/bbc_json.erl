@@ -9,6 +9,10 @@
 %%% jiffy (Debian's erlang-jiffy, a NIF) is used when it loads; mochijson2 otherwise.
 -module(bbc_json).
 -export([decode/1, encode/1, encode_with/3, to_json/1, backend/0, long_number/2]).
+-export_type([json/0]).
+
+%% The JSON subset terms are turned into before encoding.
+-type json() :: null | boolean() | number() | binary() | [json()] | #{binary() => json()}.
 
 -spec decode(binary()) -> {ok, term()} | {error, binary()}.
 decode(Bin) ->
@@ -70,6 +74,7 @@ encode(Term) ->
         mochijson2 -> mochijson2:encode(to_mochi(Json))
     end.
 
+-spec backend() -> jiffy | mochijson2.
 backend() ->
     case persistent_term:get({?MODULE, backend}, undefined) of
         undefined ->
@@ -82,6 +87,7 @@ backend() ->
     end.
 
 %% @doc Any term into the JSON subset (maps with binary keys, lists, numbers, binaries).
+-spec to_json(term()) -> json().
 to_json(X) when is_integer(X); is_float(X) -> X;
 to_json(X) when X =:= true; X =:= false; X =:= null -> X;
 to_json(X) when is_atom(X) -> atom_to_binary(X);

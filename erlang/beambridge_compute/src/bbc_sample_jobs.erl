@@ -9,35 +9,47 @@
 %% operator's data roots (bbc_files), and refuses it everywhere when none are configured.
 -bbc_reads_files([{word_count, 1}]).
 
+-spec echo(T) -> T.
 echo(X) -> X.
 
+-spec add(number(), number()) -> number().
 add(A, B) -> A + B.
 
+-spec square(number()) -> number().
 square(X) -> X * X.
 
+-spec is_even(integer()) -> boolean().
 is_even(X) -> X rem 2 =:= 0.
 
 %% fold and fuse for a sum.
+-spec sum(number(), number()) -> number().
 sum(X, Acc) -> X + Acc.
 
+-spec fib(0..40) -> non_neg_integer().
 fib(N) when is_integer(N), N >= 0, N =< 40 -> fib_(N).
 fib_(N) when N < 2 -> N;
 fib_(N) -> fib_(N - 1) + fib_(N - 2).
 
 %% Sleeps `Ms' milliseconds and answers the node it ran on.
+-spec sleep(0..600000) -> binary().
 sleep(Ms) when is_integer(Ms), Ms >= 0, Ms =< 600000 -> timer:sleep(Ms), atom_to_binary(node()).
 
+-spec sleep_square([number()]) -> number().
 sleep_square([Ms, X]) -> timer:sleep(Ms), X * X.
 
 %% Raises with the item in the reason, for error-path tests.
+-spec fail(term()) -> no_return().
 fail(X) -> erlang:error({job_failed_on_purpose, X}).
 
+-spec where(T) -> [T | binary()].
 where(X) -> [X, atom_to_binary(node())].
 
+-spec le(term(), term()) -> boolean().
 le(A, B) -> A =< B.
 
 %% The demo's mapper: reads one text file and counts its words (runs of ASCII letters,
 %% lower-cased). Returns `[{Word, Count}]'; unreadable files count as empty.
+-spec word_count(binary()) -> [{binary(), pos_integer()}].
 word_count(Path) when is_binary(Path) ->
     case file:read_file(Path) of
         {ok, Bin} ->
@@ -64,11 +76,14 @@ scan(<<>>, Word, Tab) -> bump(Word, Tab).
 bump(Word, Tab) -> ets:update_counter(Tab, Word, 1, {Word, 0}).
 
 %% The demo's reducer (a combiner: its output can be fed back to it).
+-spec sum_counts(term(), [number()]) -> number().
 sum_counts(_Word, Counts) -> lists:sum(Counts).
 
 %% CPU-bound work for the benchmark: N rounds of a hash.
+-spec burn(0..100000000) -> non_neg_integer().
 burn(N) when is_integer(N), N >= 0, N =< 100000000 -> burn(N, 0).
 burn(0, Acc) -> Acc;
 burn(N, Acc) -> burn(N - 1, erlang:phash2({N, Acc}, 1 bsl 27)).
 
+-spec nothing() -> ok.
 nothing() -> ok.

@@ -8,8 +8,10 @@
 -behaviour(supervisor).
 -export([start_link/0, init/1]).
 
+-spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
     Children = [#{id => bbc_nodes, start => {bbc_nodes, start_link, []}, shutdown => 30000},
                 #{id => bbc_job_sup, start => {bbc_job_sup, start_link, []}, type => supervisor},

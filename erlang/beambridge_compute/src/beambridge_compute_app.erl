@@ -16,8 +16,7 @@ start(_Type, _Args) ->
                 {ok, Sup} ->
                     ok = beambridge_compute:announce(60000),
                     {ok, Sup};
-                {error, _} = Error -> Error;
-                ignore -> {error, ignore}
+                {error, _} = Error -> Error
             end;
         {error, Why} -> {error, {bad_config, Why}}
     end.
