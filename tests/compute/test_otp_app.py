@@ -80,10 +80,6 @@ def _build_paths(runtime: otp.Runtime) -> tuple[list[Path], list[str]]:
     """Code paths for the builder and the root applications of the release."""
     paths = code_paths(runtime)
     roots = [APP]
-    plists = otp.erlang_source_dir() / "bbc_plists" / "src" / "bbc_plists.app.src"
-    if plists.exists():  # the distributed map in an application of its own
-        paths.append(otp.build_erlang_app("bbc_plists"))
-        roots.append("bbc_plists")
     if not any((runtime.root / "lib").glob("sasl-*")):
         sasl = _debian_lib("sasl-")
         if sasl is None:
@@ -141,7 +137,7 @@ def test_app_resource_lists_what_a_release_needs() -> None:
 
 def test_release_boots_and_serves(otp_runtime: otp.Runtime, tmp_path: Path) -> None:
     rel, apps = build_release(otp_runtime, tmp_path)
-    assert {APP, "mochiweb", "inets", "ssl"} <= set(apps)
+    assert {APP, "bbc_plists", "mochiweb", "inets", "ssl"} <= set(apps)
     # sys.config names the JSON file too: its allowed_hosts wins over sys.config's.
     ready = tmp_path / "ready.json"
     config_json = tmp_path / "config.json"
@@ -174,8 +170,7 @@ def test_release_boots_and_serves(otp_runtime: otp.Runtime, tmp_path: Path) -> N
         assert health["otp_release"] == str(otp_runtime.major)
         assert health["json"] == ("jiffy" if "jiffy" in apps else "mochijson2")
         assert client.call("bbc_sample_jobs:add", 1, 2) == 3
-        if "bbc_plists" in apps:
-            assert client.map("bbc_sample_jobs:square", [1, 2, 3]) == [1, 4, 9]
+        assert client.map("bbc_sample_jobs:square", [1, 2, 3]) == [1, 4, 9]  # bbc_plists
         statuses = {}
         for host in ("json.bbrel.test", "env.bbrel.test"):
             conn = http.client.HTTPConnection("127.0.0.1", int(facts["port"]), timeout=30)
