@@ -4,13 +4,38 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([square/1, slow_square/1, where/1, halt_on/2]).
+-export([square/1, slow_square/1, where/1, halt_on/2, tagged_sleep/2, slow_on/3, count_tagged/0]).
+
+-define(TAG, bbc_plists_test_job).
 
 square(X) -> X * X.
 
 slow_square(X) -> timer:sleep(20), X * X.
 
 where(X) -> {X, node()}.
+
+%% Marks its process as one of the job's workers, then sleeps.
+tagged_sleep(Ms, X) -> put(?TAG, true), timer:sleep(Ms), X.
+
+%% Slow (`Ms' per item) on `Slow', fast elsewhere; says where it ran.
+slow_on(Slow, Ms, X) ->
+    put(?TAG, true),
+    case node() of
+        Slow -> timer:sleep(Ms);
+        _ -> timer:sleep(1)
+    end,
+    {X, node()}.
+
+%% The job's worker processes on the peer behind `Peer' (none before the code is there).
+tagged_on(Peer) ->
+    try peer:call(Peer, ?MODULE, count_tagged, [])
+    catch error:undef -> 0
+    end.
+
+%% The job's worker processes on this node.
+count_tagged() ->
+    length([P || P <- processes(), {dictionary, D} <- [process_info(P, dictionary)],
+                 proplists:get_value(?TAG, D) =:= true]).
 
 %% Halts the node it runs on when that node is `Victim' (simulates a crash mid-job).
 halt_on(Victim, X) ->
@@ -104,7 +129,8 @@ throw_and_exit_keep_their_class_test() ->
 timeout_test() ->
     Before = erlang:system_info(process_count),
     Slow = fun(X) -> timer:sleep(3000), X end,
-    ?assertError({bbc_plists, timeout}, bbc_plists:map(Slow, items(), [{timeout, 100}, 1])),
+    ?assertError({bbc_plists, timeout, #{timeout := 100, done := 0, total := 103}},
+                 bbc_plists:map(Slow, items(), [{timeout, 100}, 1])),
     assert_no_leftovers(Before).
 
 killed_caller_takes_workers_down_test() ->
@@ -116,8 +142,45 @@ killed_caller_takes_workers_down_test() ->
     assert_no_leftovers(Before).
 
 bad_option_test() ->
-    ?assertError({bbc_plists, bad_option, {processes, 0}},
-                 bbc_plists:map(fun square/1, [1], {processes, 0})).
+    ?assertError({bbc_plists, bad_option, #{option := {processes, 0}}},
+                 bbc_plists:map(fun square/1, [1], {processes, 0})),
+    ?assertError({bbc_plists, bad_option, #{option := {nodes, "x"}}},
+                 bbc_plists:map(fun square/1, [1], {nodes, ["x"]})),
+    ?assertError({bbc_plists, bad_option, #{option := {speculate, maybe}}},
+                 bbc_plists:map(fun square/1, [], {speculate, maybe})).
+
+%% The library's own failures all look alike: error:{bbc_plists, Reason, #{...}}; a local
+%% job whose last process is killed says so (it used to be no_live_slots [nonode@nohost]
+%% or exit:worker_exit, depending on whether the node was distributed).
+failure_shape_test_() ->
+    {timeout, 30, fun() ->
+        Before = erlang:system_info(process_count),
+        Self = self(),
+        Fun = fun(X) -> Self ! {worker, self()}, timer:sleep(5000), X end,
+        Killer = spawn(fun() -> receive {go, Pid} -> exit(Pid, kill) end end),
+        Job = spawn_monitor(fun() ->
+                                    exit({caught, try bbc_plists:map(Fun, [1, 2], [{processes, 1}, 1])
+                                                  catch C:R -> {C, R} end})
+                            end),
+        receive {worker, W} -> Killer ! {go, W} end,
+        {_, MRef} = Job,
+        Caught = receive {'DOWN', MRef, process, _, {caught, Got}} -> Got end,
+        ?assertMatch({error, {bbc_plists, worker_killed, #{reason := killed, chunk := 1}}}, Caught),
+        {error, {bbc_plists, worker_killed, #{node := Where}}} = Caught,
+        ?assertEqual(node(), Where),
+        flush_workers(),
+        assert_no_leftovers(Before),
+        ?assertMatch({error, {bbc_plists, no_live_slots, #{nodes := #{'nobody@127.0.0.1' := _}}}},
+                     try bbc_plists:map(fun square/1, [1], {nodes, ['nobody@127.0.0.1']})
+                     catch C:R -> {C, R} end),
+        ?assertMatch({error, {bbc_plists, timeout, #{timeout := 0}}},
+                     try bbc_plists:map(fun slow_square/1, [1], {timeout, 0}) catch C:R -> {C, R} end),
+        %% A worker's own exception keeps its class and stack (see the tests above).
+        ok
+     end}.
+
+flush_workers() ->
+    receive {worker, _} -> flush_workers() after 0 -> ok end.
 
 %% Process count back to where it was (bounded wait) and an empty mailbox.
 assert_no_leftovers(Before) ->
@@ -141,7 +204,11 @@ distributed_test_() ->
             {foreach, fun start_peers/0, fun stop_peers/1,
              [fun remote_map_and_code_push/1,
               fun node_death_reruns_chunks/1,
-              fun remote_raise_carries_remote_stack/1]}
+              fun remote_raise_carries_remote_stack/1,
+              fun partition_leaves_nothing_behind/1,
+              fun hung_node_bounded_by_deadline/1,
+              fun slow_node_chunk_rerun_speculatively/1,
+              fun code_check_cached_per_connection/1]}
     end.
 
 start_peers() ->
@@ -150,12 +217,16 @@ start_peers() ->
     Start = fun(I) ->
                     Name = list_to_atom("bbcpeer" ++ integer_to_list(I) ++ "_" ++ Suffix),
                     %% No -pa: the job code and bbc_plists must be pushed by the library.
+                    %% Controlled over stdio, so that cutting the distribution connection
+                    %% (the partition tests) does not stop the peer.
                     {ok, Pid, Node} = peer:start(#{name => Name, host => "127.0.0.1",
                                                    longnames => true, exec => Erl,
+                                                   connection => standard_io,
                                                    args => ["-setcookie", atom_to_list(erlang:get_cookie()),
                                                             "-connect_all", "false",
                                                             "-kernel", "inet_dist_use_interface",
                                                             "{127,0,0,1}"]}),
+                    true = net_kernel:connect_node(Node),
                     {Pid, Node}
             end,
     [Start(1), Start(2)].
@@ -167,10 +238,15 @@ stop_peers(Peers) ->
 remote_map_and_code_push([{_, N1}, {_, N2}]) ->
     fun() ->
             ?assertEqual(false, rpc:call(N1, code, is_loaded, [?MODULE])),
-            Result = bbc_plists:map(fun where/1, items(), [{nodes, [{N1, 2}, {N2, 2}]}, 5]),
+            %% Nodes join as they are prepared: items slow enough for both to take part.
+            Slow = fun(X) -> timer:sleep(10), ?MODULE:where(X) end,
+            Result = bbc_plists:map(Slow, items(), [{nodes, [{N1, 2}, {N2, 2}]}, 5]),
             ?assertEqual(items(), [X || {X, _} <- Result]),
             Used = lists:usort([N || {_, N} <- Result]),
             ?assertEqual(lists:sort([N1, N2]), Used),
+            %% Prepared (and cached) now: both are there from the start.
+            Again = bbc_plists:map(fun where/1, items(), [{nodes, [{N1, 2}, {N2, 2}]}, 5]),
+            ?assertEqual(lists:sort([N1, N2]), lists:usort([N || {_, N} <- Again])),
             ?assertMatch({file, _}, rpc:call(N1, code, is_loaded, [?MODULE])),
             ?assertMatch({file, _}, rpc:call(N1, code, is_loaded, [bbc_plists])),
             %% schedulers form and a local process alongside.
@@ -207,3 +283,119 @@ remote_raise_carries_remote_stack([{_, N1}, _]) ->
             wait_until(fun() -> Busy() =:= [] end, 100),
             ?assertEqual([], Busy())
     end.
+
+%% A partition mid-job: the chunks on the cut-off node run again here, and the workers
+%% there die with the connection (linked, not merely monitored), so once it heals nothing
+%% of the job runs twice or is left behind.
+partition_leaves_nothing_behind([{P1, N1}, _]) ->
+    {timeout, 60, fun() ->
+        Items = lists:seq(1, 24),
+        Self = self(),
+        Fun = fun(X) -> ?MODULE:tagged_sleep(300, X) end,
+        {_, MRef} = spawn_monitor(fun() ->
+                                          exit({result, catch bbc_plists:map(
+                                                                Fun, Items,
+                                                                [{nodes, [{N1, 4}]}, {processes, 2}, 2,
+                                                                 {timeout, 30000}])})
+                                  end),
+        Tagged = fun() -> tagged_on(P1) end,
+        ?assert(wait_until(fun() -> Tagged() =:= 4 end, 150)),
+        true = erlang:disconnect_node(N1),
+        ?assert(wait_until(fun() -> Tagged() =:= 0 end, 100)),
+        ?assertEqual(true, net_kernel:connect_node(N1)),
+        Result = receive {'DOWN', MRef, process, _, {result, R}} -> R
+                 after 30000 -> no_result
+                 end,
+        ?assertEqual(Items, Result),
+        %% Dead for this job: nothing more went there after the partition healed.
+        ?assertEqual(0, Tagged()),
+        _ = Self
+     end}.
+
+%% A node whose OS process is stopped: the job is bounded by its own deadline, whether the
+%% node is new to us (its preparation is cut short) or was prepared before (its chunks are
+%% re-run on the live node); a job that does not name it does not notice.
+hung_node_bounded_by_deadline([{P1, N1}, {_, N2}]) ->
+    {timeout, 60, fun() ->
+        Items = lists:seq(1, 20),
+        Fun = fun(X) -> ?MODULE:tagged_sleep(5, X) end,
+        ?assertEqual(Items, bbc_plists:map(Fun, Items, {nodes, [N1, N2]})),   % both prepared
+        OsPid = peer:call(P1, os, getpid, []),
+        _ = os:cmd("kill -STOP " ++ OsPid),
+        try
+            Timed = fun(Malt) ->
+                            T0 = erlang:monotonic_time(millisecond),
+                            R = try bbc_plists:map(Fun, Items, Malt) catch C:E -> {C, E} end,
+                            {erlang:monotonic_time(millisecond) - T0, R}
+                    end,
+            Ok = fun({error, {bbc_plists, timeout, _}}) -> true;
+                    (R) -> R =:= Items
+                 end,
+            %% Prepared before: chunks sent there never start; copies run on N2.
+            {Ms1, R1} = Timed([{nodes, [N1, N2]}, {timeout, 500}, 2]),
+            ?assert(Ok(R1)),
+            ?assert(Ms1 < 3000),
+            %% Unknown (cache dropped): its preparation is bounded by the deadline.
+            ok = bbc_plists:forget_node(N1),
+            {Ms2, R2} = Timed([{nodes, [N1, N2]}, {timeout, 500}, 2]),
+            ?assert(Ok(R2)),
+            ?assert(Ms2 < 3000),
+            {Ms3, R3} = Timed([{nodes, [N1]}, {timeout, 500}]),
+            ?assertMatch({error, {bbc_plists, timeout, #{preparing := [N1]}}}, R3),
+            ?assert(Ms3 < 3000),
+            %% Without the hung node: unaffected.
+            ?assertEqual(Items, bbc_plists:map(Fun, Items, {nodes, [N2]})),
+            ?assertEqual(Items, bbc_plists:map(Fun, Items, [{processes, 2}, 3]))
+        after
+            os:cmd("kill -CONT " ++ OsPid)
+        end,
+        %% What was sent to it while stopped was abandoned: nothing runs there afterwards.
+        ?assert(wait_until(fun() -> tagged_on(P1) =:= 0 end, 100))
+     end}.
+
+%% One node far slower than the other: when the queue runs dry, the idle node runs a
+%% copy of the chunk still running on the slow one; the first result wins, the loser is
+%% killed, and the answer is complete, in order and without duplicates.
+slow_node_chunk_rerun_speculatively([{_, N1}, {_, N2}]) ->
+    {timeout, 60, fun() ->
+        Items = lists:seq(1, 40),
+        Fun = fun(X) -> ?MODULE:slow_on(N1, 3000, X) end,
+        Result = bbc_plists:map(Fun, Items, [{nodes, [{N1, 1}, {N2, 1}]}, 4]),
+        ?assertEqual(Items, [X || {X, _} <- Result]),
+        %% N1's first chunk (3 s per item) lost the race to its copy on N2.
+        ?assertEqual([N2], lists:usort([N || {_, N} <- Result])),
+        ?assert(wait_until(fun() -> rpc:call(N1, ?MODULE, count_tagged, []) =:= 0 end, 100)),
+        %% The default chunking (sized as it goes, small tail) takes the same path.
+        Default = bbc_plists:map(Fun, Items, {nodes, [{N1, 1}, {N2, 1}]}),
+        ?assertEqual(Items, [X || {X, _} <- Default]),
+        ?assertEqual([N2], lists:usort([N || {_, N} <- Default])),
+        %% Without speculation the slow chunk's own result is used.
+        Plain = bbc_plists:map(fun(X) -> ?MODULE:slow_on(N1, 200, X) end, Items,
+                               [{nodes, [{N1, 1}, {N2, 1}]}, 2, {speculate, false}]),
+        ?assertEqual(Items, [X || {X, _} <- Plain]),
+        ?assert(lists:member(N1, [N || {_, N} <- Plain]))
+     end}.
+
+%% The code check is cached per node and connection: a second job trusts it (so code
+%% removed there behind our back breaks it until forget_node/1), a new connection or
+%% forget_node/1 makes the next job check again.
+code_check_cached_per_connection([{P1, N1}, _]) ->
+    {timeout, 60, fun() ->
+        Items = lists:seq(1, 10),
+        ?assertEqual([{X, N1} || X <- Items], bbc_plists:map(fun where/1, Items, {nodes, [N1]})),
+        Unload = fun() ->
+                         true = peer:call(P1, code, delete, [?MODULE]),
+                         _ = peer:call(P1, code, purge, [?MODULE]),
+                         false = peer:call(P1, code, is_loaded, [?MODULE])
+                 end,
+        Unload(),
+        %% (Only when the peer cannot load it from its own path, e.g. the current folder.)
+        [?assertMatch({error, undef},
+                      try bbc_plists:map(fun where/1, Items, {nodes, [N1]}) catch C:R -> {C, R} end)
+         || peer:call(P1, code, which, [?MODULE]) =:= non_existing],
+        ok = bbc_plists:forget_node(N1),
+        ?assertEqual([{X, N1} || X <- Items], bbc_plists:map(fun where/1, Items, {nodes, [N1]})),
+        Unload(),
+        true = erlang:disconnect_node(N1),
+        ?assertEqual([{X, N1} || X <- Items], bbc_plists:map(fun where/1, Items, {nodes, [N1]}))
+     end}.
