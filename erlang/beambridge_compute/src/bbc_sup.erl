@@ -12,12 +12,11 @@
 start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
 %% @doc mochiweb_clock linked here; `ignore' when something else in the node runs it already.
--spec start_clock() -> {ok, pid()} | ignore | {error, term()}.
+-spec start_clock() -> {ok, pid()} | ignore.
 start_clock() ->
-    case mochiweb_clock:start_link() of
-        {ok, Pid} -> {ok, Pid};
-        {error, {already_started, _}} -> ignore;
-        {error, _} = Error -> Error
+    case whereis(mochiweb_clock) of
+        undefined -> mochiweb_clock:start_link();
+        _ -> ignore
     end.
 
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
