@@ -47,7 +47,7 @@ def load(url: str, method: str, path: str, body: bytes | None, concurrency: int,
     headers = {"Content-Type": "application/json"} if body else {}
 
     def worker(slot: int) -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
         while time.monotonic() < stop:
             conn.request(method, path, body=body, headers=headers)
             answer = conn.getresponse()
