@@ -242,8 +242,6 @@ ERLANG = otp.erlang_source_dir()
 KNOWN_WARNINGS = {
     # bbc_jobs:start_job/1 spawns a fun that only exits: needs -dialyzer({no_return, start_job/1}).
     ("bbc_jobs.erl", "The created fun has no local return"),
-    # bbc_plists (its own application, being reworked separately): the same pattern.
-    ("bbc_plists.erl", "The created fun has no local return"),
 }
 
 # Exports without a -spec, per source file (epp, so macros and includes are expanded).
@@ -262,13 +260,12 @@ halt(0).
 """
 
 
-def _sources(*, skip: tuple[str, ...] = ()) -> list[Path]:
-    return sorted(p for p in ERLANG.glob("*/src/*.erl") if p.parent.parent.name not in skip)
+def _sources() -> list[Path]:
+    return sorted(ERLANG.glob("*/src/*.erl"))
 
 
 def test_every_export_has_a_spec() -> None:
-    # bbc_plists has its own engineer and its own spec work; every other application here is ours.
-    sources = _sources(skip=("bbc_plists",))
+    sources = _sources()
     runtime = otp.default_runtime()
     done = subprocess.run([str(runtime.erl), "-noshell", "-boot", "start_clean", "-eval", SPEC_CHECK],
                           capture_output=True, text=True, timeout=120,
