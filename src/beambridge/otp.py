@@ -174,6 +174,11 @@ def build_erlang_app(app: str, *, extra_paths: tuple[Path, ...] = ()) -> Path:
     ebin = build_dir() / app / "ebin"
     ebin.mkdir(parents=True, exist_ok=True)
     sources = sorted(src.glob("*.erl"))
+    # A module whose source moved or went must not linger here and shadow its new home.
+    names = {s.stem for s in sources}
+    for beam in ebin.glob("*.beam"):
+        if beam.stem not in names:
+            beam.unlink()
     stale = [
         s for s in sources
         if not (ebin / (s.stem + ".beam")).exists()

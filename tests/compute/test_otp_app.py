@@ -239,10 +239,6 @@ ERLANG = otp.erlang_source_dir()
 
 # Warnings in files others are working on right now, tolerated (by file and message, any
 # line) until they land; everything else fails the test. Remove an entry once it is fixed.
-KNOWN_WARNINGS = {
-    # bbc_jobs:start_job/1 spawns a fun that only exits: needs -dialyzer({no_return, start_job/1}).
-    ("bbc_jobs.erl", "The created fun has no local return"),
-}
 
 # Exports without a -spec, per source file (epp, so macros and includes are expanded).
 SPEC_CHECK = r"""
@@ -319,5 +315,4 @@ def test_dialyzer_clean() -> None:
     assert done.returncode in (0, 2), output[-4000:]  # 2: warnings
     warnings = re.findall(r"^(\S+\.erl):\d+(?::\d+)?: (.+)$", output, re.MULTILINE)
     assert warnings or done.returncode == 0, output[-4000:]
-    unexpected = [w for w in warnings if w not in KNOWN_WARNINGS]
-    assert unexpected == [], output[-4000:]
+    assert warnings == [], output[-4000:]

@@ -24,7 +24,6 @@
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     {ok, Ip} = inet:parse_address(binary_to_list(bbc_config:get(bind))),
-    _ = mochiweb_clock:start(),
     Max = bbc_config:get(max_connections),
     %% MochiWeb stops accepting at its own max; ours (bbc_conns) is below it, so a new
     %% connection is always seen and can take an idle one's place.

@@ -20,6 +20,9 @@
 -export([start_job/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
+%% A job process's fun only ever exits (its outcome travels in the exit reason).
+-dialyzer({no_return, start_job/1}).
+
 -define(TAB, bbc_jobs).
 -define(EXPIRY, bbc_jobs_expiry).
 -define(SWEEP_MS, 250).
