@@ -30,14 +30,24 @@ start_link() ->
     %% A restarted listener takes the port it had (port 0 picks one only the first time),
     %% so clients and the ready file stay right.
     Port = persistent_term:get({?MODULE, port}, bbc_config:get(port)),
-    case mochiweb_socket_server:start_link(
-           [{name, ?MODULE}, {ip, Ip}, {port, Port},
-            {loop, {bbc_conns, serve, [{?MODULE, loop}]}}, {acceptor_pool_size, 32},
-            {max, Max + 64}, {backlog, 1024}]) of
+    Options = [{name, ?MODULE}, {ip, Ip}, {port, Port},
+               {loop, {bbc_conns, serve, [{?MODULE, loop}]}}, {acceptor_pool_size, 32},
+               {max, Max + 64}, {backlog, 1024}],
+    case listen(Options, 40) of
         {ok, _} = Started ->
             Port =:= 0 andalso persistent_term:put({?MODULE, port}, port()),
             Started;
         Error -> Error
+    end.
+
+%% A listener restarted on its old port may find it still held for a moment by the one
+%% that died (its socket is closed asynchronously): try again briefly before giving up.
+listen(Options, Tries) ->
+    case mochiweb_socket_server:start_link(Options) of
+        {error, eaddrinuse} when Tries > 1 ->
+            timer:sleep(50),
+            listen(Options, Tries - 1);
+        Result -> Result
     end.
 
 -spec port() -> inet:port_number().
