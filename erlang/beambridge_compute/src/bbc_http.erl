@@ -388,6 +388,10 @@ await(Id, Ms, Req) ->
 
 sync_answer(#{status := done, result := Result}) ->
     {200, {raw, #{status => done}, result, Result}};
+sync_answer(#{status := failed, error := {error, {bbc_plists, no_live_slots, _}, _} = Error}) ->
+    %% No worker could take the job: the cluster, not the job, is at fault; try again.
+    {503, maps:merge(error_body(<<"unavailable">>, <<"no worker node or process could run the job">>),
+                     error_json(Error)), [{"Retry-After", "1"}]};
 sync_answer(#{status := failed, error := Error}) ->
     {500, maps:merge(error_body(<<"job_failed">>, <<"the job raised">>), error_json(Error))};
 sync_answer(#{status := timeout, timeout := Ms}) ->
