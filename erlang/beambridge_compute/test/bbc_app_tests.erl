@@ -26,7 +26,7 @@ start() ->
     {Dir, Started}.
 
 stop({Dir, _Started}) ->
-    ok = application:stop(beambridge_compute),
+    _ = application:stop(beambridge_compute),  % a test may have stopped it already
     [application:unset_env(beambridge_compute, K) || K <- [port, data_dir, drain_ms]],
     persistent_term:erase({bbc_http, port}),
     {ok, _} = bbc_config:set(#{}),
@@ -38,7 +38,10 @@ app_test_() ->
       fun(_) -> {"no callback crashes on a message or call that can occur", fun stray/0} end,
       fun(_) -> {"a restarted listener keeps its port and answers", fun listener_restart/0} end,
       fun(_) -> {timeout, 120, {"job payloads never pass through the registry",
-                                fun payloads_bypass_the_registry/0}} end]}.
+                                fun payloads_bypass_the_registry/0}} end,
+      fun(_) -> {"a client that hangs up frees its job's slot", fun hang_up/0} end,
+      fun(_) -> {timeout, 60, {"stopping answers the request in flight first", fun drain/0}} end,
+      fun(_) -> {timeout, 60, {"a hung worker node blocks no server", fun hung_node/0}} end]}.
 
 registry_crash() ->
     Nodes = whereis(bbc_nodes),
@@ -133,3 +136,59 @@ payloads_bypass_the_registry() ->
 heap_bytes(Name) ->
     {total_heap_size, Words} = process_info(whereis(Name), total_heap_size),
     Words * erlang:system_info(wordsize).
+
+post(Port, Json) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 5000),
+    ok = gen_tcp:send(S, [<<"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            "Connection: close\r\nContent-Length: ">>, integer_to_binary(byte_size(Json)),
+                          <<"\r\n\r\n">>, Json]),
+    S.
+
+until(_F, 0) -> false;
+until(F, N) ->
+    case F() of
+        true -> true;
+        false -> timer:sleep(50), until(F, N - 1)
+    end.
+
+hang_up() ->
+    S = post(bbc_http:port(), <<"{\"op\":\"call\",\"fun\":\"bbc_sample_jobs:sleep\",\"args\":[20000]}">>),
+    ?assert(until(fun() -> bbc_jobs:running() =:= 1 end, 100)),
+    ok = gen_tcp:close(S),
+    ?assert(until(fun() -> bbc_jobs:running() =:= 0 end, 100)).
+
+%% application:stop is what SIGTERM does (init:stop stops the applications).
+drain() ->
+    ok = application:set_env(beambridge_compute, drain_ms, 5000),
+    {ok, _} = bbc_config:set(maps:from_list(application:get_all_env(beambridge_compute))),
+    S = post(bbc_http:port(), <<"{\"op\":\"call\",\"fun\":\"bbc_sample_jobs:sleep_square\",\"args\":[[1000,9]]}">>),
+    ?assert(until(fun() -> bbc_jobs:running() =:= 1 end, 100)),
+    ok = application:stop(beambridge_compute),
+    Answer = recv_all(S, <<>>),
+    gen_tcp:close(S),
+    ?assertMatch(<<"HTTP/1.1 200", _/binary>>, Answer),
+    ?assertNotEqual(nomatch, binary:match(Answer, <<"\"result\":81">>)).
+
+%% A configured node whose OS process is stopped: connecting to it hangs until
+%% net_setuptime, yet the registry, the node table and /health answer at once.
+hung_node() ->
+    {ok, Peer, Node} = peer:start(#{name => peer:random_name(), host => "127.0.0.1",
+                                    longnames => true, connection => standard_io}),
+    OsPid = peer:call(Peer, os, getpid, []),
+    try
+        _ = os:cmd("kill -STOP " ++ OsPid),
+        ok = application:stop(beambridge_compute),
+        ok = application:set_env(beambridge_compute, nodes, [atom_to_binary(Node)]),
+        {T, {ok, _}} = timer:tc(fun() -> application:ensure_all_started(beambridge_compute) end),
+        ?assert(T < 6000000, {start_us, T}),  % a blocking connect took net_setuptime (7 s)
+        [begin
+             {T2, {200, _}} = timer:tc(fun() -> get_health(bbc_http:port()) end),
+             ?assert(T2 < 2500000, {health_us, T2}),  % a blocked server: 5 s, then 500
+             timer:sleep(300)
+         end || _ <- lists:seq(1, 10)],
+        ?assertEqual([], bbc_nodes:workers())
+    after
+        _ = os:cmd("kill -CONT " ++ OsPid),
+        application:unset_env(beambridge_compute, nodes),
+        catch peer:stop(Peer)
+    end.
