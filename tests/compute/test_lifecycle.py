@@ -35,6 +35,23 @@ def until(predicate: Any, seconds: float = 10.0) -> bool:
     return bool(predicate())
 
 
+def call_in_background(client: Client, fun: str, *args: Any) -> tuple[dict[str, Any], threading.Thread]:
+    """A synchronous call from a thread, once the service runs it; its answer (or error)
+    lands in the dict under "slow"."""
+    answers: dict[str, Any] = {}
+
+    def slow() -> None:
+        try:
+            answers["slow"] = client.call(fun, *args)
+        except Exception as error:  # the test looks at it
+            answers["slow"] = error
+
+    caller = threading.Thread(target=slow)
+    caller.start()
+    assert until(lambda: client.health()["jobs_running"] == 1)
+    return answers, caller
+
+
 def test_a_client_that_hangs_up_frees_its_job_slot() -> None:
     svc = Service(config={"max_jobs": 2, "max_jobs_per_client": 2}).start()
     try:
@@ -54,17 +71,7 @@ def test_sigterm_answers_requests_in_flight_before_stopping() -> None:
     svc = Service(config={"drain_ms": 8000}).start()
     try:
         c = Client(svc.url, retries=0)
-        answers: dict[str, Any] = {}
-
-        def slow() -> None:
-            try:
-                answers["slow"] = c.call(f"{J}:sleep_square", [1500, 7])
-            except Exception as error:  # reported below
-                answers["slow"] = error
-
-        caller = threading.Thread(target=slow)
-        caller.start()
-        assert until(lambda: c.health()["jobs_running"] == 1)
+        answers, caller = call_in_background(c, f"{J}:sleep_square", [1500, 7])
         assert svc.pid is not None
         os.kill(svc.pid, signal.SIGTERM)
         time.sleep(0.3)
@@ -80,17 +87,7 @@ def test_sigterm_past_the_grace_answers_503_not_a_closed_connection() -> None:
     svc = Service(config={"drain_ms": 500}).start()
     try:
         c = Client(svc.url, retries=0)
-        answers: dict[str, Any] = {}
-
-        def slow() -> None:
-            try:
-                answers["slow"] = c.call(f"{J}:sleep", 20000)
-            except Exception as error:  # reported below
-                answers["slow"] = error
-
-        caller = threading.Thread(target=slow)
-        caller.start()
-        assert until(lambda: c.health()["jobs_running"] == 1)
+        answers, caller = call_in_background(c, f"{J}:sleep", 20000)
         assert svc.pid is not None
         t0 = time.monotonic()
         os.kill(svc.pid, signal.SIGTERM)
