@@ -23,6 +23,9 @@ echo_start() -> echo_start(echoer).
 
 -spec echo_start(atom()) -> ok | {error, term()}.
 echo_start(Name) ->
+    %% A node answers over distribution before its boot is over (kernel is not yet
+    %% "started"): an rpc that comes that early waits for the boot, briefly.
+    booted(100),
     %% application:start/1, not ensure_all_started/1: the optional mnesia is left alone
     %% (bbw_store:setup/1 starts it in the folder it is given).
     case application:start(beambridge_web) of
@@ -84,4 +87,11 @@ gen_request(Dest, Req, Timeout) ->
     try gen_server:call(Dest, Req, Timeout) of
         Answer -> {ok, Answer}
     catch exit:{timeout, _} -> timeout
+    end.
+
+booted(0) -> ok;
+booted(Tries) ->
+    case init:get_status() of
+        {started, _} -> ok;
+        _ -> timer:sleep(50), booted(Tries - 1)
     end.
