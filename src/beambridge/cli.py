@@ -2,7 +2,7 @@
 
 Subcommands come from the layers that own them: each provides ``add_parser(subparsers)``, whose
 parsers ``set_defaults(handler=fn)`` with ``fn(args) -> int``. Exit codes: 0 ok,
-1 the operation failed (remote error, bad input), 2 usage error, 3 could not connect.
+1 the operation failed (remote error, bad input), 2 usage error, 3 could not connect, 4 timeout.
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ def _layers() -> list[ModuleType]:
     return found
 
 
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after the subcommand too. Its own ``dest`` with no default: a subparser's
+    default would otherwise overwrite the count given before the subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                if not any("-v" in a.option_strings for a in sub._actions):
+                    sub.add_argument("-v", "--verbose", action="count", dest="verbose_after",
+                                     default=argparse.SUPPRESS, help="log more (-vv: debug)")
+                _verbose_everywhere(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="beambridge", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
@@ -55,8 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(handler=_demo)
     for layer in _layers():
         layer.add_parser(commands)
+    _verbose_everywhere(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from .._errors import Error, TransportError, UsageError
 from ._errors import ServiceError
+from ._service import ServiceFailed
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -57,11 +58,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     submit = sub.add_parser("submit", help="run a job on a service, with a progress bar")
     submit.add_argument("op", choices=["call", "map", "filter", "fold", "mapreduce", "sort"])
     submit.add_argument("fun", help="module:function (the map function for mapreduce)")
-    submit.add_argument("data", help="JSON: the items (or the args, for call); @FILE reads a file")
+    submit.add_argument("data", metavar="DATA", help="JSON: the items (or the args, for call); @FILE reads a file")
     submit.add_argument("--url", default=os.environ.get("BEAMBRIDGE_COMPUTE_URL", "http://127.0.0.1:8080"))
     submit.add_argument("--token", default=os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN"))
     submit.add_argument("--reduce", default=None, help="module:function reducer for mapreduce")
-    submit.add_argument("--init", default=None, help="JSON initial accumulator for fold")
+    submit.add_argument("--init", default=None, help="JSON initial accumulator for fold (@FILE reads a file)")
     submit.add_argument("--chunk", type=int, default=None)
     submit.add_argument("--timeout", type=float, default=None, help="job time limit, seconds")
 
@@ -84,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
             from .demo import run as demo
             return demo(local_nodes=args.local_nodes)
     except Error as error:
-        print(f"beambridge compute: {error}", file=sys.stderr)
+        message = str(error)
+        if isinstance(error, ServiceFailed) and error.port_in_use is not None:
+            message = (f"port {error.port_in_use} is in use (another service?): choose another "
+                       "with --port, or --port 0 for any free one")
+        print(f"beambridge compute: {message}", file=sys.stderr)
         # the command line's exit codes: 1 failed, 2 usage, 3 could not connect
         if isinstance(error, TransportError):
             return 3
@@ -132,8 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     from ._client import Client
-    text = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
-    data = json.loads(text)
+    data = _json_argument("DATA", args.data)
     spec: dict[str, Any] = {"timeout": args.timeout, "chunk": args.chunk}
     if args.op == "call":
         spec.update(fun=args.fun, args=data if isinstance(data, list) else [data])
@@ -142,7 +146,7 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         spec.update(fun=args.fun, items=data)
     if args.op == "fold":
-        spec["init"] = json.loads(args.init) if args.init is not None else 0
+        spec["init"] = _json_argument("--init", args.init) if args.init is not None else 0
     bar = _ProgressBar(sys.stderr)
     with Client(args.url, token=args.token) as client:
         job = client.submit(args.op, progress=bar, **{k: v for k, v in spec.items() if v is not None})
@@ -152,6 +156,22 @@ def _submit(args: argparse.Namespace) -> int:
             bar.close()
     print(json.dumps(result))
     return 0
+
+
+def _json_argument(name: str, text: str) -> Any:
+    """``text`` as JSON, ``@FILE`` read from the file; a usage error that names the argument."""
+    source = repr(text if len(text) <= 40 else text[:37] + "...")
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as error:
+            raise UsageError(f"{name}: cannot read {text[1:]}: {error.strerror or error}") from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"{name} must be JSON (or @FILE to read it from a file); "
+                         f"{source} is not: {error}") from None
 
 
 class _ProgressBar:

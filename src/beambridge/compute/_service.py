@@ -37,7 +37,12 @@ APP = "beambridge_compute"
 
 
 class ServiceFailed(UsageError):
-    """The service could not start (bad config, port taken, no Erlang...)."""
+    """The service could not start (bad config, port taken, no Erlang...). ``port_in_use`` is
+    the HTTP port when that was the cause, so a caller can name its own way to choose another."""
+
+    def __init__(self, message: str, *, port_in_use: int | None = None) -> None:
+        super().__init__(message)
+        self.port_in_use = port_in_use
 
 
 def _debian_lib(name: str) -> Path | None:
@@ -168,7 +173,14 @@ class Service:
         facts = json.loads(ready.read_text())
         if "error" in facts:
             self.stop()
-            raise ServiceFailed(f"the compute service could not start: {facts['error']}")
+            text = str(facts["error"])
+            if "eaddrinuse" in text:  # the HTTP listener's {failed_to_start_child, bbc_http, ..}
+                port = int(config.get("port", 8080))
+                raise ServiceFailed(
+                    f"the compute service could not start: port {port} on "
+                    f"{config.get('bind', '127.0.0.1')} is in use (another service?); choose "
+                    "another with port=..., or port=0 for any free one", port_in_use=port)
+            raise ServiceFailed(f"the compute service could not start: {text}")
         self.url, self.node, self.os_pid = facts["url"], facts["node"], int(facts["os_pid"])
         log.info("compute service %s up at %s", self.node, self.url)
         return self

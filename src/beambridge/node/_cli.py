@@ -15,10 +15,44 @@ import sys
 from typing import Any
 
 from .._errors import RemoteError, Timeout, TransportError, UsageError
+from ..protocol import HandshakeFailed
+from ..protocol import epmd as _epmd
 from ..term import Atom, format_term, parse_term
 from ._blocking import BlockingNode, epmd_names
+from ._epmd_client import START_EPMD_HINT
+from ._errors import BadCookie, EpmdUnavailable, NoConnection
+from ._node import PASS_COOKIE_HINT
 
 OK, FAILED, USAGE, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 4
+
+# The library's messages name Python arguments; on the command line the flags do that job.
+_FLAG_HINTS = (
+    (PASS_COOKIE_HINT, "pass --cookie"),
+    (START_EPMD_HINT, ", or pass --epmd-port to use one on another port"),
+)
+
+
+def _tcp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), not {text!r}")
+    return port
+
+
+def add_epmd_port(parser: argparse.ArgumentParser, *, old_flag: str | None = None,
+                  default: bool = True, default_help: str = "$ERL_EPMD_PORT, else 4369") -> None:
+    """``--epmd-port``, the one spelling for every subcommand (``old_flag`` stays as a hidden
+    alias); its default, read from ``$ERL_EPMD_PORT``, shows in ``--help``."""
+    value = (os.environ.get("ERL_EPMD_PORT") or str(_epmd.DEFAULT_PORT)) if default else None
+    now = "; now %(default)s" if default else ""
+    parser.add_argument("--epmd-port", type=_tcp_port, default=value, metavar="PORT",
+                        help=f"EPMD's port (default: {default_help}{now})")
+    if old_flag:
+        parser.add_argument(old_flag, dest="epmd_port", type=_tcp_port, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
 
 
 def add_parser(commands: Any) -> None:
@@ -26,6 +60,7 @@ def add_parser(commands: Any) -> None:
     common.add_argument("--cookie", help="the cookie (default: $ERLANG_COOKIE, ~/.erlang.cookie)")
     common.add_argument("--name", help="this node's name (default: a unique bbcli name)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    add_epmd_port(common)
 
     ping = commands.add_parser("ping", parents=[common], help="like net_adm:ping: pong or pang")
     ping.add_argument("node")
@@ -33,8 +68,8 @@ def add_parser(commands: Any) -> None:
 
     names = commands.add_parser("names", help="the nodes EPMD knows on HOST (like epmd -names)")
     names.add_argument("host", nargs="?", default="127.0.0.1")
-    names.add_argument("--port", type=int, help="EPMD port (default: $ERL_EPMD_PORT or 4369)")
-    names.add_argument("--timeout", type=float, default=5.0)
+    add_epmd_port(names, old_flag="--port")
+    names.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     names.set_defaults(handler=_names)
 
     rpc = commands.add_parser("rpc", parents=[common], help="call MODULE:FUNCTION(ARGS) on NODE")
@@ -64,12 +99,34 @@ def _default_name(target: str) -> str:
 
 def _node(args: argparse.Namespace) -> BlockingNode:
     return BlockingNode(args.name or _default_name(args.node), args.cookie,
-                        connect_timeout=args.timeout)
+                        connect_timeout=args.timeout, epmd_port=args.epmd_port)
+
+
+def _for_flags(message: str) -> str:
+    for python, flag in _FLAG_HINTS:
+        message = message.replace(python, flag)
+    return message
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"beambridge: {message}", file=sys.stderr)
+    print(f"beambridge: {_for_flags(message)}", file=sys.stderr)
     return code
+
+
+def _remote_detail(error: RemoteError, args: argparse.Namespace) -> str:
+    """The reason as Erlang writes it; for ``undef``, which function is missing (the stack's
+    top frame, else the call we made), since ``undef`` alone does not say."""
+    detail = format_term(error.reason) if error.reason is not None else ""
+    if error.reason != Atom("undef"):
+        return detail
+    missing = f"{args.module}:{args.function}/{len(getattr(args, 'call_args', []))}"
+    frame = error.stack[0] if isinstance(error.stack, list) and error.stack else None
+    if isinstance(frame, tuple) and len(frame) >= 3:
+        module, function, arity = frame[:3]
+        arity = len(arity) if isinstance(arity, list) else arity
+        missing = f"{format_term(module)}:{format_term(function)}/{arity}"
+    return (f"undef: {missing} is not defined on {args.node} (is its module loaded there, "
+            "and the function exported with that arity?)")
 
 
 def _guarded(args: argparse.Namespace, action: Any) -> int:
@@ -79,8 +136,7 @@ def _guarded(args: argparse.Namespace, action: Any) -> int:
     except Timeout as error:
         return _fail(TIMED_OUT, f"timeout: {error}")
     except RemoteError as error:
-        detail = format_term(error.reason) if error.reason is not None else ""
-        return _fail(FAILED, f"{error.kind}: {detail}")
+        return _fail(FAILED, f"{error.kind}: {_remote_detail(error, args)}")
     except TransportError as error:
         return _fail(UNREACHABLE, str(error))
     except UsageError as error:
@@ -89,6 +145,19 @@ def _guarded(args: argparse.Namespace, action: Any) -> int:
 
 def _ping(args: argparse.Namespace) -> int:
     def go(node: BlockingNode) -> int:
+        # Connecting first tells "not there" from "refused us"; ``ping`` alone says pang to both.
+        try:
+            node.connect(args.node, timeout=args.timeout)
+        except HandshakeFailed as error:
+            print("pang", flush=True)
+            if isinstance(error, BadCookie) or "cookies probably differ" in str(error):
+                return _fail(UNREACHABLE, f"{args.node} refused us: wrong cookie (give the "
+                                          "node's with --cookie, or set $ERLANG_COOKIE)")
+            return _fail(UNREACHABLE, f"{args.node} refused the connection: {error}")
+        except (TransportError, Timeout) as error:
+            print("pang", flush=True)
+            why = error.detail if isinstance(error, NoConnection) and error.detail else str(error)
+            return _fail(UNREACHABLE, f"{args.node} is unreachable: {why}")
         answer = node.ping(args.node, timeout=args.timeout)
         print("pong" if answer else "pang")
         return OK if answer else UNREACHABLE
@@ -97,9 +166,11 @@ def _ping(args: argparse.Namespace) -> int:
 
 def _names(args: argparse.Namespace) -> int:
     try:
-        found = epmd_names(args.host, args.port, args.timeout)
+        found = epmd_names(args.host, args.epmd_port, args.timeout)
+    except EpmdUnavailable as error:
+        return _fail(UNREACHABLE, str(error))
     except TransportError as error:
-        return _fail(UNREACHABLE, f"no EPMD at {args.host}: {error}")
+        return _fail(UNREACHABLE, f"EPMD at {args.host}:{args.epmd_port}: {error}")
     for name, port in found:
         print(f"name {name} at port {port}")
     return OK
@@ -112,6 +183,7 @@ def _rpc(args: argparse.Namespace) -> int:
         return _fail(USAGE, f"ARGS: {error}")
     if not isinstance(call_args, list):
         return _fail(USAGE, "ARGS must be an Erlang list, e.g. '[1, 2]'")
+    args.call_args = call_args
 
     def go(node: BlockingNode) -> int:
         result = node.rpc(args.node, args.module, args.function, call_args, timeout=args.timeout)

@@ -13,14 +13,17 @@ from ._errors import EpmdUnavailable, NameTaken
 
 log = logging.getLogger("beambridge.node")
 
+#: the end of "no EPMD" messages, for Python callers; the command line swaps it for its flag
+START_EPMD_HINT = ", or pass start_epmd=True"
+
 
 async def _open(host: str, port: int, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError) as error:
         raise EpmdUnavailable(
-            f"no EPMD at {host}:{port} ({error or 'timed out'}); start one with `epmd -daemon`"
-            f"{'' if port == epmd.DEFAULT_PORT else f' -port {port}'}, or pass start_epmd=True"
+            f"no EPMD at {host}:{port} ({error or 'timed out'}); start one with `epmd -daemon"
+            f"{'' if port == epmd.DEFAULT_PORT else f' -port {port}'}`{START_EPMD_HINT}"
         ) from None
 
 

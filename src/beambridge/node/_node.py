@@ -127,6 +127,10 @@ _INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file
                    str(Path(contextlib.__file__).resolve().parent / "concurrent"))
 
 
+#: how the "no cookie" message tells a Python caller to give one; the command line says its flag
+PASS_COOKIE_HINT = "pass cookie=..."
+
+
 def default_cookie() -> str:
     """``$ERLANG_COOKIE``, else ``~/.erlang.cookie``, as Erlang itself looks."""
     cookie = os.environ.get("ERLANG_COOKIE")
@@ -137,7 +141,7 @@ def default_cookie() -> str:
         return path.read_text().strip()
     except OSError:
         raise UsageError(
-            "no cookie: pass cookie=..., set $ERLANG_COOKIE, or create ~/.erlang.cookie"
+            f"no cookie: {PASS_COOKIE_HINT}, set $ERLANG_COOKIE, or create ~/.erlang.cookie"
         ) from None
 
 

@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 from .._errors import Error
+from ..node._cli import add_epmd_port
 from ._config import MAPPINGS, WebSettings
 
 log = logging.getLogger("beambridge.web.receiver")
@@ -24,7 +25,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--name", required=True, help="node name, name@host")
     parser.add_argument("--cookie", default=None, help="default: $BEAMBRIDGE_COOKIE, "
                         "$ERLANG_COOKIE, ~/.erlang.cookie")
-    parser.add_argument("--epmd-port", type=int, default=None)
+    add_epmd_port(parser, default=False,
+                  default_help="$BEAMBRIDGE_EPMD_PORT, else $ERL_EPMD_PORT, else 4369")
     parser.add_argument("--mapping", choices=sorted(MAPPINGS), default=None)
     parser.add_argument("--register", default=None,
                         help="name to register for gen_server:call (default: the short name)")
