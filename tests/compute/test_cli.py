@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from beambridge import UsageError
-from beambridge.compute import Client, Service
+from beambridge.compute import Client, Service, ServiceFailed
 from beambridge.compute._cli import main
 
 pytestmark = pytest.mark.erlang
@@ -94,3 +94,47 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _shell(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "beambridge", "compute", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bad_json_arguments_are_one_line_usage_errors(tmp_path: Path) -> None:
+    done = _shell("submit", "map", "bbc_sample_jobs:square", "not json", "--url", "http://127.0.0.1:9")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("beambridge compute: DATA must be JSON (or @FILE to read it from "
+                                   "a file); 'not json' is not: Expecting value: line 1 column 1 "
+                                   "(char 0)"), done.stderr
+    bad = tmp_path / "items.json"
+    bad.write_text("[1,")
+    done = _shell("submit", "map", "bbc_sample_jobs:square", f"@{bad}")
+    assert done.returncode == 2 and "DATA must be JSON (or @FILE" in done.stderr
+    assert f"{bad} is not:" in done.stderr and done.stderr.count("\n") == 1
+    done = _shell("submit", "map", "bbc_sample_jobs:square", f"@{tmp_path / 'missing.json'}")
+    assert done.returncode == 2 and "DATA: cannot read" in done.stderr and "Traceback" not in done.stderr
+    done = _shell("submit", "fold", "bbc_sample_jobs:add", "[1]", "--init", "{x")
+    assert done.returncode == 2 and done.stderr.startswith("beambridge compute: --init must be JSON")
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_serve_on_a_busy_port_names_the_flag(tmp_path: Path) -> None:
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _shell("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == (f"beambridge compute: port {port} is in use (another "
+                                       "service?): choose another with --port, or --port 0 for "
+                                       "any free one")
+        # The Python API says it in its own terms, and keeps the port for callers.
+        service = Service(config={"port": port})
+        try:
+            with pytest.raises(ServiceFailed, match=r"in use .*port=0") as info:
+                service.start()
+        finally:
+            service.stop()
+        assert info.value.port_in_use == port
