@@ -58,7 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     submit = sub.add_parser("submit", help="run a job on a service, with a progress bar")
     submit.add_argument("op", choices=["call", "map", "filter", "fold", "mapreduce", "sort"])
     submit.add_argument("fun", help="module:function (the map function for mapreduce)")
-    submit.add_argument("data", metavar="DATA", help="JSON: the items (or the args, for call); @FILE reads a file")
+    submit.add_argument("data", metavar="DATA",
+                        help="JSON: the items (or the args, for call); @FILE reads a file")
     submit.add_argument("--url", default=os.environ.get("BEAMBRIDGE_COMPUTE_URL", "http://127.0.0.1:8080"))
     submit.add_argument("--token", default=os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN"))
     submit.add_argument("--reduce", default=None, help="module:function reducer for mapreduce")
