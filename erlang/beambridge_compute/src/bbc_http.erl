@@ -111,6 +111,9 @@ serve_request(Req) ->
                  exit:{noproc, _} ->
                      {503, error_body(<<"unavailable">>, <<"the service is not running">>),
                       [{"Retry-After", "1"}]};
+                 exit:{shutdown, Why} ->
+                     %% The connection ends on purpose (its client left): nothing to answer.
+                     exit({shutdown, Why});
                  exit:{timeout, {gen_server, call, _}} ->
                      {503, error_body(<<"unavailable">>, <<"the service is busy; try again">>),
                       [{"Retry-After", "1"}]};
