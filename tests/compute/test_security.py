@@ -557,12 +557,12 @@ def test_no_data_root_reaches_the_services_own_files(tmp_path: Path) -> None:
 
 
 def tempfile_dir() -> str:
+    """Where Service makes its private folder."""
     import tempfile
 
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "beambridge")
-    return tempfile.gettempdir()
+    from beambridge.compute._service import _runtime_dir
+
+    return _runtime_dir() or tempfile.gettempdir()
 
 
 def test_finished_jobs_are_bounded_in_number_and_their_requests_leave_the_disk(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from beambridge import otp
+from beambridge import BlockingNode, otp
 from beambridge.node import _epmd_client
 
 HERE = Path(__file__).parent
@@ -124,3 +124,11 @@ def fresh_erl(otp_runtime: otp.Runtime, epmd_port: int, test_ebin: Path) -> Iter
     node = ErlNode(otp_runtime, epmd_port, test_ebin)
     yield node
     node.stop()
+
+
+@pytest.fixture
+def py(epmd_port: int) -> Iterator[BlockingNode]:
+    """A blocking Python node on the test EPMD, closed after the test."""
+    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
+    yield node
+    node.close()

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,13 +25,6 @@ from .conftest import COOKIE, ErlNode, unique
 
 pytestmark = pytest.mark.erlang
 A = Atom
-
-
-@pytest.fixture
-def py(epmd_port: int) -> Iterator[BlockingNode]:
-    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
-    yield node
-    node.close()
 
 
 def expose_pymod(py: BlockingNode) -> None:

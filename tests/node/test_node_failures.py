@@ -10,7 +10,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ from .conftest import COOKIE, ErlNode, free_port, unique
 
 pytestmark = pytest.mark.erlang
 A = Atom
-
-
-@pytest.fixture
-def py(epmd_port: int) -> Iterator[BlockingNode]:
-    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
-    yield node
-    node.close()
 
 
 def test_kill_erlang_mid_call_then_restart(py: BlockingNode, fresh_erl: ErlNode) -> None:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,13 +36,6 @@ from .conftest import COOKIE, ErlNode, unique
 
 pytestmark = pytest.mark.erlang
 A = Atom
-
-
-@pytest.fixture
-def py(epmd_port: int) -> Iterator[BlockingNode]:
-    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
-    yield node
-    node.close()
 
 
 # ------------------------------------------------------------------ expose: only what is ours

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,13 +18,6 @@ from .conftest import COOKIE, ErlNode, unique
 
 pytestmark = pytest.mark.erlang
 A = Atom
-
-
-@pytest.fixture
-def py(epmd_port: int) -> Iterator[BlockingNode]:
-    node = BlockingNode(unique("py") + "@127.0.0.1", COOKIE, epmd_port=epmd_port)
-    yield node
-    node.close()
 
 
 def _join_all(threads: list[threading.Thread], timeout: float = 120) -> None:

@@ -74,7 +74,11 @@ get(Id) ->
 wait(Id, Ms) ->
     case ?MODULE:get(Id) of
         {ok, #{status := running}} when Ms > 0 ->
-            _ = gen_server:call(?MODULE, {wait, Id, Ms}, Ms + 5000),
+            Ref = make_ref(),
+            case notify(Id, Ref) of
+                ok -> receive {Ref, finished} -> ok after Ms -> unnotify(Id, Ref) end;
+                finished -> ok
+            end,
             ?MODULE:get(Id);
         Other -> Other
     end.
@@ -152,7 +156,7 @@ init([]) ->
     {ok, #{running => #{},         % job pid => Id
            clients => #{},         % client => jobs in flight
            pending => queue:new(), % recovered jobs waiting for a slot: {Meta, Plan}
-           waiters => #{},         % Id => [From]
+           waiters => #{},         % Id => [{notify, Pid, Ref}]
            writers => #{},         % Id => the last disk writer for it (writes are ordered)
            seq => 0,
            seqs => #{},                  % Id => Seq, for finished jobs
@@ -167,13 +171,6 @@ handle_call({admit, _Id, Meta}, _From, S) ->
             {Pid, S2} = start(Meta, S),
             {reply, {ok, Pid}, S2};
         Refused -> {reply, {error, Refused}, S}
-    end;
-handle_call({wait, Id, Ms}, From, #{waiters := W} = S) ->
-    case ets:lookup(?TAB, {job, Id}) of
-        [{_, #{status := running}}] ->
-            erlang:send_after(Ms, self(), {wait_over, Id, From}),
-            {noreply, S#{waiters := maps:update_with(Id, fun(L) -> [From | L] end, [From], W)}};
-        _ -> {reply, finished, S}
     end;
 handle_call({notify, Id, Pid, Ref}, _From, #{waiters := W} = S) ->
     case ets:lookup(?TAB, {job, Id}) of
@@ -231,17 +228,6 @@ handle_info({deadline, Id}, S) ->
     case ets:lookup(?TAB, {job, Id}) of
         [{_, #{status := running} = Job}] -> {noreply, stop_job(Id, Job, timeout, S)};
         _ -> {noreply, S}
-    end;
-handle_info({wait_over, Id, From}, #{waiters := W} = S) ->
-    case maps:find(Id, W) of
-        {ok, Froms} ->
-            case lists:member(From, Froms) of
-                true -> gen_server:reply(From, waited);
-                false -> ok
-            end,
-            W2 = case Froms -- [From] of [] -> maps:remove(Id, W); L -> W#{Id := L} end,
-            {noreply, S#{waiters := W2}};
-        error -> {noreply, S}
     end;
 handle_info(sweep, S) ->
     erlang:send_after(?SWEEP_MS, self(), sweep),
@@ -343,10 +329,7 @@ finish(Id, #{pid := Pid, timer := Timer} = Job, Status, Bytes, #{waiters := W} =
     Done = (maps:without([pid, timer], Job))#{status => Status, finished => Now, expires => Expires},
     ets:insert(?TAB, {{job, Id}, Done}),
     ets:insert(?EXPIRY, {{Expires, Id}}),
-    [case Waiter of
-         {notify, Waiting, Ref} -> Waiting ! {Ref, finished};
-         From -> gen_server:reply(From, finished)
-     end || Waiter <- maps:get(Id, W, [])],
+    [Waiting ! {Ref, finished} || {notify, Waiting, Ref} <- maps:get(Id, W, [])],
     S2 = case Pid of
              none -> S#{waiters := maps:remove(Id, W)};
              _ -> release(Pid, S#{waiters := maps:remove(Id, W)})
