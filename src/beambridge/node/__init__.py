@@ -3,8 +3,13 @@
 Both speak Erlang distribution (``beambridge.protocol``) to OTP 25+ nodes: calls both ways (``rpc``
 to Erlang; ``expose`` for ``rpc:call``/``erpc:call``/``erl_call`` into Python), messages,
 mailboxes with links and monitors, ``gen_call``/``gen_cast``, ``ping``.
+
+Every exception a node call raises can be imported from here (the families ``Timeout``,
+``ConnectionLost``, ``RemoteError`` and ``TransportError`` are the package's own, re-exported so
+one import line covers a node user's ``except`` clauses).
 """
 
+from .._errors import ConnectionLost, RemoteError, Timeout, TransportError
 from ._blocking import BlockingMailbox, BlockingNode, epmd_names
 from ._errors import (
     BadCookie,
@@ -24,6 +29,7 @@ __all__ = [
     "BadCookie",
     "BlockingMailbox",
     "BlockingNode",
+    "ConnectionLost",
     "EpmdUnavailable",
     "ErlangError",
     "ErlangExit",
@@ -34,6 +40,9 @@ __all__ = [
     "NameTaken",
     "NoConnection",
     "Node",
+    "RemoteError",
+    "Timeout",
+    "TransportError",
     "default_cookie",
     "epmd_names",
     "full_node_name",
