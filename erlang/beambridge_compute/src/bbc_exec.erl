@@ -5,9 +5,18 @@
 %%% atom table or reach a module that was not allowed. A function that declares it reads
 %%% files (`-bbc_reads_files') gets only paths under the operator's data roots, checked here
 %%% before the job starts, and only as the item or argument it reads.
+%%%
+%%% `functions/0' lists what a request may name (`GET /functions'), with each function's doc:
+%%% a module says what its job functions do with `-bbc_doc({Function, Arity, "Text"}).'
+%%% (or a list of those), which works on every release; EEP-48 docs (OTP 27's `-doc') are
+%%% read where a module has them and no `-bbc_doc' says otherwise.
 -module(bbc_exec).
--export([parse/1, run/2, worker_slots/1]).
--export_type([plan/0]).
+-export([parse/1, run/2, worker_slots/1, functions/0]).
+-export_type([plan/0, listed/0]).
+
+%% One callable job function as `GET /functions' shows it.
+-type listed() :: #{name := binary(), arity := arity(), doc := binary() | null,
+                    reads_files := boolean()}.
 
 %% A checked job: op, its functions and items (or call and args), malt, timeout, ttl, async.
 -type plan() :: #{op := binary(), atom() => term()}.
@@ -174,6 +183,57 @@ apply_op(<<"mapreduce">>, #{map := Map, reduce := Reduce}, Items, Opts) ->
 apply_op(<<"mapreduce">>, #{map := Map}, Items, Opts) ->
     bbc_plists:mapreduce(Map, Items, Opts);
 apply_op(<<"sort">>, #{f := F}, Items, Opts) -> bbc_plists:sort(F, Items, Opts).
+
+%%% ------------------------------------------------------------------ listing
+
+%% @doc Every function a request may name: the exports of the allowed job modules that load,
+%% without `module_info' (never callable), sorted; exactly what `function/3' accepts.
+-spec functions() -> [listed()].
+functions() ->
+    lists:append([module_functions(M) || M <- lists:usort(bbc_config:get(job_modules))]).
+
+module_functions(ModName) ->
+    try binary_to_existing_atom(ModName) of
+        Mod ->
+            case code:ensure_loaded(Mod) of
+                {module, Mod} ->
+                    Docs = docs(Mod),
+                    [#{name => <<ModName/binary, ":", (atom_to_binary(F))/binary>>, arity => A,
+                       doc => maps:get({F, A}, Docs, null),
+                       reads_files => bbc_files:reads_files(Mod, {F, A})}
+                     || {F, A} <- lists:sort(Mod:module_info(exports)), F =/= module_info];
+                _ -> []
+            end
+    catch error:badarg -> []
+    end.
+
+%% `{Function, Arity} => Doc' from EEP-48 chunks where present, `-bbc_doc' over them.
+docs(Mod) ->
+    Declared = lists:append([as_list(L) || {bbc_doc, L} <- Mod:module_info(attributes)]),
+    Own = maps:from_list([{{F, A}, text(Doc)} || {F, A, Doc} <- Declared, is_atom(F),
+                                                 is_integer(A), text(Doc) =/= null]),
+    maps:merge(eep48_docs(Mod), Own).
+
+as_list(L) when is_list(L) -> L;
+as_list(T) -> [T].
+
+%% Text only (an EEP-48 doc in another format, e.g. OTP's own HTML-like terms, is skipped).
+text(Doc) when is_list(Doc); is_binary(Doc) ->
+    try unicode:characters_to_binary(Doc) of
+        Bin when is_binary(Bin) -> iolist_to_binary(string:trim(Bin));
+        _ -> null
+    catch error:badarg -> null
+    end;
+text(_) -> null.
+
+eep48_docs(Mod) ->
+    try code:get_doc(Mod) of
+        {ok, {docs_v1, _, _, _, _, _, Entries}} ->
+            maps:from_list([{{F, A}, Text} || {{function, F, A}, _, _, #{<<"en">> := Doc}, _} <- Entries,
+                                             Text <- [text(Doc)], Text =/= null]);
+        _ -> #{}
+    catch _:_ -> #{}
+    end.
 
 %%% ------------------------------------------------------------------ checks
 

@@ -3,6 +3,7 @@
 %%% <pre>
 %%% GET    /health          liveness, no token needed
 %%% GET    /nodes           the cluster and each node's load
+%%% GET    /functions       the job functions a request may name, with their docs
 %%% POST   /jobs            run a job; {"async": true} answers 202 with an id at once
 %%% GET    /jobs/ID[?wait=MS]  status, progress and result; waits up to MS for the end
 %%% DELETE /jobs/ID         cancel a running job, or drop a finished one
@@ -240,6 +241,9 @@ route(Method, Path, Req) ->
 authorized_route('GET', ["nodes"], _Req, _Client) ->
     bbc_conns:phase(handling),
     {200, #{nodes => bbc_nodes:info()}};
+authorized_route('GET', ["functions"], _Req, _Client) ->
+    bbc_conns:phase(handling),
+    {200, #{functions => bbc_exec:functions()}};
 authorized_route('POST', ["jobs"], Req, Client) ->
     submit(Req, Client);
 authorized_route('GET', ["jobs", Id], Req, Client) ->
@@ -268,7 +272,8 @@ authorized_route('DELETE', ["jobs", Id], _Req, Client) ->
         _ -> unknown_job(Id)
     end;
 authorized_route(_Method, Path, _Req, _Client) when Path =:= ["health"]; Path =:= ["nodes"];
-                                                    Path =:= ["jobs"]; length(Path) =:= 2,
+                                                    Path =:= ["functions"]; Path =:= ["jobs"];
+                                                    length(Path) =:= 2,
                                                     hd(Path) =:= "jobs" ->
     {405, error_body(<<"method_not_allowed">>, <<"method not allowed here">>)};
 authorized_route(_Method, _Path, _Req, _Client) ->

@@ -10,6 +10,32 @@
 %% operator's data roots (bbc_files), and refuses it everywhere when none are configured.
 -bbc_reads_files([{word_count, 1}]).
 
+%% What each job function does, for `GET /functions' and `beambridge compute jobs' (read by
+%% bbc_exec from module_info(attributes); one line each, in the words a caller needs).
+-bbc_doc([
+    {echo, 1, "Returns its argument unchanged: what JSON makes of a value, and back."},
+    {add, 2, "A + B: a call with two numbers."},
+    {square, 1, "X * X: map it over numbers."},
+    {is_even, 1, "Whether an integer is even: a filter."},
+    {sum, 2, "X + Acc: fold (and fuse) numbers into their sum."},
+    {fib, 1, "The Nth Fibonacci number (N from 0 to 40), computed the slow recursive way: CPU work."},
+    {sleep, 1, "Sleeps Ms milliseconds (0 to 600000), then answers the name of the node it ran on."},
+    {sleep_square, 1, "[Ms, X]: sleeps Ms milliseconds, then answers X * X (slow items, to watch "
+                      "progress or cancel)."},
+    {fail, 1, "Always raises error:{job_failed_on_purpose, X}: how a job's failure reaches you."},
+    {where, 1, "[X, Node]: the item and the node that ran it (how a map spreads over the cluster)."},
+    {le, 2, "A =< B in Erlang's term order: a sort comparator."},
+    {word_count, 1, "Reads the file at an absolute path under a data root and answers [[Word, Count]] "
+                    "for its words (runs of ASCII letters, lower-cased): a mapreduce map."},
+    {sum_counts, 2, "(Word, Counts) -> the sum of Counts: word_count's mapreduce reduce."},
+    {burn, 1, "N rounds of a hash (N up to 100000000), answering the last: CPU-bound benchmark work."},
+    {nothing, 0, "Answers \"ok\" at once: the cost of a round trip."},
+    {collatz_longest, 2, "Fold over ranges [Lo, Hi] from init [0, 0]: the [Start, Steps] of the start "
+                         "in Lo..Hi-1 with the longest Collatz chain (the better of it and the "
+                         "accumulator); fuse with collatz_fuse."},
+    {collatz_fuse, 2, "The better of two [Start, Steps] (more steps, else the smaller start): "
+                      "collatz_longest's fuse."}]).
+
 -spec echo(T) -> T.
 echo(X) -> X.
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._errors import UsageError
 from ._async import AsyncClient, AsyncJob
-from ._base import JobStatus
+from ._base import JobFunction, JobStatus
 from ._client import Client, Job
 from ._errors import (
     BadRequest,
@@ -43,6 +43,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobFailed",
+    "JobFunction",
     "JobLost",
     "JobStatus",
     "JobTimeout",

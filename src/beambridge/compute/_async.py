@@ -16,6 +16,7 @@ from ._base import (
     PROGRESS_POLL,
     SMALL_BODY,
     BaseClient,
+    JobFunction,
     JobStatus,
     ProgressCallback,
     Request,
@@ -23,6 +24,7 @@ from ._base import (
     TransportFailure,
     decode,
     finished_result,
+    job_functions,
     job_status,
     log,
     sync_result,
@@ -48,6 +50,9 @@ class AsyncClient(BaseClient):
 
     async def nodes(self) -> list[dict[str, Any]]:
         return list(decode(await self._send(self.get_request("/nodes"))).get("nodes", []))
+
+    async def functions(self) -> list[JobFunction]:
+        return job_functions(decode(await self._send(self.get_request("/functions"))))
 
     async def call(self, fun: str, *args: Any, timeout: float | None = None) -> Any:
         return await self._run("call", fun=fun, args=args, timeout=timeout)

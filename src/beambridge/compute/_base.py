@@ -89,6 +89,38 @@ class JobStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class JobFunction:
+    """One function a job may name, as ``GET /functions`` lists it: the allow-list is the
+    operator's, so a client asks the service instead of guessing."""
+
+    name: str  # "module:function"
+    arity: int
+    doc: str | None = None
+    reads_files: bool = False
+
+    @property
+    def signature(self) -> str:
+        """``module:function/arity``, the way Erlang names a function."""
+        return f"{self.name}/{self.arity}"
+
+    @property
+    def summary(self) -> str:
+        """The doc's first line ("" when the module documents nothing)."""
+        return (self.doc or "").strip().partition("\n")[0]
+
+
+def job_functions(payload: dict[str, Any]) -> list[JobFunction]:
+    found = []
+    for entry in payload.get("functions") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            doc = entry.get("doc")
+            found.append(JobFunction(entry["name"], int(entry.get("arity", 0)),
+                                     doc if isinstance(doc, str) else None,
+                                     entry.get("reads_files") is True))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Retries for transport failures only: connection refused/reset/lost.
 

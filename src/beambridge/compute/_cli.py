@@ -1,4 +1,4 @@
-"""``beambridge compute ...``: serve, new, submit, demo.
+"""``beambridge compute ...``: serve, new, submit, jobs, demo.
 
 ``beambridge.cli`` calls ``add_parser(subparsers)``, whose parser sets ``handler=run``;
 ``python -m beambridge.compute`` runs the same parser on its own.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import Error, TransportError, UsageError
-from ._errors import ServiceError
+from ._errors import ServiceError, Unauthorized
 from ._service import ServiceFailed
 
 
@@ -67,6 +67,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     submit.add_argument("--chunk", type=int, default=None)
     submit.add_argument("--timeout", type=float, default=None, help="job time limit, seconds")
 
+    jobs = sub.add_parser("jobs", help="list the job functions a running service allows, with their docs",
+                          description="List the job functions (module:function/arity) a running "
+                                      "service allows, with the first line of each one's doc.")
+    jobs.add_argument("--url", default=os.environ.get("BEAMBRIDGE_COMPUTE_URL", "http://127.0.0.1:8080"),
+                      help="the service (default: $BEAMBRIDGE_COMPUTE_URL, else http://127.0.0.1:8080)")
+    jobs.add_argument("--token", default=os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN"),
+                      help="its bearer token (default: $BEAMBRIDGE_COMPUTE_TOKEN)")
+    jobs.add_argument("--json", action="store_true", help="print the listing as JSON")
+
     demo = sub.add_parser("demo", help="word count over the Python standard library on a local cluster")
     demo.add_argument("--local-nodes", type=int, default=2)
 
@@ -82,11 +91,15 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.compute_command == "submit":
             return _submit(args)
+        if args.compute_command == "jobs":
+            return _jobs(args)
         if args.compute_command == "demo":
             from .demo import run as demo
             return demo(local_nodes=args.local_nodes)
     except Error as error:
         message = str(error)
+        if isinstance(error, Unauthorized):
+            message += " (pass --token, or set $BEAMBRIDGE_COMPUTE_TOKEN)"
         if isinstance(error, ServiceFailed) and error.port_in_use is not None:
             message = (f"port {error.port_in_use} is in use (another service?): choose another "
                        "with --port, or --port 0 for any free one")
@@ -156,6 +169,24 @@ def _submit(args: argparse.Namespace) -> int:
         finally:
             bar.close()
     print(json.dumps(result))
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from ._client import Client
+    with Client(args.url, token=args.token) as client:
+        listed = client.functions()
+    if args.json:
+        print(json.dumps([{"name": f.name, "arity": f.arity, "doc": f.doc, "reads_files": f.reads_files}
+                          for f in listed], indent=2))
+        return 0
+    if not listed:
+        print("(no job functions: the service's job_modules list is empty, or none of them loads)")
+        return 0
+    width = max(len(f.signature) for f in listed)
+    for function in listed:
+        note = " [reads files under the data roots]" if function.reads_files else ""
+        print(f"{function.signature:<{width}}  {function.summary or '(no doc)'}{note}")
     return 0
 
 

@@ -17,6 +17,7 @@ from ._base import (
     PROGRESS_POLL,
     SMALL_BODY,
     BaseClient,
+    JobFunction,
     JobStatus,
     ProgressCallback,
     Request,
@@ -24,6 +25,7 @@ from ._base import (
     TransportFailure,
     decode,
     finished_result,
+    job_functions,
     job_status,
     log,
     sync_result,
@@ -49,6 +51,10 @@ class Client(BaseClient):
     def nodes(self) -> list[dict[str, Any]]:
         nodes = decode(self._send(self.get_request("/nodes"))).get("nodes", [])
         return list(nodes)
+
+    def functions(self) -> list[JobFunction]:
+        """The job functions this service allows (its ``job_modules``), with their docs."""
+        return job_functions(decode(self._send(self.get_request("/functions"))))
 
     def call(self, fun: str, *args: Any, timeout: float | None = None) -> Any:
         """Run ``module:function(*args)`` on the service and return its result."""
