@@ -4,17 +4,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# gcc and python3-dev build the compiled term codec (without them the pure-Python one is used);
-# erlang-dialyzer checks the Erlang side (tests/compute/test_otp_app.py).
-DEB_PACKAGES := erlang-nox erlang-dev erlang-src erlang-eunit erlang-dialyzer erlang-mochiweb erlang-jiffy gcc python3-dev
+# What the demo needs: Erlang with MochiWeb (jiffy for fast JSON), and gcc with python3-dev for the
+# compiled term codec (without them the pure-Python one is used). The tests need more: the
+# Erlang sources and tools (dialyzer checks the Erlang side), EUnit, and the clients we did not
+# write (Elixir, Jinterface on Java 17).
+DEMO_DEB := erlang-nox erlang-mochiweb erlang-jiffy gcc python3-dev
+TEST_DEB := $(DEMO_DEB) erlang-dev erlang-src erlang-eunit erlang-dialyzer
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench fuzz clean
-
-setup: $(STAMP)
-
-$(STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call install,DEBIAN PACKAGES,PIP EXTRAS): what is missing of each, then the package itself.
+define install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -22,12 +23,26 @@ $(STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e '.[$(2)]'
+endef
 
-## The main job on a local default: starts its own Erlang node, round-trips terms through it.
-demo: setup
-	$(PY) -m beambridge demo
+.PHONY: setup setup-demo demo test test-fast lint bench fuzz clean
+
+setup: $(STAMP)
+setup-demo: $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
+	$(call install,$(TEST_DEB),test)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
+	$(call install,$(DEMO_DEB),demo)
+	touch $(DEMO_STAMP)
+
+## The main job on a local default: a local cluster, a web app on it, both roads, and the
+## cluster beside plain Python and multiprocessing on one question. DEMO_ARGS="--serve" etc.
+demo: setup-demo
+	$(PY) -m beambridge demo $(DEMO_ARGS)
 
 ## The whole test suite (both OTP releases, property and fuzz tests, lint and types).
 test: setup

@@ -25,12 +25,14 @@ _COMMAND_MODULES: dict[str, frozenset[str]] = {
 
 def _demo(args: argparse.Namespace) -> int:
     if args.codec:
-        from . import _demo
+        from ._demo import codec
 
-        return _demo.run()
-    from .compute import demo as compute_demo
+        return codec.run()
+    if args.below < 2:
+        raise SystemExit("beambridge demo: --below must be at least 2")
+    from ._demo import main as demo_main
 
-    return int(compute_demo.run())
+    return demo_main.run(args.below, serve=args.serve)
 
 
 def _layers() -> list[ModuleType]:
@@ -61,7 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="beambridge", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the main demonstration on a local Erlang")
+    demo = commands.add_parser(
+        "demo", help="the main job: a local cluster, a web app on both roads, Erlang beside Python")
+    demo.add_argument("--below", type=int, default=1_000_000, metavar="N",
+                      help="the job's bound: the longest Collatz chain below N (default 1000000)")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the cluster and the web app running for a browser until Ctrl-C")
     demo.add_argument("--codec", action="store_true",
                       help="only the codec round trip through a local BEAM")
     demo.set_defaults(handler=_demo)

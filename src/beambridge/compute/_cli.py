@@ -1,4 +1,4 @@
-"""``beambridge compute ...``: serve, new, submit, jobs, demo.
+"""``beambridge compute ...``: serve, new, submit, jobs (the demo is ``beambridge demo``).
 
 ``beambridge.cli`` calls ``add_parser(subparsers)``, whose parser sets ``handler=run``;
 ``python -m beambridge.compute`` runs the same parser on its own.
@@ -76,9 +76,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="its bearer token (default: $BEAMBRIDGE_COMPUTE_TOKEN)")
     jobs.add_argument("--json", action="store_true", help="print the listing as JSON")
 
-    demo = sub.add_parser("demo", help="word count over the Python standard library on a local cluster")
-    demo.add_argument("--local-nodes", type=int, default=2)
-
 
 def run(args: argparse.Namespace) -> int:
     try:
@@ -93,9 +90,6 @@ def run(args: argparse.Namespace) -> int:
             return _submit(args)
         if args.compute_command == "jobs":
             return _jobs(args)
-        if args.compute_command == "demo":
-            from .demo import run as demo
-            return demo(local_nodes=args.local_nodes)
     except Error as error:
         message = str(error)
         if isinstance(error, Unauthorized):

@@ -90,10 +90,13 @@ class Service:
                  runtime: otp.Runtime | None = None, name: str | None = None,
                  log_file: str | os.PathLike[str] | None = None,
                  data_roots: list[str | os.PathLike[str]] | None = None,
-                 data_dir: str | os.PathLike[str] | None = None) -> None:
+                 data_dir: str | os.PathLike[str] | None = None,
+                 epmd_port: int | None = None) -> None:
         """``data_roots``: folders file-reading jobs may read under (none by default).
         ``data_dir``: where accepted background jobs are recorded; give the same one to a
         restarted service for it to finish them (default: a private folder removed on stop).
+        ``epmd_port``: the EPMD the service and its workers register with (default
+        ``$ERL_EPMD_PORT`` or 4369; Erlang starts one there if none runs).
         """
         self.runtime = runtime or otp.default_runtime()
         settings: dict[str, Any] = {}
@@ -124,6 +127,7 @@ class Service:
         # Taken out of the settings: the config file is no place for it (see the module doc).
         self.cookie = str(settings.pop("cookie", None) or secrets.token_hex(16))
         self._log_path = Path(log_file) if log_file else None
+        self.epmd_port = epmd_port
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -155,12 +159,16 @@ class Service:
         command += ["-run", "beambridge_compute", "main", str(folder / "config.json")]
         env = self.runtime.environ()
         env.setdefault("ERL_EPMD_ADDRESS", "127.0.0.1")
+        if self.epmd_port is not None:
+            env["ERL_EPMD_PORT"] = str(self.epmd_port)
         # Erlang reads $HOME/.erlang.cookie (then $XDG_CONFIG_HOME/erlang/): both point here.
         env["HOME"] = env["XDG_CONFIG_HOME"] = str(folder)
         _enough_descriptors(int(config.get("max_connections", 1024)) + 512)
         with open(log_path, "ab") as out:
+            # Its own session: a terminal's Ctrl-C reaches us, and stop() ends the service in
+            # order, instead of the BEAM getting SIGINT (its BREAK menu) beside us.
             self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                          env=env, cwd=folder)
+                                          env=env, cwd=folder, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self._proc.poll() is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import otp
-from .term import Atom, BitString, ImproperList, Pid, binary_to_term, term_to_binary
+from .. import otp
+from ..term import Atom, BitString, ImproperList, Pid, binary_to_term, term_to_binary
 
 
 def _sample() -> Any:
