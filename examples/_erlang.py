@@ -1,11 +1,21 @@
 """Shared by the examples: a private loopback EPMD, an Erlang node with beambridge_web (Mnesia
-on disc in DATA_DIR), the receiver as its own process, and a gunicorn server; all stopped by pid."""
+on disc), the receiver as its own process, and a gunicorn server; all stopped by pid.
+
+Each piece starts only once the one before it is ready (EPMD answers a NAMES request, the
+Erlang node has its Mnesia table, the receiver is registered), so a normal start logs no
+errors. Every child runs in its own session: Ctrl-C in the terminal reaches this process
+only (Erlang would otherwise print its BREAK menu), and this process stops them all, on
+Ctrl-C, SIGTERM or SIGHUP alike.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,14 +23,38 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from beambridge import otp  # noqa: E402
+from beambridge import Error, otp  # noqa: E402
 from beambridge.node import epmd_names  # noqa: E402
+
+#: how long each piece may take to be ready, in seconds (a loaded machine is slow to boot erl)
+START_TIMEOUT = 60.0
+#: how long each piece may take to stop after SIGTERM before it is killed
+STOP_TIMEOUT = 15.0
+
+# The Erlang node's start: the store in $EXAMPLE_MNESIA_DIR (bbw_store:setup/1 waits for the
+# table), the echo server, then the ready file; a failure is printed and ends the node.
+_ERL_START = """
+case bbw_store:setup(os:getenv("EXAMPLE_MNESIA_DIR")) of
+    {ok, _} -> ok;
+    StoreError -> io:format(standard_error, "bbw_store:setup failed: ~p~n", [StoreError]), halt(1)
+end,
+case bbw_examples:echo_start() of
+    ok -> ok;
+    EchoError -> io:format(standard_error, "bbw_examples:echo_start failed: ~p~n", [EchoError]), halt(1)
+end,
+ok = file:write_file(os:getenv("EXAMPLE_READY_FILE"), <<"ready">>).
+"""
+
+
+class Stop(Exception):
+    """SIGTERM or SIGHUP: stop everything, as Ctrl-C does."""
 
 
 def free_port() -> int:
@@ -29,86 +63,116 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(check: object, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if check():  # type: ignore[operator]
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready after {timeout} s")
+class _Children:
+    """The processes we started, by name; a start that fails names the one that exited."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, what: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        # Own session: the terminal's Ctrl-C goes to us alone, and we stop them in order.
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append((what, proc))
+        return proc
+
+    def wait_for(self, what: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited (status {proc.returncode}) while waiting for "
+                                       f"{what}; its messages are above")
+            with contextlib.suppress(OSError, Error):
+                if ready():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{what} not ready after {START_TIMEOUT:.0f} s")
+
+    def stop(self) -> None:
+        """SIGTERM to each, newest first (gunicorn's whole process group: master and workers),
+        waiting for each before the next; SIGKILL for one that outstays STOP_TIMEOUT."""
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)  # its own group: it leads a session
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(STOP_TIMEOUT)
 
 
-def _listening(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), 0.5):
-        return True
+def _stop_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
-def stack(app: str, *, workers: int = 2, data_dir: Path | None = None,
+def stack(app: str, *, workers: int = 2, data_dir: Path | None = None, port: int = 0,
           extra_path: Path | None = None) -> Iterator[dict[str, str]]:
     """Everything an example needs; yields the settings (and ``URL``)."""
+    # Ctrl-C raises KeyboardInterrupt even when the shell started us with SIGINT ignored (a
+    # background job); SIGTERM and SIGHUP stop us the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_signal)
+    signal.signal(signal.SIGHUP, _stop_signal)
     ebin = otp.build_erlang_app("beambridge_web")
     runtime = otp.default_runtime()
     cookie = "example_" + secrets.token_hex(4)
-    epmd_port, http_port = free_port(), free_port()
+    epmd_port, http_port = free_port(), port or free_port()
     suffix = secrets.token_hex(3)
     erl = f"example_erl_{suffix}@127.0.0.1"
     receiver = f"example_receiver_{suffix}@127.0.0.1"
-    data = data_dir or Path(tempfile.mkdtemp(prefix="bb_example_mnesia_"))
-    procs: list[subprocess.Popen[bytes]] = []
+    scratch = Path(tempfile.mkdtemp(prefix="bb_example_"))
+    data = data_dir or scratch / "mnesia"
     settings = {
         "BEAMBRIDGE_ERLANG_NODE": erl, "BEAMBRIDGE_COOKIE": cookie,
         "BEAMBRIDGE_EPMD_PORT": str(epmd_port), "BEAMBRIDGE_NODE_NAME": "example_web@127.0.0.1",
-        "EXAMPLE_RECEIVER": receiver, "EXAMPLE_MNESIA_DIR": str(data),
+        "EXAMPLE_RECEIVER": receiver, "EXAMPLE_MNESIA_DIR": str(data.resolve()),
         "URL": f"http://127.0.0.1:{http_port}",
     }
     env = dict(os.environ, **settings, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT / "src"), str(ROOT / "examples"), str(extra_path or "")) if p))
+    ready_file = scratch / "erlang_ready"
+    children = _Children()
     try:
-        procs.append(subprocess.Popen(["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"]))
-        _wait(lambda: _listening(epmd_port), "epmd")
-        procs.append(subprocess.Popen(
-            [str(runtime.erl), "-noinput", "-name", erl, "-setcookie", cookie,
-             "-kernel", "inet_dist_use_interface", "{127,0,0,1}", "-pa", str(ebin),
-             "-eval", f"bbw_store:setup(\"{data}\"), bbw_examples:echo_start()"],
-            env=runtime.environ({**os.environ, "ERL_EPMD_PORT": str(epmd_port)}),
-            stdin=subprocess.DEVNULL))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "beambridge", "receiver", "--name", receiver, "--cookie", cookie,
-             "--epmd-port", str(epmd_port), "example_handlers:handle"], env=env))
-        procs.append(subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers), "--threads", "4",
-             "-b", f"127.0.0.1:{http_port}", "-c", str(ROOT / "examples" / "gunicorn_conf.py"), app],
-            env=env, start_new_session=True))
-        _wait(lambda: _ready(settings["URL"] + "/kv/_ready"), "the web server and Mnesia")
-        _wait(lambda: receiver.partition("@")[0] in [n for n, _ in epmd_names(port=epmd_port)],
-              "the receiver")
+        children.start("epmd", ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"], env)
+        # A NAMES request, not a bare connect: EPMD logs "got partial packet" for the latter.
+        children.wait_for("EPMD", lambda: epmd_names(port=epmd_port, timeout=1.0) is not None)
+        children.start("the Erlang node", [
+            str(runtime.erl), "-noinput", "+Bi", "-start_epmd", "false", "-name", erl, "-setcookie", cookie,
+            "-kernel", "inet_dist_use_interface", "{127,0,0,1}", "-kernel", "logger_level", "warning",
+            "-pa", str(ebin), "-eval", _ERL_START,
+        ], runtime.environ({**env, "ERL_EPMD_PORT": str(epmd_port),
+                            "EXAMPLE_READY_FILE": str(ready_file)}))
+        children.wait_for("the Erlang node and its Mnesia table", ready_file.exists)
+        children.start("the receiver", [
+            sys.executable, "-m", "beambridge", "receiver", "--name", receiver, "--cookie", cookie,
+            "--epmd-port", str(epmd_port), "example_handlers:handle"], env)
+        short = receiver.partition("@")[0]
+        children.wait_for("the receiver", lambda: short in dict(epmd_names(port=epmd_port, timeout=1.0)))
+        children.start("gunicorn", [
+            str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers), "--threads", "4",
+            "-b", f"127.0.0.1:{http_port}", "-c", str(ROOT / "examples" / "gunicorn_conf.py"), app,
+        ], env)
+        children.wait_for("the web server", lambda: _answers(settings["URL"] + "/"))
         yield settings
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                if proc is procs[-1] and len(procs) == 4:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, 15)
-                else:
-                    proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        # Stopping is bounded (STOP_TIMEOUT each): a second Ctrl-C must not cut it short.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        children.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _ready(url: str) -> bool:
-    try:
-        return bool(urllib.request.urlopen(url, timeout=5).status == 200)
-    except urllib.error.HTTPError as error:
-        return error.code == 404  # the view ran and Mnesia answered "no such key"
+def _answers(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bool(response.status == 200)
 
 
-def smoke(url: str, paths: list[tuple[str, str, bytes | None]]) -> None:
-    """GET/PUT a few pages and print what came back (the examples' --smoke)."""
+def smoke(url: str, paths: list[tuple[str, str, bytes | None]]) -> bool:
+    """GET/PUT a few pages and print what came back (the examples' --smoke); all 2xx?"""
+    ok = True
     for method, path, data in paths:
         request = urllib.request.Request(url + path, data=data, method=method)
         try:
@@ -116,12 +180,34 @@ def smoke(url: str, paths: list[tuple[str, str, bytes | None]]) -> None:
                 print(f"{method} {path} -> {response.status}: {response.read().decode().strip()}")
         except urllib.error.HTTPError as error:
             print(f"{method} {path} -> {error.code}: {error.read().decode().strip()}")
-            raise
+            ok = False
+    return ok
 
 
-def serve(settings: dict[str, str]) -> None:
-    print(f"serving on {settings['URL']} (Erlang node {settings['BEAMBRIDGE_ERLANG_NODE']}); "
-          "Ctrl-C stops everything", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        while True:
-            time.sleep(3600)
+SMOKE = [("GET", "/", None), ("GET", "/hello", None), ("GET", "/add?a=40&b=2", None),
+         ("PUT", "/kv/colour", b"blue"), ("GET", "/kv/colour", None), ("GET", "/shout?text=hey", None),
+         ("GET", "/ewgi/page?x=1", None)]
+
+
+def main(app: str, here: Path, description: str) -> int:
+    """The examples' command line: serve until Ctrl-C/SIGTERM, or ``--smoke`` and exit."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="make a few requests, print the answers, exit")
+    parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--mnesia-dir", type=Path, metavar="DIR",
+                        help="keep the Mnesia table in DIR between runs (default: a temporary folder)")
+    args = parser.parse_args()
+    try:
+        with stack(app, extra_path=here, port=args.port, data_dir=args.mnesia_dir) as settings:
+            if args.smoke:
+                return 0 if smoke(settings["URL"], SMOKE) else 1
+            print(f"serving on {settings['URL']} (Erlang node {settings['BEAMBRIDGE_ERLANG_NODE']}, "
+                  f"Mnesia in {settings['EXAMPLE_MNESIA_DIR']}); Ctrl-C stops everything", flush=True)
+            while True:
+                time.sleep(3600)
+    except (KeyboardInterrupt, Stop):
+        print("stopped", flush=True)
+        return 0
+    except RuntimeError as error:
+        print(f"example failed to start: {error}", file=sys.stderr, flush=True)
+        return 1

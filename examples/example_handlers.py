@@ -8,10 +8,12 @@ from typing import Any
 from beambridge.term import Atom
 
 log = logging.getLogger("example.receiver")
+# Shown at INFO, not dressed as a warning: the receiver's command line logs WARNING and up.
+log.setLevel(logging.INFO)
 
 
 def handle(message: Any) -> Any:
-    log.warning("receiver got %r", message)
+    log.info("receiver got %r", message)
     if isinstance(message, bytes):
         return (Atom("upper"), message.upper())
     return (Atom("seen"), message)

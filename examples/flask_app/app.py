@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, abort, make_response, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from beambridge.compat import uwsgi
@@ -42,9 +42,22 @@ def hello() -> str:
     return str(answer)
 
 
+def _integer(name: str) -> int:
+    """Query parameter ``name`` as an integer; a 400 that says what is wrong otherwise."""
+    value = request.args.get(name)
+    if value is None:
+        problem = "is missing"
+    else:
+        try:
+            return int(value)
+        except ValueError:
+            problem = f"is {value!r}, not an integer"
+    abort(make_response({"error": f"{name} {problem}; try /add?a=1&b=2"}, 400))
+
+
 @app.get("/add")
 def add() -> dict[str, Any]:
-    return {"sum": erlang.rpc("bbw_examples", "add", [int(request.args["a"]), int(request.args["b"])])}
+    return {"sum": erlang.rpc("bbw_examples", "add", [_integer("a"), _integer("b")])}
 
 
 @app.route("/kv/<key>", methods=["GET", "PUT"])
@@ -57,11 +70,14 @@ def kv(key: str) -> Any:
 
 
 @app.get("/shout")
-def shout() -> dict[str, Any]:
+def shout() -> Any:
     receiver = Atom(os.environ["EXAMPLE_RECEIVER"])
     answer = erlang.rpc("bbw_examples", "request",
                         [(Atom("shout"), receiver), request.args.get("text", "hi").encode(), 3000])
-    return {"answer": repr(answer)}
+    if answer == Atom("timeout"):
+        return {"error": "the receiver did not answer within 3 s"}, 504
+    _ok, (_upper, text) = answer  # {ok, {upper, <<"HEY">>}}: example_handlers.handle's answer
+    return {"answer": text.decode()}
 
 
 application = DispatcherMiddleware(app, {"/ewgi": EwgiBridge("bbw_hello_ewgi")})

@@ -25,7 +25,7 @@ echo_start() -> echo_start(echoer).
 echo_start(Name) ->
     %% A node answers over distribution before its boot is over (kernel is not yet
     %% "started"): an rpc that comes that early waits for the boot, briefly.
-    booted(100),
+    started([kernel, stdlib], 100),
     %% application:start/1, not ensure_all_started/1: the optional mnesia is left alone
     %% (bbw_store:setup/1 starts it in the folder it is given).
     case application:start(beambridge_web) of
@@ -89,9 +89,12 @@ gen_request(Dest, Req, Timeout) ->
     catch exit:{timeout, _} -> timeout
     end.
 
-booted(0) -> ok;
-booted(Tries) ->
-    case init:get_status() of
-        {started, _} -> ok;
-        _ -> timer:sleep(50), booted(Tries - 1)
+%% The applications beambridge_web needs, not the whole boot (init:get_status/0): an -eval
+%% runs before the boot counts as over, and would wait here in vain.
+started(_Apps, 0) -> ok;
+started(Apps, Tries) ->
+    Running = [App || {App, _, _} <- application:which_applications()],
+    case Apps -- Running of
+        [] -> ok;
+        _ -> timer:sleep(50), started(Apps, Tries - 1)
     end.

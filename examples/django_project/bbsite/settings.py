@@ -10,6 +10,8 @@ MIDDLEWARE = ["beambridge.web.django.ErlangErrorMiddleware"]
 ROOT_URLCONF = "bbsite.urls"
 DATABASES: dict = {}
 USE_TZ = True
+# Django sets the process's TZ to TIME_ZONE (default America/Chicago): gunicorn's log times too.
+TIME_ZONE = "UTC"
 
 BEAMBRIDGE_ERLANG_NODE = os.environ.get("BEAMBRIDGE_ERLANG_NODE")
 BEAMBRIDGE_COOKIE = os.environ.get("BEAMBRIDGE_COOKIE")

@@ -25,9 +25,26 @@ def hello(request: HttpRequest) -> HttpResponse:
     return HttpResponse(answer)
 
 
+class BadRequest(Exception):
+    """A query parameter that is missing or malformed: a JSON 400 saying which."""
+
+
+def _integer(request: HttpRequest, name: str) -> int:
+    value = request.GET.get(name)
+    if value is None:
+        raise BadRequest(f"{name} is missing; try /add?a=1&b=2")
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name} is {value!r}, not an integer; try /add?a=1&b=2") from None
+
+
 def add(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"sum": bb.rpc("bbw_examples", "add",
-                                       [int(request.GET["a"]), int(request.GET["b"])])})
+    try:
+        numbers = [_integer(request, "a"), _integer(request, "b")]
+    except BadRequest as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    return JsonResponse({"sum": bb.rpc("bbw_examples", "add", numbers)})
 
 
 @csrf_exempt
@@ -45,7 +62,10 @@ def shout(request: HttpRequest) -> JsonResponse:
     receiver = Atom(os.environ["EXAMPLE_RECEIVER"])
     answer = bb.rpc("bbw_examples", "request",
                     [(Atom("shout"), receiver), request.GET.get("text", "hi").encode(), 3000])
-    return JsonResponse({"answer": repr(answer)})
+    if answer == Atom("timeout"):
+        return JsonResponse({"error": "the receiver did not answer within 3 s"}, status=504)
+    _ok, (_upper, text) = answer  # {ok, {upper, <<"HEY">>}}: example_handlers.handle's answer
+    return JsonResponse({"answer": text.decode()})
 
 
 def ewgi(request: HttpRequest, rest: str) -> HttpResponse:
