@@ -34,6 +34,10 @@ from . import collatz
 Out = Callable[[str], None]
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)  # piped (make demo | tee, a test) as promptly as on a terminal
+
+
 def _free_port() -> int:
     import socket
 
@@ -133,7 +137,7 @@ def _run_job(web: str, below: int, out: Out, tty: bool) -> tuple[list[int], floa
     return list(state["answer"]), elapsed
 
 
-def run(below: int = 1_000_000, *, serve: bool = False, out: Out = print) -> int:
+def run(below: int = 1_000_000, *, serve: bool = False, out: Out = _say) -> int:
     """The demo; 0 when every road answered and the three answers agree."""
     try:
         with _terminate_as_exit():
