@@ -59,20 +59,33 @@ table() ->
 %% Writes are synced to the disc log before the answer: a node killed right after still has them.
 -spec put(term(), term()) -> ok.
 put(Key, Value) ->
-    {atomic, ok} = mnesia:sync_transaction(fun() -> mnesia:write(#bbw_kv{key = Key, value = Value}) end),
-    mnesia:sync_log().
+    written(mnesia:sync_transaction(fun() -> mnesia:write(#bbw_kv{key = Key, value = Value}) end)).
 
 -spec get(term()) -> {ok, term()} | not_found.
 get(Key) ->
     case mnesia:transaction(fun() -> mnesia:read(bbw_kv, Key) end) of
         {atomic, [#bbw_kv{value = V}]} -> {ok, V};
-        {atomic, []} -> not_found
+        {atomic, []} -> not_found;
+        {aborted, Why} -> aborted(Why)
     end.
 
 -spec delete(term()) -> ok.
 delete(Key) ->
-    {atomic, ok} = mnesia:sync_transaction(fun() -> mnesia:delete({bbw_kv, Key}) end),
-    mnesia:sync_log().
+    written(mnesia:sync_transaction(fun() -> mnesia:delete({bbw_kv, Key}) end)).
+
+written({atomic, ok}) -> mnesia:sync_log();
+written({aborted, Why}) -> aborted(Why).
+
+%% A store used before setup/1 (Mnesia not running, no table yet) fails with a reason that
+%% names the fix, instead of a case_clause/badmatch on Mnesia's own answer.
+-spec aborted(term()) -> no_return().
+aborted(Why) ->
+    Hint = case Why of
+               {node_not_running, _} -> <<"Mnesia is not running here: call bbw_store:setup(Dir) first">>;
+               {no_exists, _} -> <<"no bbw_kv table here: call bbw_store:setup(Dir) first">>;
+               _ -> <<"the Mnesia transaction aborted">>
+           end,
+    erlang:error({bbw_store, Why, Hint}).
 
 -spec keys() -> [term()].
 keys() -> mnesia:dirty_all_keys(bbw_kv).
