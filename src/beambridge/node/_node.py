@@ -58,6 +58,7 @@ from ..protocol import (
     Unlink,
     UnlinkId,
     UnlinkIdAck,
+    dynamic_name,
     epmd,
 )
 from ..protocol import Connected as _Connected
@@ -755,6 +756,14 @@ class Node:
                     writer.write(proto.answer_alive(True))
                 continue
             if isinstance(event, NameReceived):
+                if event.dynamic:  # a peer without a name (erl_call -R): net_kernel names it
+                    status = "not_allowed" if self._closed else "named"
+                    name = self._unused_dynamic_name(event.name) if status == "named" else None
+                    writer.write(proto.accept_name(status, name=name))
+                    if status == "not_allowed":
+                        await writer.drain()
+                        return None
+                    continue
                 status = self._arbitrate(Atom(event.name))
                 writer.write(proto.accept_name(status))
                 if status in ("nok", "not_allowed"):
@@ -763,6 +772,14 @@ class Node:
                 continue
             if isinstance(event, _Closed):
                 raise HandshakeFailed("closed", "peer closed the connection during the handshake")
+
+    def _unused_dynamic_name(self, host: str) -> str:
+        """A dynamic name at ``host`` that no connection uses (a clash of 64 random bits is
+        unlikely, but net_kernel checks too)."""
+        while True:
+            name, _ = dynamic_name(host)
+            if Atom(name) not in self._peers and Atom(name) not in self._connecting:
+                return name
 
     def _arbitrate(self, other: Atom) -> str:
         """The status for an incoming name (see ``net_kernel``'s simultaneous-connect rule)."""
@@ -974,8 +991,7 @@ class Node:
             for ref, (target, target_node) in list(mailbox.monitors_out.items()):
                 if target_node == node:
                     del mailbox.monitors_out[ref]
-                    shown = target if isinstance(target, Pid) else (target, node)
-                    mailbox.deliver((DOWN, ref, PROCESS, shown, NOCONNECTION))
+                    mailbox.deliver((DOWN, ref, PROCESS, _monitored(target, node), NOCONNECTION))
             for ref, (holder, _) in list(mailbox.monitors_in.items()):
                 if holder.node == node:
                     del mailbox.monitors_in[ref]
@@ -1035,8 +1051,11 @@ class Node:
                 self._call_down(event.ref, event.reason)
                 return
             mailbox = self._local(event.to_pid)
-            if mailbox is not None and mailbox.monitors_out.pop(event.ref, None) is not None:
-                mailbox.deliver((DOWN, event.ref, PROCESS, event.from_proc, event.reason))
+            entry = mailbox.monitors_out.pop(event.ref, None) if mailbox is not None else None
+            if mailbox is not None and entry is not None:
+                # shown as the monitor was set, as BEAM does: a monitor on a name gets
+                # {Name, Node} (the wire carries the bare name)
+                mailbox.deliver((DOWN, event.ref, PROCESS, _monitored(*entry), event.reason))
         elif kind is SpawnReply:
             if event.to_pid == self._caller_pid:
                 self._call_spawned(event.req_id, event.result)
@@ -1152,8 +1171,7 @@ class Node:
             await self._signal(node, MonitorP(mailbox.pid, proc, ref))
         except NoConnection:
             if mailbox.monitors_out.pop(ref, None) is not None:
-                shown = proc if isinstance(proc, Pid) else (proc, node)
-                mailbox.deliver((DOWN, ref, PROCESS, shown, NOCONNECTION))
+                mailbox.deliver((DOWN, ref, PROCESS, _monitored(proc, node), NOCONNECTION))
         return ref
 
     async def _demonitor(self, mailbox: Mailbox, ref: Reference) -> None:
@@ -1961,6 +1979,12 @@ def _object_methods(obj: object) -> list[tuple[str, Callable[..., Any]]]:
             # bound from the class: an instance attribute of the same name does not replace it
             found.append((name, value.__get__(None if is_class else obj, cls)))
     return found
+
+
+def _monitored(target: Pid | Atom, node: Atom) -> Pid | tuple[Atom, Atom]:
+    """The fourth element of a DOWN message: the pid, or ``(Name, Node)`` for a monitor set on
+    a registered name (local names too), as ``erlang:monitor/2`` reports them."""
+    return target if isinstance(target, Pid) else (target, node)
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

@@ -18,6 +18,7 @@ from ._connection import (
     StatusReceived,
     Tick,
     digest,
+    dynamic_name,
 )
 from ._control import (
     NO_PAYLOAD,
@@ -84,6 +85,7 @@ __all__ = [
     "UnlinkIdAck",
     "decode_control",
     "digest",
+    "dynamic_name",
     "epmd",
     "missing_mandatory",
 ]

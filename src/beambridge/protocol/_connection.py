@@ -6,9 +6,11 @@ owns the socket, the clock and the decisions the handshake leaves to the node (w
 answer a name with, what to say when asked whether an old connection is ``alive``).
 
 Handshake (version 6, OTP 23+), from either side, with the statuses ``ok``, ``ok_simultaneous``,
-``nok``, ``not_allowed``, ``alive`` and ``named:`` (the last is refused: beambridge always has a
-name). After it, 4-byte framed packets: ticks (empty), and messages with a distribution header
-(atom cache references, fragments) or in the pass-through form peers without the header use.
+``nok``, ``not_allowed``, ``alive`` and ``named:``: an acceptor names a peer that asks with
+``NAME_ME`` (``erl -name undefined@host``, ``erl_call -R``); beambridge itself never asks. After
+it, 4-byte framed packets: ticks (empty), and messages with a distribution header (atom cache
+references, fragments) or in the pass-through form peers without the header use. Bytes after a
+message's terms are ignored, as BEAM ignores them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "StatusReceived",
     "Tick",
     "digest",
+    "dynamic_name",
 ]
 
 log = logging.getLogger("beambridge.protocol")
@@ -98,11 +101,16 @@ NEED_DATA: Any = _NeedData()
 
 @dataclass(frozen=True, slots=True)
 class NameReceived:
-    """Acceptor: a peer named itself; answer with ``accept_name(status)``."""
+    """Acceptor: a peer named itself; answer with ``accept_name(status)``.
+
+    ``dynamic``: the peer set ``NAME_ME`` and ``name`` is only its host; answer ``named`` (or
+    refuse it).
+    """
 
     name: str
     flags: int
     creation: int
+    dynamic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +163,23 @@ class _Partial:
     size: int
 
 
-_STATUSES_ACCEPTOR = ("ok", "ok_simultaneous", "nok", "not_allowed", "alive")
+_STATUSES_ACCEPTOR = ("ok", "ok_simultaneous", "nok", "not_allowed", "alive", "named")
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def dynamic_name(host: str) -> tuple[str, int]:
+    """A fresh name and creation for a peer that asked for one, made as ``net_kernel`` makes
+    them: a random number below 2**64 in base 36 at the peer's own host, and a random creation
+    (never 0-3, which mean "no creation" in older pids)."""
+    number = secrets.randbelow(1 << 64) + 1
+    digits = ""
+    while number:
+        number, digit = divmod(number, 36)
+        digits = _BASE36[digit] + digits
+    creation = secrets.randbits(32)
+    if creation < 4:
+        creation += 4
+    return f"{digits}@{host}", creation
 
 
 class Connection:
@@ -253,15 +277,40 @@ class Connection:
         self._state = State.AWAIT_STATUS
         return self.data_to_send()
 
-    def accept_name(self, status: str) -> bytes:
+    def accept_name(self, status: str, *, name: str | None = None,
+                    creation: int | None = None) -> bytes:
         """Acceptor: answer the peer's name with a status.
 
         ``ok``/``ok_simultaneous`` go on to the challenge; ``nok``/``not_allowed`` end the
         handshake; ``alive`` asks the peer whether to replace the connection we still have.
+        ``named`` (the only way on for a peer that asked for a dynamic name) gives it ``name``
+        (``Something@`` its own host) and ``creation``; both default to ``dynamic_name()``'s.
         """
         self._check_state(State.AWAIT_STATUS_DECISION)
         if status not in _STATUSES_ACCEPTOR:
             raise LocalProtocolError(f"status must be one of {_STATUSES_ACCEPTOR}, not {status!r}")
+        dynamic = bool(self.peer_flags & Flag.NAME_ME)
+        if status not in ("nok", "not_allowed") and dynamic != (status == "named"):
+            raise LocalProtocolError("a peer that asks for a name is answered 'named' or refused"
+                                     if dynamic else "'named' answers only a peer that asked for a name")
+        if status == "named":
+            host = str(self.peer_node)
+            if name is None or creation is None:
+                fresh_name, fresh_creation = dynamic_name(host)
+                name = fresh_name if name is None else name
+                creation = fresh_creation if creation is None else creation
+            alive, at, its_host = name.partition("@")
+            if not alive or not at or its_host != host or len(name) > _MAX_NAME_CHARS:
+                raise LocalProtocolError(f"a dynamic name is name@{host}, not {name!r}")
+            if not 0 <= creation < (1 << 32):
+                raise LocalProtocolError(f"creation must be a 32-bit unsigned int, not {creation!r}")
+            raw = name.encode("utf-8")
+            self._hs_send(b"snamed:" + struct.pack(">H", len(raw)) + raw + struct.pack(">I", creation))
+            self.peer_node, self.peer_creation = name, creation
+            # as dist_util does for a dynamic peer: NAME_ME instead of PUBLISHED in our flags
+            self.flags = (self.flags | int(Flag.NAME_ME)) & ~int(Flag.PUBLISHED)
+            self._after_status()
+            return self.data_to_send()
         self._hs_send(b"s" + status.encode("ascii"))
         if status in ("nok", "not_allowed"):
             self._state = State.CLOSED
@@ -485,14 +534,20 @@ class Connection:
         else:
             raise RemoteProtocolError(f"expected a name message, got {tag!r}")
         text = _node_name(name)
-        if "@" not in text:
-            raise HandshakeFailed("not_allowed", f"peer asked for a dynamic name ({text!r}); not offered")
+        dynamic = bool(flags & Flag.NAME_ME)
+        # dist_util's is_name_ok: Name@Host, both non-empty; a peer asking for a name sends its
+        # host alone
+        parts = text.split("@")
+        if not all(parts) or len(parts) != (1 if dynamic else 2):
+            raise HandshakeFailed(
+                "not_allowed", f"{text!r} is not a host name (the peer asked for a dynamic name)"
+                if dynamic else f"{text!r} is not a node name (name@host)")
         missing = missing_mandatory(flags)
         if missing:
             raise HandshakeFailed("not_allowed", f"{text} lacks mandatory flags {missing!r}")
         self.peer_node, self.peer_flags, self.peer_creation = text, flags, creation
         self._state = State.AWAIT_STATUS_DECISION
-        self._events.append(NameReceived(text, flags, creation))
+        self._events.append(NameReceived(text, flags, creation, dynamic))
 
     def _on_status(self, status_bytes: bytes) -> None:
         if status_bytes.startswith(b"named:"):
@@ -549,14 +604,16 @@ class Connection:
             return _TICK_EVENT
         kind = frame[0]
         if kind == 112:  # pass-through: two whole terms, each with its version byte
-            control, used = binary_to_term(memoryview(frame)[1:], mapping=_CONTROL_MAPPING,
-                                           limits=self.limits, used=True)
+            control, end = binary_to_term(memoryview(frame)[1:], mapping=_CONTROL_MAPPING,
+                                          limits=self.limits, used=True)
+            end += 1
             payload = NO_PAYLOAD
             if has_payload(control):
-                payload = binary_to_term(memoryview(frame)[1 + used:], mapping=self.mapping,
-                                         limits=self.limits)
-            elif 1 + used != len(frame):
-                raise RemoteProtocolError("trailing bytes after a control message")
+                payload, used = binary_to_term(memoryview(frame)[end:], mapping=self.mapping,
+                                               limits=self.limits, used=True)
+                end += used
+            if end != len(frame):
+                self._trailing(len(frame) - end)
             return decode_control(control, payload)
         if kind != 131 or len(frame) < 2:
             raise RemoteProtocolError(f"packet starts with {frame[:2]!r}, not a distribution header")
@@ -674,8 +731,14 @@ class Connection:
         if type(control) is tuple and control and control[0] in PAYLOAD_TAGS:  # has_payload
             payload, end = _decode_body(data, end, self.mapping, limits, refs)
         if end != len(data):
-            raise RemoteProtocolError(f"{len(data) - end} trailing bytes after a message")
+            self._trailing(len(data) - end)
         return decode_control(control, payload)
+
+    def _trailing(self, count: int) -> None:
+        """Bytes after a message's last term are ignored, as BEAM ignores them (erl_call sends
+        some: its argument parser writes ``[a|b]`` without the list header, leaving its last
+        atom outside the message); refusing them would drop the whole connection."""
+        log.debug("%d bytes after a message from %s ignored", count, self.peer_node)
 
     # ---------------------------------------------------------------- connected: output
 
