@@ -120,9 +120,9 @@ def stack(app: str, *, workers: int = 2, data_dir: Path | None = None, port: int
     runtime = otp.default_runtime()
     cookie = "example_" + secrets.token_hex(4)
     epmd_port, http_port = free_port(), port or free_port()
-    suffix = secrets.token_hex(3)
-    erl = f"example_erl_{suffix}@127.0.0.1"
-    receiver = f"example_receiver_{suffix}@127.0.0.1"
+    # Names need only be unique on this run's own EPMD, and Mnesia's folder (--mnesia-dir)
+    # belongs to the node name that made it: the same names every run.
+    erl, receiver = "example_erl@127.0.0.1", "example_receiver@127.0.0.1"
     scratch = Path(tempfile.mkdtemp(prefix="bb_example_"))
     data = data_dir or scratch / "mnesia"
     settings = {
@@ -143,8 +143,8 @@ def stack(app: str, *, workers: int = 2, data_dir: Path | None = None, port: int
             str(runtime.erl), "-noinput", "+Bi", "-start_epmd", "false", "-name", erl, "-setcookie", cookie,
             "-kernel", "inet_dist_use_interface", "{127,0,0,1}", "-kernel", "logger_level", "warning",
             "-pa", str(ebin), "-eval", _ERL_START,
-        ], runtime.environ({**env, "ERL_EPMD_PORT": str(epmd_port),
-                            "EXAMPLE_READY_FILE": str(ready_file)}))
+        ], runtime.environ({**env, "ERL_EPMD_PORT": str(epmd_port), "EXAMPLE_READY_FILE": str(ready_file),
+                            "ERL_CRASH_DUMP_SECONDS": "0"}))  # no erl_crash.dump left in the cwd
         children.wait_for("the Erlang node and its Mnesia table", ready_file.exists)
         children.start("the receiver", [
             sys.executable, "-m", "beambridge", "receiver", "--name", receiver, "--cookie", cookie,

@@ -53,8 +53,18 @@ table() ->
         {atomic, ok} -> ok;
         {aborted, {already_exists, bbw_kv}} -> ok
     end,
-    ok = mnesia:wait_for_tables([bbw_kv], 20000),
-    {ok, disc_copies = mnesia:table_info(bbw_kv, storage_type)}.
+    %% Mnesia's folder belongs to the node name that made it: a node of another name finds
+    %% the table's copy on that node and would wait for it in vain.
+    Copies = mnesia:table_info(bbw_kv, all_nodes),
+    case lists:member(node(), Copies) andalso mnesia:wait_for_tables([bbw_kv], 20000) of
+        ok -> {ok, disc_copies = mnesia:table_info(bbw_kv, storage_type)};
+        false -> {error, {table_not_loaded,
+                          #{hint => <<"the table in this folder belongs to another node name: "
+                                      "start the node with that -name, or use a fresh folder">>,
+                            table_on => Copies, this_node => node()}}};
+        {timeout, _} -> {error, {table_not_loaded, #{hint => <<"bbw_kv did not load within 20 s">>}}};
+        {error, Why} -> {error, {table_not_loaded, Why}}
+    end.
 
 %% Writes are synced to the disc log before the answer: a node killed right after still has them.
 -spec put(term(), term()) -> ok.
