@@ -103,6 +103,17 @@ class _Children:
                 proc.wait(STOP_TIMEOUT)
 
 
+def _check_free(port: int) -> None:
+    """A taken --port fails here: the readiness probe could take whatever answers there for us."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is free
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise RuntimeError(f"port {port} on 127.0.0.1 is taken ({error.strerror}): pick another "
+                               "with --port, or leave --port out for a free one") from None
+
+
 def _stop_signal(signum: int, frame: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
@@ -120,6 +131,8 @@ def stack(app: str, *, workers: int = 2, data_dir: Path | None = None, port: int
     runtime = otp.default_runtime()
     cookie = "example_" + secrets.token_hex(4)
     epmd_port, http_port = free_port(), port or free_port()
+    if port:
+        _check_free(port)
     # Names need only be unique on this run's own EPMD, and Mnesia's folder (--mnesia-dir)
     # belongs to the node name that made it: the same names every run.
     erl, receiver = "example_erl@127.0.0.1", "example_receiver@127.0.0.1"
@@ -136,7 +149,8 @@ def stack(app: str, *, workers: int = 2, data_dir: Path | None = None, port: int
     ready_file = scratch / "erlang_ready"
     children = _Children()
     try:
-        children.start("epmd", ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"], env)
+        children.start("epmd", [str(runtime.tool("epmd")), "-port", str(epmd_port), "-address", "127.0.0.1"],
+                       env)
         # A NAMES request, not a bare connect: EPMD logs "got partial packet" for the latter.
         children.wait_for("EPMD", lambda: epmd_names(port=epmd_port, timeout=1.0) is not None)
         children.start("the Erlang node", [
@@ -202,12 +216,15 @@ def main(app: str, here: Path, description: str) -> int:
             if args.smoke:
                 return 0 if smoke(settings["URL"], SMOKE) else 1
             print(f"serving on {settings['URL']} (Erlang node {settings['BEAMBRIDGE_ERLANG_NODE']}, "
-                  f"Mnesia in {settings['EXAMPLE_MNESIA_DIR']}); Ctrl-C stops everything", flush=True)
+                  f"Mnesia in {settings['EXAMPLE_MNESIA_DIR']}); Ctrl-C stops everything\n"
+                  f"an Erlang shell on that node: ERL_EPMD_PORT={settings['BEAMBRIDGE_EPMD_PORT']} erl "
+                  f"-name me@127.0.0.1 -setcookie {settings['BEAMBRIDGE_COOKIE']} "
+                  f"-remsh {settings['BEAMBRIDGE_ERLANG_NODE']}", flush=True)
             while True:
                 time.sleep(3600)
     except (KeyboardInterrupt, Stop):
         print("stopped", flush=True)
         return 0
-    except RuntimeError as error:
+    except (RuntimeError, Error) as error:  # Error: no Erlang runtime, a build that failed
         print(f"example failed to start: {error}", file=sys.stderr, flush=True)
         return 1
