@@ -37,13 +37,19 @@ def _junk(name: str) -> bool:
             or "ebin" in parts or ".venv" in parts or ".git" in parts)
 
 
-def test_sdist_carries_examples_erlang_and_bench(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sdist")
     # egg_info goes to tmp too: nothing is written into the checkout.
-    done = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
-                           "sdist", "-d", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(out),
+                           "sdist", "-d", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    sdist, = tmp_path.glob("beambridge-*.tar.gz")
+    built, = out.glob("beambridge-*.tar.gz")
+    return built
+
+
+def test_sdist_carries_examples_erlang_and_bench(sdist: Path) -> None:
     with tarfile.open(sdist) as tar:
         names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
     missing = [n for n in SDIST_MUST_HAVE if n not in names]
@@ -53,6 +59,24 @@ def test_sdist_carries_examples_erlang_and_bench(tmp_path: Path) -> None:
     erlang = {str(p.relative_to(ROOT)) for p in (ROOT / "erlang").rglob("*") if p.is_file()
               and not _junk(str(p.relative_to(ROOT)))}
     assert erlang - set(names) == set()
+
+
+@pytest.mark.erlang
+def test_an_example_runs_from_the_unpacked_sdist(sdist: Path, tmp_path: Path) -> None:
+    """What the README tells a pip user: unpack the sdist, run an example there (it builds its
+    Erlang side from the sdist's erlang/ into the sdist's own _build)."""
+    pytest.importorskip("flask")
+    pytest.importorskip("gunicorn")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp_path, filter="data")
+    unpacked, = tmp_path.glob("beambridge-*")
+    env = {k: v for k, v in os.environ.items() if k not in ("BEAMBRIDGE_BUILD_DIR", "PYTHONPATH")}
+    done = subprocess.run([sys.executable, "examples/flask_app/run.py", "--smoke"], cwd=unpacked,
+                          env=env, capture_output=True, text=True, timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "-> 200" in output, output[-4000:]
+    assert (unpacked / "_build" / "erlang" / "beambridge_web" / "ebin").is_dir()
 
 
 def test_wheel_files_carry_the_erlang_side_and_installed_code_builds_it_in_the_cache(
