@@ -266,7 +266,8 @@ class Mailbox:
 
     async def monitor(self, target: Pid | str | tuple[str, str]) -> Reference:
         """Monitor a pid, a registered name here, or ``(name, node)``; returns the reference that
-        the ``DOWN`` message will carry."""
+        the ``DOWN`` message will carry. As in Erlang, its fourth element is the pid, or
+        ``(Atom(name), Atom(node))`` for a name (``noproc`` at once if nothing has that name)."""
         self._check_open()
         return await self._node._monitor(self, target)
 
