@@ -757,12 +757,12 @@ class Node:
                 continue
             if isinstance(event, NameReceived):
                 if event.dynamic:  # a peer without a name (erl_call -R): net_kernel names it
-                    status = "not_allowed" if self._closed else "named"
-                    name = self._unused_dynamic_name(event.name) if status == "named" else None
-                    writer.write(proto.accept_name(status, name=name))
-                    if status == "not_allowed":
+                    if self._closed:
+                        writer.write(proto.accept_name("not_allowed"))
                         await writer.drain()
                         return None
+                    name, creation = self._unused_dynamic_name(event.name)
+                    writer.write(proto.accept_name("named", name=name, creation=creation))
                     continue
                 status = self._arbitrate(Atom(event.name))
                 writer.write(proto.accept_name(status))
@@ -773,13 +773,13 @@ class Node:
             if isinstance(event, _Closed):
                 raise HandshakeFailed("closed", "peer closed the connection during the handshake")
 
-    def _unused_dynamic_name(self, host: str) -> str:
-        """A dynamic name at ``host`` that no connection uses (a clash of 64 random bits is
-        unlikely, but net_kernel checks too)."""
+    def _unused_dynamic_name(self, host: str) -> tuple[str, int]:
+        """A dynamic name at ``host`` (and its creation) that no connection uses: a clash of
+        64 random bits is unlikely, but net_kernel checks too."""
         while True:
-            name, _ = dynamic_name(host)
+            name, creation = dynamic_name(host)
             if Atom(name) not in self._peers and Atom(name) not in self._connecting:
-                return name
+                return name, creation
 
     def _arbitrate(self, other: Atom) -> str:
         """The status for an incoming name (see ``net_kernel``'s simultaneous-connect rule)."""
