@@ -9,7 +9,8 @@ PY     := $(VENV)/bin/python
 # Erlang sources and tools (dialyzer checks the Erlang side), EUnit, and the clients we did not
 # write (Elixir, Jinterface on Java 17).
 DEMO_DEB := erlang-nox erlang-mochiweb erlang-jiffy gcc python3-dev
-TEST_DEB := $(DEMO_DEB) erlang-dev erlang-src erlang-eunit erlang-dialyzer
+TEST_DEB := $(DEMO_DEB) erlang-dev erlang-src erlang-eunit erlang-dialyzer \
+            elixir erlang-jinterface openjdk-17-jre-headless
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP  := $(VENV)/.installed
 
