@@ -72,8 +72,10 @@ class ErlNode:
     """One real ``erl`` node on loopback (``name@127.0.0.1``), stopped by pid."""
 
     def __init__(self, runtime: otp.Runtime, epmd_port: int, ebin: Path, *, name: str | None = None,
-                 cookie: str = COOKIE, ticktime: int | None = None) -> None:
+                 cookie: str = COOKIE, ticktime: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.runtime = runtime
+        self.args = args
         self.epmd_port = epmd_port
         self.ebin = ebin
         self.alive = name or unique("erl")
@@ -88,6 +90,7 @@ class ErlNode:
                    "-kernel", "inet_dist_use_interface", "{127,0,0,1}", "-pa", str(self.ebin)]
         if self.ticktime:
             command += ["-kernel", "net_ticktime", str(self.ticktime)]
+        command += self.args
         env = self.runtime.environ({**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)})
         self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -2,7 +2,8 @@
 
 Both speak Erlang distribution (``beambridge.protocol``) to OTP 25+ nodes: calls both ways (``rpc``
 to Erlang; ``expose`` for ``rpc:call``/``erpc:call``/``erl_call`` into Python), messages,
-mailboxes with links and monitors, ``gen_call``/``gen_cast``, ``ping``.
+mailboxes with links and monitors, ``gen_call``/``gen_cast``, ``ping``; over TCP or, with
+``tls=`` (an Erlang ``ssl_dist_optfile``), TLS as ``-proto_dist inet_tls``.
 
 Every exception a node call raises can be imported from here (the families ``Timeout``,
 ``ConnectionLost``, ``RemoteError`` and ``TransportError`` are the package's own, re-exported so
@@ -24,6 +25,7 @@ from ._errors import (
 )
 from ._mailbox import Mailbox
 from ._node import Node, default_cookie, full_node_name
+from ._tls import TlsConfig, TlsConfigError, TlsHandshakeFailed
 
 __all__ = [
     "BadCookie",
@@ -42,6 +44,9 @@ __all__ = [
     "Node",
     "RemoteError",
     "Timeout",
+    "TlsConfig",
+    "TlsConfigError",
+    "TlsHandshakeFailed",
     "TransportError",
     "default_cookie",
     "epmd_names",

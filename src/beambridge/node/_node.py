@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import inspect
 import itertools
 import logging
@@ -17,6 +18,7 @@ import os
 import secrets
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -78,6 +80,7 @@ from ._errors import (
     NoConnection,
 )
 from ._mailbox import DOWN, KILL, NODEDOWN, NORMAL, PROCESS, Mailbox, Slot, check_name
+from ._tls import TlsConfig, TlsHandshakeFailed, load_tls
 
 __all__ = ["Node", "default_cookie", "full_node_name"]
 
@@ -444,7 +447,9 @@ class Node:
                  start_epmd: bool = False, handshake_timeout: float = 7.0,
                  max_handshakes: int = 64, max_handshakes_per_address: int = 8,
                  max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 tls: str | os.PathLike[str] | TlsConfig | None = None,
+                 listen_ports: tuple[int, int] | None = None) -> None:
         self.name = full_node_name(name)
         self.node_atom = Atom(self.name)
         self.alive_name, self.host = self.name.split("@", 1)
@@ -458,6 +463,15 @@ class Node:
         self.net_ticktime = float(net_ticktime)
         self.mapping = mapping or Mapping.EXACT
         self.listen_host = listen_host
+        self.tls = load_tls(tls)
+        if self.tls is not None and self.tls.server is None:
+            raise UsageError(f"{self.tls.describe()} has no server options: a node needs them "
+                             "to accept connections")
+        if listen_ports is not None:
+            low, high = listen_ports
+            if not (type(low) is int and type(high) is int and 0 < low <= high <= 65535):
+                raise UsageError(f"listen_ports is (low, high) within 1..65535, not {listen_ports!r}")
+        self.listen_ports = listen_ports
         self.connect_timeout = connect_timeout
         self.start_epmd = start_epmd
         if handshake_timeout <= 0:
@@ -477,6 +491,8 @@ class Node:
             "limits": limits,
             "max_fragmented_bytes": max_fragmented_bytes,
             "max_fragmented_messages": max_fragmented_messages,
+            # inet_tls_dist frames the handshake with 4-byte lengths (TCP's is 2)
+            "handshake_header": 4 if self.tls is not None else 2,
         }
         self.creation = 0
         self.port = 0
@@ -522,7 +538,7 @@ class Node:
             raise UsageError("node already started")
         self._loop = asyncio.get_running_loop()
         self._started = True
-        self._listener = _listen(self.listen_host)
+        self._listener = _listen(self.listen_host, self.listen_ports)
         self.port = self._listener.getsockname()[1]
         self._loop.add_reader(self._listener.fileno(), self._accept_ready)
         try:
@@ -688,8 +704,8 @@ class Node:
             info = await _epmd_client.lookup(host, self.epmd_port, alive, self.connect_timeout)
             if info is None:
                 raise NoConnection(node, f"{alive!r} is not registered with EPMD on {host}")
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, info.port), self.connect_timeout)
+            reader, writer = await asyncio.wait_for(self._open(node, host, info.port),
+                                                    self.connect_timeout)
             opened = writer
             proto = _Protocol(Role.INITIATOR, this_node=self.name, cookie=self._cookie,
                               creation=self.creation, flags=self._flags, peer_node=str(node),
@@ -718,13 +734,52 @@ class Node:
             self._fail_pending(node, future, NoConnection(node, "handshake timed out"))
         except NoConnection as error:
             self._fail_pending(node, future, error)
+        except ssl.SSLError as error:
+            self._fail_pending(node, future, TlsHandshakeFailed(node, _tls_reason(error)))
         except (OSError, RemoteProtocolError, EpmdUnavailable) as error:
-            self._fail_pending(node, future, NoConnection(node, str(error)))
+            if self.tls is not None and isinstance(error, ConnectionResetError | BrokenPipeError):
+                error = TlsHandshakeFailed(node, f"the peer closed the connection during TLS ({error})")
+            self._fail_pending(node, future, error if isinstance(error, NoConnection)
+                               else NoConnection(node, str(error)))
         finally:
             if self._connecting.get(node) is asyncio.current_task():
                 del self._connecting[node]
             if opened is not None:
                 opened.close()
+
+    async def _open(self, node: Atom, host: str, port: int
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a peer's listening port: TCP, then TLS with the client context."""
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(host, port)
+        if self.tls is None:
+            return reader, writer
+        # Within what is left of connect_timeout, so that a peer which never answers TLS (a
+        # plain-TCP node waits for more of what it takes for a handshake packet) is named as such.
+        budget = max(0.1, self.connect_timeout - (time.monotonic() - started) - 0.25)
+        try:
+            await writer.start_tls(self.tls.client, server_hostname=self.tls.client_hostname(host),
+                                   ssl_handshake_timeout=budget)
+        except (TimeoutError, ConnectionAbortedError):  # asyncio aborts a handshake past its time
+            writer.close()
+            raise TlsHandshakeFailed(node, f"no TLS answer within {budget:.1f} s: is it a plain-TCP "
+                                           "node? (TLS nodes run -proto_dist inet_tls)") from None
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def _accepted(self, conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over a connection we accepted: TCP, or TLS with the server context."""
+        if self.tls is None:
+            return await asyncio.open_connection(sock=conn, limit=_HANDSHAKE_READ)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_HANDSHAKE_READ, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock=conn, ssl=self.tls.server,
+            ssl_handshake_timeout=self.handshake_timeout)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _expire_pending(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
         await asyncio.sleep(self.connect_timeout)
@@ -842,7 +897,7 @@ class Node:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.handshake_timeout):
-                reader, writer = await asyncio.open_connection(sock=conn, limit=_HANDSHAKE_READ)
+                reader, writer = await self._accepted(conn)
                 proto = _Protocol(Role.ACCEPTOR, this_node=self.name, cookie=self._cookie,
                                   creation=self.creation, flags=self._flags, mapping=self.mapping,
                                   **self._proto_options)
@@ -852,6 +907,9 @@ class Node:
             if isinstance(error, TimeoutError):
                 error = TimeoutError(f"handshake not finished within {self.handshake_timeout} s "
                                      "(handshake_timeout)")
+            elif isinstance(error, ssl.SSLError):
+                error = OSError(_tls_reason(error) + " (a plain-TCP node, or a certificate our CA "
+                                "did not sign?)")
             self._refusals.warn("handshake", "incoming connection from %s%s refused: %s", host,
                                 f" ({peer_node})" if peer_node else "", error)
             if writer is not None:
@@ -1900,21 +1958,41 @@ class Node:
         return found
 
 
-def _listen(host: str) -> socket.socket:
-    """A non-blocking listening socket on ``host`` and a free port (the loop does not own it:
-    the node accepts itself, so it can refuse a connection before building anything for it)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(_LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+def _tls_reason(error: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in OpenSSL's words (a failed verification names
+    its cause: unknown CA, expired, hostname mismatch)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the peer's certificate was refused: {error.verify_message}"
+    return f"TLS handshake failed: {error.reason or error}"
+
+
+def _listen(host: str, ports: tuple[int, int] | None = None) -> socket.socket:
+    """A non-blocking listening socket on ``host`` and a free port, the first free one of
+    ``ports`` (``low``, ``high``) when given, as Erlang's ``inet_dist_listen_min/max`` (the loop
+    does not own it: the node accepts itself, so it can refuse a connection before building
+    anything for it)."""
+    low, high = ports or (0, 0)
+    for port in range(low, high + 1):
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(_LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE or port == high:
+                if error.errno == errno.EADDRINUSE:
+                    raise UsageError(f"no free port in listen_ports {low}..{high} on {host}") from None
+                raise
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise AssertionError("unreachable")
 
 
 class _Throttle:

@@ -201,7 +201,7 @@ class Connection:
                  mapping: Mapping | None = None, limits: Limits | None = None,
                  max_frame_size: int = 1 << 30, max_message_size: int = 1 << 30,
                  max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256,
-                 fragment_size: int = 1 << 20) -> None:
+                 fragment_size: int = 1 << 20, handshake_header: int = 2) -> None:
         if "@" not in this_node:
             raise LocalProtocolError(f"node names look like name@host, not {this_node!r}")
         if role is Role.INITIATOR and (peer_node is None or "@" not in peer_node):
@@ -221,6 +221,10 @@ class Connection:
         self.max_fragmented_bytes = max_fragmented_bytes
         self.max_fragmented_messages = max_fragmented_messages
         self.fragment_size = max(fragment_size, 64)
+        if handshake_header not in (2, 4):
+            raise LocalProtocolError("handshake_header is 2 (TCP) or 4 (TLS, as inet_tls_dist)")
+        #: the handshake's length prefix: 2 bytes over TCP; inet_tls_dist frames it with 4
+        self.handshake_header = handshake_header
         self._state = State.IDLE if role is Role.INITIATOR else State.AWAIT_NAME
         self._buf: bytes | bytearray = b""
         self._pos = 0
@@ -265,7 +269,7 @@ class Connection:
         self._pos = 0
 
     def _hs_send(self, payload: bytes) -> None:
-        self._out.append(struct.pack(">H", len(payload)) + payload)
+        self._out.append(len(payload).to_bytes(self.handshake_header, "big") + payload)
 
     # ---------------------------------------------------------------- handshake, our side
 
@@ -369,9 +373,10 @@ class Connection:
         if avail < header:
             return None
         size = int.from_bytes(buf[pos:pos + header], "big")
-        limit = self.max_frame_size if header == 4 else MAX_HANDSHAKE_MESSAGE
+        connected = self._state is State.CONNECTED
+        limit = self.max_frame_size if connected else MAX_HANDSHAKE_MESSAGE
         if size > limit:
-            what = "max_frame_size" if header == 4 else "the handshake message limit"
+            what = "max_frame_size" if connected else "the handshake message limit"
             raise RemoteProtocolError(f"packet of {size} bytes exceeds {what} {limit}")
         end = pos + header + size
         if avail < header + size:
@@ -402,7 +407,7 @@ class Connection:
                 if self._state is State.CLOSED:
                     return ConnectionClosed()
                 connected = self._state is State.CONNECTED
-                frame = self._take_frame(4 if connected else 2)
+                frame = self._take_frame(4 if connected else self.handshake_header)
                 if frame is None:
                     if not self._eof:
                         return NEED_DATA
