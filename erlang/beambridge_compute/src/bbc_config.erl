@@ -6,8 +6,8 @@
 %%%
 %%% Kept in persistent_term (read on every request, written once at start).
 -module(bbc_config).
--export([load/1, read/1, set/1, configure/0, refuse_exposed/1, get/1, all/0, defaults/0,
-         client_share/0]).
+-export([load/1, read/1, set/1, configure/0, refuse_exposed/1, refuse_dist/1, get/1, all/0,
+         defaults/0, client_share/0, https/0]).
 -export_type([config/0]).
 
 %% The checked settings: every key of defaults/0 (JSON-shaped values: binaries for
@@ -26,6 +26,14 @@ defaults() ->
       tokens => #{},
       %% binding a non-loopback address without a token is refused unless this is true
       allow_no_token => false,
+      %% HTTPS when both are set (PEM files); tls_cacertfile: the CA chain sent with the certificate
+      tls_certfile => null,
+      tls_keyfile => null,
+      tls_cacertfile => null,
+      %% a token on a non-loopback address over plain HTTP is refused unless this is true
+      allow_plain_http => false,
+      %% the ssl_dist_optfile this node runs (-proto_dist inet_tls); local workers run the same
+      dist_optfile => null,
       %% Host names accepted besides loopback names and the bind address ("*": any)
       allowed_hosts => [],
       %% Origins accepted besides the service's own (a browser page elsewhere)
@@ -71,9 +79,10 @@ defaults() ->
 load(File) ->
     case read(File) of
         {ok, Config} ->
-            case refuse_exposed(Config) of
-                ok -> persistent_term:put(?MODULE, Config), {ok, Config};
-                {error, _} = Refused -> Refused
+            case {refuse_exposed(Config), refuse_dist(Config)} of
+                {ok, ok} -> persistent_term:put(?MODULE, Config), {ok, Config};
+                {{error, _} = Refused, _} -> Refused;
+                {ok, {error, _} = Refused} -> Refused
             end;
         {error, _} = Error -> Error
     end.
@@ -132,6 +141,7 @@ checked(Overrides) ->
                                     Key = key(K, Defaults),
                                     Acc#{Key => check(Key, V)}
                             end, Defaults, Overrides),
+        ok = tls_pair(Config0),
         {ok, Config0#{protected => protected(Config0)}}
     catch throw:{bad_config, _, _} = Why -> {error, Why}
     end.
@@ -160,22 +170,64 @@ env_value(V) when is_list(V) ->
 env_value(V) -> V.  % check/2 refuses what it does not take
 
 %% @doc Anyone who reaches a non-loopback address could run jobs: without a token that takes
-%% the operator's explicit word (allow_no_token).
+%% the operator's explicit word (allow_no_token); and anyone on the path could read a token
+%% sent over plain HTTP: that takes HTTPS (tls_certfile and tls_keyfile) or the operator's
+%% explicit word (allow_plain_http).
 -spec refuse_exposed(config()) -> ok | {error, binary()}.
-refuse_exposed(#{bind := Bind, token := Token, tokens := Tokens, allow_no_token := Allow}) ->
+refuse_exposed(#{bind := Bind, token := Token, tokens := Tokens, allow_no_token := AllowNoToken,
+                 tls_certfile := Cert, allow_plain_http := AllowPlain}) ->
     {ok, Ip} = inet:parse_address(binary_to_list(Bind)),
     Loopback = case Ip of
                    {127, _, _, _} -> true;
                    {0, 0, 0, 0, 0, 0, 0, 1} -> true;
                    _ -> false
                end,
-    case Loopback orelse Token =/= null orelse map_size(Tokens) > 0 orelse Allow of
-        true -> ok;
-        false ->
+    HasToken = Token =/= null orelse map_size(Tokens) > 0,
+    if
+        Loopback -> ok;
+        not HasToken, not AllowNoToken ->
             {error, <<"refusing to serve ", Bind/binary, " without a token: anyone who reaches it could "
                       "run jobs. Set a token (token or tokens in the config, --token or "
-                      "$BEAMBRIDGE_COMPUTE_TOKEN), or say allow_no_token (--insecure-no-token)">>}
+                      "$BEAMBRIDGE_COMPUTE_TOKEN), or say allow_no_token (--insecure-no-token)">>};
+        HasToken, Cert =:= null, not AllowPlain ->
+            {error, <<"refusing to serve ", Bind/binary, " over plain HTTP with a token: the token "
+                      "would travel in clear. Serve HTTPS (tls_certfile and tls_keyfile in the config, "
+                      "--certfile and --keyfile), or say allow_plain_http (--insecure-plain-http)">>};
+        true -> ok
     end.
+
+%% @doc A configured dist_optfile is the one this node runs: its local workers start with the
+%% node's own distribution arguments, so the two must agree (and the node's command line,
+%% not the config, decides how the node itself speaks).
+-spec refuse_dist(config()) -> ok | {error, binary()}.
+refuse_dist(#{dist_optfile := null}) -> ok;
+refuse_dist(#{dist_optfile := File}) ->
+    Tls = case init:get_argument(proto_dist) of
+              {ok, Protos} -> lists:any(fun(P) -> lists:suffix("_tls", P) end, lists:append(Protos));
+              error -> false
+          end,
+    Own = case init:get_argument(ssl_dist_optfile) of
+              {ok, [[F | _] | _]} -> filename:absname(F);
+              _ -> none
+          end,
+    case {node() =/= nonode@nohost andalso Tls, Own =:= unicode:characters_to_list(File)} of
+        {true, true} -> ok;
+        _ ->
+            {error, <<"dist_optfile is ", File/binary, " but this node does not run it: start the "
+                      "node with -name ... -proto_dist inet_tls -ssl_dist_optfile ", File/binary,
+                      " (beambridge compute serve --tls-optfile does)">>}
+    end.
+
+%% Certificate and key go together; a CA chain without them is a mistake, not plain HTTP.
+tls_pair(#{tls_certfile := null, tls_keyfile := null, tls_cacertfile := null}) -> ok;
+tls_pair(#{tls_certfile := Cert, tls_keyfile := Key}) when Cert =/= null, Key =/= null -> ok;
+tls_pair(#{tls_certfile := Cert}) ->
+    throw({bad_config, case Cert of null -> tls_certfile; _ -> tls_keyfile end,
+           <<"HTTPS needs both tls_certfile and tls_keyfile (tls_cacertfile is optional)">>}).
+
+%% @doc Whether the service serves HTTPS.
+-spec https() -> boolean().
+https() -> ?MODULE:get(tls_certfile) =/= null.
 
 key(K, Defaults) when is_atom(K) -> key(atom_to_binary(K), Defaults);
 key(K, Defaults) ->
@@ -192,7 +244,9 @@ check(K, V) when K =:= max_integer_digits; K =:= header_timeout_ms; K =:= body_t
                  K =:= max_connections; K =:= max_connections_per_peer; K =:= max_finished_jobs ->
     case is_integer(V) andalso V > 0 of true -> V; false -> throw({bad_config, K, V}) end;
 check(max_jobs_per_client, V) when V =:= null; is_integer(V), V > 0 -> V;
-check(allow_no_token, V) when is_boolean(V) -> V;
+check(K, V) when is_boolean(V), K =:= allow_no_token orelse K =:= allow_plain_http -> V;
+check(K, V) when K =:= tls_certfile; K =:= tls_keyfile; K =:= tls_cacertfile; K =:= dist_optfile ->
+    readable(K, V);
 check(tokens, V) when is_map(V) ->
     maps:foreach(fun(Name, T) when is_binary(Name), is_binary(T), T =/= <<>> -> ok;
                     (Name, T) -> throw({bad_config, tokens, {Name, T}})
@@ -233,19 +287,41 @@ check(bind, V) when is_binary(V) ->
     end;
 check(K, V) -> throw({bad_config, K, V}).
 
+%% null, or the absolute name of a file this node can read (a missing key file is better
+%% found now than at the first TLS handshake).
+readable(_K, null) -> null;
+readable(K, V) when is_binary(V), V =/= <<>> ->
+    File = unicode:characters_to_binary(filename:absname(V)),
+    case file:open(File, [read, raw]) of
+        {ok, Fd} -> ok = file:close(Fd), File;
+        {error, Why} -> throw({bad_config, K, {V, Why}})
+    end;
+readable(K, V) -> throw({bad_config, K, V}).
+
 %% @doc One setting (the defaults' when nothing was loaded).
 -spec get(atom()) -> term().
 get(Key) -> maps:get(Key, all()).
 
 %% What no job may read, data roots or not: the cookie files Erlang reads, the recorded
-%% jobs, the ready file, and the folders the operator calls private. Resolved once, here.
-protected(#{private_paths := Private, data_dir := DataDir, ready_file := Ready}) ->
+%% jobs, the ready file, the TLS keys (and the optfile naming the distribution's), and the
+%% folders the operator calls private. Resolved once, here.
+protected(#{private_paths := Private, data_dir := DataDir, ready_file := Ready, tls_keyfile := Key,
+            dist_optfile := Optfile}) ->
     Home = os:getenv("HOME", "/nonexistent"),
     Xdg = os:getenv("XDG_CONFIG_HOME", filename:join(Home, ".config")),
     Candidates = [filename:join(Home, ".erlang.cookie"), filename:join([Xdg, "erlang", ".erlang.cookie"]),
                   filename:join(filename:basedir(user_data, "beambridge_compute"), atom_to_list(node()))]
-        ++ [D || D <- [DataDir, Ready], D =/= null],
+        ++ [D || D <- [DataDir, Ready, Key, Optfile], D =/= null] ++ dist_keyfiles(Optfile),
     Private ++ [R || C <- Candidates, {ok, R} <- [bbc_files:resolve(unicode:characters_to_binary(C))]].
+
+dist_keyfiles(null) -> [];
+dist_keyfiles(Optfile) ->
+    case file:consult(Optfile) of
+        {ok, [Sections]} when is_list(Sections) ->
+            [unicode:characters_to_binary(K) || {_Side, Opts} <- Sections, is_list(Opts),
+                                                {keyfile, K} <- Opts, io_lib:char_list(K) orelse is_binary(K)];
+        _ -> []  % Erlang itself refuses an optfile it cannot read: the node would not have started
+    end.
 
 %% @doc Jobs in flight one client may hold (half of max_jobs unless configured).
 -spec client_share() -> pos_integer().

@@ -16,8 +16,13 @@
 %%% its own), carry no foreign Origin, and send POST and DELETE as application/json (which
 %%% a plain HTML form or a "simple" cross-site fetch cannot): a web page the user visits
 %%% cannot drive the service. Connections are admitted and timed by bbc_conns.
+%%%
+%%% With `tls_certfile' and `tls_keyfile' the listener speaks HTTPS only (TLS 1.2 and 1.3,
+%%% ssl's default cipher suites); MochiWeb's acceptor bounds each TLS handshake (20 s) before
+%%% bbc_conns admits the connection. A failed handshake is logged once, by ssl (a notice
+%%% naming the alert), not again as MochiWeb's error and crash reports.
 -module(bbc_http).
--export([start_link/0, port/0, loop/1]).
+-export([start_link/0, port/0, loop/1, quiet_tls_accept/2]).
 
 -define(MAX_WAIT_MS, 60000).
 -define(LOOPBACK_HOSTS, [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]).
@@ -31,15 +36,50 @@ start_link() ->
     %% A restarted listener takes the port it had (port 0 picks one only the first time),
     %% so clients and the ready file stay right.
     Port = persistent_term:get({?MODULE, port}, bbc_config:get(port)),
+    _ = bbc_config:https() andalso
+        logger:add_primary_filter(?MODULE, {fun ?MODULE:quiet_tls_accept/2, []}),  % once per node
     Options = [{name, ?MODULE}, {ip, Ip}, {port, Port},
                {loop, {bbc_conns, serve, [{?MODULE, loop}]}}, {acceptor_pool_size, 32},
-               {max, Max + 64}, {backlog, 1024}],
+               {max, Max + 64}, {backlog, 1024} | tls_options()],
     case listen(Options, 40) of
         {ok, _} = Started ->
             Port =:= 0 andalso persistent_term:put({?MODULE, port}, port()),
             Started;
         Error -> Error
     end.
+
+%% MochiWeb's own TLS defaults take every suite ssl knows (legacy ones too): ours are ssl's
+%% defaults for the versions served, which MochiWeb keeps as given.
+tls_options() ->
+    case bbc_config:https() of
+        false -> [];
+        true ->
+            Versions = ['tlsv1.3', 'tlsv1.2'],
+            Files = [{Opt, unicode:characters_to_list(F)}
+                     || {Opt, Key} <- [{certfile, tls_certfile}, {keyfile, tls_keyfile},
+                                       {cacertfile, tls_cacertfile}],
+                        F <- [bbc_config:get(Key)], F =/= null],
+            [{ssl, true},
+             {ssl_opts, [{versions, Versions}, {honor_cipher_order, true},
+                         {ciphers, lists:append([ssl:cipher_suites(default, V) || V <- Versions])}
+                         | Files]}]
+    end.
+
+%% @doc A logger filter: drops MochiWeb's reports of a TLS handshake that failed (a client
+%% that does not trust us, plain HTTP on the HTTPS port, a scanner), ~30 lines each, which
+%% ssl's own notice already names.
+-spec quiet_tls_accept(logger:log_event(), term()) -> logger:filter_return().
+quiet_tls_accept(#{msg := {report, #{label := {error_logger, error_report},
+                                     report := [{application, mochiweb}, "Accept failed error", Text]}}},
+                 _) when is_list(Text) ->
+    case string:find(Text, "tls_alert") of nomatch -> ignore; _ -> stop end;
+quiet_tls_accept(#{msg := {report, #{label := {proc_lib, crash}, report := [Info | _]}}}, _)
+  when is_list(Info) ->
+    case {proplists:get_value(initial_call, Info), proplists:get_value(error_info, Info)} of
+        {{mochiweb_acceptor, init, _}, {exit, {error, accept_failed}, _}} -> stop;
+        _ -> ignore
+    end;
+quiet_tls_accept(_Event, _) -> ignore.
 
 %% A listener restarted on its old port may find it still held for a moment by the one
 %% that died (its socket is closed asynchronously): try again briefly before giving up.
@@ -373,6 +413,8 @@ job_view(BinId, Id) ->
 %% closes after the answer: it cannot be pushed back for MochiWeb to read.
 await(Id, Ms, Req) ->
     Socket = mochiweb_request:get(socket, Req),
+    %% Messages name the raw socket: a gen_tcp port, or the sslsocket inside {ssl, _}.
+    Raw = case Socket of {ssl, S} -> S; S -> S end,
     Ref = make_ref(),
     case bbc_jobs:notify(Id, Ref) of
         finished -> finished;
@@ -383,13 +425,13 @@ await(Id, Ms, Req) ->
                       {Ref, finished} -> finished;
                       {Ref, timeout} -> timeout;
                       bbc_drain -> draining;
-                      {tcp_closed, Socket} -> closed;
-                      {tcp_error, Socket, _} -> closed;
-                      {tcp, Socket, _} -> put(bbc_close, true), pipelined
+                      {Closed, Raw} when Closed =:= tcp_closed; Closed =:= ssl_closed -> closed;
+                      {Error, Raw, _} when Error =:= tcp_error; Error =:= ssl_error -> closed;
+                      {Data, Raw, _} when Data =:= tcp; Data =:= ssl -> put(bbc_close, true), pipelined
                   end,
             _ = erlang:cancel_timer(Timer),
             _ = mochiweb_socket:setopts(Socket, [{active, false}]),
-            receive {tcp, Socket, _} -> put(bbc_close, true) after 0 -> ok end,
+            receive {Late, Raw, _} when Late =:= tcp; Late =:= ssl -> put(bbc_close, true) after 0 -> ok end,
             Why =/= finished andalso bbc_jobs:unnotify(Id, Ref),
             Why
     end.

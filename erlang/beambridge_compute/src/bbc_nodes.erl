@@ -36,7 +36,8 @@ configured() ->
     catch error:badarg -> []  % between two lives of this server
     end.
 
-%% @doc One map per node, the service node first: name, role, status and load figures.
+%% @doc One map per node, the service node first: name, role, status, load figures and its
+%% distribution carrier (`dist': inet_tcp, inet_tls...).
 %% The probes of all nodes run at once, each bounded, so a hung node costs ?RPC_MS.
 -spec info() -> [map()].
 info() ->
@@ -178,10 +179,11 @@ hold(Server, Name) ->
 boot(Name) ->
     [Base, Host] = string:split(atom_to_list(Name), "@"),
     Erl = filename:join([code:root_dir(), "bin", "erl"]),
-    %% Same code path as ours (minus OTP's own), same cookie, loopback distribution.
+    %% Same code path as ours (minus OTP's own), same cookie, same distribution carrier
+    %% (TLS when we run it), on loopback.
     Paths = [P || P <- code:get_path(), not lists:prefix(code:root_dir(), P), P =/= "."],
     {CookieArgs, Env} = cookie_source(),
-    Args = CookieArgs ++ ["-connect_all", "false",
+    Args = CookieArgs ++ dist_args() ++ ["-connect_all", "false",
                           "-kernel", "inet_dist_use_interface", inet_interface(), "-pa" | Paths],
     Opts = #{name => list_to_atom(Base), host => Host, longnames => net_kernel:longnames(),
              exec => Erl, args => Args, env => Env, wait_boot => 30000},
@@ -190,6 +192,14 @@ boot(Name) ->
         Other -> {error, Other}
     catch Class:Why -> {error, {Class, Why}}
     end.
+
+%% The arguments that chose this node's distribution carrier (-proto_dist inet_tls and its
+%% -ssl_dist_optfile / -ssl_dist_opt), passed on as given: a worker that spoke another one
+%% could not join (and bbc_config:refuse_dist/1 made sure a configured dist_optfile is ours).
+dist_args() ->
+    lists:append([[[$- | atom_to_list(Flag)] | Values]
+                  || Flag <- [proto_dist, ssl_dist_optfile, ssl_dist_opt],
+                     {ok, Uses} <- [init:get_argument(Flag)], Values <- Uses]).
 
 local_name(I) ->
     [Base, Host] = string:split(atom_to_list(node()), "@"),
@@ -236,7 +246,8 @@ describe(#{name := Name, status := up} = N) ->
               {schedulers, erlang, system_info, [schedulers_online]},
               {run_queue, erlang, statistics, [run_queue]},
               {process_count, erlang, system_info, [process_count]},
-              {memory_bytes, erlang, memory, [total]}],
+              {memory_bytes, erlang, memory, [total]},
+              {dist, init, get_argument, [proto_dist]}],
     try
         maps:merge(N, maps:from_list([{Key, probe(Name, M, F, A)} || {Key, M, F, A} <- Probes]))
     catch throw:unreachable -> N#{status => unreachable}
@@ -250,6 +261,8 @@ probe(Name, M, F, A) ->
             end,
     case Value of
         {badrpc, _} -> throw(unreachable);
+        {ok, [[Proto | _] | _]} when F =:= get_argument -> list_to_binary(Proto);
+        error when F =:= get_argument -> <<"inet_tcp">>;  % the default carrier
         Pid when F =:= getpid -> list_to_integer(Pid);
         Release when is_list(Release) -> list_to_binary(Release);
         Other -> Other

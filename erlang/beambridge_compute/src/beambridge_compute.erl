@@ -51,9 +51,10 @@ prepare_node(Config) ->
 start(ConfigFile) ->
     case bbc_config:read(ConfigFile) of
         {ok, Config} ->
-            case bbc_config:refuse_exposed(Config) of
-                ok -> start_app(ConfigFile);
-                {error, _} = Refused -> Refused
+            case {bbc_config:refuse_exposed(Config), bbc_config:refuse_dist(Config)} of
+                {ok, ok} -> start_app(ConfigFile);
+                {{error, _} = Refused, _} -> Refused;
+                {ok, {error, _} = Refused} -> Refused
             end;
         {error, _} = Error -> Error
     end.
@@ -73,12 +74,13 @@ start_app(ConfigFile) ->
 -spec stop() -> ok | {error, term()}.
 stop() -> application:stop(?APP).
 
-%% @doc Where the service answers, e.g. `<<"http://127.0.0.1:8080">>'.
+%% @doc Where the service answers, e.g. `<<"http://127.0.0.1:8080">>' (`https://' with TLS).
 -spec url() -> binary().
 url() ->
     Bind = binary_to_list(bbc_config:get(bind)),
     Host = case lists:member($:, Bind) of true -> "[" ++ Bind ++ "]"; false -> Bind end,
-    iolist_to_binary(io_lib:format("http://~s:~p", [Host, bbc_http:port()])).
+    Scheme = case bbc_config:https() of true -> "https"; false -> "http" end,
+    iolist_to_binary(io_lib:format("~s://~s:~p", [Scheme, Host, bbc_http:port()])).
 
 %% @doc Once the service answers (and its local workers have had their try): write the
 %% ready file, if one is configured. Run by the application's start.

@@ -7,9 +7,12 @@ differ only in how bytes move (the httpx pattern).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import random
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from ._errors import (
     ResultTooLarge,
     ServiceBusy,
     ServiceError,
+    TlsFailed,
     Unauthorized,
 )
 
@@ -148,23 +152,41 @@ class TransportFailure(Exception):
 
 
 class BaseClient:
-    """Configuration and pure logic shared by the two clients."""
+    """Configuration and pure logic shared by the two clients.
+
+    An ``https://`` URL is verified with ``cafile`` (the CA that signed the service's
+    certificate), or the given ``ssl_context``, or else the system's trusted CAs. A token is
+    never sent over plain ``http://`` to a host that is not loopback (anyone on the path
+    could read it) unless ``allow_plain_http`` says the network is trusted.
+    """
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, *,
-                 job_timeout: float = DEFAULT_JOB_TIMEOUT, retries: int = 3, backoff: float = 0.1) -> None:
+                 job_timeout: float = DEFAULT_JOB_TIMEOUT, retries: int = 3, backoff: float = 0.1,
+                 cafile: str | os.PathLike[str] | None = None, ssl_context: ssl.SSLContext | None = None,
+                 allow_plain_http: bool = False) -> None:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise UsageError(f"compute service URL must look like http://host:port, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"compute service URL must look like http(s)://host:port, got {url!r}")
         if timeout <= 0 or job_timeout <= 0:
             raise UsageError("timeouts must be positive")
         self.url = url.rstrip("/")
         self.host: str = parts.hostname
-        self.port: int = parts.port or 80
+        self.port: int = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = parts.path.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.job_timeout = job_timeout
         self.retry = RetryPolicy(retries=retries, backoff=backoff)
+        self.ssl_context = tls_context(url, parts.scheme, cafile, ssl_context)
+        if parts.scheme == "http" and token and not allow_plain_http and not is_loopback(self.host):
+            raise UsageError(
+                f"refusing to send the token over plain http to {self.host}: anyone on the path could "
+                "read it. Use the service's https:// URL (it serves HTTPS with tls_certfile and "
+                "tls_keyfile), or pass allow_plain_http=True (--insecure-plain-http) on a trusted network")
+
+    def tls_failed(self, error: ssl.SSLError) -> TlsFailed:
+        """The typed error for a failed TLS handshake, naming its cause and the fix."""
+        return TlsFailed(self.url, tls_reason(error))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -212,6 +234,53 @@ class BaseClient:
 
     def cancel_request(self, job_id: str) -> Request:
         return Request("DELETE", f"/jobs/{urllib.parse.quote(job_id, safe='')}", None, self.timeout)
+
+
+def is_loopback(host: str) -> bool:
+    """A name or address that never leaves this machine (no lookup: a name could lie)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(url: str, scheme: str, cafile: str | os.PathLike[str] | None,
+                context: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The context that verifies an https service (None for http, where asking for
+    verification is a mistake worth naming: the URL was meant to be https)."""
+    if scheme == "http":
+        if cafile is not None or context is not None:
+            raise UsageError(f"cafile/ssl_context verify an HTTPS service, but {url!r} is plain http: "
+                             "use its https:// URL")
+        return None
+    if cafile is not None and context is not None:
+        raise UsageError("pass cafile or ssl_context, not both (load the CA into the context instead)")
+    if context is not None:
+        return context
+    try:
+        return ssl.create_default_context(cafile=os.fspath(cafile) if cafile is not None else None)
+    except (OSError, ssl.SSLError) as error:
+        raise UsageError(f"cannot load the CA file {cafile}: {error}") from error
+
+
+def tls_reason(error: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in words that point at the fix."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = str(error.verify_message or error.reason or error)
+        if "mismatch" in detail:
+            hint = "the certificate is not for this host: connect by a name or address it lists"
+        elif "issuer" in detail or "self-signed" in detail or "self signed" in detail:
+            hint = "pass cafile= (--cafile) the CA that signed the service's certificate"
+        else:
+            hint = "the service's certificate was refused"
+        return f"certificate verify failed: {detail} ({hint})"
+    reason = str(error.reason or error)
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                  "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+        return f"the service does not speak TLS ({reason}): is its URL http://?"
+    return f"TLS handshake failed: {reason}"
 
 
 def build_spec(op: str, *, timeout: float, background: bool, fun: str | None = None,

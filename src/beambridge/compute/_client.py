@@ -1,10 +1,11 @@
 """The blocking client, over the standard library's http.client (no dependency needed:
-the service speaks plain HTTP/1.1 with JSON bodies and Content-Length)."""
+the service speaks HTTP/1.1, or HTTPS, with JSON bodies and Content-Length)."""
 
 from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -30,12 +31,14 @@ from ._base import (
     log,
     sync_result,
 )
+from ._errors import TlsFailed
 
 
 class Client(BaseClient):
     """Blocking client of a beambridge compute service; thread-safe (a small pool of
     keep-alive connections). ``timeout`` bounds every network wait; ``job_timeout`` is
-    the time a job may run on the service unless a call says otherwise."""
+    the time a job may run on the service unless a call says otherwise; ``cafile`` or
+    ``ssl_context`` verify an https service (see ``BaseClient``)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, **options: Any) -> None:
         super().__init__(url, token, timeout, **options)
@@ -137,11 +140,15 @@ class Client(BaseClient):
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             reused = False
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn = self._connection()
         sent = False
         try:
             if conn.sock is None:
-                conn.connect()
+                try:
+                    conn.connect()
+                except ssl.SSLError as error:  # before anything was sent: say why, never retry
+                    conn.close()
+                    raise self.tls_failed(error) from error
             assert conn.sock is not None
             conn.sock.settimeout(request.read_timeout)
             conn.request(request.method, self.target(request.path), body=request.body,
@@ -157,6 +164,8 @@ class Client(BaseClient):
             raise TransportFailure(error, sent=sent) from error
         except (OSError, http.client.HTTPException) as error:
             conn.close()
+            if self.ssl_context is None and _tls_answer(error):
+                raise TlsFailed(self.url, "the service speaks TLS: use its https:// URL") from error
             raise TransportFailure(error, sent=sent) from error
         if answer.will_close:
             conn.close()
@@ -165,12 +174,24 @@ class Client(BaseClient):
                 self._idle.append(conn)
         return response
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.ssl_context is None:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                           context=self.ssl_context)
+
     def _exchange_fresh(self, request: Request) -> Response:
         with self._lock:
             stale, self._idle = self._idle, []
         for conn in stale:
             conn.close()
         return self._exchange(request)
+
+
+def _tls_answer(error: BaseException) -> bool:
+    """A plain-HTTP request answered with a TLS record (an alert: 0x15, version 3.x)."""
+    line = getattr(error, "line", "") if isinstance(error, http.client.BadStatusLine) else ""
+    return str(line).startswith("\x15\x03")
 
 
 def _public(failure: TransportFailure) -> Exception:

@@ -10,6 +10,8 @@
     │   ├── Forbidden           403: refused by a rule (data_roots, Origin); reason names it
     │   └── NotFound            404: unknown job id (or expired), job function or endpoint
     ├── TransportError
+    │   ├── TlsFailed           TLS with the service failed: its certificate did not verify
+    │   │                       (unknown CA, expired, another name) or one side is not TLS
     │   └── Timeout
     │       └── JobTimeout      504, or a job that ran out of its time
     ├── RemoteError
@@ -22,14 +24,26 @@
         ├── ResultDropped       410: the result was dropped to keep within that budget
         └── JobLost             the service restarted and could not run the job again
 
-Only transport failures are retried by the clients; every ``ServiceError`` is final.
+Only transport failures are retried by the clients (``TlsFailed`` is not: a certificate
+does not verify on a second try); every ``ServiceError`` is final.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._errors import Error, RemoteError, Timeout, UsageError
+from .._errors import Error, RemoteError, Timeout, TransportError, UsageError
+
+
+class TlsFailed(TransportError):
+    """TLS with the service failed before any request went out: ``reason`` names the cause
+    (certificate verify failed, hostname mismatch, not a TLS service...). Nothing was sent,
+    the token included."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"TLS with {url} failed: {reason}")
 
 
 class ServiceError(Error):

