@@ -2,8 +2,8 @@
 
 Arguments and results are written in Erlang term syntax (``beambridge.term.parse_term`` and
 ``format_term``). Exit codes a script can rely on: 0 success (``pong``), 1 Erlang raised, threw
-or exited, 2 usage or syntax error, 3 the node or EPMD could not be reached (``pang``),
-4 timeout.
+or exited, 2 usage or syntax error (a bad ``--tls-optfile`` too), 3 the node or EPMD could not be
+reached (``pang``; a TLS refusal too), 4 timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._blocking import BlockingNode, epmd_names
 from ._epmd_client import START_EPMD_HINT
 from ._errors import BadCookie, EpmdUnavailable, NoConnection
 from ._node import PASS_COOKIE_HINT
+from ._tls import TlsConfig, TlsConfigError, TlsHandshakeFailed
 
 OK, FAILED, USAGE, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 4
 
@@ -55,12 +56,69 @@ def add_epmd_port(parser: argparse.ArgumentParser, *, old_flag: str | None = Non
                             help=argparse.SUPPRESS)
 
 
+#: the optfile's variable: the same one the web settings read, so one export serves a host's
+#: CLI, receiver and web workers
+TLS_OPTFILE_ENV = "BEAMBRIDGE_TLS_OPTFILE"
+
+
+def listen_ports(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (or one ``PORT``), as ``inet_dist_listen_min``/``max``."""
+    low, _, high = text.partition("-")
+    try:
+        ports = (int(low), int(high or low))
+    except ValueError:
+        ports = (0, 0)
+    if not 0 < ports[0] <= ports[1] < 65536:
+        raise argparse.ArgumentTypeError(f"must be LOW-HIGH (e.g. 9100-9105) or one port, "
+                                         f"within 1-65535, not {text!r}")
+    return ports
+
+
+def add_tls_options(parser: argparse.ArgumentParser, *, listen: bool = False) -> None:
+    """``--tls-optfile`` (default ``$BEAMBRIDGE_TLS_OPTFILE``, shown in ``--help``) and, for a
+    node that others connect to (``listen``), ``--listen-host`` and ``--listen-ports``."""
+    now = os.environ.get(TLS_OPTFILE_ENV)
+    state = now.replace("%", "%%") if now else "unset: plain TCP"
+    parser.add_argument("--tls-optfile", metavar="FILE", default=None,
+                        help="TLS distribution (-proto_dist inet_tls) with the cluster's "
+                             "ssl_dist_optfile, the file its Erlang nodes start with "
+                             f"(default: ${TLS_OPTFILE_ENV}, now {state}; '' forces plain TCP)")
+    if listen:
+        parser.add_argument("--listen-host", metavar="HOST", default=None,
+                            help="the address to accept connections on (default: "
+                                 "$BEAMBRIDGE_LISTEN_HOST, else 127.0.0.1: give the address "
+                                 "the other hosts reach)")
+        parser.add_argument("--listen-ports", type=listen_ports, metavar="LOW-HIGH", default=None,
+                            help="accept on the first free port of this range, like "
+                                 "inet_dist_listen_min/max, for a firewall rule (default: "
+                                 "$BEAMBRIDGE_LISTEN_PORTS, else any free port)")
+
+
+def tls_option(args: argparse.Namespace) -> TlsConfig | None:
+    """The TLS configuration ``--tls-optfile`` (or its variable) names, read now so that a bad
+    file is one line before any node exists. ``TlsConfigError`` says which of the two it was."""
+    given = getattr(args, "tls_optfile", None)
+    path, source = ((given, "--tls-optfile") if given is not None
+                    else (os.environ.get(TLS_OPTFILE_ENV), f"${TLS_OPTFILE_ENV}"))
+    if not path:
+        return None
+    try:
+        tls = TlsConfig.from_optfile(path)
+    except TlsConfigError as error:
+        raise TlsConfigError(f"{source}: {error}") from None
+    if tls.server is None:
+        raise TlsConfigError(f"{source}: {path} has no server section (a node needs one to "
+                             "accept connections)")
+    return tls
+
+
 def add_parser(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cookie", help="the cookie (default: $ERLANG_COOKIE, ~/.erlang.cookie)")
     common.add_argument("--name", help="this node's name (default: a unique bbcli name)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     add_epmd_port(common)
+    add_tls_options(common)  # no --listen-*: these nodes only connect out
 
     ping = commands.add_parser("ping", parents=[common], help="like net_adm:ping: pong or pang")
     ping.add_argument("node")
@@ -97,14 +155,21 @@ def _default_name(target: str) -> str:
     return f"{alive}@{socket.getfqdn()}"
 
 
-def _node(args: argparse.Namespace) -> BlockingNode:
+def _node(args: argparse.Namespace, tls: TlsConfig | None) -> BlockingNode:
     return BlockingNode(args.name or _default_name(args.node), args.cookie,
-                        connect_timeout=args.timeout, epmd_port=args.epmd_port)
+                        connect_timeout=args.timeout, epmd_port=args.epmd_port, tls=tls)
 
 
 def _for_flags(message: str) -> str:
     for python, flag in _FLAG_HINTS:
         message = message.replace(python, flag)
+    return message
+
+
+def _tls_hint(args: argparse.Namespace, message: str) -> str:
+    """A plain-TCP node reads a TLS node's first record as an oversized handshake packet."""
+    if getattr(args, "tls", None) is None and "exceeds the handshake message limit" in message:
+        return f"{message} (a TLS node, -proto_dist inet_tls? pass --tls-optfile)"
     return message
 
 
@@ -131,14 +196,19 @@ def _remote_detail(error: RemoteError, args: argparse.Namespace) -> str:
 
 def _guarded(args: argparse.Namespace, action: Any) -> int:
     try:
-        with _node(args) as node:
+        tls = tls_option(args)
+    except TlsConfigError as error:
+        return _fail(USAGE, str(error))
+    args.tls = tls
+    try:
+        with _node(args, tls) as node:
             return int(action(node))
     except Timeout as error:
         return _fail(TIMED_OUT, f"timeout: {error}")
     except RemoteError as error:
         return _fail(FAILED, f"{error.kind}: {_remote_detail(error, args)}")
     except TransportError as error:
-        return _fail(UNREACHABLE, str(error))
+        return _fail(UNREACHABLE, _tls_hint(args, str(error)))
     except UsageError as error:
         return _fail(USAGE, str(error))
 
@@ -148,6 +218,9 @@ def _ping(args: argparse.Namespace) -> int:
         # Connecting first tells "not there" from "refused us"; ``ping`` alone says pang to both.
         try:
             node.connect(args.node, timeout=args.timeout)
+        except TlsHandshakeFailed as error:
+            print("pang", flush=True)
+            return _fail(UNREACHABLE, f"{args.node}: TLS failed: {error.detail or error}")
         except HandshakeFailed as error:
             print("pang", flush=True)
             if isinstance(error, BadCookie) or "cookies probably differ" in str(error):
@@ -157,7 +230,7 @@ def _ping(args: argparse.Namespace) -> int:
         except (TransportError, Timeout) as error:
             print("pang", flush=True)
             why = error.detail if isinstance(error, NoConnection) and error.detail else str(error)
-            return _fail(UNREACHABLE, f"{args.node} is unreachable: {why}")
+            return _fail(UNREACHABLE, f"{args.node} is unreachable: {_tls_hint(args, why)}")
         answer = node.ping(args.node, timeout=args.timeout)
         print("pong" if answer else "pang")
         return OK if answer else UNREACHABLE

@@ -8,7 +8,7 @@ import signal
 from typing import Any
 
 from .._errors import Error
-from ..node._cli import add_epmd_port
+from ..node._cli import add_epmd_port, add_tls_options, tls_option
 from ._config import MAPPINGS, WebSettings
 
 log = logging.getLogger("beambridge.web.receiver")
@@ -27,6 +27,7 @@ def add_parser(subparsers: Any) -> None:
                         "$ERLANG_COOKIE, ~/.erlang.cookie")
     add_epmd_port(parser, default=False,
                   default_help="$BEAMBRIDGE_EPMD_PORT, else $ERL_EPMD_PORT, else 4369")
+    add_tls_options(parser, listen=True)  # Erlang connects to the receiver: where, and how
     parser.add_argument("--mapping", choices=sorted(MAPPINGS), default=None)
     parser.add_argument("--register", default=None,
                         help="name to register for gen_server:call (default: the short name)")
@@ -39,10 +40,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = WebSettings.from_env()
         handler = load_handler(args.target)
-        options: dict[str, Any] = {}
-        port = args.epmd_port if args.epmd_port is not None else settings.epmd_port
-        if port is not None:
-            options["epmd_port"] = port
+        # the flags first, then the BEAMBRIDGE_* settings a web worker on this host reads too
+        options: dict[str, Any] = settings.node_options()
+        options.pop("tls", None)
+        tls = tls_option(args)  # --tls-optfile, else $BEAMBRIDGE_TLS_OPTFILE
+        if tls is not None:
+            options["tls"] = tls
+        for name in ("epmd_port", "listen_host", "listen_ports"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
         mapping = MAPPINGS[args.mapping] if args.mapping else settings.term_mapping
         receiver = Receiver(args.name, handler, cookie=args.cookie or settings.cookie,
                             mapping=mapping, register=args.register, **options)

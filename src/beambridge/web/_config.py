@@ -6,11 +6,13 @@ environment report the same problems in the same words.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._errors import UsageError
+from ..node import TlsConfig, TlsConfigError
 from ..term import Mapping
 
 __all__ = ["MAPPINGS", "PREFIX", "Problem", "SettingsError", "WebSettings", "check_settings"]
@@ -56,6 +58,9 @@ class WebSettings:
     ``erlang_node``: the Erlang node that ``rpc`` calls go to when none is named.
     ``rpc_timeout``/``connect_timeout``: seconds; every call ends within them.
     ``mapping``: one of ``MAPPINGS`` (how str/atoms/binaries map, ``beambridge.term.Mapping``).
+    ``tls_optfile``: the cluster's Erlang ``ssl_dist_optfile`` (``-proto_dist inet_tls``); None:
+    plain TCP. ``listen_host``/``listen_ports``: where the node accepts connections (a
+    ``(low, high)`` range, ``"9100-9105"`` in the environment, for a firewall rule).
     """
 
     node_name: str = "beambridge_web"
@@ -66,11 +71,26 @@ class WebSettings:
     epmd_port: int | None = None
     mapping: str = "exact"
     hidden: bool = True
+    tls_optfile: str | None = None
+    listen_host: str | None = None
+    listen_ports: tuple[int, int] | None = None
     options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def term_mapping(self) -> Mapping:
         return MAPPINGS[self.mapping]
+
+    def node_options(self) -> dict[str, Any]:
+        """The ``BlockingNode``/``Node`` keyword arguments these settings ask for (``options``
+        first, then the named settings that are set), so every node the web layer makes (the
+        worker's, the receiver's) is made the same way."""
+        found: dict[str, Any] = dict(self.options)
+        for name in ("epmd_port", "listen_host", "listen_ports"):
+            if getattr(self, name) is not None:
+                found.setdefault(name, getattr(self, name))
+        if self.tls_optfile is not None:
+            found.setdefault("tls", self.tls_optfile)
+        return found
 
     def replace(self, **changes: Any) -> WebSettings:
         return replace(self, **changes)
@@ -100,8 +120,8 @@ class WebSettings:
 
 
 _FIELDS = {"node_name", "erlang_node", "cookie", "rpc_timeout", "connect_timeout", "epmd_port",
-           "mapping", "hidden"}
-_TEXT = {"node_name", "erlang_node", "cookie"}
+           "mapping", "hidden", "tls_optfile", "listen_host", "listen_ports"}
+_TEXT = {"node_name", "erlang_node", "cookie", "listen_host"}
 _POSITIVE = {"rpc_timeout", "connect_timeout"}
 
 
@@ -124,7 +144,51 @@ def _convert(name: str, value: Any) -> Any:
         return bool(value)
     if name == "mapping":
         return str(value).lower()
+    if name == "listen_ports":
+        return _ports(value)
+    if name == "tls_optfile":
+        return os.fspath(value) or None  # an empty value: plain TCP
     return str(value)
+
+
+def _ports(value: Any) -> tuple[int, int]:
+    """``"9100-9105"``, ``"9100"``, ``9100`` or ``(9100, 9105)``; ``ValueError`` otherwise."""
+    if isinstance(value, str):
+        low, _, high = value.strip().partition("-")
+        parts: list[Any] = [low, high or low]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [value, value]
+    elif isinstance(value, tuple | list) and len(value) == 2:
+        parts = list(value)
+    else:
+        raise ValueError(value)
+    if any(isinstance(p, bool) or not isinstance(p, int | str) for p in parts):
+        raise ValueError(value)
+    low_port, high_port = int(parts[0]), int(parts[1])
+    if not 0 < low_port <= high_port < 65536:
+        raise ValueError(value)
+    return low_port, high_port
+
+
+def _optfile_problems(key: str, value: Any) -> list[Problem]:
+    """The optfile read as the node will read it: a refusal now, not at the first request."""
+    if not isinstance(value, str | os.PathLike):
+        return [Problem(key, f"must be the path of an ssl_dist_optfile, not {value!r}",
+                        id="beambridge.E009")]
+    if not os.fspath(value):
+        return []
+    try:
+        tls = TlsConfig.from_optfile(value)
+    except TlsConfigError as error:
+        return [Problem(key, str(error), id="beambridge.E009")]
+    if tls.server is None:
+        return [Problem(key, f"{os.fspath(value)}: no server section (a node needs one to accept "
+                        "connections; Erlang nodes need it too)", id="beambridge.E009")]
+    if tls.client.verify_mode == ssl.CERT_NONE:
+        return [Problem(key, f"{os.fspath(value)}: the client section has {{verify, verify_none}}: "
+                        "any certificate is accepted from the Erlang nodes this node connects to",
+                        "warning", "beambridge.W003")]
+    return []
 
 
 def check_settings(source: Any, *, prefix: str = PREFIX) -> list[Problem]:
@@ -180,6 +244,15 @@ def check_settings(source: Any, *, prefix: str = PREFIX) -> list[Problem]:
                                         id="beambridge.E007"))
         elif name == "hidden" and not isinstance(value, (bool, int, str)):
             problems.append(Problem(key, f"must be a boolean, not {value!r}", id="beambridge.E008"))
+        elif name == "tls_optfile":
+            problems += _optfile_problems(key, value)
+        elif name == "listen_ports":
+            try:
+                _ports(value)
+            except (TypeError, ValueError):
+                problems.append(Problem(key, "must be a port range LOW-HIGH (like "
+                                        "inet_dist_listen_min/max, e.g. 9100-9105) or one port, "
+                                        f"within 1-65535, not {value!r}", id="beambridge.E010"))
     if "erlang_node" not in {k[len(prefix):].lower() for k in raw} or raw.get(
             prefix + "ERLANG_NODE") is None:
         problems.append(Problem(prefix + "ERLANG_NODE", "not set: rpc() calls must name their node",

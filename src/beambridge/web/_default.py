@@ -79,12 +79,10 @@ def get_node() -> BlockingNode:
         if _state.node is None:
             settings = get_settings()
             name = worker_node_name(settings.node_name)
-            options: dict[str, Any] = dict(settings.options)
-            if settings.epmd_port is not None:
-                options.setdefault("epmd_port", settings.epmd_port)
             _state.node = BlockingNode(name, settings.cookie, hidden=settings.hidden,
                                        mapping=settings.term_mapping,
-                                       connect_timeout=settings.connect_timeout, **options)
+                                       connect_timeout=settings.connect_timeout,
+                                       **settings.node_options())
             log.info("worker %d: node %s open", os.getpid(), _state.node.name)
         return _state.node
 

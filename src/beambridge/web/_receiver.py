@@ -30,6 +30,7 @@ from typing import Any
 from .._errors import Timeout, UsageError
 from ..node import BlockingMailbox, BlockingNode, MailboxClosed
 from ..term import Atom, ImproperList, Mapping, Pid, Reference
+from ._config import WebSettings
 
 __all__ = ["Receiver", "load_handler"]
 
@@ -59,7 +60,8 @@ class Receiver:
     ``handler`` may be given later with the ``handler`` decorator; ``lookup`` instead of
     ``handler`` is called for each message to find the handler (how ``erlang_func`` is read at
     each message). ``node`` lets an existing ``BlockingNode`` serve (else one is made from
-    ``name``, ``cookie`` and ``node_options``). The receiver registers ``register`` (default:
+    ``name``, ``cookie`` and ``node_options``: across hosts ``tls=``, ``listen_host=`` and
+    ``listen_ports=``, or ``from_settings``). The receiver registers ``register`` (default:
     the node's short name) so that ``gen_server:call({Register, Node}, Req)`` can monitor it.
     """
 
@@ -87,6 +89,18 @@ class Receiver:
         self.register = register
         self.handled = 0
         self.failed = 0
+
+    @classmethod
+    def from_settings(cls, name: str, handler: Handler | None = None, *,
+                      settings: WebSettings | None = None, **options: Any) -> Receiver:
+        """A receiver whose node is made as the web workers' are: cookie, mapping, EPMD port,
+        TLS optfile and listen address from ``settings`` (default: ``BEAMBRIDGE_*`` in the
+        environment); ``options`` override them."""
+        chosen = settings if settings is not None else WebSettings.from_env()
+        node_options = {**chosen.node_options(), **options}
+        node_options.setdefault("cookie", chosen.cookie)
+        node_options.setdefault("mapping", chosen.term_mapping)
+        return cls(name, handler, **node_options)
 
     # ------------------------------------------------------------ configuration
 

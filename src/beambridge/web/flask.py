@@ -8,10 +8,12 @@
     def hello():
         return {"answer": str(erlang.rpc("mymod", "hello"))}
 
-Config keys: the ``BEAMBRIDGE_*`` settings of ``beambridge.web.WebSettings``; ``init_app``
-refuses bad values (``SettingsError``). Nothing is opened by ``init_app``: the worker's node
-opens on the first call. ``mailbox()`` gives a request-scoped mailbox, closed at teardown.
-Erlang failures raised by views become 502/503/504 plain-text answers.
+Config keys: the ``BEAMBRIDGE_*`` settings of ``beambridge.web.WebSettings`` (across hosts
+``BEAMBRIDGE_TLS_OPTFILE``, ``BEAMBRIDGE_LISTEN_PORTS``); ``init_app`` refuses bad values
+(``SettingsError``; a missing or refused optfile names the file). Nothing is opened by
+``init_app``: the worker's node opens on the first call. ``mailbox()`` gives a request-scoped
+mailbox, closed at teardown. Erlang failures raised by views become 502/503/504 plain-text
+answers.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 Settings (all optional but ``BEAMBRIDGE_ERLANG_NODE``): ``BEAMBRIDGE_ERLANG_NODE``,
 ``BEAMBRIDGE_NODE_NAME``, ``BEAMBRIDGE_COOKIE``, ``BEAMBRIDGE_RPC_TIMEOUT``,
 ``BEAMBRIDGE_CONNECT_TIMEOUT``, ``BEAMBRIDGE_EPMD_PORT``, ``BEAMBRIDGE_MAPPING``,
-``BEAMBRIDGE_HIDDEN``. ``manage.py check`` reports bad values (``beambridge.E0xx``) and likely
-typos (``beambridge.W001``). Nothing is opened when Django starts: views call ``get_node()`` or
+``BEAMBRIDGE_HIDDEN``, and across hosts ``BEAMBRIDGE_TLS_OPTFILE`` (the cluster's Erlang
+``ssl_dist_optfile``), ``BEAMBRIDGE_LISTEN_HOST``, ``BEAMBRIDGE_LISTEN_PORTS`` (``(9100, 9105)``
+or ``"9100-9105"``). ``manage.py check`` reports bad values (``beambridge.E0xx``; an optfile that
+is missing, unreadable or refused is ``E009``, naming the file) and likely typos
+(``beambridge.W001``). Nothing is opened when Django starts: views call ``get_node()`` or
 ``rpc()``, which open this worker's node on first use. Add
 ``"beambridge.web.django.ErlangErrorMiddleware"`` to ``MIDDLEWARE`` so that an Erlang node that
 is down gives a 503 (timeout 504, Erlang error 502) instead of a 500.
