@@ -30,6 +30,7 @@ from ._errors import (
     ResultTooLarge,
     ServiceBusy,
     ServiceError,
+    TlsFailed,
     Unauthorized,
 )
 from ._service import Service, ServiceFailed
@@ -55,27 +56,32 @@ __all__ = [
     "ServiceBusy",
     "ServiceError",
     "ServiceFailed",
+    "TlsFailed",
     "Unauthorized",
     "send_to_erlang",
 ]
 
-_shared: dict[tuple[str, str | None], Client] = {}
+_shared: dict[tuple[str, str | None, str | None], Client] = {}
 _shared_lock = threading.Lock()
 
 
 def send_to_erlang(data: Any, job: str | None = None, *, url: str | None = None,
-                   token: str | None = None, timeout: float | None = None) -> Any:
+                   token: str | None = None, timeout: float | None = None,
+                   cafile: str | None = None) -> Any:
     """Send ``data`` to the Erlang job function ``job`` ("module:function") and return its
-    answer: the one line a web view needs. ``url``, ``job`` and ``token`` default to
-    ``$BEAMBRIDGE_COMPUTE_URL`` (else http://127.0.0.1:8080), ``$BEAMBRIDGE_COMPUTE_JOB`` and
-    ``$BEAMBRIDGE_COMPUTE_TOKEN``; one keep-alive client per url is shared by all threads."""
+    answer: the one line a web view needs. ``url``, ``job``, ``token`` and ``cafile`` (the CA
+    of an https service) default to ``$BEAMBRIDGE_COMPUTE_URL`` (else http://127.0.0.1:8080),
+    ``$BEAMBRIDGE_COMPUTE_JOB``, ``$BEAMBRIDGE_COMPUTE_TOKEN`` and ``$BEAMBRIDGE_COMPUTE_CAFILE``;
+    one keep-alive client per url is shared by all threads."""
     job = job or os.environ.get("BEAMBRIDGE_COMPUTE_JOB")
     if not job:
         raise UsageError("send_to_erlang needs a job ('module:function') or $BEAMBRIDGE_COMPUTE_JOB")
     url = url or os.environ.get("BEAMBRIDGE_COMPUTE_URL", "http://127.0.0.1:8080")
     token = token or os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN")
+    if url.startswith("https:"):
+        cafile = cafile or os.environ.get("BEAMBRIDGE_COMPUTE_CAFILE")
     with _shared_lock:
-        client = _shared.get((url, token))
+        client = _shared.get((url, token, cafile))
         if client is None:
-            client = _shared[(url, token)] = Client(url, token=token)
+            client = _shared[(url, token, cafile)] = Client(url, token=token, cafile=cafile)
     return client.call(job, data, timeout=timeout)

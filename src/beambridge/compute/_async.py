@@ -1,10 +1,11 @@
-"""The asyncio twin of ``Client``, over asyncio streams (a minimal HTTP/1.1 exchange:
-the service always answers with Content-Length). Makes no assumption about which loop
+"""The asyncio twin of ``Client``, over asyncio streams (a minimal HTTP/1.1 exchange, TLS
+for https URLs: the service always answers with Content-Length). Makes no assumption about which loop
 runs it beyond "the current one"; connections are not shared across loops."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from ._base import (
     log,
     sync_result,
 )
+from ._errors import TlsFailed
 
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 1 << 30
@@ -130,8 +132,7 @@ class AsyncClient(BaseClient):
         sent = False
         try:
             if stream is None:
-                async with asyncio.timeout(self.timeout):
-                    stream = await asyncio.open_connection(self.host, self.port)
+                stream = await self._connect()
             reader, writer = stream
             head = [f"{request.method} {self.target(request.path)} HTTP/1.1"]
             head += [f"{k}: {v}" for k, v in self.headers(request.method, request.body).items()]
@@ -143,6 +144,9 @@ class AsyncClient(BaseClient):
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             if stream is not None:
                 stream[1].close()
+            if isinstance(error, asyncio.IncompleteReadError) and self.ssl_context is None \
+                    and error.partial.startswith(b"\x15\x03"):  # a TLS alert for our plain request
+                raise TlsFailed(self.url, "the service speaks TLS: use its https:// URL") from error
             if reused:
                 return await self._exchange(request, reuse=False)
             raise TransportFailure(error, sent=sent) from error
@@ -155,6 +159,17 @@ class AsyncClient(BaseClient):
         else:
             writer.close()
         return response
+
+    async def _connect(self) -> Stream:
+        async with asyncio.timeout(self.timeout):
+            if self.ssl_context is None:
+                return await asyncio.open_connection(self.host, self.port)
+            try:
+                return await asyncio.open_connection(self.host, self.port, ssl=self.ssl_context,
+                                                     server_hostname=self.host,
+                                                     ssl_handshake_timeout=self.timeout)
+            except ssl.SSLError as error:  # before anything was sent: say why, never retry
+                raise self.tls_failed(error) from error
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:

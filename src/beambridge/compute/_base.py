@@ -277,8 +277,10 @@ def tls_reason(error: ssl.SSLError) -> str:
             hint = "the service's certificate was refused"
         return f"certificate verify failed: {detail} ({hint})"
     reason = str(error.reason or error)
-    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
-                  "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+    if isinstance(error, ssl.SSLEOFError) or "EOF" in reason or reason in (
+            "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+            "UNKNOWN_PROTOCOL"):
+        # A plain HTTP server answers a ClientHello with garbage, or closes.
         return f"the service does not speak TLS ({reason}): is its URL http://?"
     return f"TLS handshake failed: {reason}"
 

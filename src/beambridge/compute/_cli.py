@@ -13,11 +13,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import Error, TransportError, UsageError
 from ._errors import ServiceError, Unauthorized
 from ._service import ServiceFailed
+
+if TYPE_CHECKING:
+    from ._client import Client
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,6 +53,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--insecure-no-token", action="store_true",
                        help="serve a non-loopback address without a token (anyone who reaches it "
                             "can run jobs)")
+    serve.add_argument("--certfile", type=Path, default=None, metavar="PEM",
+                       help="serve HTTPS with this certificate (with --keyfile)")
+    serve.add_argument("--keyfile", type=Path, default=None, metavar="PEM",
+                       help="the certificate's private key")
+    serve.add_argument("--cacertfile", type=Path, default=None, metavar="PEM",
+                       help="CA certificates sent with the certificate (its chain; optional)")
+    serve.add_argument("--tls-optfile", type=Path, default=None, metavar="FILE",
+                       help="an Erlang ssl_dist_optfile: the service and its local workers join over "
+                            "TLS distribution (-proto_dist inet_tls)")
+    serve.add_argument("--insecure-plain-http", action="store_true",
+                       help="serve a token on a non-loopback address over plain HTTP (anyone on the "
+                            "path can read the token)")
 
     new = sub.add_parser("new", help="write a ready-to-build Erlang project for your own jobs")
     new.add_argument("name", help="project and application name (an Erlang atom: a-z, 0-9, _)")
@@ -75,6 +90,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     jobs.add_argument("--token", default=os.environ.get("BEAMBRIDGE_COMPUTE_TOKEN"),
                       help="its bearer token (default: $BEAMBRIDGE_COMPUTE_TOKEN)")
     jobs.add_argument("--json", action="store_true", help="print the listing as JSON")
+
+    for command in (submit, jobs):
+        command.add_argument("--cafile", type=Path, default=os.environ.get("BEAMBRIDGE_COMPUTE_CAFILE"),
+                             metavar="PEM", help="verify an https service with this CA (default: "
+                             "$BEAMBRIDGE_COMPUTE_CAFILE, else the system's CAs)")
+        command.add_argument("--insecure-plain-http", action="store_true",
+                             help="send the token over plain http to a non-loopback host")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,12 +140,16 @@ def _serve(args: argparse.Namespace) -> int:
         options.setdefault("port", 8080)
     if args.insecure_no_token:
         options["allow_no_token"] = True
+    if args.insecure_plain_http:
+        options["allow_plain_http"] = True
     data_dir = args.data_dir
     if data_dir is None and options.get("port"):
         state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         data_dir = state / "beambridge" / f"compute-{options['port']}"
     service = Service(config=options, config_file=args.config, token=args.token,
-                      data_roots=args.data_roots, data_dir=data_dir)
+                      data_roots=args.data_roots, data_dir=data_dir, tls_certfile=args.certfile,
+                      tls_keyfile=args.keyfile, tls_cacertfile=args.cacertfile,
+                      dist_optfile=args.tls_optfile)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -143,8 +169,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace) -> Client:
     from ._client import Client
+    return Client(args.url, token=args.token, allow_plain_http=args.insecure_plain_http,
+                  cafile=args.cafile if args.url.startswith("https:") else None)
+
+
+def _submit(args: argparse.Namespace) -> int:
     data = _json_argument("DATA", args.data)
     spec: dict[str, Any] = {"timeout": args.timeout, "chunk": args.chunk}
     if args.op == "call":
@@ -156,7 +187,7 @@ def _submit(args: argparse.Namespace) -> int:
     if args.op == "fold":
         spec["init"] = _json_argument("--init", args.init) if args.init is not None else 0
     bar = _ProgressBar(sys.stderr)
-    with Client(args.url, token=args.token) as client:
+    with _client(args) as client:
         job = client.submit(args.op, progress=bar, **{k: v for k, v in spec.items() if v is not None})
         try:
             result = job.result()
@@ -167,8 +198,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from ._client import Client
-    with Client(args.url, token=args.token) as client:
+    with _client(args) as client:
         listed = client.functions()
     if args.json:
         print(json.dumps([{"name": f.name, "arity": f.arity, "doc": f.doc, "reads_files": f.reads_files}
