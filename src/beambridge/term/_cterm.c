@@ -254,6 +254,13 @@ typedef struct {
     PyObject *atom_cache; /* NULL when there is none */
     PyObject *src;        /* the object whose buffer this is (for LOCAL_EXT) */
     PyObject *mapping, *limits;
+    /* Containers kept out of the cyclic GC while the call builds them (strong refs; tracked
+     * again before it returns), and this call's cache of short binaries; both set up by
+     * run_decoder, see there. */
+    PyObject **held;
+    Py_ssize_t n_held, cap_held;
+    PyObject **bcache;
+    int short_seen;
 } Dec;
 
 static PyObject *derr(Py_ssize_t offset, const char *fmt, ...) {
@@ -303,6 +310,131 @@ static int depth_error(Dec *d, int depth, Py_ssize_t offset) {
         return -1;
     }
     return 0;
+}
+
+/* Keeping new containers out of the cyclic GC.  On 3.11 every container allocation counts
+ * towards a collection, which then walks every tracked container made since the last one: a
+ * decode of thousands of dicts and lists spent ~40% of its time there.  The decoder untracks
+ * each container it makes (holding a reference, so a container dropped midway stays valid) and
+ * tracks them all again on the way out, success or error.  While untracked a container only
+ * makes the GC more conservative (what it refers to looks referenced from outside), never
+ * frees anything; no global GC state is touched, so other threads and Python code the decoder
+ * calls (Atom(), Map(), a custom atom cache) see the collector as they left it. */
+#define HELD_INLINE 64
+
+static int held_grow(Dec *d) {
+    Py_ssize_t cap = d->cap_held * 2;
+    PyObject **grown = d->cap_held == HELD_INLINE ? PyMem_Malloc(cap * sizeof *grown)
+                                                  : PyMem_Realloc(d->held, cap * sizeof *grown);
+    if (!grown) return -1;
+    if (d->cap_held == HELD_INLINE) memcpy(grown, d->held, HELD_INLINE * sizeof *grown);
+    d->held = grown;
+    d->cap_held = cap;
+    return 0;
+}
+
+/* Untrack `op` (a container this call just made) if it is tracked; without memory for the
+ * list it stays tracked, which is always correct. */
+static inline void hold(Dec *d, PyObject *op) {
+    if (!PyObject_GC_IsTracked(op)) return;
+    if (d->n_held == d->cap_held && held_grow(d) < 0) return;
+    PyObject_GC_UnTrack(op);
+    d->held[d->n_held++] = Py_NewRef(op);
+}
+
+/* `op` is untracked but must be tracked when the call returns (a dict that holds containers). */
+static void hold_untracked(Dec *d, PyObject *op) {
+    if (d->n_held == d->cap_held && held_grow(d) < 0) {
+        PyObject_GC_Track(op);
+        return;
+    }
+    d->held[d->n_held++] = Py_NewRef(op);
+}
+
+/* Whether a dict holding `o` is one CPython tracks: `o` is a container (a tuple counts while
+ * held, as it was tracked when made; the empty tuple never is). */
+static inline int needs_tracking(PyObject *o) {
+    return PyObject_IS_GC(o) && (!PyTuple_CheckExact(o) || PyTuple_GET_SIZE(o) > 0);
+}
+
+/* Track every held container again and drop the references (some are freed here: the ones
+ * the result did not keep, or all of them after an error). */
+static void release_held(Dec *d) {
+    for (Py_ssize_t i = 0; i < d->n_held; i++) {
+        PyObject *op = d->held[i];
+        if (!PyObject_GC_IsTracked(op)) PyObject_GC_Track(op);
+        Py_DECREF(op);
+    }
+    if (d->cap_held != HELD_INLINE) PyMem_Free(d->held);
+    d->n_held = 0;
+}
+
+/* A cache of this call's short binaries by content: a document's keys and tag values repeat,
+ * and one bytes object for each (immutable, so sharing it is invisible but to `is`) saves the
+ * allocation and, for a key, the hashing.  Direct-mapped: a miss replaces the slot.  Set up at
+ * the BCACHE_AFTER-th short binary, so small terms do not pay for clearing it. */
+#define BCACHE_SIZE 256
+#define BCACHE_MAX 32
+#define BCACHE_AFTER 8
+
+static inline unsigned bcache_slot(const unsigned char *p, Py_ssize_t n) {
+    uint64_t a, b;
+    if (n >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+    } else if (n >= 4) {
+        uint32_t x, y;
+        memcpy(&x, p, 4);
+        memcpy(&y, p + n - 4, 4);
+        a = x;
+        b = y;
+    } else {
+        a = p[0] | (uint64_t)p[n / 2] << 8 | (uint64_t)p[n - 1] << 16;
+        b = 0;
+    }
+    uint64_t h = (a * 0x9E3779B97F4A7C15ull) ^ ((b + (uint64_t)n) * 0xC2B2AE3D27D4EB4Full);
+    return (unsigned)((h ^ (h >> 29)) * 0x9E3779B97F4A7C15ull >> 56); /* 8 bits: BCACHE_SIZE */
+}
+
+static void release_bcache(Dec *d) {
+    if (d->short_seen < BCACHE_AFTER) return;
+    for (int i = 0; i < BCACHE_SIZE; i++) Py_XDECREF(d->bcache[i]);
+}
+
+/* The bytes (or, with binary_as="str", the str) for a binary of n bytes at p. */
+static PyObject *binary_value(Dec *d, const unsigned char *p, Py_ssize_t n) {
+    int as_str = d->ms->binary_as_str;
+    PyObject **slot = NULL;
+    if (n >= 2 && n <= BCACHE_MAX) { /* 0 and 1 byte long: CPython shares those already */
+        if (d->short_seen >= BCACHE_AFTER) {
+            slot = &d->bcache[bcache_slot(p, n)];
+            PyObject *c = *slot;
+            if (c) {
+                if (as_str ? (PyUnicode_CheckExact(c) && PyUnicode_GET_LENGTH(c) == n &&
+                              memcmp(PyUnicode_1BYTE_DATA(c), p, (size_t)n) == 0)
+                           : (PyBytes_GET_SIZE(c) == n && memcmp(PyBytes_AS_STRING(c), p, (size_t)n) == 0))
+                    return Py_NewRef(c);
+            }
+        } else if (++d->short_seen == BCACHE_AFTER) {
+            memset(d->bcache, 0, BCACHE_SIZE * sizeof *d->bcache);
+        }
+    }
+    PyObject *v = NULL;
+    if (as_str) {
+        v = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+        if (!v) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return NULL;
+            PyErr_Clear();
+        } else if (!PyUnicode_IS_ASCII(v)) {
+            return v; /* the cache compares ASCII text only */
+        }
+    }
+    if (!v) {
+        v = PyBytes_FromStringAndSize((const char *)p, n);
+        if (!v || as_str) return v; /* not text: bytes, uncached (the slot holds str) */
+    }
+    if (slot) Py_XSETREF(*slot, Py_NewRef(v));
+    return v;
 }
 
 static inline uint32_t name_hash(const unsigned char *p, Py_ssize_t n, int kind) {
@@ -508,6 +640,7 @@ static PyObject *decode_list(Dec *d, Py_ssize_t start, int depth) {
         }
         PyObject *chunk = PyList_New(n);
         if (!chunk) { Py_DECREF(items); return NULL; }
+        hold(d, chunk);
         d->pos = pos;
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *item = dec_item(d, depth);
@@ -553,6 +686,7 @@ static PyObject *decode_map(Dec *d, Py_ssize_t pos, int depth) {
     PyObject *dict = PyDict_New();
 #endif
     PyObject *pairs = NULL; /* set once a dict cannot hold the map */
+    int track = 0;          /* the dict holds a container: tracked again on the way out */
     if (!dict) return NULL;
     d->pos = pos;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -563,6 +697,10 @@ static PyObject *decode_map(Dec *d, Py_ssize_t pos, int depth) {
         if (!pairs) {
             Py_ssize_t before = PyDict_GET_SIZE(dict);
             if (PyDict_SetDefault(dict, key, value) && PyDict_GET_SIZE(dict) == before + 1) {
+                if (needs_tracking(key) || needs_tracking(value)) {
+                    track = 1;
+                    if (PyObject_GC_IsTracked(dict)) PyObject_GC_UnTrack(dict); /* as hold() */
+                }
                 Py_DECREF(key);
                 Py_DECREF(value);
                 continue;
@@ -599,6 +737,7 @@ static PyObject *decode_map(Dec *d, Py_ssize_t pos, int depth) {
         Py_DECREF(dict);
         return make(MapType, 1, &pairs);
     }
+    if (track) hold_untracked(d, dict);
     return dict;
 fail:
     Py_DECREF(dict);
@@ -632,6 +771,7 @@ static PyObject *decode_fun_rest(Dec *d, Py_ssize_t pos, Py_ssize_t start, int d
         goto fail;
     }
     if (!(free = PyTuple_New(num_free))) goto fail;
+    hold(d, free);
     d->pos = pos;
     for (Py_ssize_t i = 0; i < num_free; i++) {
         PyObject *item = dec(d, depth);
@@ -908,13 +1048,7 @@ static PyObject *dec(Dec *d, int depth) {
         if (n > d->len - pos) return derr(pos - 5, "binary of %zd bytes runs past the end of the input", n);
         if (charge(d, 0, n, pos - 5) < 0) return NULL;
         d->pos = pos + n;
-        if (d->ms->binary_as_str) {
-            PyObject *s = PyUnicode_DecodeUTF8((const char *)b + pos, n, "strict");
-            if (s) return s;
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return NULL;
-            PyErr_Clear();
-        }
-        return PyBytes_FromStringAndSize((const char *)b + pos, n);
+        return binary_value(d, b + pos, n);
     }
     case T_SMALL_ATOM_UTF8:
     case T_ATOM:
@@ -953,6 +1087,7 @@ static PyObject *dec(Dec *d, int depth) {
             return NULL;
         PyObject *t = PyTuple_New(n);
         if (!t) return NULL;
+        hold(d, t);
         d->pos = pos;
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *item = dec_item(d, depth);
@@ -963,10 +1098,13 @@ static PyObject *dec(Dec *d, int depth) {
     }
     case T_LIST:
         return decode_list(d, pos - 1, depth);
-    case T_NIL:
+    case T_NIL: {
         if (charge(d, 0, CONTAINER_COST, pos - 1) < 0) return NULL;
         d->pos = pos;
-        return PyList_New(0);
+        PyObject *empty = PyList_New(0);
+        if (empty) hold(d, empty);
+        return empty;
+    }
     case T_STRING: {
         NEED_AT(pos, 2);
         Py_ssize_t n = rd16(b + pos);
@@ -978,6 +1116,7 @@ static PyObject *dec(Dec *d, int depth) {
         PyObject *list = PyList_New(n);
         if (!list) return NULL;
         for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, PyLong_FromLong(b[pos + i]));
+        hold(d, list);
         return list;
     }
     case T_NEW_FLOAT: {
@@ -1139,12 +1278,20 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
     return 0;
 }
 
+static PyObject *decode_term(Dec *d, Py_ssize_t offset);
+
 static PyObject *run_decoder(Dec *d, PyObject *mapping, PyObject *limits, PyObject *atom_cache,
                              Py_ssize_t offset, int *temp_ms) {
     long max_depth;
     if (read_limits(limits, &max_depth, NULL, &d->max_terms, &d->max_memory) < 0) return NULL;
     d->ms = mapstate_get(mapping, temp_ms);
     if (!d->ms) return NULL;
+    PyObject *held[HELD_INLINE], *bcache[BCACHE_SIZE]; /* cleared as they are used */
+    d->held = held;
+    d->n_held = 0;
+    d->cap_held = HELD_INLINE;
+    d->bcache = bcache;
+    d->short_seen = 0;
     d->max_depth = max_depth;
     d->terms_left = d->max_terms;
     d->memory_left = d->max_memory;
@@ -1152,6 +1299,13 @@ static PyObject *run_decoder(Dec *d, PyObject *mapping, PyObject *limits, PyObje
     d->mapping = mapping;
     d->limits = limits;
     d->pos = d->top = offset;
+    PyObject *term = decode_term(d, offset);
+    release_bcache(d);
+    release_held(d); /* after an error too: a Python object may keep a part of the term */
+    return term;
+}
+
+static PyObject *decode_term(Dec *d, Py_ssize_t offset) {
     if (charge(d, 1, TERM_COST, offset) < 0) return NULL;
     PyObject *term = dec(d, 0);
     if (!term && PyErr_ExceptionMatches(PyExc_RecursionError)) {
