@@ -249,7 +249,7 @@ class BlockingNode:
         if n.send_from_thread(dest, message, None):
             return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop.call_soon_threadsafe(n.begin_send, dest, message, None, _settle(result))
+        loop.call_soon_threadsafe(n.begin_send, dest, message, None, _settle(result), timeout)
         self._wait(result, timeout)
 
     def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
@@ -361,7 +361,8 @@ class BlockingMailbox:
             self._peer = peer
             return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, _settle(result))
+        loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, _settle(result),
+                                  timeout)
         owner._wait(result, timeout)
 
     def link(self, pid: Pid, timeout: float = 10.0) -> None:

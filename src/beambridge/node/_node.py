@@ -1252,7 +1252,7 @@ class Node:
         raise UsageError(f"send to a Pid, a registered name, (name, node) or an alias, not {dest!r}")
 
     def begin_send(self, dest: Any, message: Any, sender: Mailbox | None,
-                   done: Callable[[bool, Any], None]) -> None:
+                   done: Callable[[bool, Any], None], timeout: float | None = None) -> None:
         """``send`` in callback form (for ``BlockingNode``): sends at once when connected."""
         try:
             self._check_running()
@@ -1268,7 +1268,7 @@ class Node:
 
         async def slow() -> None:
             try:
-                await self.send(dest, message, sender=sender)
+                await self.send(dest, message, sender=sender, timeout=timeout)
             except Exception as error:
                 done(False, error)
             else:
@@ -1293,18 +1293,20 @@ class Node:
         peer.send(msg)
         return peer
 
-    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None) -> None:
+    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None,
+                   timeout: float | None = None) -> None:
         """Send ``message`` to a ``Pid``, a name registered here, ``(name, node)``, or an alias.
 
-        Connects on demand; raises ``NoConnection`` when the node cannot be reached and
-        ``EncodeError`` when the message has no Erlang form (nothing is sent then).
+        Connects on demand (within ``timeout``, at most ``connect_timeout``); raises
+        ``NoConnection`` when the node cannot be reached and ``EncodeError`` when the message
+        has no Erlang form (nothing is sent then).
         """
         self._check_running()
         node, _ = self._resolve(dest)
         if node != self.node_atom:
             peer = self._peers.get(node)
             if peer is None or not peer.alive:
-                await self._peer(node)
+                await self._peer(node, timeout)
         sent = self._send_now(dest, message, sender)
         if sent is not None:
             await sent.drain()
@@ -1776,18 +1778,22 @@ class Node:
     async def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         """``gen_server:call(Dest, Request)``: the reply; ``ErlangExit`` if the server is gone."""
         self._check_running()
+        deadline = None if timeout is None else time.monotonic() + timeout
         mailbox = self._new_mailbox(None, trap_exits=True)
         try:
             node, target = self._resolve(dest)
+            if node != self.node_atom:  # connecting is part of the call: within its timeout
+                await self._peer(node, timeout)
             ref = await self._monitor(mailbox, target if isinstance(target, Pid) else (target, node))
             await self.send(dest, (GEN_CALL, (mailbox.pid, ref), request), sender=mailbox)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
             def is_answer(msg: Any) -> bool:
                 return type(msg) is tuple and (
                     (len(msg) == 2 and msg[0] == ref) or (len(msg) == 5 and msg[0] == DOWN and msg[1] == ref))
 
             try:
-                reply = await mailbox.receive(timeout, is_answer)
+                reply = await mailbox.receive(left, is_answer)
             except Timeout:
                 raise Timeout(f"gen_call to {dest!r} timed out after {timeout} s") from None
             if len(reply) == 2:
