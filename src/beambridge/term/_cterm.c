@@ -34,6 +34,7 @@ static PyObject *AtomType, *PidType, *ReferenceType, *PortType, *BitStringType,
 static PyObject *DecodeErrorType, *EncodeErrorType, *StructError;
 static PyObject *pure_inflate, *pure_local_decoder, *pure_encode_big, *zlib_compress;
 static PyObject *default_mapping, *default_limits, *str_hint;
+static PyObject *small_ints[256]; /* 0..255, CPython's own shared ints, without the call */
 static PyObject *s_node, *s_id, *s_serial, *s_creation, *s_ids, *s_v4, *s_data, *s_tail_bits,
     *s_items, *s_tail, *s_module, *s_function, *s_arity, *s_old_index, *s_old_uniq, *s_pid,
     *s_free_vars, *s_uniq, *s_index, *s_raw, *s_at, *s_compressed, *s_max_depth, *s_max_size,
@@ -258,9 +259,10 @@ typedef struct {
      * again before it returns), and this call's cache of short binaries; both set up by
      * run_decoder, see there. */
     PyObject **held;
-    Py_ssize_t n_held, cap_held;
+    Py_ssize_t n_held, cap_held; /* cap_held 0: a small term, nothing is held */
     PyObject **bcache;
-    int short_seen;
+    int short_seen, bcache_off;
+    long bcache_hits, bcache_tries;
 } Dec;
 
 static PyObject *derr(Py_ssize_t offset, const char *fmt, ...) {
@@ -333,28 +335,27 @@ static int held_grow(Dec *d) {
     return 0;
 }
 
-/* Untrack `op` (a container this call just made) if it is tracked; without memory for the
- * list it stays tracked, which is always correct. */
+/* Untrack `op`, a list or non-empty tuple this call just made (so tracked); without memory
+ * for the list it stays tracked, which is always correct. */
 static inline void hold(Dec *d, PyObject *op) {
-    if (!PyObject_GC_IsTracked(op)) return;
-    if (d->n_held == d->cap_held && held_grow(d) < 0) return;
+    if (d->n_held == d->cap_held && (!d->cap_held || held_grow(d) < 0)) return;
     PyObject_GC_UnTrack(op);
     d->held[d->n_held++] = Py_NewRef(op);
 }
 
 /* `op` is untracked but must be tracked when the call returns (a dict that holds containers). */
 static void hold_untracked(Dec *d, PyObject *op) {
-    if (d->n_held == d->cap_held && held_grow(d) < 0) {
+    if (d->n_held == d->cap_held && (!d->cap_held || held_grow(d) < 0)) {
         PyObject_GC_Track(op);
         return;
     }
     d->held[d->n_held++] = Py_NewRef(op);
 }
 
-/* Whether a dict holding `o` is one CPython tracks: `o` is a container (a tuple counts while
- * held, as it was tracked when made; the empty tuple never is). */
-static inline int needs_tracking(PyObject *o) {
-    return PyObject_IS_GC(o) && (!PyTuple_CheckExact(o) || PyTuple_GET_SIZE(o) > 0);
+/* A tuple this call may have untracked: a dict holding it would be tracked had it not been
+ * (a non-empty tuple is tracked when made; the empty one never is). */
+static inline int held_tuple(PyObject *o) {
+    return PyTuple_CheckExact(o) && PyTuple_GET_SIZE(o) > 0;
 }
 
 /* Track every held container again and drop the references (some are freed here: the ones
@@ -365,17 +366,41 @@ static void release_held(Dec *d) {
         if (!PyObject_GC_IsTracked(op)) PyObject_GC_Track(op);
         Py_DECREF(op);
     }
-    if (d->cap_held != HELD_INLINE) PyMem_Free(d->held);
+    if (d->cap_held > HELD_INLINE) PyMem_Free(d->held);
     d->n_held = 0;
 }
 
 /* A cache of this call's short binaries by content: a document's keys and tag values repeat,
  * and one bytes object for each (immutable, so sharing it is invisible but to `is`) saves the
  * allocation and, for a key, the hashing.  Direct-mapped: a miss replaces the slot.  Set up at
- * the BCACHE_AFTER-th short binary, so small terms do not pay for clearing it. */
+ * the BCACHE_AFTER-th short binary, so small terms do not pay for clearing it, and turned off
+ * when it rarely hits (a map of unique keys). */
 #define BCACHE_SIZE 256
 #define BCACHE_MAX 32
 #define BCACHE_AFTER 8
+#define BCACHE_TRIAL 256 /* lookups before judging the hit rate */
+
+/* memcmp(a, b, n) == 0 for 2 <= n <= BCACHE_MAX, in a few word loads instead of a call. */
+static inline int short_eq(const unsigned char *a, const unsigned char *b, Py_ssize_t n) {
+    uint64_t x, y, u, v;
+    if (n >= 8) {
+        for (Py_ssize_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&x, a + i, 8);
+            memcpy(&y, b + i, 8);
+            if (x != y) return 0;
+        }
+        memcpy(&u, a + n - 8, 8);
+        memcpy(&v, b + n - 8, 8);
+        return u == v;
+    }
+    if (n >= 4) {
+        uint32_t p, q, r, s;
+        memcpy(&p, a, 4); memcpy(&q, b, 4);
+        memcpy(&r, a + n - 4, 4); memcpy(&s, b + n - 4, 4);
+        return p == q && r == s;
+    }
+    return a[0] == b[0] && a[1] == b[1] && a[n - 1] == b[n - 1];
+}
 
 static inline unsigned bcache_slot(const unsigned char *p, Py_ssize_t n) {
     uint64_t a, b;
@@ -407,18 +432,24 @@ static PyObject *binary_value(Dec *d, const unsigned char *p, Py_ssize_t n) {
     PyObject **slot = NULL;
     if (n >= 2 && n <= BCACHE_MAX) { /* 0 and 1 byte long: CPython shares those already */
         if (d->short_seen >= BCACHE_AFTER) {
+            if (d->bcache_off) goto make;
             slot = &d->bcache[bcache_slot(p, n)];
             PyObject *c = *slot;
             if (c) {
-                if (as_str ? (PyUnicode_CheckExact(c) && PyUnicode_GET_LENGTH(c) == n &&
-                              memcmp(PyUnicode_1BYTE_DATA(c), p, (size_t)n) == 0)
-                           : (PyBytes_GET_SIZE(c) == n && memcmp(PyBytes_AS_STRING(c), p, (size_t)n) == 0))
+                if (as_str ? (PyUnicode_GET_LENGTH(c) == n && short_eq(PyUnicode_1BYTE_DATA(c), p, n))
+                           : (PyBytes_GET_SIZE(c) == n &&
+                              short_eq((const unsigned char *)PyBytes_AS_STRING(c), p, n))) {
+                    d->bcache_hits++;
                     return Py_NewRef(c);
+                }
             }
+            if (++d->bcache_tries == BCACHE_TRIAL && d->bcache_hits < BCACHE_TRIAL / 8)
+                d->bcache_off = 1;
         } else if (++d->short_seen == BCACHE_AFTER) {
             memset(d->bcache, 0, BCACHE_SIZE * sizeof *d->bcache);
         }
     }
+make:;
     PyObject *v = NULL;
     if (as_str) {
         v = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
@@ -593,10 +624,10 @@ static PyObject *list_to_str(PyObject *items) {
     return s;
 }
 
-/* Append src's items to *items (which may be empty: then src replaces it). Steals src. */
+/* Append src's items to *items (which may be NULL or empty: then src replaces it). Steals src. */
 static int list_join(PyObject **items, PyObject *src) {
-    if (PyList_GET_SIZE(*items) == 0) {
-        Py_SETREF(*items, src);
+    if (!*items || PyList_GET_SIZE(*items) == 0) {
+        Py_XSETREF(*items, src);
         return 0;
     }
     int rc = PyList_SetSlice(*items, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, src);
@@ -605,15 +636,28 @@ static int list_join(PyObject **items, PyObject *src) {
 }
 
 static inline PyObject *dec_item(Dec *d, int depth) {
-    /* Integers inline: most lists and tuples are full of them. */
+    /* Integers and binaries inline, where dec() would take them (errors included): most lists,
+     * tuples and maps are full of them, and a test per call site predicts better than one
+     * shared switch. */
     Py_ssize_t pos = d->pos;
-    if (pos + 1 < d->len && d->buf[pos] == T_SMALL_INTEGER) {
+    const unsigned char *b = d->buf;
+    if (pos + 1 < d->len && b[pos] == T_SMALL_INTEGER) {
         d->pos = pos + 2;
-        return PyLong_FromLong(d->buf[pos + 1]);
+        return Py_NewRef(small_ints[b[pos + 1]]);
     }
-    if (pos + 4 < d->len && d->buf[pos] == T_INTEGER) {
-        d->pos = pos + 5;
-        return PyLong_FromLong((int32_t)rd32(d->buf + pos + 1));
+    if (pos + 4 < d->len) {
+        if (b[pos] == T_INTEGER) {
+            d->pos = pos + 5;
+            return PyLong_FromLong((int32_t)rd32(b + pos + 1));
+        }
+        if (b[pos] == T_BINARY) {
+            Py_ssize_t n = rd32(b + pos + 1);
+            if (n <= d->len - (pos + 5) && n <= d->memory_left) { /* else dec() says why */
+                d->memory_left -= n; /* as charge(d, 0, n, ...) */
+                d->pos = pos + 5 + n;
+                return binary_value(d, b + pos + 5, n);
+            }
+        }
     }
     return dec(d, depth);
 }
@@ -622,47 +666,46 @@ static PyObject *decode_list(Dec *d, Py_ssize_t start, int depth) {
     const unsigned char *b = d->buf;
     depth++;
     if (depth_error(d, depth, start) < 0) return NULL;
-    PyObject *items = PyList_New(0);
-    if (!items) return NULL;
+    PyObject *items = NULL; /* the first LIST_EXT's list, then the chunks joined */
     Py_ssize_t pos = start;
     for (;;) {
         /* One LIST_EXT (BEAM writes one per list; others may chain them through the tail). */
-        if (d->len - (pos + 1) < 4) { Py_DECREF(items); return eof(d); }
+        if (d->len - (pos + 1) < 4) { Py_XDECREF(items); return eof(d); }
         Py_ssize_t n = rd32(b + pos + 1);
         pos += 5;
         if (n > d->len - pos) {
-            Py_DECREF(items);
+            Py_XDECREF(items);
             return derr(pos - 5, "list of %zd elements is longer than the input", n);
         }
         if (charge(d, n, CONTAINER_COST + (long long)LIST_ITEM_COST * n, pos - 5) < 0) {
-            Py_DECREF(items);
+            Py_XDECREF(items);
             return NULL;
         }
         PyObject *chunk = PyList_New(n);
-        if (!chunk) { Py_DECREF(items); return NULL; }
+        if (!chunk) { Py_XDECREF(items); return NULL; }
         hold(d, chunk);
         d->pos = pos;
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *item = dec_item(d, depth);
-            if (!item) { Py_DECREF(chunk); Py_DECREF(items); return NULL; }
+            if (!item) { Py_DECREF(chunk); Py_XDECREF(items); return NULL; }
             PyList_SET_ITEM(chunk, i, item);
         }
         pos = d->pos;
-        if (list_join(&items, chunk) < 0) { Py_DECREF(items); return NULL; }
-        if (pos >= d->len) { Py_DECREF(items); return eof(d); }
+        if (list_join(&items, chunk) < 0) { Py_XDECREF(items); return NULL; }
+        if (pos >= d->len) { Py_XDECREF(items); return eof(d); }
         int tag = b[pos];
         if (tag == T_NIL) { pos++; break; }
         if (tag == T_LIST) continue;
-        if (charge(d, 1, TERM_COST, pos) < 0) { Py_DECREF(items); return NULL; }
+        if (charge(d, 1, TERM_COST, pos) < 0) { Py_XDECREF(items); return NULL; }
         d->pos = pos;
         PyObject *tail = dec(d, depth);
-        if (!tail) { Py_DECREF(items); return NULL; }
+        if (!tail) { Py_XDECREF(items); return NULL; }
         if (PyList_CheckExact(tail)) { /* a STRING_EXT or [] tail: still a proper list */
-            if (list_join(&items, tail) < 0) { Py_DECREF(items); return NULL; }
+            if (list_join(&items, tail) < 0) { Py_XDECREF(items); return NULL; }
             pos = d->pos;
             break;
         }
-        if (PyList_GET_SIZE(items) == 0) { Py_DECREF(items); return tail; }
+        if (PyList_GET_SIZE(items) == 0) { Py_XDECREF(items); return tail; }
         PyObject *args[2] = {items, tail};
         return make(ImproperListType, 2, args);
     }
@@ -690,17 +733,15 @@ static PyObject *decode_map(Dec *d, Py_ssize_t pos, int depth) {
     if (!dict) return NULL;
     d->pos = pos;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key = dec(d, depth);
+        PyObject *key = dec_item(d, depth);
         if (!key) goto fail;
-        PyObject *value = dec(d, depth);
+        PyObject *value = dec_item(d, depth);
         if (!value) { Py_DECREF(key); goto fail; }
         if (!pairs) {
             Py_ssize_t before = PyDict_GET_SIZE(dict);
             if (PyDict_SetDefault(dict, key, value) && PyDict_GET_SIZE(dict) == before + 1) {
-                if (needs_tracking(key) || needs_tracking(value)) {
-                    track = 1;
-                    if (PyObject_GC_IsTracked(dict)) PyObject_GC_UnTrack(dict); /* as hold() */
-                }
+                /* A held (untracked) tuple does not make the dict tracked as it would have. */
+                if (!track && (held_tuple(key) || held_tuple(value))) track = 1;
                 Py_DECREF(key);
                 Py_DECREF(value);
                 continue;
@@ -737,7 +778,8 @@ static PyObject *decode_map(Dec *d, Py_ssize_t pos, int depth) {
         Py_DECREF(dict);
         return make(MapType, 1, &pairs);
     }
-    if (track) hold_untracked(d, dict);
+    if (PyObject_GC_IsTracked(dict)) hold(d, dict); /* it holds a container */
+    else if (track) hold_untracked(d, dict);
     return dict;
 fail:
     Py_DECREF(dict);
@@ -771,7 +813,7 @@ static PyObject *decode_fun_rest(Dec *d, Py_ssize_t pos, Py_ssize_t start, int d
         goto fail;
     }
     if (!(free = PyTuple_New(num_free))) goto fail;
-    hold(d, free);
+    if (num_free) hold(d, free);
     d->pos = pos;
     for (Py_ssize_t i = 0; i < num_free; i++) {
         PyObject *item = dec(d, depth);
@@ -1036,7 +1078,7 @@ static PyObject *dec(Dec *d, int depth) {
     case T_SMALL_INTEGER:
         NEED_AT(pos, 1);
         d->pos = pos + 1;
-        return PyLong_FromLong(b[pos]);
+        return Py_NewRef(small_ints[b[pos]]);
     case T_INTEGER:
         NEED_AT(pos, 4);
         d->pos = pos + 4;
@@ -1087,7 +1129,7 @@ static PyObject *dec(Dec *d, int depth) {
             return NULL;
         PyObject *t = PyTuple_New(n);
         if (!t) return NULL;
-        hold(d, t);
+        if (n) hold(d, t); /* () is an untracked singleton */
         d->pos = pos;
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *item = dec_item(d, depth);
@@ -1102,7 +1144,7 @@ static PyObject *dec(Dec *d, int depth) {
         if (charge(d, 0, CONTAINER_COST, pos - 1) < 0) return NULL;
         d->pos = pos;
         PyObject *empty = PyList_New(0);
-        if (empty) hold(d, empty);
+        if (empty) hold(d, empty); /* lists are tracked when made, even empty ones */
         return empty;
     }
     case T_STRING: {
@@ -1115,7 +1157,7 @@ static PyObject *dec(Dec *d, int depth) {
         if (d->ms->string_as_str) return PyUnicode_DecodeLatin1((const char *)b + pos, n, NULL);
         PyObject *list = PyList_New(n);
         if (!list) return NULL;
-        for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, PyLong_FromLong(b[pos + i]));
+        for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, Py_NewRef(small_ints[b[pos + i]]));
         hold(d, list);
         return list;
     }
@@ -1289,9 +1331,11 @@ static PyObject *run_decoder(Dec *d, PyObject *mapping, PyObject *limits, PyObje
     PyObject *held[HELD_INLINE], *bcache[BCACHE_SIZE]; /* cleared as they are used */
     d->held = held;
     d->n_held = 0;
-    d->cap_held = HELD_INLINE;
+    /* A small term makes too few containers for a collection to matter. */
+    d->cap_held = d->len - offset < 256 ? 0 : HELD_INLINE;
     d->bcache = bcache;
-    d->short_seen = 0;
+    d->short_seen = d->bcache_off = 0;
+    d->bcache_hits = d->bcache_tries = 0;
     d->max_depth = max_depth;
     d->terms_left = d->max_terms;
     d->memory_left = d->max_memory;
@@ -2351,5 +2395,7 @@ PyMODINIT_FUNC PyInit__cterm(void) {
     if (!(zlib_compress = from("zlib", "compress")) || !(StructError = from("struct", "error")))
         return NULL;
     if (!(mapstates = PyDict_New())) return NULL;
+    for (int i = 0; i < 256; i++)
+        if (!(small_ints[i] = PyLong_FromLong(i))) return NULL;
     return PyModule_Create(&moduledef);
 }
