@@ -188,8 +188,11 @@ def test_workers_join_over_tls_distribution(https: Service, certs: Certs) -> Non
         assert [n["role"] for n in nodes] == ["service", "local", "local"]
         assert all(n["status"] == "up" and n["dist"] == "inet_tls" for n in nodes), nodes
         workers = {n["name"] for n in nodes if n["role"] == "local"}
-        where = client.map("bbc_sample_jobs:where", range(40), chunk=1)
-    assert [x for x, _ in where] == list(range(40))
+        for _attempt in range(3):  # a busy machine may let one worker take every chunk once
+            where = client.map("bbc_sample_jobs:where", range(40), chunk=1)
+            assert [x for x, _ in where] == list(range(40))
+            if {node for _, node in where} == workers:
+                break
     assert {node for _, node in where} == workers
 
 

@@ -31,7 +31,11 @@ main([ConfigFile]) ->
     end.
 
 cannot_start(Why, ReadyFile) ->
-    Text = iolist_to_binary(io_lib:format("~0p", [Why])),
+    %% A refusal is a sentence (bbc_config's): written as one, not as an Erlang binary.
+    Text = case is_binary(Why) of
+               true -> Why;
+               false -> iolist_to_binary(io_lib:format("~0p", [Why]))
+           end,
     _ = write_ready(ReadyFile, #{error => Text}),
     io:format(standard_error, "beambridge compute: cannot start: ~s~n", [Text]),
     erlang:halt(2).

@@ -59,9 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="the certificate's private key")
     serve.add_argument("--cacertfile", type=Path, default=None, metavar="PEM",
                        help="CA certificates sent with the certificate (its chain; optional)")
-    serve.add_argument("--tls-optfile", type=Path, default=None, metavar="FILE",
+    serve.add_argument("--tls-optfile", default=os.environ.get("BEAMBRIDGE_TLS_OPTFILE"), metavar="FILE",
                        help="an Erlang ssl_dist_optfile: the service and its local workers join over "
-                            "TLS distribution (-proto_dist inet_tls)")
+                            "TLS distribution, -proto_dist inet_tls (default $BEAMBRIDGE_TLS_OPTFILE; "
+                            "'' for plain TCP)")
     serve.add_argument("--insecure-plain-http", action="store_true",
                        help="serve a token on a non-loopback address over plain HTTP (anyone on the "
                             "path can read the token)")
@@ -149,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
     service = Service(config=options, config_file=args.config, token=args.token,
                       data_roots=args.data_roots, data_dir=data_dir, tls_certfile=args.certfile,
                       tls_keyfile=args.keyfile, tls_cacertfile=args.cacertfile,
-                      dist_optfile=args.tls_optfile)
+                      dist_optfile=args.tls_optfile or None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

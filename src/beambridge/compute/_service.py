@@ -240,10 +240,10 @@ class Service:
         if not certfile:
             raise UsageError("this service serves plain HTTP: it has no certificate to trust")
         text = Path(certfile).read_text()
-        end = "-----END CERTIFICATE-----"
-        if end not in text:
+        begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+        if begin not in text or end not in text:
             raise ServiceFailed(f"{certfile} holds no PEM certificate")
-        leaf = text[text.index("-----BEGIN CERTIFICATE-----"):text.index(end) + len(end)]
+        leaf = text[text.index(begin):text.index(end) + len(end)]
         context = ssl.create_default_context(cadata=leaf)
         context.check_hostname = False
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the anchor
