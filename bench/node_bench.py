@@ -3,8 +3,12 @@
 One target Erlang node; the same operations are timed from a second Erlang node (the
 reference), from beambridge (``BlockingNode`` threads and ``Node`` tasks) and, where it can do the
 row, from the best Python peer (erldistpy, when installed: ``make bench`` installs it), and the ratio
-beambridge/Erlang is printed for each row. Run: ``.venv/bin/python bench/node_bench.py``
-(``--otp 28`` for the bundled OTP 28, ``--seconds`` per row). Prints only; asserts nothing.
+beambridge/Erlang is printed for each row. The TLS row (``-proto_dist inet_tls``) has a target and a
+client Erlang node of its own on TLS, and a ``BlockingNode(tls=...)``, all with one throwaway PKI
+made with ``openssl``; it is skipped, saying why, on a runtime without the ssl application (the
+bundled OTP 28). Run: ``.venv/bin/python bench/node_bench.py`` (``--otp 28`` for the bundled OTP 28,
+``--seconds`` per row, ``--rows TEXT`` for the rows whose label has TEXT). Prints only; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ def free_port() -> int:
 
 
 class Erl:
-    def __init__(self, runtime: otp.Runtime, name: str, epmd_port: int, ebin: Path) -> None:
+    def __init__(self, runtime: otp.Runtime, name: str, epmd_port: int, ebin: Path,
+                 args: tuple[str, ...] = ()) -> None:
         self.name = f"{name}@127.0.0.1"
         env = runtime.environ({**os.environ, "ERL_EPMD_PORT": str(epmd_port)})
         self.proc = subprocess.Popen(
             [str(runtime.erl), "-noinput", "-name", self.name, "-setcookie", COOKIE, "-pa", str(ebin),
-             "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
+             "-kernel", "inet_dist_use_interface", "{127,0,0,1}", *args],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -69,6 +74,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="measure each side this many times, alternating, and keep the best "
                              "(the machine is shared: the best run is the one least disturbed)")
+    parser.add_argument("--rows", metavar="TEXT", default="",
+                        help="only the rows whose label contains TEXT (e.g. 'sequential rpc')")
     opts = parser.parse_args()
     runtimes = otp.find_runtimes()
     runtime = next((r for r in runtimes if opts.otp is None or r.major == opts.otp), None)
@@ -91,7 +98,9 @@ def main() -> int:
                 _wait(lambda e=erl: py.ping(e.name, 2))  # type: ignore[misc]
             t = A(target.name)
             py.rpc(target.name, "bb_bench", "start_echo", [A("bench_echo")])
-            rows = _run_rows(py, client.name, target.name, t, epmd_port, seconds, opts.repeat)
+            rows = _run_rows(py, client.name, target.name, t, epmd_port, seconds, opts.repeat,
+                             opts.rows)
+        rows += _tls_rows(runtime, ebin, epmd_port, tag, seconds, opts.repeat, opts.rows)
         load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
         print(f"\nbeambridge vs Erlang on OTP {runtime.release}, loopback, {os.cpu_count()} cores, "
               f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, best of {opts.repeat} "
@@ -122,10 +131,84 @@ def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+Row = tuple[str, float, float, float | None]
+
+
+def _best(erl_run: Callable[[int], float], py_run: Callable[[int], float], seconds: float,
+          repeat: int) -> tuple[float, float]:
+    erl_best = py_best = 0.0
+    for _ in range(max(repeat, 1)):
+        erl_best = max(erl_best, calibrate(erl_run, seconds))
+        py_best = max(py_best, calibrate(py_run, seconds))
+    return erl_best, py_best
+
+
+def _tls_rows(runtime: otp.Runtime, ebin: Path, epmd_port: int, tag: str, seconds: float,
+              repeat: int, only: str = "") -> list[Row]:
+    """Sequential rpc over TLS distribution: an Erlang client node and a BlockingNode, each to
+    the same Erlang target, every node on ``-proto_dist inet_tls`` with one optfile."""
+    label = "sequential rpc erlang:node/0 over TLS [BlockingNode]"
+    if only not in label:
+        return []
+    if not any((runtime.root / "lib").glob("ssl-*")):
+        print(f"\n{label}: skipped: {runtime} has no ssl application (TLS distribution needs it)")
+        return []
+    optfile = _make_pki(Path(tempfile.mkdtemp(prefix="bb_bench_tls_")))
+    args = ("-proto_dist", "inet_tls", "-ssl_dist_optfile", str(optfile))
+    target = Erl(runtime, f"tls_target_{tag}", epmd_port, ebin, args)
+    client = Erl(runtime, f"tls_client_{tag}", epmd_port, ebin, args)
+    try:
+        with BlockingNode(f"bench_tls_{tag}@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                          tls=optfile) as py:
+            for erl in (target, client):
+                _wait(lambda e=erl: py.ping(e.name, 2))  # type: ignore[misc]
+            t = A(target.name)
+
+            def erl_seq(n: int) -> float:
+                return float(py.rpc(client.name, "bb_bench", "seq_rpc",
+                                    [t, A("erlang"), A("node"), [], n], timeout=600)) / 1e6
+
+            def py_seq(n: int) -> float:
+                start = time.perf_counter()
+                for _ in range(n):
+                    py.rpc(target.name, "erlang", "node", [])
+                return time.perf_counter() - start
+
+            erl_best, py_best = _best(erl_seq, py_seq, seconds, repeat)
+    finally:
+        client.stop()
+        target.stop()
+    return [(label, erl_best, py_best, None)]
+
+
+def _make_pki(folder: Path) -> Path:
+    """A CA, one certificate for 127.0.0.1 (as IP and DNS name: Erlang checks the host part
+    as a DNS name) and the optfile every node of the TLS row reads, verifying both ways."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=bench CA",
+            "-days", "1")
+    (folder / "node.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:127.0.0.1\n"
+                                     "extendedKeyUsage=serverAuth,clientAuth\n")
+    openssl("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "node.pem", "-days", "1", "-extfile", "node.ext")
+    files = (f'{{certfile, "{folder}/node.pem"}}, {{keyfile, "{folder}/node.key"}}, '
+             f'{{cacertfile, "{folder}/ca.pem"}}, {{verify, verify_peer}}')
+    optfile = folder / "dist.conf"
+    optfile.write_text(f"[{{server, [{files}, {{fail_if_no_peer_cert, true}}]}},\n"
+                       f" {{client, [{files}]}}].\n")
+    return optfile
+
+
 def _run_rows(py: BlockingNode, client: str, target: str, t: Atom, epmd_port: int,
-              seconds: float, repeat: int = 3) -> list[tuple[str, float, float, float | None]]:
-    rows: list[tuple[str, float, float, float | None]] = []
+              seconds: float, repeat: int = 3, only: str = "") -> list[Row]:
+    rows: list[Row] = []
     for label, erl_run, py_run in _row_specs(py, client, target, t):
+        if only not in label:
+            continue
         # a fresh peer connection per row: it does not tick, so an idle one is dropped by Erlang
         peer = _Erldistpy.open(target, epmd_port) if _Erldistpy.does(label) else None
         peer_run = peer.run_for(label) if peer is not None else None
