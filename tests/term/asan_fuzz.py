@@ -93,6 +93,11 @@ CORPUS = [
     b"\x83l\x00\x00\x10\x00" + b"j" * 4096 + b"j",
     b"\x83l\x00\x00\x00\x03m\x00\x00\x00\x02abh\x02jjt\x00\x00\x00\x01a\x01jj",
     b"\x83P" + struct.pack(">I", 4102) + zlib.compress(b"l\x00\x00\x10\x00" + b"j" * 4097),
+    # Documents: repeated short binaries (the per-call cache; text and not-text under TEXT) and
+    # enough containers to be held out of the GC while built, cut and mutated midway.
+    _pure.encode([{b"id": i, b"name": b"user-%d" % i,
+                   b"tags": [b"alpha", b"beta", "\u00e9".encode(), b"\xff"],
+                   b"pos": (i, [i]), Atom("k"): {b"alpha": []}} for i in range(30)], False, 2, Mapping.EXACT),
 ]
 
 
