@@ -36,9 +36,10 @@ from .._errors import Error, RemoteError, Timeout, TransportError, UsageError
 
 
 class TlsFailed(TransportError):
-    """TLS with the service failed before any request went out: ``reason`` names the cause
-    (certificate verify failed, hostname mismatch, not a TLS service...). Nothing was sent,
-    the token included."""
+    """TLS with the service failed: ``reason`` names the cause (certificate verify failed,
+    hostname mismatch, not a TLS service, an http:// URL for an HTTPS service). A failed
+    handshake sent nothing, the token included; a plain request that got a TLS answer went out
+    in clear, which with a token only happens to loopback or with ``allow_plain_http``."""
 
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
