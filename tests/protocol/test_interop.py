@@ -169,3 +169,14 @@ def test_a_truncated_payload_still_breaks_the_connection() -> None:
     with pytest.raises(RemoteProtocolError, match="malformed"):
         b.next_event()
     assert b.state is State.ERROR
+
+
+def test_a_tls_peer_is_named_as_such() -> None:
+    """A plain-TCP side reading a TLS record (ClientHello or alert) says what is wrong."""
+    from beambridge.protocol import Connection, RemoteProtocolError, Role
+
+    for record in (b"\x16\x03\x01\x02\x00\x01", b"\x15\x03\x03\x00\x02\x02\x28"):
+        acceptor = Connection(Role.ACCEPTOR, this_node="a@127.0.0.1", cookie="c", creation=5)
+        acceptor.receive_data(record)
+        with pytest.raises(RemoteProtocolError, match="the peer speaks TLS"):
+            acceptor.next_event()

@@ -376,6 +376,10 @@ class Connection:
         connected = self._state is State.CONNECTED
         limit = self.max_frame_size if connected else MAX_HANDSHAKE_MESSAGE
         if size > limit:
+            if not connected and bytes(buf[pos:pos + 2]) in (b"\x16\x03", b"\x15\x03"):
+                # a TLS record (handshake or alert) read as a length: the peer runs TLS
+                raise RemoteProtocolError("the peer speaks TLS (-proto_dist inet_tls): this side "
+                                          "needs the cluster's TLS settings (tls=...)")
             what = "max_frame_size" if connected else "the handshake message limit"
             raise RemoteProtocolError(f"packet of {size} bytes exceeds {what} {limit}")
         end = pos + header + size

@@ -49,9 +49,7 @@ async def get_node() -> Node:
         future: asyncio.Future[Node] = loop.create_future()
         _nodes[loop] = (os.getpid(), future)
         settings = _default.get_settings()
-        options: dict[str, Any] = dict(settings.options)
-        if settings.epmd_port is not None:
-            options.setdefault("epmd_port", settings.epmd_port)
+        options = settings.node_options()  # TLS optfile, listen address and ports included
         try:
             node = Node(_default.worker_node_name(settings.node_name), settings.cookie,
                         hidden=settings.hidden, mapping=settings.term_mapping,

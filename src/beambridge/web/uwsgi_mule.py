@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
 
 from beambridge.web._config import WebSettings
 from beambridge.web._receiver import Receiver, load_handler
@@ -26,10 +25,8 @@ def main() -> int:
     if not name or not spec:
         log.error("set BEAMBRIDGE_RECEIVER_NAME and BEAMBRIDGE_RECEIVER_HANDLER for the mule")
         return 2
-    settings = WebSettings.from_env()
-    options: dict[str, Any] = {} if settings.epmd_port is None else {"epmd_port": settings.epmd_port}
-    receiver = Receiver(name, load_handler(spec), cookie=settings.cookie,
-                        mapping=settings.term_mapping, **options)
+    # made as the web workers' nodes are: TLS optfile, listen address and ports included
+    receiver = Receiver.from_settings(name, load_handler(spec), settings=WebSettings.from_env())
     receiver.serve_forever()
     return 0
 
