@@ -79,10 +79,13 @@ def test_a_link_cut_mid_traffic(cluster: Cluster, links_back: Network) -> None:
     # traffic: a stream of calls, and calls in flight that the cut catches
     stop = threading.Event()
     served = [0]
+    last = [0.0]  # how long the stream's last call took
 
     def stream() -> Any:
         while not stop.is_set():
-            py.rpc(n2.name, "erlang", "node", [], timeout=2)
+            last[0], outcome = timed(lambda: py.rpc(n2.name, "erlang", "node", [], timeout=2))
+            if isinstance(outcome, Exception):
+                return outcome
             served[0] += 1
         return "stopped"
 
@@ -98,9 +101,10 @@ def test_a_link_cut_mid_traffic(cluster: Cluster, links_back: Network) -> None:
         start("receive", 1, lambda: box.receive(timeout=1, match=lambda m: m == b"never")),
     ]
     streamer.join(2 + MARGIN)
-    assert not streamer.is_alive() and streamer.elapsed <= served[0] * 0.5 + 2 + MARGIN
-    assert isinstance(streamer.outcome, (NoConnection, Timeout)), streamer.outcome
     stop.set()
+    assert not streamer.is_alive(), "the stream of calls hangs"
+    assert isinstance(streamer.outcome, (NoConnection, Timeout)), streamer.outcome
+    assert last[0] <= 2 + MARGIN, last[0]
     for caller in (*in_flight, *started_during_cut):
         caller.check()
     # the long call outlives detection: it is told the connection went, not a timeout
@@ -117,6 +121,7 @@ def test_a_link_cut_mid_traffic(cluster: Cluster, links_back: Network) -> None:
     assert n2.name not in py.nodes()
 
     # once it is known down, new calls fail within their own timeouts too (nothing answers)
+    attempts_from = time.monotonic()
     after = [start("rpc", 1.5, lambda: py.rpc(n2.name, "erlang", "node", [], timeout=1.5)),
              start("gen_call", 1.5, lambda: py.gen_call((f"srv_{cluster.mode}", n2.name), b"x",
                                                        timeout=1.5)),
@@ -131,7 +136,11 @@ def test_a_link_cut_mid_traffic(cluster: Cluster, links_back: Network) -> None:
     assert py.rpc(n1.name, "bb_test", "erpc_py", [A(py.name), A("cutfns"), A("ok"), []],
                   timeout=5) == (A("ok"), A("ok"))
 
-    # the link back: the next call reconnects, to the same Erlang node (nothing restarted)
+    # the link back: the next call reconnects, to the same Erlang node (nothing restarted).
+    # Not before the connection attempts of the calls above are over: they outlive their
+    # callers by up to connect_timeout (3 s here), and a call joins an attempt in progress
+    # (as net_kernel's pending connect), so it could be told of the cut after all.
+    time.sleep(max(0.0, attempts_from + 3.0 + 0.2 - time.monotonic()))
     erl2.restore()
     assert py.rpc(n2.name, "os", "getpid", [], timeout=5) == os_pid
     assert py.gen_call(server, b"again", timeout=5) == (A("echo"), b"again")
@@ -185,5 +194,9 @@ def test_calls_to_a_cut_host_end_within_their_own_timeout(cluster: Cluster,
             n2.name, timeout=1) else "pong")]
     for caller in callers:
         caller.check(NoConnection)
-    erl2.restore()
-    assert py.ping(n2.name, timeout=5)
+    # Regression: closing the node while those connection attempts were still pending left
+    # them destroyed pending when the loop stopped ("Task was destroyed but it is pending!").
+    inner = py.node
+    box.close()
+    py.close()
+    assert not inner._connecting, inner._connecting

@@ -587,7 +587,8 @@ class Node:
         if self._epmd_writer is not None:
             self._epmd_writer.close()
         self._stop_listening()
-        for task in list(self._connecting.values()):
+        cancelled = list(self._connecting.values())
+        for task in cancelled:
             task.cancel()
         for future in self._pending.values():
             if not future.done():
@@ -600,6 +601,13 @@ class Node:
             mailbox.close(_A("shutdown"))
         for task in list(self._spawned.values()) + list(self._tasks):
             task.cancel()
+            cancelled.append(task)
+        # Let them unwind now, on this loop: a BlockingNode stops its loop right after, and a
+        # task destroyed pending (a connection attempt to an unreachable host) is an error.
+        current = asyncio.current_task()
+        unwinding = [t for t in cancelled if t is not current and not t.done()]
+        if unwinding:
+            await asyncio.wait(unwinding, timeout=1.0)
         log.info("node %s closed", self.name)
 
     def _stop_listening(self) -> None:
