@@ -16,7 +16,8 @@ import pytest
 from beambridge import otp
 
 ROOT = Path(__file__).resolve().parents[2]
-PAYLOADS = ("rpc tuple", "10k ints", "map 1k bin keys", "1 MB binary", "1k maps x5")
+PAYLOADS = ("rpc tuple", "10k ints", "map 1k bin keys", "1 MB binary", "1k maps x5", "docs bin keys",
+            "docs nested")
 
 
 @pytest.mark.timeout(60)
