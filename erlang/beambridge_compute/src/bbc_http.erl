@@ -1,8 +1,11 @@
 %%% @doc The HTTP+JSON front on MochiWeb.
 %%%
 %%% <pre>
+%%% GET    /                the dashboard page (static; its data comes from /cluster)
 %%% GET    /health          liveness, no token needed
 %%% GET    /nodes           the cluster and each node's load
+%%% GET    /cluster         nodes, running and recent jobs, throughput: what the dashboard shows
+%%% GET    /metrics         the Prometheus text format
 %%% GET    /functions       the job functions a request may name, with their docs
 %%% POST   /jobs            run a job; {"async": true} answers 202 with an id at once
 %%% GET    /jobs/ID[?wait=MS]  status, progress and result; waits up to MS for the end
@@ -22,7 +25,7 @@
 %%% bbc_conns admits the connection. A failed handshake is logged once, by ssl (a notice
 %%% naming the alert), not again as MochiWeb's error and crash reports.
 -module(bbc_http).
--export([start_link/0, port/0, loop/1, quiet_tls_accept/2]).
+-export([start_link/0, port/0, loop/1, quiet_tls_accept/2, error_json/1]).
 
 -define(MAX_WAIT_MS, 60000).
 -define(LOOPBACK_HOSTS, [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]).
@@ -256,6 +259,12 @@ json_body(Req) ->
             string:lowercase(string:trim(Type)) =:= "application/json"
     end.
 
+route('GET', [], _Req) ->
+    bbc_conns:phase(handling),
+    asset("index.html");
+route('GET', ["dashboard", Name], _Req) ->
+    bbc_conns:phase(handling),
+    asset(Name);
 route('GET', ["health"], _Req) ->
     bbc_conns:phase(handling),
     %% The limits a client needs to know before it sends (the Python client reads max_body).
@@ -281,6 +290,12 @@ route(Method, Path, Req) ->
 authorized_route('GET', ["nodes"], _Req, _Client) ->
     bbc_conns:phase(handling),
     {200, #{nodes => bbc_nodes:info()}};
+authorized_route('GET', ["cluster"], Req, Client) ->
+    bbc_conns:phase(handling),
+    {200, bbc_dashboard:cluster(Client, mochiweb_request:parse_qs(Req))};
+authorized_route('GET', ["metrics"], _Req, _Client) ->
+    bbc_conns:phase(handling),
+    {200, {content, "text/plain; version=0.0.4; charset=utf-8", bbc_metrics:render()}};
 authorized_route('GET', ["functions"], _Req, _Client) ->
     bbc_conns:phase(handling),
     {200, #{functions => bbc_exec:functions()}};
@@ -313,11 +328,31 @@ authorized_route('DELETE', ["jobs", Id], _Req, Client) ->
     end;
 authorized_route(_Method, Path, _Req, _Client) when Path =:= ["health"]; Path =:= ["nodes"];
                                                     Path =:= ["functions"]; Path =:= ["jobs"];
+                                                    Path =:= []; Path =:= ["cluster"];
+                                                    Path =:= ["metrics"];
                                                     length(Path) =:= 2,
                                                     hd(Path) =:= "jobs" ->
     {405, error_body(<<"method_not_allowed">>, <<"method not allowed here">>)};
 authorized_route(_Method, _Path, _Req, _Client) ->
     {404, error_body(<<"not_found">>, <<"no such endpoint">>)}.
+
+%% A file of the dashboard, with headers that keep it from running anything but itself:
+%% no inline script or style, no other origin, no framing (clickjacking a cancel button),
+%% no referrer.
+asset(Name) ->
+    case bbc_dashboard:asset(Name) of
+        {ok, Type, Bin} ->
+            {200, {content, Type, Bin},
+             [{"Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                          "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                          "form-action 'none'; frame-ancestors 'none'"},
+              {"X-Frame-Options", "DENY"}, {"X-Content-Type-Options", "nosniff"},
+              {"Referrer-Policy", "no-referrer"}, {"Cache-Control", "no-cache"}]};
+        {error, not_found} -> {404, error_body(<<"not_found">>, <<"no such endpoint">>)};
+        {error, {missing, Path}} ->
+            logger:error("bbc_http: the dashboard's file ~ts is missing", [Path]),
+            {500, error_body(<<"internal">>, <<"the dashboard's files are missing; see the service log">>)}
+    end.
 
 %% A finished job whose result was dropped to keep within max_result_bytes is gone (410);
 %% everything else is its view.
@@ -456,7 +491,7 @@ sync_answer(#{status := Status}) ->
 
 view_json(View) ->
     {Done, Total} = maps:get(progress, View),
-    Base = maps:with([id, status, op, started, finished, timeout, reason], View),
+    Base = maps:with([id, status, op, 'fun', started, finished, timeout, reason], View),
     WithError = case View of
                     #{error := E} -> Base#{error => error_json(E)};
                     _ -> Base
@@ -470,8 +505,9 @@ view_json(View) ->
 with({raw, Map, Key, Raw}, K, V) -> {raw, Map#{K => V}, Key, Raw};
 with(Map, K, V) -> Map#{K => V}.
 
-%% What a client learns of a failure: the job's own frames, never the service's (whose
+%% @doc What a client learns of a failure: the job's own frames, never the service's (whose
 %% file names would tell where and how it is installed), and file names without folders.
+-spec error_json({atom(), term(), list()}) -> map().
 error_json({Class, Reason, Stack}) ->
     #{kind => Class,
       reason => iolist_to_binary(io_lib:format("~0tP", [Reason, 40])),
@@ -499,6 +535,8 @@ error_body(Code, Reason) -> #{error => Code, reason => Reason}.
 
 reply(Req, Status, no_body, Headers) ->
     mochiweb_request:respond({Status, Headers, <<>>}, Req);
+reply(Req, Status, {content, Type, Body}, Headers) ->
+    mochiweb_request:respond({Status, [{"Content-Type", Type} | Headers], Body}, Req);
 reply(Req, Status, Body, Headers) ->
     Json = case Body of
                {raw, Map, Key, Raw} -> bbc_json:encode_with(Map, Key, Raw);

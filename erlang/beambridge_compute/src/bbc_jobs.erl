@@ -17,6 +17,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, submit/2, get/1, wait/2, notify/2, unnotify/2, cancel/1, forget/1, running/0]).
+-export([running_count/0, finished_count/0, running_jobs/1, recent/2]).
 -export([start_job/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -25,6 +26,13 @@
 
 -define(TAB, bbc_jobs).
 -define(EXPIRY, bbc_jobs_expiry).
+%% For listings (the dashboard): the ids of running jobs, and a history of the last
+%% ?HISTORY jobs that ended (synchronous ones too, which are forgotten once answered): a
+%% summary each (status, times, and a failure's reason and stack as a client sees them),
+%% by the order they ended in.
+-define(RUNNING, bbc_jobs_running).
+-define(HISTORY_TAB, bbc_jobs_history).
+-define(HISTORY, 200).
 -define(SWEEP_MS, 250).
 -define(PLAN_WAIT_MS, 10000).
 
@@ -102,6 +110,57 @@ forget(Id) -> gen_server:call(?MODULE, {forget, Id}).
 -spec running() -> non_neg_integer().
 running() -> gen_server:call(?MODULE, running).
 
+%% @doc Jobs running now, from the index (no call; 0 between two lives of the server).
+-spec running_count() -> non_neg_integer().
+running_count() -> size_of(?RUNNING).
+
+%% @doc Finished jobs remembered now (max_finished_jobs; no call).
+-spec finished_count() -> non_neg_integer().
+finished_count() ->
+    case ets:lookup(bbc_metrics, kept) of
+        [{_, N}] -> N;
+        [] -> 0
+    end.
+
+size_of(Tab) ->
+    case ets:info(Tab, size) of
+        undefined -> 0;
+        N -> N
+    end.
+
+%% @doc The views of the running jobs `Visible' accepts (a fun of the job's client), oldest
+%% first: what the dashboard lists (at most max_jobs plus recovered ones waiting).
+-spec running_jobs(fun((term()) -> boolean())) -> [map()].
+running_jobs(Visible) ->
+    Views = [V || {Id} <- safe_list(?RUNNING), {ok, V} <- [?MODULE:get(Id)], Visible(maps:get(client, V, none))],
+    lists:sort(fun(A, B) -> maps:get(started, A, 0) =< maps:get(started, B, 0) end, Views).
+
+%% @doc The summaries of the last `N' jobs that ended whose client `Visible' accepts, newest
+%% first: id, op, fun, status, started, finished, client, and for a failure `error' (kind,
+%% reason, stack: what `GET /jobs/ID' would say) or `reason'. Kept after the job itself is
+%% forgotten, up to ?HISTORY jobs.
+-spec recent(non_neg_integer(), fun((term()) -> boolean())) -> [map()].
+recent(N, Visible) ->
+    try recent(ets:last(?HISTORY_TAB), N, Visible, [])
+    catch error:badarg -> []
+    end.
+
+recent('$end_of_table', _N, _Visible, Acc) -> lists:reverse(Acc);
+recent(_Seq, 0, _Visible, Acc) -> lists:reverse(Acc);
+recent(Seq, N, Visible, Acc) ->
+    Next = ets:prev(?HISTORY_TAB, Seq),
+    case ets:lookup(?HISTORY_TAB, Seq) of
+        [{_, #{client := Client} = Summary}] ->
+            case Visible(Client) of
+                true -> recent(Next, N - 1, Visible, [Summary | Acc]);
+                false -> recent(Next, N, Visible, Acc)
+            end;
+        _ -> recent(Next, N, Visible, Acc)
+    end.
+
+safe_list(Tab) ->
+    try ets:tab2list(Tab) catch error:badarg -> [] end.
+
 %%% ------------------------------------------------------------------ the job process
 
 %% @doc bbc_job_sup's start function: a job that runs once its plan arrives.
@@ -150,6 +209,9 @@ init([]) ->
     process_flag(trap_exit, true),
     _ = ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
     _ = ets:new(?EXPIRY, [named_table, protected, ordered_set]),
+    _ = ets:new(?RUNNING, [named_table, protected, set, {read_concurrency, true}]),
+    _ = ets:new(?HISTORY_TAB, [named_table, protected, ordered_set, {read_concurrency, true}]),
+    ok = bbc_metrics:new(),
     erlang:send_after(?SWEEP_MS, self(), sweep),
     _ = bbc_store:dir(),
     self() ! recover,
@@ -231,7 +293,9 @@ handle_info({deadline, Id}, S) ->
     end;
 handle_info(sweep, S) ->
     erlang:send_after(?SWEEP_MS, self(), sweep),
-    {noreply, expire(erlang:system_time(millisecond), S)};
+    Now = erlang:system_time(millisecond),
+    ok = bbc_metrics:sweep(Now),
+    {noreply, expire(Now, S)};
 handle_info(recover, S) ->
     {noreply, lists:foldl(fun recover/2, S, bbc_store:recover())};
 handle_info({'DOWN', _, process, Pid, _}, #{writers := Writers} = S) ->
@@ -252,7 +316,20 @@ new_id() -> string:lowercase(binary:encode_hex(crypto:strong_rand_bytes(8))).
 meta(Id, Plan) ->
     #{id => Id, client => maps:get(client, Plan, none), durable => maps:get(async, Plan),
       ttl => maps:get(ttl, Plan), timeout => maps:get(timeout, Plan), op => maps:get(op, Plan),
-      total => maps:get(total, Plan), started => erlang:system_time(millisecond)}.
+      'fun' => fun_name(Plan), total => maps:get(total, Plan),
+      started => erlang:system_time(millisecond)}.
+
+%% "module:function" of the job's main function (what a listing shows).
+fun_name(#{call := F}) -> fun_text(F);
+fun_name(#{funs := #{f := F}}) -> fun_text(F);
+fun_name(#{funs := #{map := F}}) -> fun_text(F);
+fun_name(_) -> null.
+
+fun_text(F) when is_function(F) ->
+    {module, M} = erlang:fun_info(F, module),
+    {name, N} = erlang:fun_info(F, name),
+    <<(atom_to_binary(M))/binary, ":", (atom_to_binary(N))/binary>>;
+fun_text(_) -> null.
 
 room(Client, #{running := Running, clients := Clients}) ->
     case {map_size(Running) >= bbc_config:get(max_jobs),
@@ -270,6 +347,7 @@ start(#{id := Id, client := Client, timeout := Timeout, total := Total} = Meta,
     ets:insert(?TAB, {{progress, Id}, {0, Total}}),
     Timer = erlang:send_after(Timeout, self(), {deadline, Id}),
     ets:insert(?TAB, {{job, Id}, Meta#{status => running, pid => Pid, timer => Timer}}),
+    ets:insert(?RUNNING, {Id}),
     {Pid, S#{running := Running#{Pid => Id},
              clients := maps:update_with(Client, fun(N) -> N + 1 end, 1, Clients)}}.
 
@@ -329,6 +407,9 @@ finish(Id, #{pid := Pid, timer := Timer} = Job, Status, Bytes, #{waiters := W} =
     Done = (maps:without([pid, timer], Job))#{status => Status, finished => Now, expires => Expires},
     ets:insert(?TAB, {{job, Id}, Done}),
     ets:insert(?EXPIRY, {{Expires, Id}}),
+    ets:delete(?RUNNING, Id),
+    ok = bbc_metrics:job_finished(maps:get(op, Job), Status, Now - maps:get(started, Job, Now)),
+    history(Id, Done, S),
     [Waiting ! {Ref, finished} || {notify, Waiting, Ref} <- maps:get(Id, W, [])],
     S2 = case Pid of
              none -> S#{waiters := maps:remove(Id, W)};
@@ -337,9 +418,33 @@ finish(Id, #{pid := Pid, timer := Timer} = Job, Status, Bytes, #{waiters := W} =
     make_room(keep(Id, Bytes, S2)).
 
 keep(Id, Bytes, #{seq := Seq, seqs := Seqs, finished := F, kept := K, bytes := Total} = S) ->
-    S#{seq := Seq + 1, seqs := Seqs#{Id => Seq}, finished := gb_trees:insert(Seq, Id, F),
-       kept := case Bytes of 0 -> K; _ -> gb_trees:insert(Seq, {Id, Bytes}, K) end,
-       bytes := Total + Bytes}.
+    published(S#{seq := Seq + 1, seqs := Seqs#{Id => Seq}, finished := gb_trees:insert(Seq, Id, F),
+                 kept := case Bytes of 0 -> K; _ -> gb_trees:insert(Seq, {Id, Bytes}, K) end,
+                 bytes := Total + Bytes}).
+
+%% The store's size, for /metrics.
+published(#{bytes := Bytes, finished := F} = S) ->
+    ok = bbc_metrics:store(Bytes, gb_trees:size(F)),
+    S.
+
+%% A job that ended goes into the history (the oldest entry out past ?HISTORY). Its failure
+%% is formatted now, bounded (depth-limited reason, the job's own frames), so the history
+%% never holds a large term. Seq orders it after every earlier ending.
+history(Id, Done, #{seq := Seq}) ->
+    Status = maps:get(status, Done),
+    Outcome = case lists:member(Status, [failed, too_large]) andalso ets:lookup(?TAB, {outcome, Id}) of
+                  [{_, #{status := Status, error := Error}}] ->
+                      #{error => maps:remove(term, bbc_http:error_json(Error))};
+                  [{_, #{status := Status, reason := Reason}}] -> #{reason => Reason};
+                  _ -> maps:with([reason], Done)
+              end,
+    Summary = maps:merge((maps:with([op, 'fun', started, finished, client, status], Done))#{id => Id},
+                         Outcome),
+    ets:insert(?HISTORY_TAB, {Seq, Summary}),
+    case ets:info(?HISTORY_TAB, size) > ?HISTORY of
+        true -> ets:delete(?HISTORY_TAB, ets:first(?HISTORY_TAB));
+        false -> true
+    end.
 
 %% Oldest outcomes go first past the byte budget, oldest jobs past the count.
 make_room(#{kept := K, bytes := Total, finished := F} = S) ->
@@ -364,7 +469,7 @@ make_room(#{kept := K, bytes := Total, finished := F} = S) ->
                          end;
                      [] -> S
                  end,
-            make_room(S2#{kept := K2, bytes := Total - Bytes});
+            make_room(published(S2#{kept := K2, bytes := Total - Bytes}));
         true -> S
     end.
 
@@ -374,6 +479,7 @@ drop(Id, #{finished := F, kept := K, bytes := Total, seqs := Seqs} = S) ->
     ets:delete(?TAB, {job, Id}),
     ets:delete(?TAB, {progress, Id}),
     ets:delete(?TAB, {outcome, Id}),
+    ets:delete(?RUNNING, Id),
     case Job of
         #{expires := Expires} -> ets:delete(?EXPIRY, {Expires, Id});
         _ -> ok
@@ -388,8 +494,8 @@ drop(Id, #{finished := F, kept := K, bytes := Total, seqs := Seqs} = S) ->
                               {value, {_, B}} -> {gb_trees:delete(Seq, K), B};
                               none -> {K, 0}
                           end,
-            S2#{finished := gb_trees:delete_any(Seq, F), kept := K2, bytes := Total - Freed,
-                seqs := Seqs2};
+            published(S2#{finished := gb_trees:delete_any(Seq, F), kept := K2, bytes := Total - Freed,
+                          seqs := Seqs2});
         error -> S2
     end.
 
@@ -445,6 +551,7 @@ recover({Id, Facts, Outcome}, S) ->
                     %% Visible at once; started when a slot is free.
                     ets:insert(?TAB, {{progress, Id}, {0, maps:get(total, Plan)}}),
                     ets:insert(?TAB, {{job, Id}, Meta#{status => running, pid => none, timer => none}}),
+                    ets:insert(?RUNNING, {Id}),
                     start_pending(S#{pending := queue:in({Meta, Plan}, maps:get(pending, S))});
                 Other ->
                     lost(Id, io_lib:format("its request no longer runs here (~0P)", [Other, 12]), S)
@@ -477,6 +584,7 @@ lost(Id, Why, S) ->
     ets:insert(?TAB, {{progress, Id}, {0, 0}}),
     ets:insert(?TAB, {{job, Id}, Row}),
     ets:insert(?EXPIRY, {{maps:get(expires, Row), Id}}),
+    history(Id, Row, S),
     make_room(keep(Id, 0, persist(Id, Row, S))).
 
 %%% ------------------------------------------------------------------ views
@@ -493,7 +601,8 @@ view(Id, Job) ->
                   [{_, #{status := Status} = O}] -> maps:with([result, error, reason], O);
                   _ -> #{}
               end,
-    Base = maps:merge(maps:with([status, reason, op, started, finished, timeout, client], Job), Outcome),
+    Base = maps:merge(maps:with([status, reason, op, 'fun', started, finished, timeout, client], Job),
+                      Outcome),
     Progress = case Status of
                    done -> {Total, Total};
                    _ -> {Done, Total}

@@ -8,10 +8,16 @@
 %%% calling this server. A local worker that dies is started again after a short delay; a
 %%% configured node that goes away is reconnected periodically. Jobs use whatever workers
 %%% are up when they start; bbc_plists reruns the chunks of a node that dies mid-job.
+%%%
+%%% Other nodes connected to the service node (a Python web worker's node, a receiver, a
+%%% remote shell) are its peers: listed with their host and connection type, and probed like
+%%% workers when they are Erlang. A non-Erlang node answers no BIF; one that exposes
+%%% `beambridge_node:info/0' (a map: os_pid, role, exposes, rpc_calls, connections...) is
+%%% described by its own answer.
 -module(bbc_nodes).
 -behaviour(gen_server).
 
--export([start_link/0, workers/0, configured/0, info/0, await_local/1]).
+-export([start_link/0, workers/0, configured/0, peers/0, info/0, await_local/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(TAB, bbc_nodes).
@@ -36,13 +42,21 @@ configured() ->
     catch error:badarg -> []  % between two lives of this server
     end.
 
-%% @doc One map per node, the service node first: name, role, status, load figures and its
-%% distribution carrier (`dist': inet_tcp, inet_tls...).
-%% The probes of all nodes run at once, each bounded, so a hung node costs ?RPC_MS.
+%% @doc The other nodes connected to this one (visible or hidden) that are not configured
+%% workers: Python nodes, shells, clients.
+-spec peers() -> [node()].
+peers() ->
+    Workers = [N || #{name := N} <- configured()],
+    lists:sort([N || N <- nodes(connected), not lists:member(N, Workers)]).
+
+%% @doc One map per node, the service node first, then the workers, then the peers: name,
+%% role, status, load figures, connections and its distribution carrier (`dist': inet_tcp,
+%% inet_tls...). The probes of all nodes run at once, each bounded, so a hung node costs
+%% ?RPC_MS (twice, for a peer that is not Erlang).
 -spec info() -> [map()].
 info() ->
     Self = #{name => node(), role => service, status => up},
-    All = [Self | configured()],
+    All = [Self | configured()] ++ [#{name => N, role => peer, status => up} || N <- peers()],
     Parent = self(),
     Tags = [begin
                 Tag = make_ref(),
@@ -239,6 +253,12 @@ connect(Name, Node) ->
     _ = spawn(fun() -> Server ! {connected, Name, net_kernel:connect_node(Name) =:= true} end),
     Node.
 
+describe(#{name := Name, role := peer} = N) ->
+    Facts = maps:merge(N, connection(Name)),
+    case rpc:call(Name, os, getpid, [], ?RPC_MS) of
+        Pid when is_list(Pid) -> (describe(Facts#{role := erlang_peer}))#{role := peer, kind => erlang};
+        _ -> described_by_itself(Name, Facts)
+    end;
 describe(#{name := Name, status := up} = N) ->
     %% Plain BIF calls only: a joined node need not have our modules.
     Probes = [{os_pid, os, getpid, []},
@@ -247,12 +267,52 @@ describe(#{name := Name, status := up} = N) ->
               {run_queue, erlang, statistics, [run_queue]},
               {process_count, erlang, system_info, [process_count]},
               {memory_bytes, erlang, memory, [total]},
-              {dist, init, get_argument, [proto_dist]}],
+              {dist, init, get_argument, [proto_dist]},
+              {connections, erlang, nodes, [connected]}],
+    Base = case N of
+               #{role := service} -> N#{kind => erlang};
+               #{role := erlang_peer} -> N;
+               _ -> maps:merge(N#{kind => erlang}, connection(Name))
+           end,
     try
-        maps:merge(N, maps:from_list([{Key, probe(Name, M, F, A)} || {Key, M, F, A} <- Probes]))
-    catch throw:unreachable -> N#{status => unreachable}
+        maps:merge(Base, maps:from_list([{Key, probe(Name, M, F, A)} || {Key, M, F, A} <- Probes]))
+    catch throw:unreachable -> Base#{status => unreachable}
     end;
 describe(N) -> N.
+
+%% How this node is connected to `Name': its host (as the connection knows it) and whether
+%% the node is hidden.
+connection(Name) ->
+    Host = case Name =/= node() andalso net_kernel:node_info(Name, address) of
+               {ok, Address} when is_tuple(Address), tuple_size(Address) >= 3 ->
+                   case element(3, Address) of  % #net_address{address, host, ...}
+                       H when is_list(H) -> #{host => unicode:characters_to_binary(H)};
+                       _ -> #{}
+                   end;
+               _ -> #{}
+           end,
+    Type = case Name =/= node() andalso net_kernel:node_info(Name, type) of
+               {ok, T} when T =:= normal; T =:= hidden -> #{connection => T};
+               _ -> #{}
+           end,
+    maps:merge(Host, Type).
+
+%% A node that answers no BIF: what it says of itself through `beambridge_node:info/0', if
+%% it exposes that; else only its name and connection (kind `other').
+described_by_itself(Name, Facts) ->
+    Keys = [<<"os_pid">>, <<"role">>, <<"host">>, <<"exposes">>, <<"rpc_calls">>, <<"rpc_errors">>,
+            <<"rpc_rate">>, <<"connections">>, <<"messages_in">>, <<"messages_out">>,
+            <<"bytes_in">>, <<"bytes_out">>, <<"python">>, <<"version">>, <<"memory_bytes">>],
+    case rpc:call(Name, beambridge_node, info, [], ?RPC_MS) of
+        Info when is_map(Info) ->
+            Said = maps:with(Keys, bbc_json:to_json(Info)),
+            %% Its own role (web worker, receiver...) is shown beside ours (peer).
+            Own = maps:fold(fun(<<"role">>, V, Acc) -> Acc#{node_role => V};
+                               (K, V, Acc) -> Acc#{binary_to_atom(K) => V}
+                            end, #{}, Said),
+            maps:merge(Facts#{kind => python}, Own);
+        _ -> Facts#{kind => other}
+    end.
 
 probe(Name, M, F, A) ->
     Value = case Name =:= node() of
@@ -264,6 +324,7 @@ probe(Name, M, F, A) ->
         {ok, [[Proto | _] | _]} when F =:= get_argument -> list_to_binary(Proto);
         error when F =:= get_argument -> <<"inet_tcp">>;  % the default carrier
         Pid when F =:= getpid -> list_to_integer(Pid);
+        Nodes when F =:= nodes -> Nodes;
         Release when is_list(Release) -> list_to_binary(Release);
         Other -> Other
     end.
