@@ -29,6 +29,7 @@ from ._base import (
     job_status,
     log,
     sync_result,
+    text_of,
 )
 from ._errors import TlsFailed
 
@@ -55,6 +56,12 @@ class AsyncClient(BaseClient):
 
     async def functions(self) -> list[JobFunction]:
         return job_functions(decode(await self._send(self.get_request("/functions"))))
+
+    async def cluster(self, finished: int = 50) -> dict[str, Any]:
+        return decode(await self._send(self.cluster_request(finished)))
+
+    async def metrics(self) -> str:
+        return text_of(await self._send(self.get_request("/metrics")))
 
     async def call(self, fun: str, *args: Any, timeout: float | None = None) -> Any:
         return await self._run("call", fun=fun, args=args, timeout=timeout)

@@ -232,6 +232,12 @@ class BaseClient:
                                    f"service's limit of {limit} bytes", {"max_body": limit})
         return None
 
+    def cluster_request(self, finished: int) -> Request:
+        """``GET /cluster``: what the dashboard shows (``finished``: how many ended jobs, <= 200)."""
+        if not isinstance(finished, int) or finished < 0:
+            raise UsageError(f"finished must be a non-negative integer, got {finished!r}")
+        return Request("GET", f"/cluster?finished={finished}", None, self.timeout)
+
     def cancel_request(self, job_id: str) -> Request:
         return Request("DELETE", f"/jobs/{urllib.parse.quote(job_id, safe='')}", None, self.timeout)
 
@@ -368,6 +374,14 @@ def error_for(status: int, body: dict[str, Any], headers: dict[str, str] | None 
     if code == "cancelled":
         return JobCancelled(status, code, reason, body)
     return ServiceError(status, code, reason, body)
+
+
+def text_of(response: Response) -> str:
+    """The text of a 2xx answer that is not JSON (``/metrics``), or the typed error."""
+    if 200 <= response.status < 300:
+        return response.body.decode("utf-8", "replace")
+    decode(response)
+    raise AssertionError("decode raises for a non-2xx answer")
 
 
 def sync_result(payload: dict[str, Any]) -> Any:

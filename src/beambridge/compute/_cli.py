@@ -1,4 +1,5 @@
-"""``beambridge compute ...``: serve, new, submit, jobs (the demo is ``beambridge demo``).
+"""``beambridge compute ...``: serve, new, submit, jobs, top (also ``beambridge top``; the demo is
+``beambridge demo``).
 
 ``beambridge.cli`` calls ``add_parser(subparsers)``, whose parser sets ``handler=run``;
 ``python -m beambridge.compute`` runs the same parser on its own.
@@ -24,13 +25,30 @@ if TYPE_CHECKING:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``compute`` with its subcommands to an argparse subparsers object."""
+    """Add ``compute`` with its subcommands, and ``top`` (the cluster in a terminal), to an
+    argparse subparsers object."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "compute", help="the HTTP+JSON compute service and its map/reduce",
         description="Run, scaffold and use beambridge's Erlang compute service.")
     configure(parser)
     parser.set_defaults(handler=run)
+    top = subparsers.add_parser(
+        "top", help="the compute service's cluster in a terminal: nodes, load, jobs with progress",
+        description="Watch a compute service's cluster (GET /cluster), redrawn in place each second; "
+                    "q or Ctrl-C quits. --once prints one snapshot.")
+    _top_arguments(top)
+    top.set_defaults(handler=_top_run)
     return parser
+
+
+def _top_arguments(parser: argparse.ArgumentParser) -> None:
+    from ._top import add_arguments
+    add_arguments(parser)
+
+
+def _top_run(args: argparse.Namespace) -> int:
+    from ._top import run as top
+    return top(args)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +110,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="its bearer token (default: $BEAMBRIDGE_COMPUTE_TOKEN)")
     jobs.add_argument("--json", action="store_true", help="print the listing as JSON")
 
+    top = sub.add_parser("top", help="the cluster in a terminal (same as `beambridge top`)")
+    _top_arguments(top)
+
     for command in (submit, jobs):
         command.add_argument("--cafile", type=Path, default=os.environ.get("BEAMBRIDGE_COMPUTE_CAFILE"),
                              metavar="PEM", help="verify an https service with this CA (default: "
@@ -113,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             return _submit(args)
         if args.compute_command == "jobs":
             return _jobs(args)
+        if args.compute_command == "top":
+            return _top_run(args)
     except Error as error:
         message = str(error)
         if isinstance(error, Unauthorized):

@@ -30,6 +30,7 @@ from ._base import (
     job_status,
     log,
     sync_result,
+    text_of,
 )
 from ._errors import TlsFailed
 
@@ -58,6 +59,15 @@ class Client(BaseClient):
     def functions(self) -> list[JobFunction]:
         """The job functions this service allows (its ``job_modules``), with their docs."""
         return job_functions(decode(self._send(self.get_request("/functions"))))
+
+    def cluster(self, finished: int = 50) -> dict[str, Any]:
+        """The dashboard's view (``GET /cluster``): ``nodes``, this client's ``running`` jobs
+        with progress and its last ``finished`` ended ones, ``throughput`` buckets."""
+        return decode(self._send(self.cluster_request(finished)))
+
+    def metrics(self) -> str:
+        """The service's metrics in the Prometheus text format (``GET /metrics``)."""
+        return text_of(self._send(self.get_request("/metrics")))
 
     def call(self, fun: str, *args: Any, timeout: float | None = None) -> Any:
         """Run ``module:function(*args)`` on the service and return its result."""
