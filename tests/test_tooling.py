@@ -61,3 +61,61 @@ def test_every_source_module_is_type_checked() -> None:
     ours = _python_files("src")
     assert Path("src/beambridge/protocol/_connection.py") in ours
     assert ours - checked == set(), "source files mypy does not check"
+
+
+def _runtime_imports(path: Path, module: str) -> set[str]:
+    """The ``beambridge`` modules ``path`` imports when it runs (``if TYPE_CHECKING:`` left out)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom):
+                if child.level:  # relative to the module's own package
+                    base = module.split(".")[:-child.level]
+                    name = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    name = child.module or ""
+                for alias in child.names:  # `from . import x` imports the module x
+                    found.add(f"{name}.{alias.name}" if child.module is None else name)
+            elif isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            visit(child)
+
+    visit(tree)
+    return {m for m in found if m.startswith("beambridge")}
+
+
+def test_no_import_circle_between_modules() -> None:
+    """A module per job only helps if the jobs stack: no module imports, at run time, one that
+    (through others) imports it back. Packages' ``__init__`` re-exports are left out."""
+    src = ROOT / "src"
+    modules: dict[str, Path] = {}
+    for path in (src / "beambridge").rglob("*.py"):
+        name = ".".join(path.relative_to(src).with_suffix("").parts)
+        if not name.endswith("__init__"):
+            modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in _runtime_imports(path, name) if m in modules and m != name}
+    assert len(graph["beambridge.node._node"]) > 5  # the parser sees the hub's imports
+    state: dict[str, int] = {}
+    circles: list[list[str]] = []
+
+    def walk(name: str, stack: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                circles.append([*stack[stack.index(nxt):], nxt])
+            elif nxt not in state:
+                walk(nxt, [*stack, nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+    assert circles == [], "import circles: " + "; ".join(" -> ".join(c) for c in circles)

@@ -25,7 +25,8 @@ from ..term import Pid, Reference
 from ._errors import MailboxClosed
 from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match, Slot
-from ._node import Node, _Peer
+from ._node import Node
+from ._peer import _Peer
 
 __all__ = ["BlockingMailbox", "BlockingNode", "epmd_names"]
 

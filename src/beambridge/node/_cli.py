@@ -21,7 +21,7 @@ from ..term import Atom, format_term, parse_term
 from ._blocking import BlockingNode, epmd_names
 from ._epmd_client import START_EPMD_HINT
 from ._errors import BadCookie, EpmdUnavailable, NoConnection
-from ._node import PASS_COOKIE_HINT
+from ._names import PASS_COOKIE_HINT
 from ._tls import TlsConfig, TlsConfigError, TlsHandshakeFailed
 
 OK, FAILED, USAGE, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 4

@@ -13,14 +13,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .._errors import Timeout, UsageError
 from ..term import Atom, Pid, Reference
 from ._errors import MailboxClosed
-
-if TYPE_CHECKING:
-    from ._node import Node
 
 __all__ = ["Mailbox"]
 
@@ -102,10 +99,24 @@ class Slot:
         return self.ok is not None
 
 
+class ProcessHost(Protocol):
+    """What a mailbox asks of the node it lives on (``Node``; named here so that this module
+    does not import the node)."""
+
+    name: str
+
+    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None) -> None: ...
+    async def _link(self, mailbox: Mailbox, pid: Pid) -> None: ...
+    async def _unlink(self, mailbox: Mailbox, pid: Pid) -> None: ...
+    async def _monitor(self, mailbox: Mailbox, target: Any) -> Reference: ...
+    async def _demonitor(self, mailbox: Mailbox, ref: Reference) -> None: ...
+    def _process_ended(self, mailbox: Mailbox, reason: Any) -> None: ...
+
+
 class Mailbox:
     """A Python process on a ``Node``; made by ``Node.mailbox()``."""
 
-    def __init__(self, node: Node, pid: Pid, name: Atom | None, trap_exits: bool) -> None:
+    def __init__(self, node: ProcessHost, pid: Pid, name: Atom | None, trap_exits: bool) -> None:
         self._node = node
         self.pid = pid
         self.name = name
@@ -126,7 +137,8 @@ class Mailbox:
         return f"<Mailbox {self.pid!r}{' ' + self.name if self.name else ''}>"
 
     @property
-    def node(self) -> Node:
+    def node(self) -> ProcessHost:
+        """The node this mailbox lives on (a ``Node``)."""
         return self._node
 
     # ---------------------------------------------------------------- delivery (loop thread)

@@ -1,0 +1,280 @@
+"""Python calling Erlang: rpcs in flight by request id (erpc's spawn request, or rex for
+peers without it), their timeouts and abandonment; gen_call, gen_cast and ping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import RemoteError as RemoteError_
+from .._errors import Timeout
+from ..protocol import Exit2, Flag, HandshakeFailed
+from ..protocol._control import spawn_request_unchecked
+from ..term import Atom, Pid, Reference
+from ._core import NodeCore
+from ._errors import ErlangError, ErlangExit, ErlangThrow, NoConnection
+from ._mailbox import DOWN, KILL, check_name
+from ._names import (
+    _A,
+    BADRPC,
+    CALL,
+    ERPC,
+    ERROR,
+    EXECUTE_CALL,
+    EXIT_A,
+    EXIT_TAG,
+    GEN_CALL,
+    GEN_CAST,
+    MONITOR,
+    NET_KERNEL,
+    NOCONNECTION,
+    RETURN,
+    REX,
+    THROW,
+    full_node_name,
+)
+from ._peer import _SPAWN, _Peer
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    """An rpc in flight: the reply routes to ``done`` by request id."""
+
+    node: Atom
+    tag: Reference
+    done: Callable[[bool, Any], None]
+    label: tuple[Atom, Atom, int]  # module, function, arity: formatted only for a timeout
+    spawned: Pid | None = None
+    timer: asyncio.TimerHandle | None = None
+    threaded: bool = False  # a blocking caller's: its reply may be applied off the loop thread
+
+
+class Calls(NodeCore):
+    """rpcs to Erlang (a part of ``Node``)."""
+
+    # ================================================================ calling Erlang
+
+    def _name_atom(self, name: Any) -> Atom:
+        """A module or function name as an Atom (cached, like node names)."""
+        if not isinstance(name, str):
+            return check_name(name)  # refuses it with the usual error
+        atom = self._name_atoms.get(name)
+        if atom is None:
+            atom = check_name(name)
+            if len(self._name_atoms) < 4096:
+                self._name_atoms[name] = atom
+        return atom
+
+    def _node_atom(self, node: Any) -> Atom:
+        """A node name as an Atom (cached: calls name the same few nodes again and again)."""
+        atom = self._node_atoms.get(node)
+        if atom is None:
+            if isinstance(node, Atom) and "@" in node:
+                return node
+            atom = Atom(full_node_name(str(node)))
+            if len(self._node_atoms) < 4096:
+                self._node_atoms[node] = atom
+        return atom
+
+    async def rpc(self, node: str, module: str, function: str, args: Iterable[Any] = (),
+                  timeout: float | None = 30.0) -> Any:
+        """``erpc:call(Node, Module, Function, Args)``: the result, or a typed error.
+
+        ``ErlangError`` (reason and stack), ``ErlangThrow``, ``ErlangExit``; ``NoConnection``
+        when the node is unreachable or goes down during the call; ``Timeout`` after ``timeout``
+        seconds (the remote process is then killed, as erpc does).
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        req = self.begin_rpc(node, module, function, args, timeout, settle)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if req is not None:
+                self._abandon_call(req)
+            raise
+
+    def begin_rpc(self, node: str, module: str, function: str, args: Iterable[Any],
+                  timeout: float | None, done: Callable[[bool, Any], None]) -> Reference | None:
+        """Start an rpc; ``done(ok, value_or_exception)`` is called once, on the loop.
+
+        The callback form lets ``BlockingNode`` wait on a thread future without a task per call.
+        Returns the request id when the request went out at once (connected peer).
+        """
+        try:
+            self._check_running()
+            target = self._node_atom(node)
+            m, f, a = self._name_atom(module), self._name_atom(function), list(args)
+        except Exception as error:
+            done(False, error)
+            return None
+        peer = self._peers.get(target)
+        if peer is not None and peer.alive and peer.flags & _SPAWN:
+            try:
+                return self._start_call(peer, m, f, a, timeout, done)
+            except Exception as error:
+                done(False, error)
+                return None
+        self._spawn_task(self._rpc_slow(target, m, f, a, timeout, done))
+        return None
+
+    async def _rpc_slow(self, target: Atom, m: Atom, f: Atom, a: list[Any], timeout: float | None,
+                        done: Callable[[bool, Any], None]) -> None:
+        """Connect first (or use rex for peers without SPAWN), then call."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            peer = await self._peer(target, timeout)
+            if not peer.flags & Flag.SPAWN:
+                done(True, await self._rex_call(target, m, f, a, deadline))
+                return
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            self._start_call(peer, m, f, a, remaining, done)
+        except asyncio.CancelledError:
+            done(False, NoConnection(target, "node closed"))
+            raise
+        except Exception as error:
+            done(False, error)
+
+    def _start_call(self, peer: _Peer, m: Atom, f: Atom, a: list[Any], timeout: float | None,
+                    done: Callable[[bool, Any], None]) -> Reference:
+        req = self.make_ref()
+        tag = self.make_ref()
+        assert self._group_leader is not None and self._caller_pid is not None
+        peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
+                                          EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
+        call = _Call(peer.name, tag, done, (m, f, len(a)))
+        self._calls[req] = call
+        if timeout is not None:
+            assert self._loop is not None
+            call.timer = self._loop.call_later(timeout, self._call_timeout, req, timeout)
+        return req
+
+    def _finish_call(self, req: Reference, ok: bool, value: Any) -> None:
+        call = self._calls.pop(req, None)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        call.done(ok, value)
+
+    def _call_spawned(self, req: Reference, result: Any) -> None:
+        call = self._calls.get(req)
+        if call is None:
+            return
+        if isinstance(result, Pid):
+            call.spawned = result
+        else:
+            self._finish_call(req, False, ErlangError((ERPC, result)))
+
+    def _call_down(self, req: Reference, reason: Any) -> None:
+        call = self._calls.get(req)
+        if call is None:
+            return
+        try:
+            value = _erpc_result(call.node, call.tag, reason)
+        except Exception as error:
+            self._finish_call(req, False, error)
+        else:
+            self._finish_call(req, True, value)
+
+    def _call_timeout(self, req: Reference, timeout: float) -> None:
+        call = self._calls.get(req)
+        if call is None:
+            return
+        self._abandon_call(req)
+        m, f, arity = call.label
+        call.done(False, Timeout(f"rpc {m}:{f}/{arity} on {call.node} timed out after {timeout} s"))
+
+    def _abandon_call(self, req: Reference) -> None:
+        """Forget a call and kill its remote process, as erpc does on timeout."""
+        call = self._calls.pop(req, None)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.spawned is not None and self._caller_pid is not None:
+            self._signal_now(call.node, Exit2(self._caller_pid, call.spawned, KILL))
+
+    async def _rex_call(self, node: Atom, m: Atom, f: Atom, a: list[Any], deadline: float | None) -> Any:
+        """Old-style rpc through ``rex`` for peers without SPAWN (erl_interface nodes)."""
+        assert self._group_leader is not None
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        result = await self.gen_call((REX, node), (CALL, m, f, a, self._group_leader.pid), remaining)
+        if type(result) is tuple and len(result) == 2 and result[0] == BADRPC:
+            reason = result[1]
+            if reason == _A("nodedown"):
+                raise NoConnection(node, "nodedown")
+            if type(reason) is tuple and len(reason) == 2 and reason[0] == EXIT_TAG:
+                inner = reason[1]
+                if type(inner) is tuple and len(inner) == 2 and isinstance(inner[1], list):
+                    raise ErlangError(inner[0], inner[1])
+                raise ErlangExit(inner)
+            raise ErlangError((BADRPC, reason))
+        return result
+
+    async def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
+        """``gen_server:call(Dest, Request)``: the reply; ``ErlangExit`` if the server is gone."""
+        self._check_running()
+        mailbox = self._new_mailbox(None, trap_exits=True)
+        try:
+            node, target = self._resolve(dest)
+            ref = await self._monitor(mailbox, target if isinstance(target, Pid) else (target, node))
+            await self.send(dest, (GEN_CALL, (mailbox.pid, ref), request), sender=mailbox)
+
+            def is_answer(msg: Any) -> bool:
+                return type(msg) is tuple and (
+                    (len(msg) == 2 and msg[0] == ref) or (len(msg) == 5 and msg[0] == DOWN and msg[1] == ref))
+
+            try:
+                reply = await mailbox.receive(timeout, is_answer)
+            except Timeout:
+                raise Timeout(f"gen_call to {dest!r} timed out after {timeout} s") from None
+            if len(reply) == 2:
+                return reply[1]
+            if reply[4] == NOCONNECTION:
+                raise NoConnection(node, f"while calling {dest!r}")
+            raise ErlangExit(reply[4])
+        finally:
+            mailbox.close()
+
+    async def gen_cast(self, dest: Any, request: Any) -> None:
+        """``gen_server:cast(Dest, Request)``."""
+        await self.send(dest, (GEN_CAST, request))
+
+    async def ping(self, node: str, timeout: float = 5.0) -> bool:
+        """``net_adm:ping``: True (pong) when the node answers, False (pang) otherwise."""
+        try:
+            target = Atom(full_node_name(node))
+            answer = await self.gen_call((NET_KERNEL, target), (_A("is_auth"), self.node_atom), timeout)
+        except (NoConnection, Timeout, HandshakeFailed, RemoteError_):
+            return False
+        return bool(answer == _A("yes"))
+
+
+def _erpc_result(node: Atom, tag: Reference, reason: Any) -> Any:
+    """Map the exit reason of ``erpc:execute_call`` (seen in a DOWN message) to a result."""
+    if type(reason) is tuple and len(reason) >= 3 and reason[0] == tag:
+        kind = reason[1]
+        if kind == RETURN:
+            return reason[2]
+        if kind == THROW:
+            raise ErlangThrow(reason[2])
+        if kind == EXIT_A:
+            raise ErlangExit(reason[2])
+        if kind == ERROR:
+            raise ErlangError(reason[2], reason[3] if len(reason) == 4 else None)
+    if reason == NOCONNECTION:
+        raise NoConnection(node, "connection lost during the call")
+    raise ErlangExit((_A("signal"), reason))
+
+

@@ -1,0 +1,525 @@
+"""Connections: opened on demand (EPMD lookup, TCP or TLS, the handshake), accepted within
+bounds (handshakes in progress, per address, each within its deadline), kept up with ticks, and
+taken down with their links and monitors fired."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import struct
+import time
+from typing import Any
+
+from .._errors import Timeout, UsageError
+from ..protocol import (
+    NEED_DATA,
+    HandshakeFailed,
+    NameReceived,
+    RemoteProtocolError,
+    Role,
+    StatusReceived,
+    Tick,
+    dynamic_name,
+)
+from ..protocol import Connected as _Connected
+from ..protocol import Connection as _Protocol
+from ..protocol import ConnectionClosed as _Closed
+from ..term import Atom
+from . import _epmd_client
+from ._core import NodeCore
+from ._errors import EpmdUnavailable, NoConnection
+from ._mailbox import DOWN, NODEDOWN, PROCESS, Mailbox
+from ._names import NOCONNECTION, _monitored, full_node_name
+from ._peer import _WRITE_HIGH_WATER, _Peer, _PeerProtocol
+from ._tls import TlsHandshakeFailed
+
+log = logging.getLogger("beambridge.node")
+
+
+_ACCEPT_BATCH = 64  # connections accepted per readiness event (then others' events run)
+_ACCEPT_RETRY = 1.0  # seconds without accepting after accept() failed (as asyncio does)
+_LISTEN_BACKLOG = 128
+_HANDSHAKE_READ = 16 << 10  # stream buffer while handshaking: handshake messages are small
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left for a refusal
+
+
+class Connections(NodeCore):
+    """The node's connection set (a part of ``Node``)."""
+
+    # ================================================================ connections
+
+    def nodes(self) -> list[str]:
+        """Names of the nodes connected now."""
+        return [str(name) for name, peer in self._peers.items() if peer.alive]
+
+    async def connect(self, node: str, timeout: float | None = None) -> None:
+        """Connect to ``node`` now (sends and calls connect on demand anyway)."""
+        await self._peer(Atom(full_node_name(node)), timeout)
+
+    async def _peer(self, node: Atom, timeout: float | None = None) -> _Peer:
+        self._check_running()
+        peer = self._peers.get(node)
+        if peer is not None and peer.alive:
+            return peer
+        if node == self.node_atom:
+            raise UsageError("a node does not connect to itself")
+        future = self._pending.get(node)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_consume_exception)
+            self._pending[node] = future
+            self._connecting[node] = asyncio.ensure_future(self._connect(node, future))
+        limit = self.connect_timeout if timeout is None else min(timeout, self.connect_timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), limit)
+        except TimeoutError:
+            raise NoConnection(node, f"no connection within {limit} s") from None
+
+    async def _connect(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
+        opened: asyncio.StreamWriter | None = None
+        try:
+            alive, _, host = node.partition("@")
+            info = await _epmd_client.lookup(host, self.epmd_port, alive, self.connect_timeout)
+            if info is None:
+                raise NoConnection(node, f"{alive!r} is not registered with EPMD on {host}")
+            reader, writer = await asyncio.wait_for(self._open(node, host, info.port),
+                                                    self.connect_timeout)
+            opened = writer
+            proto = _Protocol(Role.INITIATOR, this_node=self.name, cookie=self._cookie,
+                              creation=self.creation, flags=self._flags, peer_node=str(node),
+                              mapping=self.mapping, **self._proto_options)
+            writer.write(proto.start())
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    connected = await self._handshake(proto, reader, writer, initiator=True)
+            except TimeoutError:
+                raise NoConnection(node, f"handshake not finished within {self.handshake_timeout} s "
+                                         "(handshake_timeout)") from None
+            if connected is None:
+                return  # lost the simultaneous-connect arbitration: the peer's connection wins
+            self._peer_up(proto, reader, writer, connected)
+            opened = None
+        except asyncio.CancelledError:
+            raise
+        except HandshakeFailed as error:
+            if error.reason == "nok":
+                # simultaneous connect and the peer's attempt wins; it resolves the future
+                log.debug("simultaneous connect to %s: waiting for its connection", node)
+                self._spawn_task(self._expire_pending(node, future))
+                return
+            if self.tls is not None and error.reason == "closed" and "(await_status)" in error.detail:
+                # Under TLS 1.3 a peer that refuses our certificate may close before its alert
+                # is read; before the status, nothing else (not the cookie) can have failed.
+                self._fail_pending(node, future, TlsHandshakeFailed(
+                    node, "the peer closed the connection right after TLS: it most likely refused "
+                          "our certificate"))
+                return
+            self._fail_pending(node, future, error)
+        except (TimeoutError, Timeout):
+            self._fail_pending(node, future, NoConnection(node, "handshake timed out"))
+        except NoConnection as error:
+            self._fail_pending(node, future, error)
+        except ssl.SSLError as error:
+            self._fail_pending(node, future, TlsHandshakeFailed(node, _tls_reason(error)))
+        except (OSError, RemoteProtocolError, EpmdUnavailable) as error:
+            if self.tls is not None and isinstance(error, ConnectionResetError | BrokenPipeError):
+                error = TlsHandshakeFailed(node, f"the peer closed the connection during TLS ({error})")
+            self._fail_pending(node, future, error if isinstance(error, NoConnection)
+                               else NoConnection(node, str(error)))
+        finally:
+            if self._connecting.get(node) is asyncio.current_task():
+                del self._connecting[node]
+            if opened is not None:
+                opened.close()
+
+    async def _open(self, node: Atom, host: str, port: int
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a peer's listening port: TCP, then TLS with the client context."""
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(host, port)
+        if self.tls is None:
+            return reader, writer
+        # Within what is left of connect_timeout, so that a peer which never answers TLS (a
+        # plain-TCP node waits for more of what it takes for a handshake packet) is named as such.
+        budget = max(0.1, self.connect_timeout - (time.monotonic() - started) - 0.25)
+        try:
+            await writer.start_tls(self.tls.client, server_hostname=self.tls.client_hostname(host),
+                                   ssl_handshake_timeout=budget)
+        except (TimeoutError, ConnectionAbortedError):  # asyncio aborts a handshake past its time
+            writer.close()
+            raise TlsHandshakeFailed(node, f"no TLS answer within {budget:.1f} s: is it a plain-TCP "
+                                           "node? (TLS nodes run -proto_dist inet_tls)") from None
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def _accepted(self, conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over a connection we accepted: TCP, or TLS with the server context."""
+        if self.tls is None:
+            return await asyncio.open_connection(sock=conn, limit=_HANDSHAKE_READ)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_HANDSHAKE_READ, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock=conn, ssl=self.tls.server,
+            ssl_handshake_timeout=self.handshake_timeout)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _expire_pending(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
+        await asyncio.sleep(self.connect_timeout)
+        self._fail_pending(node, future, NoConnection(node, "simultaneous connect did not complete"))
+
+    def _fail_pending(self, node: Atom, future: asyncio.Future[_Peer], error: BaseException) -> None:
+        if not future.done():
+            future.set_exception(error)
+        if self._pending.get(node) is future:
+            del self._pending[node]
+
+    async def _handshake(self, proto: _Protocol, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, *, initiator: bool) -> _Connected | None:
+        """Run the handshake to its end; ``None`` when we gave way to a simultaneous connect."""
+        while True:
+            event = proto.next_event()
+            out = proto.data_to_send()
+            if out:
+                writer.write(out)
+            if event is NEED_DATA:
+                data = await reader.read(65536)
+                proto.receive_data(data)
+                continue
+            if isinstance(event, _Connected):
+                return event
+            if isinstance(event, StatusReceived):
+                if event.status == "alive":
+                    # we are connecting anew, so any connection the peer remembers is dead
+                    writer.write(proto.answer_alive(True))
+                continue
+            if isinstance(event, NameReceived):
+                if event.dynamic:  # a peer without a name (erl_call -R): net_kernel names it
+                    if self._closed:
+                        writer.write(proto.accept_name("not_allowed"))
+                        await writer.drain()
+                        return None
+                    name, creation = self._unused_dynamic_name(event.name)
+                    writer.write(proto.accept_name("named", name=name, creation=creation))
+                    continue
+                status = self._arbitrate(Atom(event.name))
+                writer.write(proto.accept_name(status))
+                if status in ("nok", "not_allowed"):
+                    await writer.drain()
+                    return None
+                continue
+            if isinstance(event, _Closed):
+                raise HandshakeFailed("closed", "peer closed the connection during the handshake")
+
+    def _unused_dynamic_name(self, host: str) -> tuple[str, int]:
+        """A dynamic name at ``host`` (and its creation) that no connection uses: a clash of
+        64 random bits is unlikely, but net_kernel checks too."""
+        while True:
+            name, creation = dynamic_name(host)
+            if Atom(name) not in self._peers and Atom(name) not in self._connecting:
+                return name, creation
+
+    def _arbitrate(self, other: Atom) -> str:
+        """The status for an incoming name (see ``net_kernel``'s simultaneous-connect rule)."""
+        if self._closed:
+            return "not_allowed"
+        peer = self._peers.get(other)
+        if peer is not None and peer.alive:
+            return "alive"
+        if other in self._connecting:
+            if self.name > other:
+                return "nok"  # our own attempt wins
+            # the peer's wins, but only once it has proven the cookie (see ``_on_accept``): a
+            # stranger using its name must not cancel our attempt; the peer answers it ``nok``
+            return "ok_simultaneous"
+        return "ok"
+
+    def _accept_ready(self) -> None:
+        """Accept what the listening socket has. A connection over the handshake caps is closed
+        at once (reset), before anything but its socket exists; one within them gets a
+        handshake task with a deadline."""
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:  # out of file descriptors or memory: try again later
+                self._refusals.warn("accept", "cannot accept connections: %s; retrying in %.0f s",
+                                    error, _ACCEPT_RETRY)
+                assert self._loop is not None
+                self._loop.remove_reader(listener.fileno())
+                self._loop.call_later(_ACCEPT_RETRY, self._resume_accepting, listener)
+                return
+            host = str(address[0])
+            if (len(self._handshaking) >= self.max_handshakes
+                    or self._handshaking_from[host] >= self.max_handshakes_per_address):
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.close()
+                self._refusals.warn(
+                    "cap", "incoming connection from %s closed: %d handshakes in progress (%d from "
+                    "that address; max_handshakes=%d, max_handshakes_per_address=%d)", host,
+                    len(self._handshaking), self._handshaking_from[host], self.max_handshakes,
+                    self.max_handshakes_per_address)
+                continue
+            self._handshaking.add(conn)
+            self._handshaking_from[host] += 1
+            self._spawn_task(self._on_accept(conn, host))
+
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if self._listener is listener and self._loop is not None:
+            self._loop.add_reader(listener.fileno(), self._accept_ready)
+
+    async def _on_accept(self, conn: socket.socket, host: str) -> None:
+        proto: _Protocol | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                reader, writer = await self._accepted(conn)
+                proto = _Protocol(Role.ACCEPTOR, this_node=self.name, cookie=self._cookie,
+                                  creation=self.creation, flags=self._flags, mapping=self.mapping,
+                                  **self._proto_options)
+                connected = await self._handshake(proto, reader, writer, initiator=False)
+        except (HandshakeFailed, RemoteProtocolError, OSError, TimeoutError) as error:
+            peer_node = proto.peer_node if proto is not None else None
+            if isinstance(error, TimeoutError):
+                error = TimeoutError(f"handshake not finished within {self.handshake_timeout} s "
+                                     "(handshake_timeout)")
+            elif isinstance(error, ssl.SSLError):
+                error = OSError(_tls_reason(error) + " (a plain-TCP node, or a certificate our CA "
+                                "did not sign?)")
+            self._refusals.warn("handshake", "incoming connection from %s%s refused: %s", host,
+                                f" ({peer_node})" if peer_node else "", error)
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
+            self._orphaned(peer_node, error)
+            return
+        except BaseException:  # cancelled (the node closes): the socket goes with the task
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
+            raise
+        finally:
+            self._handshaking.discard(conn)
+            self._handshaking_from[host] -= 1
+            if self._handshaking_from[host] <= 0:
+                del self._handshaking_from[host]
+        if connected is None:
+            writer.close()
+            return
+        name = Atom(connected.name)
+        ours = self._connecting.pop(name, None)
+        if ours is not None:
+            ours.cancel()  # simultaneous connect, authenticated: this connection wins
+        old = self._peers.get(name)
+        if old is not None:
+            self._peer_down(old, "replaced by a new connection")
+        self._peer_up(proto, reader, writer, connected)
+
+    def _orphaned(self, name: str | None, error: BaseException) -> None:
+        """An accepted handshake that we let win over our own attempt failed: fail its waiters."""
+        if name is None:
+            return
+        node = Atom(name)
+        future = self._pending.get(node)
+        if future is not None and node not in self._connecting:
+            self._fail_pending(node, future, NoConnection(node, f"handshake failed: {error}"))
+
+    def _peer_up(self, proto: _Protocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 connected: _Connected) -> None:
+        name = Atom(connected.name)
+        with contextlib.suppress(OSError):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation)
+        self._peers[name] = peer
+        # bytes the stream reader got after the handshake's last read are the peer's first packets
+        leftover = bytes(getattr(reader, "_buffer", b""))
+        eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
+        peer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        peer.transport.set_protocol(_PeerProtocol(self, peer))
+        peer.tasks.append(self._spawn_task(self._tick_loop(peer)))
+        assert self._loop is not None
+        self._loop.call_soon(self._on_peer_data, peer, leftover or None)
+        if eof:
+            self._loop.call_soon(self._on_peer_data, peer, b"")
+        future = self._pending.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(peer)
+        log.info("connected to %s", name)
+        for watcher in list(self._nodes_watchers):
+            watcher.deliver((Atom("nodeup"), name))
+
+    def _on_peer_data(self, peer: _Peer, data: bytes | None) -> None:
+        """Bytes from a connection (``b""``: it closed; ``None``: only what is buffered): decode
+        and apply every whole message."""
+        if not peer.alive:
+            return
+        with peer.rlock:
+            self._on_peer_data_locked(peer, data)
+
+    def _on_peer_data_locked(self, peer: _Peer, data: bytes | None) -> None:
+        proto = peer.proto
+        try:
+            if data is not None:
+                proto.receive_data(data)
+                peer.last_recv = time.monotonic()
+            next_event, dispatch = proto.next_event, self._dispatch
+            while True:
+                event = next_event()
+                if event is NEED_DATA:
+                    return
+                kind = type(event)
+                if kind is Tick:
+                    continue
+                if kind is _Closed:
+                    self._peer_down(peer, "connection closed")
+                    return
+                try:
+                    dispatch(peer, event)
+                except Exception:
+                    log.exception("error handling %r from %s", kind.__name__, peer.name)
+                if not peer.alive:
+                    return
+        except RemoteProtocolError as error:
+            log.warning("closing connection to %s: %s", peer.name, error)
+            self._peer_down(peer, f"protocol error: {error}")
+
+    async def _tick_loop(self, peer: _Peer) -> None:
+        interval = self.net_ticktime / 4
+        while peer.alive:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - peer.last_recv > self.net_ticktime:
+                log.warning("%s sent nothing for %.1f s (net_ticktime): connection dropped",
+                            peer.name, now - peer.last_recv)
+                self._peer_down(peer, "net_tick_timeout")
+                return
+            if now - peer.last_sent >= interval * 0.9 and peer.alive:
+                peer.write(peer.proto.tick())
+
+    def _peer_down(self, peer: _Peer, reason: str) -> None:
+        if not peer.alive:
+            return
+        peer.alive = False
+        if self._peers.get(peer.name) is peer:
+            del self._peers[peer.name]
+        log.info("connection to %s down: %s", peer.name, reason)
+        with peer.wlock:
+            peer.pending.clear()
+            peer.transport.close()
+        peer.resume_writing()
+        current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
+        for task in peer.tasks:
+            if task is not current:
+                task.cancel()
+        node = peer.name
+        for req in [r for r, c in list(self._calls.items()) if c.node == node]:  # threads add
+            self._finish_call(req, False, NoConnection(node, f"connection lost during the call: {reason}"))
+        for mailbox in list(self._procs.values()):
+            for linked in [p for p in mailbox.links if p.node == node]:
+                mailbox.links.discard(linked)
+                mailbox.exit_signal(linked, NOCONNECTION)
+            for ref, (target, target_node) in list(mailbox.monitors_out.items()):
+                if target_node == node:
+                    del mailbox.monitors_out[ref]
+                    mailbox.deliver((DOWN, ref, PROCESS, _monitored(target, node), NOCONNECTION))
+            for ref, (holder, _) in list(mailbox.monitors_in.items()):
+                if holder.node == node:
+                    del mailbox.monitors_in[ref]
+            if node in mailbox.node_monitors:
+                mailbox.node_monitors.discard(node)
+                mailbox.deliver((NODEDOWN, node))
+        for watcher in list(self._nodes_watchers):
+            watcher.deliver((NODEDOWN, node))
+
+    def monitor_nodes(self, mailbox: Mailbox, enable: bool = True) -> None:
+        """Deliver ``('nodeup', Node)``/``('nodedown', Node)`` for every connection to ``mailbox``."""
+        if enable:
+            self._nodes_watchers.add(mailbox)
+        else:
+            self._nodes_watchers.discard(mailbox)
+
+
+def _tls_reason(error: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in OpenSSL's words (a failed verification names
+    its cause: unknown CA, expired, hostname mismatch)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the peer's certificate was refused: {error.verify_message}"
+    return f"TLS handshake failed: {error.reason or error}"
+
+
+def _listen(host: str, ports: tuple[int, int] | None = None) -> socket.socket:
+    """A non-blocking listening socket on ``host`` and a free port, the first free one of
+    ``ports`` (``low``, ``high``) when given, as Erlang's ``inet_dist_listen_min/max`` (the loop
+    does not own it: the node accepts itself, so it can refuse a connection before building
+    anything for it)."""
+    low, high = ports or (0, 0)
+    for port in range(low, high + 1):
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(_LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE or port == high:
+                if error.errno == errno.EADDRINUSE:
+                    raise UsageError(f"no free port in listen_ports {low}..{high} on {host}") from None
+                raise
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise AssertionError("unreachable")
+
+
+class _Throttle:
+    """Warnings an attacker can trigger at will, at most one per ``interval`` seconds per kind
+    (with a count of the ones left out): a flood must not become a flood of log lines."""
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: collections.Counter[str] = collections.Counter()
+
+    def warn(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self._interval) < self._interval:
+            self._skipped[kind] += 1
+            log.debug(message, *args)
+            return
+        self._last[kind] = now
+        skipped = self._skipped.pop(kind, 0)
+        if skipped:
+            message += " (and %d more like it since the last such warning)"
+            args = (*args, skipped)
+        self._log.warning(message, *args)
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+

@@ -1,0 +1,67 @@
+"""The atoms a node speaks, and how a node is named and finds its cookie."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from .._errors import UsageError
+from ..term import Atom, Pid
+
+_A = Atom
+OK = _A("ok")
+ERROR = _A("error")
+RETURN = _A("return")
+THROW = _A("throw")
+EXIT_A = _A("exit")
+UNDEF = _A("undef")
+NOPROC = _A("noproc")
+NOCONNECTION = _A("noconnection")
+ERPC = _A("erpc")
+EXECUTE_CALL = _A("execute_call")
+EXECUTE_CAST = _A("execute_cast")
+MONITOR = _A("monitor")
+LINK = _A("link")
+REX = _A("rex")
+NET_KERNEL = _A("net_kernel")
+GEN_CALL = _A("$gen_call")
+GEN_CAST = _A("$gen_cast")
+CALL = _A("call")
+BADRPC = _A("badrpc")
+EXIT_TAG = _A("EXIT")
+SPAWN_REPLY = _A("spawn_reply")
+EMPTY = _A("")
+
+
+#: how the "no cookie" message tells a Python caller to give one; the command line says its flag
+PASS_COOKIE_HINT = "pass cookie=..."
+
+
+def default_cookie() -> str:
+    """``$ERLANG_COOKIE``, else ``~/.erlang.cookie``, as Erlang itself looks."""
+    cookie = os.environ.get("ERLANG_COOKIE")
+    if cookie:
+        return cookie
+    path = Path.home() / ".erlang.cookie"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise UsageError(
+            f"no cookie: {PASS_COOKIE_HINT}, set $ERLANG_COOKIE, or create ~/.erlang.cookie"
+        ) from None
+
+
+def full_node_name(name: str) -> str:
+    """``name`` as ``name@host`` (a short name gets this machine's short host name)."""
+    if not isinstance(name, str) or not name or name.startswith("@") or name.endswith("@"):
+        raise UsageError(f"a node name is 'name' or 'name@host', not {name!r}")
+    if "@" in name:
+        return name
+    return f"{name}@{socket.gethostname().split('.')[0]}"
+
+
+def _monitored(target: Pid | Atom, node: Atom) -> Pid | tuple[Atom, Atom]:
+    """The fourth element of a DOWN message: the pid, or ``(Name, Node)`` for a monitor set on
+    a registered name (local names too), as ``erlang:monitor/2`` reports them."""
+    return target if isinstance(target, Pid) else (target, node)

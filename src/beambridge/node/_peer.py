@@ -1,0 +1,260 @@
+"""One live connection to another node: the write path any thread may use (writes
+coalesced, or sent straight to the socket by a blocking caller), and the protocol object the
+transport feeds once the handshake is done."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any, Protocol
+
+from .._errors import EncodeError
+from ..protocol import Connection as _Protocol
+from ..protocol import ControlMessage, Flag
+from ..term import Atom, Mapping
+from ._errors import NoConnection
+from ._mailbox import Slot
+
+log = logging.getLogger("beambridge.node")
+
+
+_WRITE_HIGH_WATER = 4 << 20
+_COALESCE_LIMIT = 64 << 10
+_SPAWN = int(Flag.SPAWN)  # plain int: an IntFlag operation builds an enum member each time
+
+
+class _Peer:
+    """One live connection. After the handshake its transport feeds ``_PeerProtocol`` directly
+    (no stream reader task: one loop iteration less per message that arrives)."""
+
+    __slots__ = (
+        "active",
+        "alive",
+        "creation",
+        "flags",
+        "flush_scheduled",
+        "last_recv",
+        "last_sent",
+        "leads",
+        "loop",
+        "name",
+        "olock",
+        "owner",
+        "paused",
+        "pending",
+        "posted",
+        "posted_n",
+        "processed",
+        "proto",
+        "reader",
+        "rlock",
+        "sock",
+        "tasks",
+        "tq",
+        "transport",
+        "waiting",
+        "wlock",
+        "writer",
+    )
+
+    def __init__(self, name: Atom, proto: _Protocol, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, flags: int, creation: int) -> None:
+        self.name = name
+        self.proto = proto
+        self.reader = reader
+        self.writer = writer  # kept: a collected StreamWriter closes its transport
+        self.transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
+        self.flags = flags
+        self.creation = creation
+        self.last_sent = self.last_recv = time.monotonic()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.alive = True
+        self.pending: list[bytes] = []
+        self.flush_scheduled = False
+        self.loop = asyncio.get_running_loop()
+        self.paused: asyncio.Future[None] | None = None
+        #: orders the loop's writes with other threads' direct ones (``write_from_thread``)
+        self.wlock = threading.Lock()
+        #: other threads' writes waiting for the write lock's holder (``write_from_thread``)
+        self.tq: collections.deque[bytes] = collections.deque()
+        # the plain socket under a selector transport (None elsewhere, e.g. uvloop: no fast path)
+        sock = getattr(self.transport, "_sock", None)
+        self.sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
+        # Reading: the loop, or one blocking caller (the "owner") while the transport's reading is
+        # paused for it; ``rlock`` serializes feeding ``proto``, ``olock`` guards owner/active.
+        self.rlock = threading.Lock()
+        self.olock = threading.Lock()
+        self.owner: int | None = None
+        self.active = False
+        self.leads = 0  # times the owner started reading (the loop's watchdog sees it idle)
+        #: blocking callers waiting for a reply here, by thread: the owner hands reading to one
+        self.waiting: dict[int, Slot] = {}
+        #: events the owner handed to the loop, and how many of them the loop has applied
+        self.posted = itertools.count(1)
+        self.posted_n = 0
+        self.processed = 0
+
+    def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
+        if not self.alive:
+            raise NoConnection(self.name, "connection closed")
+        self.write(self.proto.send(message, mapping=mapping))
+
+    def write(self, data: bytes) -> None:
+        """Write at once when nothing else went out in this loop iteration; later writes of the
+        same iteration are queued and leave in one system call at its end (system calls, not
+        Python, are the cost of many small messages; latency is the cost of one). Loop only."""
+        self.last_sent = time.monotonic()
+        self.wlock.acquire()
+        try:
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self.flush)
+                if not self.pending:
+                    self.transport.write(data)
+                    return
+                self.pending.append(data)
+                return
+            if len(data) >= _COALESCE_LIMIT:
+                self._flush_locked()
+                self.transport.write(data)
+                return
+            self.pending.append(data)
+        finally:
+            self._unlock()
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.pending:
+            self.wlock.acquire()
+            try:
+                self._flush_locked()
+            finally:
+                self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the write lock, then send what other threads queued while it was held (they
+        did not wait for it: see ``write_from_thread``)."""
+        self.wlock.release()
+        if self.sock is not None:
+            self._drain(self.sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        """Send the threads' queue unless another holder of the write lock is there to do it."""
+        queue, lock = self.tq, self.wlock
+        while queue:
+            if not lock.acquire(blocking=False):
+                return  # the holder sends it when it lets go (``_unlock``)
+            try:
+                self._send_queued(sock)
+            finally:
+                lock.release()
+
+    def _flush_locked(self) -> None:
+        pending = self.pending
+        if pending and self.alive:
+            data = b"".join(pending) if len(pending) > 1 else pending[0]
+            pending.clear()
+            self.transport.write(data)
+
+    def write_from_thread(self, data: bytes) -> bool:
+        """Another thread's write, straight to the socket (no hop to the loop thread); False when
+        this transport has no plain socket and the loop must write it.
+
+        Flat combining: the data is queued, and whoever holds the write lock sends everything
+        queued (one system call for several threads' messages). A thread that finds the lock
+        taken returns at once instead of sleeping on it: the holder looks at the queue again
+        after it lets go, so nothing is left behind.
+        """
+        sock = self.sock
+        if sock is None:
+            return False
+        self.tq.append(data)
+        self._drain(sock)
+        return True
+
+    def _send_queued(self, sock: socket.socket) -> None:
+        """Send what threads queued (write lock held). What the socket does not take at once, and
+        anything behind the loop's own queue, goes to the loop's queue, which flushes in order."""
+        queue = self.tq
+        batch = [queue.popleft() for _ in range(len(queue))]
+        if not batch or not self.alive:
+            return  # a dead connection: its callers are told by the loop (or see it dead)
+        data = b"".join(batch) if len(batch) > 1 else batch[0]
+        if self.pending or self.transport.get_write_buffer_size():
+            self.pending.append(data)
+            self.loop.call_soon_threadsafe(self.flush)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the loop sees the broken connection and reports it
+        self.last_sent = time.monotonic()
+        if sent < len(data):
+            self.pending.append(data[sent:])
+            self.loop.call_soon_threadsafe(self.flush)
+
+    def send_quiet(self, message: ControlMessage) -> None:
+        """Send a signal; a dead connection or an unencodable term is logged, not raised."""
+        try:
+            self.send(message)
+        except (NoConnection, EncodeError) as error:
+            log.debug("signal %r to %s not sent: %s", type(message).__name__, self.name, error)
+
+    async def drain(self) -> None:
+        """Wait while the transport holds more than its high-water mark of unsent bytes."""
+        if not self.alive:
+            return
+        if self.pending and self.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            self.flush()
+        waiter = self.paused
+        if waiter is not None:
+            await asyncio.shield(waiter)
+
+    def pause_writing(self) -> None:
+        if self.paused is None:
+            self.paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self.paused = self.paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class PeerHost(Protocol):
+    """What a connection's protocol object tells its node (the node, without importing it)."""
+
+    def _on_peer_data(self, peer: _Peer, data: bytes | None) -> None: ...
+
+    def _peer_down(self, peer: _Peer, reason: str) -> None: ...
+
+
+class _PeerProtocol(asyncio.Protocol):
+    """The transport's protocol once a connection is up: bytes go straight to the node."""
+
+    def __init__(self, node: PeerHost, peer: _Peer) -> None:
+        self._node = node
+        self._peer = peer
+
+    def data_received(self, data: bytes) -> None:
+        self._node._on_peer_data(self._peer, data)
+
+    def eof_received(self) -> bool:
+        self._node._on_peer_data(self._peer, b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer.resume_writing()
+        self._node._peer_down(self._peer, str(exc) if exc else "connection closed")
+
+    def pause_writing(self) -> None:
+        self._peer.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._peer.resume_writing()

@@ -1,0 +1,374 @@
+"""Erlang calling Python: exposed functions (for rpc:call, erpc:call and erl_call), the
+processes spawned to run them, and the node's built-in services (rex, net_kernel, a group
+leader) that Erlang peers expect to find."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import traceback
+import types
+from collections.abc import Callable, Iterable
+from collections.abc import Mapping as AbcMapping
+from pathlib import Path
+from typing import Any
+
+from .._errors import EncodeError, UsageError
+from .._errors import RemoteError as RemoteError_
+from ..protocol import AliasSend, Flag, Send, SpawnReply, SpawnRequest
+from ..term import Atom, ImproperList, Pid, Reference, encode_body
+from ._connections import _consume_exception
+from ._core import NodeCore
+from ._errors import MailboxClosed, NoConnection
+from ._mailbox import KILL, NORMAL, Mailbox, check_name
+from ._names import (
+    _A,
+    BADRPC,
+    CALL,
+    ERPC,
+    ERROR,
+    EXECUTE_CALL,
+    EXECUTE_CAST,
+    EXIT_TAG,
+    GEN_CALL,
+    LINK,
+    MONITOR,
+    OK,
+    RETURN,
+    REX,
+    UNDEF,
+)
+from ._peer import _Peer
+
+log = logging.getLogger("beambridge.node")
+io_log = logging.getLogger("beambridge.node.io")
+
+
+#: Frames from these files are beambridge's or the thread pool's, not the user's: left out of stacks.
+_INTERNAL_PATHS = (str(Path(__file__).resolve().parent), str(Path(asyncio.__file__).resolve().parent),
+                   str(Path(contextlib.__file__).resolve().parent / "concurrent"))
+
+
+class _PythonError:
+    """A Python exception turned into Erlang's ``error`` reason and stack."""
+
+    @staticmethod
+    def reason(error: BaseException) -> Any:
+        return (Atom("python"), Atom(type(error).__name__[:255]), str(error).encode("utf-8", "replace"))
+
+    @staticmethod
+    def stack(error: BaseException) -> list[Any]:
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if not f.filename.startswith(_INTERNAL_PATHS)]
+        stack = []
+        for frame in reversed(frames[-20:]):
+            location = [(Atom("file"), [ord(c) for c in frame.filename[-200:]]),
+                        (Atom("line"), frame.lineno or 0)]
+            module = Path(frame.filename).stem or "python"
+            stack.append((Atom(module[:255]), Atom(frame.name[:255]), 0, location))
+        return stack
+
+
+class _Undefined(Exception):
+    pass
+
+
+class Services(NodeCore):
+    """What Erlang may call here (a part of ``Node``)."""
+
+    # ================================================================ Erlang calling us
+
+    def expose(self, module: str, functions: Any, *, inline: bool = False) -> None:
+        """Make Python callables callable from Erlang as ``Module:Function(Args...)``.
+
+        ``functions`` is a mapping name -> callable or an iterable of named callables (exactly
+        those), a Python module (its ``__all__`` when it has one, else the public functions it
+        defines itself: never what it imported, such as ``subprocess.getoutput``), or an object
+        (the public methods defined in its class's own bodies: not instance attributes, not what
+        ``object`` or a built-in base class brings; for a class, its static and class methods).
+        Coroutine functions run on the node's loop; plain ones run in a worker thread
+        (``inline=True`` runs them on the loop: fast, but they must not block). Erlang reaches
+        them with ``rpc:call``, ``erpc:call``, ``erl_call``; anything else is ``undef``.
+        """
+        table: dict[Atom, tuple[Callable[..., Any], bool]] = {}
+        if isinstance(functions, AbcMapping):
+            items = list(functions.items())
+        elif isinstance(functions, types.ModuleType):
+            items = _module_functions(functions)
+        elif isinstance(functions, Iterable) and not isinstance(functions, (str, bytes, type)):
+            items = [(getattr(fn, "__name__", ""), fn) for fn in functions]
+        else:
+            items = _object_methods(functions)
+        for fname, fn in items:
+            if not callable(fn):
+                raise UsageError(f"{module}:{fname} is not callable")
+            table[check_name(fname)] = (fn, inline)
+        self._exposed.setdefault(check_name(module), {}).update(table)
+
+    async def _invoke(self, module: Atom, function: Atom, args: list[Any]) -> Any:
+        entry = self._exposed.get(module, {}).get(function)
+        if entry is None or not isinstance(args, list):
+            raise _Undefined()
+        fn, inline = entry
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        if inline:
+            result = fn(*args)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _outcome(self, module: Atom, function: Atom, args: Any) -> tuple[str, Any, Any]:
+        """Run an exposed function: ``('return', value, None)``, ``('error', reason, stack)``..."""
+        try:
+            return "return", await self._invoke(module, function, args), None
+        except _Undefined:
+            arity = args if isinstance(args, list) else 0
+            return "error", UNDEF, [(module, function, arity, [])]
+        except asyncio.CancelledError:
+            raise
+        except RemoteError_ as error:  # an Erlang-style error raised on purpose keeps its form
+            return error.kind, error.reason, error.stack or []
+        except Exception as error:
+            arity = len(args) if isinstance(args, list) else 0
+            stack = [*_PythonError.stack(error), (module, function, arity, [])]
+            return "error", _PythonError.reason(error), stack
+
+    def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
+        if self._closed:
+            peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, _A("notsup")))
+            return
+        process = Mailbox(self, self._next_pid(), None, trap_exits=False)
+        self._procs[process.pid.id] = process
+        flags = 0
+        for option in event.options:
+            if option == LINK:
+                process.links.add(event.from_pid)
+                flags |= 1
+            elif option == MONITOR:
+                process.monitors_in[event.req_id] = (event.from_pid, process.pid)
+                flags |= 2
+        peer.send_quiet(SpawnReply(event.req_id, event.from_pid, flags, process.pid))
+        task = self._spawn_task(self._run_spawned(process, event))
+        self._spawned[process.pid.id] = task
+
+    async def _run_spawned(self, process: Mailbox, event: SpawnRequest) -> None:
+        m, f, args = event.module, event.function, event.args
+        waiter = self._spawn_task(process.receive(None, lambda _: False))  # wakes when killed
+        waiter.add_done_callback(_consume_exception)
+        try:
+            if m == ERPC and f == EXECUTE_CALL and len(args) == 4:
+                work = self._spawn_task(self._outcome(args[1], args[2], args[3]))
+                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done:
+                    work.cancel()
+                    return
+                kind, value, stack = work.result()
+                tag = args[0]
+                if kind == "return":
+                    reason: Any = (tag, RETURN, value)
+                elif kind == "error":
+                    reason = (tag, ERROR, value, stack)
+                else:
+                    reason = (tag, Atom(kind), value)
+                self._finish(process, reason, tag)
+            else:
+                if m == ERPC and f == EXECUTE_CAST and len(args) == 3:
+                    m, f, args = args[0], args[1], args[2]
+                work = self._spawn_task(self._outcome(m, f, args))
+                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done:
+                    work.cancel()
+                    return
+                kind, value, stack = work.result()
+                if kind == "return":
+                    self._finish(process, NORMAL, None)
+                else:
+                    self._finish(process, (value, stack) if kind == "error" else value, None)
+        finally:
+            waiter.cancel()
+            self._spawned.pop(process.pid.id, None)
+            if process.closed is None:
+                process.close(KILL)
+
+    def _finish(self, process: Mailbox, reason: Any, tag: Any) -> None:
+        """End a spawned process; a result with no Erlang form becomes an error reason."""
+        try:
+            encode_body(reason, mapping=self.mapping)
+        except EncodeError as error:
+            python_reason = (Atom("python"), Atom("EncodeError"), str(error).encode())
+            reason = (tag, ERROR, python_reason, []) if tag is not None else python_reason
+        process.close(reason)
+
+
+def _module_functions(module: types.ModuleType) -> list[tuple[str, Callable[..., Any]]]:
+    """What a module offers: its ``__all__`` (the author's list, re-exports included), else the
+    public functions whose ``__module__`` is this one; classes are left out either way (calling
+    one from Erlang would build an object Erlang cannot receive)."""
+    names = getattr(module, "__all__", None)
+    if names is not None:
+        found = [(str(n), getattr(module, str(n), None)) for n in names]
+        return [(n, fn) for n, fn in found if callable(fn) and not isinstance(fn, type)]
+    return [(n, fn) for n, fn in vars(module).items()
+            if not n.startswith("_") and callable(fn) and not isinstance(fn, type)
+            and getattr(fn, "__module__", None) == module.__name__]
+
+
+def _object_methods(obj: object) -> list[tuple[str, Callable[..., Any]]]:
+    """The public methods an object's classes define in their own bodies (``__qualname__``
+    under the class's): an attribute set on the instance, or a function assigned into a class
+    body from elsewhere, is not one; nor is anything of ``object`` or a built-in base. For a
+    class, only its static and class methods (a plain method would need an instance)."""
+    is_class = isinstance(obj, type)
+    cls: type = obj if isinstance(obj, type) else type(obj)
+    seen: set[str] = set()
+    found: list[tuple[str, Callable[..., Any]]] = []
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)  # a subclass's attribute of that name hides the base's
+            plain = isinstance(value, types.FunctionType)
+            if is_class and plain:
+                continue
+            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if not isinstance(func, types.FunctionType):
+                continue
+            if not func.__qualname__.startswith(klass.__qualname__ + "."):
+                continue
+            # bound from the class: an instance attribute of the same name does not replace it
+            found.append((name, value.__get__(None if is_class else obj, cls)))
+    return found
+
+
+class _Service(Mailbox):
+    """A built-in process that handles its messages as they arrive (no queue)."""
+
+    def __init__(self, node: NodeCore, pid: Pid, name: Atom | None = None) -> None:
+        super().__init__(node, pid, name, trap_exits=True)
+        self._host = node  # the node's internals, typed: a service is part of the node
+
+    def deliver(self, message: Any) -> None:
+        try:
+            self.handle(message)
+        except (EncodeError, NoConnection, MailboxClosed) as error:
+            log.debug("%s could not answer %r: %s", self.name, message, error)
+
+    def handle(self, message: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reply(self, to: Any, message: Any) -> None:
+        """Send without waiting: a reply goes back on the connection the request came on."""
+        node = self._host
+        if isinstance(to, ImproperList) and to.items and to.items[0] == _A("alias") and isinstance(
+                to.tail, Reference):
+            node._signal_now(to.tail.node, AliasSend(self.pid, to.tail, message))
+            return
+        if isinstance(to, Pid):
+            node._signal_now(to.node, Send(to, message, self.pid))
+
+    def gen_reply(self, sender: Any, reply: Any) -> None:
+        """Answer a ``'$gen_call'`` ``From`` (``{Pid, Tag}``; Tag may be an alias)."""
+        if type(sender) is not tuple or len(sender) != 2:
+            return
+        pid, tag = sender
+        node = self._host
+        if (isinstance(tag, ImproperList) and tag.items and tag.items[0] == _A("alias")
+                and isinstance(tag.tail, Reference)):
+            peer = node._peers.get(pid.node) if isinstance(pid, Pid) else None
+            if peer is not None and peer.flags & Flag.ALIAS:
+                node._signal_now(pid.node, AliasSend(self.pid, tag.tail, (tag, reply)))
+                return
+        if isinstance(pid, Pid):
+            node._signal_now(pid.node, Send(pid, (tag, reply), self.pid))
+
+
+class _Rex(_Service):
+    """The ``rex`` server: old-style rpc (``{call,M,F,A,GL}``, as erl_call and Jinterface send,
+    plain or through ``gen_server:call``) and ``features_request``."""
+
+    def handle(self, message: Any) -> None:
+        if type(message) is not tuple:
+            return
+        if len(message) == 2 and isinstance(message[0], Pid):
+            sender, request = message
+            if request == _A("features_request"):
+                self.reply(sender, (_A("features_reply"), self._host.node_atom, [ERPC]))
+            elif _is_call(request):
+                self._host._spawn_task(self._answer(request, lambda r: self.reply(sender, (REX, r))))
+        elif len(message) == 3 and message[0] == GEN_CALL and _is_call(message[2]):
+            sender = message[1]
+            self._host._spawn_task(self._answer(message[2], lambda r: self.gen_reply(sender, r)))
+
+    async def _answer(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
+        _, m, f, a = request[:4]
+        kind, value, stack = await self._host._outcome(m, f, a)
+        if kind == "return" or kind == "throw":
+            result = value
+        elif kind == "exit":
+            result = (BADRPC, (EXIT_TAG, value))
+        else:
+            result = (BADRPC, (EXIT_TAG, (value, stack)))
+        try:
+            reply(result)
+        except EncodeError as error:
+            reply((BADRPC, (EXIT_TAG, ((Atom("python"), Atom("EncodeError"), str(error).encode()), []))))
+
+
+def _is_call(request: Any) -> bool:
+    return (type(request) is tuple and len(request) == 5 and request[0] in (CALL, _A("block_call"))
+            and isinstance(request[1], Atom) and isinstance(request[2], Atom))
+
+
+class _Sink(_Service):
+    """The sender of messages sent with no mailbox; what comes back to it is dropped."""
+
+    def handle(self, message: Any) -> None:
+        log.debug("message to the node's anonymous sender dropped: %.200r", message)
+
+
+class _NetKernel(_Service):
+    """Enough of ``net_kernel`` to answer ``net_adm:ping`` (``{is_auth, Node}`` -> ``yes``)."""
+
+    def handle(self, message: Any) -> None:
+        if type(message) is tuple and len(message) == 3 and message[0] == GEN_CALL:
+            request = message[2]
+            if type(request) is tuple and len(request) == 2 and request[0] == _A("is_auth"):
+                self.gen_reply(message[1], _A("yes"))
+
+
+class _GroupLeader(_Service):
+    """The group leader of what we spawn remotely: io requests are logged and answered ``ok``."""
+
+    def handle(self, message: Any) -> None:
+        if type(message) is not tuple or len(message) != 4 or message[0] != _A("io_request"):
+            return
+        _, sender, reply_as, request = message
+        text = _io_text(request)
+        if text is not None:
+            io_log.info("%s", text.rstrip("\n"))
+            answer: Any = OK
+        else:
+            answer = (ERROR, _A("enotsup"))
+        self.reply(sender, (_A("io_reply"), reply_as, answer))
+
+
+def _io_text(request: Any) -> str | None:
+    if type(request) is not tuple or not request or request[0] != _A("put_chars"):
+        return None
+    chars = request[-1]
+    if isinstance(chars, bytes):
+        return chars.decode("utf-8", "replace")
+    if isinstance(chars, list):
+        try:
+            return "".join(chr(c) if isinstance(c, int) else (c.decode("utf-8", "replace")
+                           if isinstance(c, bytes) else "") for c in chars)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(chars, str):
+        return chars
+    return "<formatted output>"

@@ -1,0 +1,347 @@
+"""The doors other threads use into the loop's state: a blocking caller writes its request
+straight to the socket and, while it waits, may read the connection itself (the "owner"),
+handing reading back to the loop when it is done; this is ``BlockingNode``'s fast path."""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..protocol import (
+    NEED_DATA,
+    AliasSend,
+    ControlMessage,
+    LocalProtocolError,
+    MonitorPExit,
+    RegSend,
+    RemoteProtocolError,
+    Send,
+    SendSender,
+    SpawnReply,
+    Tick,
+)
+from ..protocol._control import spawn_request_unchecked
+from ..term import Pid, Reference
+from ._calls import _Call
+from ._core import NodeCore
+from ._errors import NoConnection
+from ._mailbox import Mailbox, Slot
+from ._names import ERPC, EXECUTE_CALL, MONITOR
+from ._peer import _SPAWN, _Peer
+
+log = logging.getLogger("beambridge.node")
+
+
+#: how long a blocking caller that reads its connection itself may stay away before the loop
+#: takes reading back (others' messages wait at most about this long meanwhile)
+_OWNER_IDLE = 0.002
+#: how long an owner waiting for a reply polls the socket before it sleeps in poll(): a reply
+#: usually comes within tens of microseconds, and a sleep costs a wake-up (BEAM's schedulers
+#: busy-wait before sleeping for the same reason)
+_SPIN = 25e-6
+
+
+class ThreadDoors(NodeCore):
+    """Blocking callers' fast path (a part of ``Node``)."""
+
+    def rpc_from_thread(self, node: str, module: str, function: str, args: Iterable[Any]
+                        ) -> tuple[_Peer, Reference, Slot] | None:
+        """Start an rpc from a thread other than the loop's, writing the request itself.
+
+        ``None`` when the loop must do it (not connected, no SPAWN, bytes queued before ours).
+        Otherwise the reply arrives through the loop into the returned waiter; the caller owns
+        the deadline and hands an expired call to ``_call_timeout`` on the loop.
+        """
+        if self._closed or not self._started:
+            return None
+        target = self._node_atom(node)
+        peer = self._peers.get(target)
+        if peer is None or not peer.alive or peer.sock is None or not peer.flags & _SPAWN:
+            return None
+        m, f, a = self._name_atom(module), self._name_atom(function), list(args)
+        assert self._group_leader is not None and self._caller_pid is not None
+        # still this connection's reader from the last call: say so before the request goes out
+        # (the loop's watchdog must not take reading back while the reply is on its way)
+        leading = self._lead(peer, threading.get_ident())
+        try:
+            req = self.make_ref()
+            tag = self.make_ref()
+            try:
+                data = peer.proto.send(spawn_request_unchecked(
+                    req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [tag, m, f, a],
+                    [MONITOR]))
+            except LocalProtocolError:
+                self._unlead(peer, leading)
+                return None  # the connection is closing: the loop's path reports it
+            waiter = Slot()
+            self._calls[req] = _Call(peer.name, tag, waiter.fill, (m, f, len(a)), threaded=True)
+            if not peer.write_from_thread(data):
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
+            if not peer.alive and self._calls.pop(req, None) is not None:
+                raise NoConnection(peer.name, "connection closed")  # went down before it saw our call
+            return peer, req, waiter
+        except BaseException:
+            self._unlead(peer, leading)
+            raise
+
+    @staticmethod
+    def _unlead(peer: _Peer, leading: bool) -> None:
+        if leading:
+            with peer.olock:
+                peer.active = False
+
+    # ---------------------------------------------------------------- a caller reads for itself
+    #
+    # A blocking caller waiting for its reply may become the connection's reader ("owner"): the
+    # loop pauses the transport's reading and wakes it, and from then on the caller polls and
+    # reads the socket itself, applying rpc replies of blocking callers at once and handing every
+    # other event to the loop, in order. That saves two thread wake-ups per call (loop thread, then
+    # caller). The owner keeps the role across back-to-back calls; when it leaves, the loop takes
+    # reading back unless the owner has already started its next call.
+
+    def wait_from_thread(self, peer: _Peer, waiter: Slot, timeout: float | None) -> bool:
+        """Wait (on a non-loop thread) for ``waiter``; False when ``timeout`` passed first."""
+        loop = self._loop
+        assert loop is not None
+        me = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        may_lead = peer.sock is not None
+        peer.waiting[me] = waiter
+        try:
+            while waiter.ok is None:
+                if may_lead and self._lead(peer, me):
+                    try:
+                        outcome = self._read_as_owner(peer, waiter, deadline)
+                    finally:
+                        with peer.olock:
+                            peer.active = False
+                    if outcome == "timeout":
+                        return waiter.ok is not None
+                    if outcome != "done":  # "broken" or "handed": the loop reads again
+                        may_lead = False
+                        loop.call_soon_threadsafe(self._maybe_revoke, peer)
+                    continue
+                if may_lead and peer.owner is None and peer.alive:
+                    may_lead = False  # ask once per call
+                    loop.call_soon_threadsafe(self._grant, peer, me, waiter)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not waiter.wait(remaining):
+                    return waiter.ok is not None
+                if waiter.ok is None and peer.owner == me:
+                    may_lead = True  # woken by a grant or a hand-over: read
+            return True
+        finally:
+            peer.waiting.pop(me, None)
+            if peer.owner == me:
+                self._leave(peer, me, waiter.ok is not None)
+
+    def _leave(self, peer: _Peer, me: int, served: bool) -> None:
+        """The owner's wait is over: hand reading to another waiting blocking caller, else to the
+        loop when replies are still due or this wait ran out (the thread goes off elsewhere),
+        else keep it for this thread's next call."""
+        with peer.olock:
+            if peer.owner != me:
+                return
+            peer.active = False
+            for ident, other in list(peer.waiting.items()):
+                if ident != me and other.ok is None:
+                    peer.owner = ident
+                    other.wake()
+                    return
+        if self._calls or not served:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._maybe_revoke, peer)
+
+    @staticmethod
+    def _lead(peer: _Peer, me: int) -> bool:
+        """Start reading as the owner: this thread's role, or taken over from another blocking
+        thread that holds it but is not reading now (no hop to the loop; the order of events
+        does not depend on which thread reads)."""
+        with peer.olock:
+            owner = peer.owner
+            if peer.alive and (owner == me or (owner is not None and not peer.active)):
+                peer.owner = me
+                peer.active = True
+                peer.leads += 1
+                return True
+            return False
+
+    def _owner_watch(self, peer: _Peer, seen: int) -> None:
+        """Loop: take reading back from an owner that has not read since the last look (it went
+        off to do other work); an owner calling back to back keeps the role without a hop."""
+        with peer.olock:
+            if peer.owner is None:
+                return
+            if peer.active or peer.leads != seen:
+                assert self._loop is not None
+                self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, peer.leads)
+                return
+            peer.owner = None
+        if peer.alive:
+            peer.transport.resume_reading()
+
+    def _grant(self, peer: _Peer, ident: int, waiter: Slot) -> None:
+        """Loop: make a waiting blocking caller the connection's reader."""
+        if not peer.alive or peer.owner is not None or waiter.ok is not None:
+            return
+        with peer.olock:
+            peer.owner = ident
+            peer.active = False
+            seen = peer.leads
+        peer.transport.pause_reading()
+        # wake it one iteration later: a read the selector reported in this one still runs here
+        assert self._loop is not None
+        self._loop.call_soon(waiter.wake)
+        self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, seen)
+
+    def _maybe_revoke(self, peer: _Peer) -> None:
+        """Loop: take reading back from an owner that is not reading now."""
+        with peer.olock:
+            if peer.owner is None or peer.active:
+                return
+            peer.owner = None
+        if peer.alive:
+            peer.transport.resume_reading()
+
+    def _read_as_owner(self, peer: _Peer, waiter: Slot, deadline: float | None) -> str:
+        """Read and apply packets until ``waiter`` is filled: "done", "timeout", "handed" (see
+        ``_apply_as_owner``) or "broken"."""
+        sock = peer.sock
+        assert sock is not None
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        except (OSError, ValueError):
+            return "broken"
+        spin_until: float | None = None
+        while waiter.ok is None:
+            if not peer.alive:
+                return "broken"
+            with peer.rlock:
+                try:
+                    data = sock.recv(1 << 18)
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                except (OSError, ValueError):
+                    return "broken"
+                if data is not None:
+                    if not data:
+                        return "broken"  # end of stream: the loop reads it again and closes
+                    peer.last_recv = time.monotonic()
+                    applied = self._apply_as_owner(peer, data)
+                    if applied != "ok":
+                        return applied
+                    continue
+            now = time.perf_counter()
+            if spin_until is None:
+                spin_until = now + _SPIN
+            if now < spin_until:
+                continue  # a reply is usually microseconds away: sleeping would cost a wake-up
+            spin_until = None
+            wait = 0.05
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return "timeout"
+            try:
+                poller.poll(wait * 1000)
+            except (OSError, ValueError):
+                return "broken"
+        return "done"
+
+    def _apply_as_owner(self, peer: _Peer, data: bytes) -> str:
+        """Feed bytes read by the owner: "ok"; "handed" when some event went to the loop (the
+        owner then stops reading: what it waits for may now come through the loop); "broken"
+        when the peer broke the protocol."""
+        proto = peer.proto
+        loop = self._loop
+        assert loop is not None
+        proto.receive_data(data)
+        caller = self._caller_pid
+        calls = self._calls
+        outcome = "ok"
+        while True:
+            try:
+                event = proto.next_event()
+            except RemoteProtocolError as error:
+                loop.call_soon_threadsafe(self._owner_protocol_error, peer, error)
+                return "broken"
+            if event is NEED_DATA:
+                return outcome
+            kind = type(event)
+            if kind is Tick:
+                continue
+            if peer.posted_n == peer.processed:  # nothing handed over is pending: order holds
+                if kind is MonitorPExit and event.to_pid == caller:
+                    call = calls.get(event.ref)
+                    if call is not None and call.threaded:
+                        self._call_down(event.ref, event.reason)
+                        continue
+                elif kind is SpawnReply and event.to_pid == caller:
+                    call = calls.get(event.req_id)
+                    if call is not None and call.threaded:
+                        self._call_spawned(event.req_id, event.result)
+                        continue
+                elif kind is Send or kind is SendSender or kind is RegSend:
+                    # a message for a plain mailbox: delivered here unless an async receive
+                    # waits on it (services such as rex run on the loop)
+                    box = (self._local(event.to_pid) if kind is not RegSend
+                           else self._names.get(event.to_name))
+                    if type(box) is Mailbox and box.deliver_from_thread(event.message):
+                        continue
+            peer.posted_n = next(peer.posted)
+            loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
+            outcome = "handed"
+
+    def _dispatch_from_owner(self, peer: _Peer, event: Any) -> None:
+        peer.processed += 1
+        if not peer.alive:
+            return
+        try:
+            self._dispatch(peer, event)
+        except Exception:
+            log.exception("error handling %r from %s", type(event).__name__, peer.name)
+
+    def _owner_protocol_error(self, peer: _Peer, error: RemoteProtocolError) -> None:
+        log.warning("closing connection to %s: %s", peer.name, error)
+        self._peer_down(peer, f"protocol error: {error}")
+
+    def _write_for_thread(self, peer: _Peer, data: bytes, req: Reference) -> None:
+        if peer.alive:
+            peer.write(data)
+        else:
+            self._finish_call(req, False, NoConnection(peer.name, "connection closed"))
+
+    def send_from_thread(self, dest: Any, message: Any, sender: Mailbox | None) -> _Peer | None:
+        """``send`` from a thread other than the loop's, written directly when the destination's
+        node is connected and nothing is queued: the connection it went out on; None: the loop
+        must do it."""
+        if self._closed or not self._started:
+            return None
+        node, target = self._resolve(dest)
+        if node == self.node_atom:
+            return None
+        peer = self._peers.get(node)
+        if peer is None or not peer.alive or peer.sock is None:
+            return None
+        source = sender or self._anon
+        assert source is not None
+        if isinstance(target, Pid):
+            msg: ControlMessage = Send(target, message, source.pid)
+        elif isinstance(target, Reference):
+            msg = AliasSend(source.pid, target, message)
+        else:
+            msg = RegSend(source.pid, target, message)
+        try:
+            data = peer.proto.send(msg)
+        except LocalProtocolError:
+            return None
+        return peer if peer.write_from_thread(data) else None
+
