@@ -225,18 +225,22 @@ class Calls(NodeCore):
     async def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         """``gen_server:call(Dest, Request)``: the reply; ``ErlangExit`` if the server is gone."""
         self._check_running()
+        deadline = None if timeout is None else time.monotonic() + timeout
         mailbox = self._new_mailbox(None, trap_exits=True)
         try:
             node, target = self._resolve(dest)
+            if node != self.node_atom:  # connecting is part of the call: within its timeout
+                await self._peer(node, timeout)
             ref = await self._monitor(mailbox, target if isinstance(target, Pid) else (target, node))
             await self.send(dest, (GEN_CALL, (mailbox.pid, ref), request), sender=mailbox)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
             def is_answer(msg: Any) -> bool:
                 return type(msg) is tuple and (
                     (len(msg) == 2 and msg[0] == ref) or (len(msg) == 5 and msg[0] == DOWN and msg[1] == ref))
 
             try:
-                reply = await mailbox.receive(timeout, is_answer)
+                reply = await mailbox.receive(left, is_answer)
             except Timeout:
                 raise Timeout(f"gen_call to {dest!r} timed out after {timeout} s") from None
             if len(reply) == 2:

@@ -242,7 +242,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         if self._epmd_writer is not None:
             self._epmd_writer.close()
         self._stop_listening()
-        for task in list(self._connecting.values()):
+        cancelled = list(self._connecting.values())
+        for task in cancelled:
             task.cancel()
         for future in self._pending.values():
             if not future.done():
@@ -255,6 +256,13 @@ class Node(Connections, ThreadDoors, Calls, Services):
             mailbox.close(_A("shutdown"))
         for task in list(self._spawned.values()) + list(self._tasks):
             task.cancel()
+            cancelled.append(task)
+        # Let them unwind now, on this loop: a BlockingNode stops its loop right after, and a
+        # task destroyed pending (a connection attempt to an unreachable host) is an error.
+        current = asyncio.current_task()
+        unwinding = [t for t in cancelled if t is not current and not t.done()]
+        if unwinding:
+            await asyncio.wait(unwinding, timeout=1.0)
         log.info("node %s closed", self.name)
 
     def _stop_listening(self) -> None:
@@ -509,7 +517,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         raise UsageError(f"send to a Pid, a registered name, (name, node) or an alias, not {dest!r}")
 
     def begin_send(self, dest: Any, message: Any, sender: Mailbox | None,
-                   done: Callable[[bool, Any], None]) -> None:
+                   done: Callable[[bool, Any], None], timeout: float | None = None) -> None:
         """``send`` in callback form (for ``BlockingNode``): sends at once when connected."""
         try:
             self._check_running()
@@ -525,7 +533,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
 
         async def slow() -> None:
             try:
-                await self.send(dest, message, sender=sender)
+                await self.send(dest, message, sender=sender, timeout=timeout)
             except Exception as error:
                 done(False, error)
             else:
@@ -550,18 +558,20 @@ class Node(Connections, ThreadDoors, Calls, Services):
         peer.send(msg)
         return peer
 
-    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None) -> None:
+    async def send(self, dest: Any, message: Any, *, sender: Mailbox | None = None,
+                   timeout: float | None = None) -> None:
         """Send ``message`` to a ``Pid``, a name registered here, ``(name, node)``, or an alias.
 
-        Connects on demand; raises ``NoConnection`` when the node cannot be reached and
-        ``EncodeError`` when the message has no Erlang form (nothing is sent then).
+        Connects on demand (within ``timeout``, at most ``connect_timeout``); raises
+        ``NoConnection`` when the node cannot be reached and ``EncodeError`` when the message
+        has no Erlang form (nothing is sent then).
         """
         self._check_running()
         node, _ = self._resolve(dest)
         if node != self.node_atom:
             peer = self._peers.get(node)
             if peer is None or not peer.alive:
-                await self._peer(node)
+                await self._peer(node, timeout)
         sent = self._send_now(dest, message, sender)
         if sent is not None:
             await sent.drain()
