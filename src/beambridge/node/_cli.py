@@ -30,6 +30,7 @@ OK, FAILED, USAGE, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 4
 _FLAG_HINTS = (
     (PASS_COOKIE_HINT, "pass --cookie"),
     (START_EPMD_HINT, ", or pass --epmd-port to use one on another port"),
+    ("the cluster's TLS settings (tls=...)", "the cluster's TLS settings: pass --tls-optfile"),
 )
 
 

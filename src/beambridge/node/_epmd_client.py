@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 
@@ -21,10 +22,24 @@ async def _open(host: str, port: int, timeout: float) -> tuple[asyncio.StreamRea
     try:
         return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError) as error:
+        why = str(error) or f"no answer within {timeout} s"  # a timeout's text is empty
+        if not _is_local(host):  # nothing to start here: that host's EPMD is down or cut off
+            raise EpmdUnavailable(f"no EPMD at {host}:{port} ({why}): is the host up and "
+                                  "reachable, and its EPMD running?") from None
         raise EpmdUnavailable(
-            f"no EPMD at {host}:{port} ({error or 'timed out'}); start one with `epmd -daemon"
+            f"no EPMD at {host}:{port} ({why}); start one with `epmd -daemon"
             f"{'' if port == epmd.DEFAULT_PORT else f' -port {port}'}`{START_EPMD_HINT}"
         ) from None
+
+
+def _is_local(host: str) -> bool:
+    """Whether ``host`` is this machine (where starting an EPMD is the fix)."""
+    if host in ("localhost", "") or host.startswith("127.") or host == "::1":
+        return True
+    try:
+        return host in {socket.gethostname(), socket.getfqdn()}
+    except OSError:
+        return False
 
 
 async def register(host: str, port: int, name: str, listen_port: int, *, hidden: bool,
