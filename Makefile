@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 # write (Elixir, Jinterface on Java 17).
 DEMO_DEB := erlang-nox erlang-mochiweb erlang-jiffy gcc python3-dev
 TEST_DEB := $(DEMO_DEB) erlang-dev erlang-src erlang-eunit erlang-dialyzer \
-            elixir erlang-jinterface openjdk-17-jre-headless
+            elixir erlang-jinterface openjdk-17-jre-headless iproute2 openssl
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP  := $(VENV)/.installed
 
