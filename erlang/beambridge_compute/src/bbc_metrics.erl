@@ -39,7 +39,11 @@ job_finished(Op, Status0, DurationMs) ->
             _ = ets:update_counter(?TAB, {sum_ms, Op}, Ms, {{sum_ms, Op}, 0}),
             Bucket = length(lists:takewhile(fun(B) -> Ms > B end, ?BUCKETS_MS)),
             _ = ets:update_counter(?TAB, {bucket, Op, Bucket}, 1, {{bucket, Op, Bucket}, 0}),
-            Kind = case Status of done -> done; _ -> failed end,
+            Kind = case Status of
+                       done -> done;
+                       cancelled -> cancelled;
+                       _ -> failed  % failed, timeout, too_large
+                   end,
             Now = erlang:system_time(millisecond) div ?TP_BUCKET_MS,
             _ = ets:update_counter(?TAB, {tp, Now, Kind}, 1, {{tp, Now, Kind}, 0}),
             ok
@@ -60,12 +64,14 @@ sweep(NowMs) ->
     ok.
 
 %% @doc Jobs ended per 5-second bucket over the last `Buckets' (oldest first, the current
-%% one last): `#{t => BucketStartMs, done => N, failed => N}'.
+%% one last): `#{t => BucketStartMs, done => N, failed => N, cancelled => N}' (failed counts
+%% timeouts too).
 -spec throughput(pos_integer()) -> [#{t := integer(), done := non_neg_integer(),
-                                       failed := non_neg_integer()}].
+                                       failed := non_neg_integer(), cancelled := non_neg_integer()}].
 throughput(Buckets) ->
     Now = erlang:system_time(millisecond) div ?TP_BUCKET_MS,
-    [#{t => B * ?TP_BUCKET_MS, done => count({tp, B, done}), failed => count({tp, B, failed})}
+    [#{t => B * ?TP_BUCKET_MS, done => count({tp, B, done}), failed => count({tp, B, failed}),
+       cancelled => count({tp, B, cancelled})}
      || B <- lists:seq(Now - min(Buckets, ?TP_KEEP) + 1, Now)].
 
 count(Key) ->

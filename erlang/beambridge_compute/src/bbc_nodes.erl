@@ -270,7 +270,11 @@ describe(#{name := Name, status := up} = N) ->
               {dist, init, get_argument, [proto_dist]},
               {connections, erlang, nodes, [connected]}],
     Base = case N of
-               #{role := service} -> N#{kind => erlang};
+               #{role := service} ->
+                   case string:split(atom_to_binary(Name), <<"@">>) of
+                       [_, Host] -> N#{kind => erlang, host => Host};
+                       _ -> N#{kind => erlang}
+                   end;
                #{role := erlang_peer} -> N;
                _ -> maps:merge(N#{kind => erlang}, connection(Name))
            end,

@@ -143,7 +143,7 @@ def render(cluster: dict[str, Any] | None, width: int, problem: str | None) -> l
                       _duration(j.get("duration_ms")), _reason(j)] for j in finished],
                     right={4}) if finished else ["  none"]
     buckets = (cluster.get("throughput") or {}).get("buckets") or []
-    counts = [int(b.get("done", 0)) + int(b.get("failed", 0)) for b in buckets]
+    counts = [int(b.get("done", 0)) + int(b.get("failed", 0)) + int(b.get("cancelled", 0)) for b in buckets]
     failed = sum(int(b.get("failed", 0)) for b in buckets)
     lines += ["", f"THROUGHPUT (per 5 s, last 5 min: {sum(counts)} jobs, {failed} failed)",
               "  " + _spark(counts)]

@@ -243,17 +243,20 @@
     const svg = $("chart");
     const buckets = (throughput && throughput.buckets) || [];
     const W = 600, H = 90, n = Math.max(buckets.length, 1);
-    const max = Math.max(1, ...buckets.map((b) => b.done + b.failed));
+    const sum = (b) => b.done + b.failed + (b.cancelled || 0);
+    const max = Math.max(1, ...buckets.map(sum));
     const w = W / n;
     const ns = "http://www.w3.org/2000/svg";
     const frag = document.createDocumentFragment();
-    let total = 0;
+    let total = 0, failed = 0;
     buckets.forEach((b, i) => {
-      total += b.done + b.failed;
-      const hDone = (b.done / max) * (H - 4);
-      const hFail = (b.failed / max) * (H - 4);
-      for (const [cls, h, y] of [["done", hDone, H - hDone], ["failed", hFail, H - hDone - hFail]]) {
+      total += sum(b);
+      failed += b.failed;
+      let y = H;
+      for (const cls of ["done", "failed", "cancelled"]) {
+        const h = ((b[cls] || 0) / max) * (H - 4);
         if (h <= 0) continue;
+        y -= h;
         const r = document.createElementNS(ns, "rect");
         r.setAttribute("class", cls);
         r.setAttribute("x", (i * w + 0.5).toFixed(1));
@@ -261,13 +264,15 @@
         r.setAttribute("width", Math.max(w - 1, 0.5).toFixed(1));
         r.setAttribute("height", h.toFixed(1));
         const t = document.createElementNS(ns, "title");
-        t.textContent = clock(b.t) + ": " + b.done + " done, " + b.failed + " failed";
+        t.textContent = clock(b.t) + ": " + b.done + " done, " + b.failed + " failed, " +
+          (b.cancelled || 0) + " cancelled";
         r.appendChild(t);
         frag.appendChild(r);
       }
     });
     svg.replaceChildren(frag);
-    $("throughput-total").textContent = "(" + total + " jobs in 5 min, max " + max + " per 5 s)";
+    $("throughput-total").textContent = "(" + total + " jobs in 5 min, " + failed + " failed; at most " +
+      max + " per 5 s)";
   }
 
   function render(c) {
