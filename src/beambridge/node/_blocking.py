@@ -268,6 +268,12 @@ class BlockingNode:
     def nodes(self) -> list[str]:
         return self._sync(lambda n: n.nodes())
 
+    def stats(self) -> dict[str, Any]:
+        """See ``Node.stats``; an empty picture when the node is not open."""
+        if self._node is None:
+            return {"node": self.name, "peers": {}, "totals": {}}
+        return self._sync(lambda n: n.stats())
+
     def names(self, host: str | None = None, timeout: float = 5.0) -> list[tuple[str, int]]:
         return self._do(lambda n: n.names(host, timeout), timeout)
 

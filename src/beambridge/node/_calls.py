@@ -37,6 +37,7 @@ from ._names import (
     full_node_name,
 )
 from ._peer import _SPAWN, _Peer
+from ._stats import PeerStats
 
 
 @dataclass(eq=False, slots=True)
@@ -50,6 +51,8 @@ class _Call:
     spawned: Pid | None = None
     timer: asyncio.TimerHandle | None = None
     threaded: bool = False  # a blocking caller's: its reply may be applied off the loop thread
+    stats: PeerStats | None = None  # the peer's, counted when the call ends
+    started: float = 0.0
 
 
 class Calls(NodeCore):
@@ -152,7 +155,7 @@ class Calls(NodeCore):
         assert self._group_leader is not None and self._caller_pid is not None
         peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
                                           EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
-        call = _Call(peer.name, tag, done, (m, f, len(a)))
+        call = _Call(peer.name, tag, done, (m, f, len(a)), stats=peer.stats, started=time.monotonic())
         self._calls[req] = call
         if timeout is not None:
             assert self._loop is not None
@@ -165,6 +168,8 @@ class Calls(NodeCore):
             return
         if call.timer is not None:
             call.timer.cancel()
+        if call.stats is not None:
+            call.stats.call_ended(time.monotonic() - call.started, ok)
         call.done(ok, value)
 
     def _call_spawned(self, req: Reference, result: Any) -> None:
@@ -192,6 +197,8 @@ class Calls(NodeCore):
         if call is None:
             return
         self._abandon_call(req)
+        if call.stats is not None:
+            call.stats.call_ended(time.monotonic() - call.started, False, timed_out=True)
         m, f, arity = call.label
         call.done(False, Timeout(f"rpc {m}:{f}/{arity} on {call.node} timed out after {timeout} s"))
 

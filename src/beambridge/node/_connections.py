@@ -36,6 +36,7 @@ from ._errors import EpmdUnavailable, NoConnection
 from ._mailbox import DOWN, NODEDOWN, PROCESS, Mailbox
 from ._names import NOCONNECTION, _monitored, full_node_name
 from ._peer import _WRITE_HIGH_WATER, _Peer, _PeerProtocol
+from ._stats import PeerStats
 from ._tls import TlsHandshakeFailed
 
 log = logging.getLogger("beambridge.node")
@@ -347,7 +348,12 @@ class Connections(NodeCore):
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation)
+        stats = self._stats.get(name)
+        if stats is None:
+            stats = self._stats[name] = PeerStats()
+        stats.connects += 1
+        stats.connected_since = time.time()
+        peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation, stats)
         self._peers[name] = peer
         # bytes the stream reader got after the handshake's last read are the peer's first packets
         leftover = bytes(getattr(reader, "_buffer", b""))
@@ -380,6 +386,7 @@ class Connections(NodeCore):
             if data is not None:
                 proto.receive_data(data)
                 peer.last_recv = time.monotonic()
+                peer.stats.bytes_in += len(data)
             next_event, dispatch = proto.next_event, self._dispatch
             while True:
                 event = next_event()
@@ -391,6 +398,7 @@ class Connections(NodeCore):
                 if kind is _Closed:
                     self._peer_down(peer, "connection closed")
                     return
+                peer.stats.messages_in += 1
                 try:
                     dispatch(peer, event)
                 except Exception:
@@ -413,11 +421,13 @@ class Connections(NodeCore):
                 return
             if now - peer.last_sent >= interval * 0.9 and peer.alive:
                 peer.write(peer.proto.tick())
+                peer.stats.messages_out -= 1  # a keep-alive, not a message (its bytes count)
 
     def _peer_down(self, peer: _Peer, reason: str) -> None:
         if not peer.alive:
             return
         peer.alive = False
+        peer.stats.connected_since = None
         if self._peers.get(peer.name) is peer:
             del self._peers[peer.name]
         log.info("connection to %s down: %s", peer.name, reason)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._connections import _Throttle
     from ._mailbox import Mailbox
     from ._peer import _Peer
+    from ._stats import PeerStats
     from ._tls import TlsConfig
 
 
@@ -77,8 +78,9 @@ class NodeCore:
     _group_leader: Mailbox | None
     _caller_pid: Pid | None
     unrouted: Mailbox | None
-    # calls
+    # calls, and what is counted about each peer node
     _calls: dict[Reference, _Call]
+    _stats: dict[Atom, PeerStats]
     _node_atoms: dict[Any, Atom]
     _name_atoms: dict[Any, Atom]
 

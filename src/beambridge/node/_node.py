@@ -66,6 +66,7 @@ from ._names import (
 )
 from ._peer import _Peer
 from ._services import Services, _GroupLeader, _NetKernel, _Rex, _Sink
+from ._stats import PeerStats
 from ._threads import ThreadDoors
 from ._tls import TlsConfig, load_tls
 
@@ -179,6 +180,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._group_leader: Mailbox | None = None
         self._caller_pid: Pid | None = None
         self._calls: dict[Reference, _Call] = {}
+        self._stats: dict[Atom, PeerStats] = {}
         self._node_atoms: dict[Any, Atom] = {}
         self._name_atoms: dict[Any, Atom] = {}
         #: gets what Erlang sends to a name nobody registered here (else it is dropped), as the
@@ -575,6 +577,26 @@ class Node(Connections, ThreadDoors, Calls, Services):
         sent = self._send_now(dest, message, sender)
         if sent is not None:
             await sent.drain()
+
+    # ================================================================ what the node counts
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for watching this node (``BlockingNode.stats()`` too; the web layer exports
+        them to Prometheus): by peer node, connections made and whether one is up, messages
+        and bytes in and out, and the rpcs sent there (finished calls, errors, timeouts, total
+        and longest seconds). Counting starts with the node; a reconnect goes on counting."""
+        peers = {str(name): s.as_dict() for name, s in list(self._stats.items())}
+        for name, found in peers.items():
+            peer = self._peers.get(Atom(name))
+            found["connected"] = peer is not None and peer.alive
+        totals: dict[str, float] = {}
+        for found in peers.values():
+            for key, value in found.items():
+                if key in ("connected_since", "connected", "rpc_seconds_max"):
+                    continue
+                totals[key] = totals.get(key, 0) + value
+        totals["connections_up"] = sum(1 for p in peers.values() if p["connected"])
+        return {"node": self.name, "peers": peers, "totals": totals}
 
     # ================================================================ EPMD helpers
 

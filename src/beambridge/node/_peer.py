@@ -19,6 +19,7 @@ from ..protocol import ControlMessage, Flag
 from ..term import Atom, Mapping
 from ._errors import NoConnection
 from ._mailbox import Slot
+from ._stats import PeerStats
 
 log = logging.getLogger("beambridge.node")
 
@@ -54,6 +55,7 @@ class _Peer:
         "reader",
         "rlock",
         "sock",
+        "stats",
         "tasks",
         "tq",
         "transport",
@@ -63,8 +65,10 @@ class _Peer:
     )
 
     def __init__(self, name: Atom, proto: _Protocol, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, flags: int, creation: int) -> None:
+                 writer: asyncio.StreamWriter, flags: int, creation: int, stats: PeerStats) -> None:
         self.name = name
+        #: counted under the write lock (out) and the read lock (in); kept by the node
+        self.stats = stats
         self.proto = proto
         self.reader = reader
         self.writer = writer  # kept: a collected StreamWriter closes its transport
@@ -111,6 +115,9 @@ class _Peer:
         self.last_sent = time.monotonic()
         self.wlock.acquire()
         try:
+            stats = self.stats
+            stats.messages_out += 1
+            stats.bytes_out += len(data)
             if not self.flush_scheduled:
                 self.flush_scheduled = True
                 self.loop.call_soon(self.flush)
@@ -185,6 +192,9 @@ class _Peer:
         if not batch or not self.alive:
             return  # a dead connection: its callers are told by the loop (or see it dead)
         data = b"".join(batch) if len(batch) > 1 else batch[0]
+        stats = self.stats
+        stats.messages_out += len(batch)
+        stats.bytes_out += len(data)
         if self.pending or self.transport.get_write_buffer_size():
             self.pending.append(data)
             self.loop.call_soon_threadsafe(self.flush)

@@ -78,7 +78,8 @@ class ThreadDoors(NodeCore):
                 self._unlead(peer, leading)
                 return None  # the connection is closing: the loop's path reports it
             waiter = Slot()
-            self._calls[req] = _Call(peer.name, tag, waiter.fill, (m, f, len(a)), threaded=True)
+            self._calls[req] = _Call(peer.name, tag, waiter.fill, (m, f, len(a)), threaded=True,
+                                     stats=peer.stats, started=time.monotonic())
             if not peer.write_from_thread(data):
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
@@ -264,6 +265,8 @@ class ThreadDoors(NodeCore):
         loop = self._loop
         assert loop is not None
         proto.receive_data(data)
+        stats = peer.stats
+        stats.bytes_in += len(data)
         caller = self._caller_pid
         calls = self._calls
         outcome = "ok"
@@ -278,6 +281,7 @@ class ThreadDoors(NodeCore):
             kind = type(event)
             if kind is Tick:
                 continue
+            stats.messages_in += 1
             if peer.posted_n == peer.processed:  # nothing handed over is pending: order holds
                 if kind is MonitorPExit and event.to_pid == caller:
                     call = calls.get(event.ref)
