@@ -12,6 +12,7 @@ DEMO_DEB := erlang-nox erlang-mochiweb erlang-jiffy gcc python3-dev
 TEST_DEB := $(DEMO_DEB) erlang-dev erlang-src erlang-eunit erlang-dialyzer \
             elixir erlang-jinterface openjdk-17-jre-headless iproute2 openssl
 DEMO_STAMP := $(VENV)/.installed-demo
+PURE_TESTS := tests/term tests/protocol tests/node tests/thirdparty
 STAMP  := $(VENV)/.installed
 
 # $(call install,DEBIAN PACKAGES,PIP EXTRAS): what is missing of each, then the package itself.
@@ -50,8 +51,10 @@ test: setup
 	$(PY) -m ruff check
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
-	@# The whole suite again on the pure-Python codec (the run above uses the compiled one).
-	BEAMBRIDGE_PURE_PYTHON=1 $(PY) -m pytest $(PYTEST_ARGS)
+	@# Again on the pure-Python codec (the run above uses the compiled one): the suites where
+	@# terms are encoded and decoded, the codec itself, the protocol core, and the node against
+	@# real Erlang and third-party clients. The layers above reach the codec only through them.
+	BEAMBRIDGE_PURE_PYTHON=1 $(PY) -m pytest $(PURE_TESTS) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)
