@@ -32,7 +32,8 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 @pytest.fixture(scope="module")
 def svc() -> Iterator[Service]:
-    with Service(local_nodes=2, config={"tokens": {"alice": ALICE, "bob": BOB}, "result_ttl_s": 60}) as service:
+    tokens = {"alice": ALICE, "bob": BOB}
+    with Service(local_nodes=2, config={"tokens": tokens, "result_ttl_s": 60}) as service:
         yield service
 
 
@@ -211,8 +212,12 @@ def test_the_page_in_a_browser(svc: Service, tmp_path: Path, record_property: An
     from selenium.webdriver.support.ui import WebDriverWait
 
     client = Client(svc.url, token=ALICE)
-    workers = until(lambda: [n["name"] for n in client.nodes() if n["role"] == "local" and n["status"] == "up"]
-                    if len([n for n in client.nodes() if n["status"] == "up"]) == 3 else [], timeout=20)
+    def up_workers() -> list[str]:
+        nodes = client.nodes()
+        if sum(n["status"] == "up" for n in nodes) != 3:
+            return []
+        return [n["name"] for n in nodes if n["role"] == "local"]
+    workers = until(up_workers, timeout=20)
     assert len(workers) == 2
     driver = _browser(tmp_path)
     chromedriver = driver.service.process

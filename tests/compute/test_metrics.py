@@ -132,10 +132,11 @@ def test_counters_histogram_and_gauges_move_as_jobs_run(svc: Service) -> None:
     # The timed-out call ran its 0.2 s at least.
     assert delta("beambridge_compute_job_duration_seconds_sum", op="call") >= 0.19
     # Buckets are cumulative and end with +Inf = count.
+    histogram = "beambridge_compute_job_duration_seconds"
     bounds = sorted((float(dict(labels)["le"]), v) for (name, labels), v in after.items()
-                    if name == "beambridge_compute_job_duration_seconds_bucket" and dict(labels)["op"] == "call")
+                    if name == f"{histogram}_bucket" and dict(labels)["op"] == "call")
     assert [v for _, v in bounds] == sorted(v for _, v in bounds)
-    assert bounds[-1] == (float("inf"), value(after, "beambridge_compute_job_duration_seconds_count", op="call"))
+    assert bounds[-1] == (float("inf"), value(after, f"{histogram}_count", op="call"))
     assert value(after, "beambridge_compute_job_duration_seconds_bucket", op="call", le="0.1") < bounds[-1][1]
     assert value(after, "beambridge_compute_jobs_running") == 0
     assert delta("beambridge_compute_result_store_bytes") >= 20 * 1000

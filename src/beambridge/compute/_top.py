@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from .._errors import Error, TransportError, UsageError
 from ._errors import ServiceError, Unauthorized
 
-SPARK = " ▁▂▃▄▅▆▇█"
+SPARK = "_▁▂▃▄▅▆▇█"  # "_": no job ended in that bucket
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,12 +150,18 @@ def render(cluster: dict[str, Any] | None, width: int, problem: str | None) -> l
     return [line[:width] for line in lines]
 
 
-def _table(header: list[str], rows: list[list[Any]], right: set[int]) -> list[str]:
-    cells = [header] + [[str(c) for c in row] for row in rows]
+def _table(header: list[str], rows: list[list[Any]], right: set[int], cell: int = 48) -> list[str]:
+    """Aligned columns; a cell past ``cell`` characters is cut (a long node name must not push
+    the load figures off the screen)."""
+    cells = [header] + [[_cut(str(c), cell) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
                              for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
             for row in cells]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _role(node: dict[str, Any]) -> str:
