@@ -13,7 +13,8 @@ Config keys: the ``BEAMBRIDGE_*`` settings of ``beambridge.web.WebSettings`` (ac
 (``SettingsError``; a missing or refused optfile names the file). Nothing is opened by
 ``init_app``: the worker's node opens on the first call. ``mailbox()`` gives a request-scoped
 mailbox, closed at teardown. Erlang failures raised by views become 502/503/504 plain-text
-answers.
+answers. ``app.add_url_rule("/metrics", view_func=erlang.metrics_view())`` serves Prometheus
+metrics (``beambridge.web.metrics``; needs ``beambridge[metrics]``).
 """
 
 from __future__ import annotations
@@ -95,6 +96,20 @@ class Beambridge:
         boxes: list[BlockingMailbox] = g.setdefault(_G_MAILBOXES, [])
         boxes.append(box)
         return box
+
+    def metrics_view(self) -> Any:
+        """A view serving Prometheus metrics (``beambridge.web.metrics.render``), for
+        ``app.add_url_rule("/metrics", view_func=erlang.metrics_view())``. Raises
+        ``MetricsUnavailable`` here, at setup, when prometheus_client is not installed."""
+        from flask import Response, request
+
+        from . import metrics
+
+        def beambridge_metrics() -> Any:
+            body, content_type = metrics.render(request.headers.get("Accept"))
+            return Response(body, status=200, content_type=content_type)
+
+        return beambridge_metrics
 
     # ------------------------------------------------------------ hooks
 

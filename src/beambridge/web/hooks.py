@@ -5,7 +5,10 @@ explicit and let a worker unregister cleanly when it exits.
 
 gunicorn (``gunicorn.conf.py``)::
 
-    from beambridge.web.hooks import post_fork, worker_exit   # noqa: F401 (gunicorn reads them)
+    from beambridge.web.hooks import child_exit, post_fork, worker_exit   # noqa: F401
+
+With ``beambridge.web.metrics`` under ``PROMETHEUS_MULTIPROC_DIR``, the exit hooks also push the
+worker's last counts and mark its files dead, so its live gauges leave the scrape.
 
 uWSGI (in the application module)::
 
@@ -16,11 +19,13 @@ uWSGI (in the application module)::
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 from . import _default
 
-__all__ = ["on_exit", "post_fork", "postfork", "register_uwsgi_postfork", "worker_exit"]
+__all__ = ["child_exit", "on_exit", "post_fork", "postfork", "register_uwsgi_postfork", "worker_exit"]
 
 log = logging.getLogger("beambridge.web.hooks")
 
@@ -36,7 +41,14 @@ def postfork(*, open_now: bool = False) -> None:
 
 
 def on_exit() -> None:
-    """Close this worker's node (unregister from EPMD, close its connections)."""
+    """Close this worker's node (unregister from EPMD, close its connections), after a last
+    metrics sync while its counters still exist."""
+    metrics = sys.modules.get(f"{__package__}.metrics")  # never imported here: it may not install
+    if metrics is not None:
+        try:
+            metrics._at_exit()
+        except Exception:
+            log.warning("marking this worker's metrics dead failed", exc_info=True)
     _default.close_node()
 
 
@@ -48,6 +60,21 @@ def post_fork(server: Any, worker: Any) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """gunicorn's ``worker_exit(server, worker)`` hook."""
     on_exit()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit(server, worker)`` hook, in the master: a worker that was killed
+    (timeout, OOM) never ran ``worker_exit``, so its Prometheus live gauges are marked dead here."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from prometheus_client.multiprocess import mark_process_dead
+    except ImportError:
+        return
+    try:
+        mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    except OSError as error:
+        log.warning("marking worker %s's metrics dead failed: %s", worker.pid, error)
 
 
 def register_uwsgi_postfork(*, open_now: bool = False) -> bool:
