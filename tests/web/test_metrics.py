@@ -1,0 +1,235 @@
+"""beambridge.web.metrics: the node's counters for Prometheus, under gunicorn with two workers in
+multiprocess mode, in Django's view (its own process), after node restarts, and without
+prometheus_client installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import COOKIE, ROOT, VENV_BIN, Server, free_port, http_get, server_env, unique
+
+pytestmark = pytest.mark.erlang
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``{sample name: [(labels, value), ...]}`` of a scrape, read by prometheus_client's parser."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return found
+
+
+def total(scrape: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for got, v in scrape.get(name, []) if all(got.get(k) == w for k, w in labels.items()))
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    status, headers, body = http_get(port, "/metrics")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/plain")
+    return parse(body.decode())
+
+
+def wait_for(check, timeout: float, what: str):
+    """``check()`` until it returns a true value (bounded), else fail with its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer[0] or time.monotonic() > deadline:
+            assert answer[0], f"{what}: {answer[1]}"
+            return answer[1]
+        time.sleep(0.1)
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 30) -> str:
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT), capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# ---------------------------------------------------------------- gunicorn, two workers
+
+def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -> None:
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    port = free_port()
+    env = server_env(erl.name, web_epmd, PROMETHEUS_MULTIPROC_DIR=str(prom), BB_SYNC_INTERVAL="0.3")
+    server = Server([str(VENV_BIN / "gunicorn"), "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
+                     "-c", "tests/web/apps/gunicorn_metrics_conf.py", "--graceful-timeout", "5",
+                     "tests.web.apps.flask_metrics:app"], port, env, tmp_path / "gunicorn.log")
+    try:
+        # before any rpc: no worker has a node, so nothing of ours is reported
+        assert not [name for name in scrape(port) if name.startswith("beambridge_node")]
+        # rpcs held a moment, concurrently, until both workers served some
+        pids: dict[int, str] = {}
+        made = 0
+        deadline = time.monotonic() + 15
+        with ThreadPoolExecutor(8) as pool:
+            while (len(pids) < 2 or made < 40) and time.monotonic() < deadline:
+                for status, _, body in pool.map(lambda _: http_get(port, "/rpc?hold=40"), range(8)):
+                    assert status == 200, body
+                    answer = json.loads(body)
+                    pids[answer["pid"]] = answer["node"]
+                    made += 1
+        assert len(pids) == 2, pids
+        errors, timeouts = 3, 2
+        for _ in range(errors):
+            assert http_get(port, "/error")[0] == 502
+        for _ in range(timeouts):
+            assert http_get(port, "/timeout")[0] == 504
+
+        def counted() -> tuple[bool, object]:
+            got = scrape(port)
+            outcomes = {o: total(got, "beambridge_node_rpc_total", peer=erl.name, outcome=o)
+                        for o in ("ok", "error", "timeout")}
+            return outcomes == {"ok": made, "error": errors, "timeout": timeouts}, (outcomes, got)
+
+        _, got = wait_for(counted, 10, f"{made} ok rpcs, {errors} errors, {timeouts} timeouts")
+        assert total(got, "beambridge_node_rpc_seconds_total", peer=erl.name) >= made * 0.04
+        assert total(got, "beambridge_node_connects_total", peer=erl.name) == 2
+        assert total(got, "beambridge_node_messages_total", peer=erl.name, direction="out") >= made
+        assert total(got, "beambridge_node_messages_total", peer=erl.name, direction="in") >= made
+        assert total(got, "beambridge_node_bytes_total", peer=erl.name, direction="out") > 0
+        assert total(got, "beambridge_node_bytes_total", peer=erl.name, direction="in") > 0
+        assert total(got, "beambridge_node_rpc_seconds_max", peer=erl.name) >= 0.2  # a timed-out one
+        assert total(got, "beambridge_node_connections_up", peer=erl.name) == 2
+        opened = {(labels["pid"], labels["node"]) for labels, v in got["beambridge_node_open"] if v == 1}
+        assert opened == {(str(pid), node) for pid, node in pids.items()}
+
+        # one worker fewer: its live gauges leave, its counts stay in the sums
+        os.kill(server.proc.pid, signal.SIGTTOU)
+
+        def one_left() -> tuple[bool, object]:
+            got = scrape(port)
+            pids_left = {labels["pid"] for labels, _ in got.get("beambridge_node_open", [])}
+            return (len(pids_left) == 1
+                    and total(got, "beambridge_node_connections_up", peer=erl.name) == 1), got
+
+        got = wait_for(one_left, 10, "one worker's gauges after SIGTTOU")
+        assert total(got, "beambridge_node_rpc_total", peer=erl.name) == made + errors + timeouts
+        assert [p for p in prom.iterdir() if p.name.startswith("gauge_live")]  # the living one's
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()
+
+
+# ---------------------------------------------------------------- Django, one process
+
+def test_django_view_single_process(erl, web_epmd: int) -> None:
+    env = server_env(erl.name, web_epmd, BB_RPCS="3")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    out = json.loads(run_python("from tests.web.apps import django_metrics; django_metrics.main()", env))
+    assert out["status"] == 200 and out["content_type"].startswith("text/plain")
+    assert not [n for n in parse(out["before"]) if n.startswith("beambridge_node")]
+    assert out["opened_by_scrape"] is False  # the scrape opened no node
+    got = parse(out["after"])
+    assert total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="ok") == 3
+    assert total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="error") == 0
+    assert total(got, "beambridge_node_connections_up", peer=erl.name) == 1
+    assert total(got, "beambridge_node_connects_total", peer=erl.name) == 1
+    assert [labels["node"] for labels, _ in got["beambridge_node_open"]] == [out["node"]]
+    assert "process_cpu_seconds_total" in got  # prometheus_client's default registry, too
+
+
+# ---------------------------------------------------------------- the sync, in one process
+
+SYNC = """
+import json, os, time
+from beambridge import web
+from beambridge.web import WebSettings, metrics
+from prometheus_client.parser import text_string_to_metric_families as parse
+
+def rpc_ok():
+    body, _ = metrics.render()
+    return sum(s.value for f in parse(body.decode()) for s in f.samples
+               if s.name == "beambridge_node_rpc_total" and s.labels["outcome"] == "ok")
+
+def opened():
+    body, _ = metrics.render()
+    return {s.labels["node"]: s.value for f in parse(body.decode()) for s in f.samples
+            if s.name == "beambridge_node_open"}
+
+base = dict(erlang_node=os.environ["ERL"], cookie=os.environ["COOKIE"],
+            epmd_port=int(os.environ["EPMD"]))
+web.configure(WebSettings(node_name=os.environ["NAME"] + "a", **base))
+for _ in range(3):
+    web.rpc("erlang", "node")
+first = web.get_node().name
+seen = [rpc_ok()]
+metrics.set_sync_interval(0.2)
+web.rpc("erlang", "node")
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:  # the timer pushes without a scrape here
+    if metrics._pusher.last.get(("beambridge_node_rpc", os.environ["ERL"], ("ok",))) == 4:
+        break
+    time.sleep(0.05)
+seen.append(rpc_ok())
+web.configure(WebSettings(node_name=os.environ["NAME"] + "b", **base))  # a new node: counts from 0
+web.rpc("erlang", "node")
+web.rpc("erlang", "node")
+seen.append(rpc_ok())
+second = web.get_node().name
+print(json.dumps({"seen": seen, "opened": opened(), "first": first, "second": second}))
+web.close_node()
+"""
+
+
+def test_multiprocess_sync_across_nodes(erl, web_epmd: int, tmp_path: Path) -> None:
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), ERL=erl.name, COOKIE=COOKIE,
+               EPMD=str(web_epmd), NAME=unique("sync"),
+               PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "src"))
+    out = json.loads(run_python(SYNC, env))
+    assert out["seen"] == [3, 4, 6]  # the new node's counts add to the old one's, never go back
+    assert out["opened"] == {out["first"]: 0, out["second"]: 1}
+    assert {p.name.split("_")[0] for p in tmp_path.iterdir()} == {"counter", "gauge"}
+
+
+# ---------------------------------------------------------------- without prometheus_client
+
+MISSING = """
+import json, os, sys
+sys.modules["prometheus_client"] = None  # as if not installed
+import beambridge
+from beambridge.web import hooks
+from beambridge.web.flask import Beambridge
+from flask import Flask
+found = {}
+for what in ("metrics", "flask", "django"):
+    try:
+        if what == "metrics":
+            import beambridge.web.metrics
+        elif what == "flask":
+            Beambridge(Flask("x")).metrics_view()
+        else:
+            import beambridge.web.django.views
+    except ImportError as error:
+        found[what] = [type(error).__name__, str(error), isinstance(error, beambridge.Error)]
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/nonexistent"
+hooks.child_exit(None, type("W", (), {"pid": 1})())  # does nothing without prometheus_client
+hooks.on_exit()
+print(json.dumps(found))
+"""
+
+
+def test_without_prometheus_client() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "src"))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    found = json.loads(run_python(MISSING, env))
+    assert set(found) == {"metrics", "flask", "django"}
+    for kind, text, typed in found.values():
+        assert kind == "MetricsUnavailable" and typed
+        assert "pip install 'beambridge[metrics]'" in text
