@@ -436,6 +436,9 @@ history(Id, Done, #{seq := Seq}) ->
                   [{_, #{status := Status, error := Error}}] ->
                       #{error => maps:remove(term, bbc_http:error_json(Error))};
                   [{_, #{status := Status, reason := Reason}}] -> #{reason => Reason};
+                  _ when Status =:= timeout ->
+                      #{reason => iolist_to_binary(io_lib:format("did not finish within its ~b ms",
+                                                                 [maps:get(timeout, Done, 0)]))};
                   _ -> maps:with([reason], Done)
               end,
     Summary = maps:merge((maps:with([op, 'fun', started, finished, client, status], Done))#{id => Id},

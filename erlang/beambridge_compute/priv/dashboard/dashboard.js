@@ -10,7 +10,8 @@
 
 (function () {
   const POLL_MS = 1000;
-  const FINISHED = 50;
+  // How many ended jobs to list: ?finished=N in the page's URL (the service caps it at 200).
+  const FINISHED = Math.min(200, parseInt(new URLSearchParams(location.search).get("finished"), 10) || 50);
   const KEY = "beambridge-compute-token";
   const $ = (id) => document.getElementById(id);
   let timer = null;
