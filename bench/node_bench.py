@@ -323,6 +323,23 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
         specs.append((label + " [BlockingNode]", erl_seq, py_seq))
         specs.append((label + " [Node]", erl_seq, node_seq))
 
+    # Erlang calling Python: the client node calls a function exposed by this node, beside the
+    # same call into the target Erlang node (erlang:node/0, which the Python function mirrors)
+    me = A(py.name)
+    py.expose("bench_plain", {"node": lambda: me})
+    py.expose("bench_inline", {"node": lambda: me}, inline=True)
+    for label, how, module in (
+            ("Erlang erpc:call into Python, sequential [plain function]", "seq_erpc", "bench_plain"),
+            ("Erlang erpc:call into Python, sequential [inline function]", "seq_erpc", "bench_inline"),
+            ("Erlang rpc:call into Python, sequential [inline function]", "seq_rpc", "bench_inline")):
+        def erl_into_erl(n: int, how: str = how) -> float:
+            return erl_us(how, [t, A("erlang"), A("node"), [], n])
+
+        def erl_into_py(n: int, how: str = how, module: str = module) -> float:
+            return erl_us(how, [me, A(module), A("node"), [], n])
+
+        specs.append((label, erl_into_erl, erl_into_py))
+
     # 64 in flight
     specs.append(("rpc erlang:node/0, 64 in flight [Node]",
                   lambda n: erl_us("pipelined_rpc", [t, A("erlang"), A("node"), [], n, 64]),

@@ -1,7 +1,7 @@
 %% The Erlang-to-Erlang side of bench/node_bench.py: each function does N operations against
 %% Node and returns the elapsed microseconds.
 -module(bb_bench).
--export([seq_rpc/5, pipelined_rpc/6, concurrent_rpc/6, start_echo/1, echo_seq/3, echo_inflight/4,
+-export([seq_rpc/5, seq_erpc/5, pipelined_rpc/6, concurrent_rpc/6, start_echo/1, echo_seq/3, echo_inflight/4,
          start_tcp_echo/0, tcp_rtt/2]).
 
 time_us(Fun) ->
@@ -11,6 +11,13 @@ time_us(Fun) ->
 
 seq_rpc(Node, M, F, A, N) ->
     time_us(fun() -> seq_loop(Node, M, F, A, N) end).
+
+%% N sequential erpc:call/4 (a spawn request and its reply; rpc:call goes through rex instead).
+seq_erpc(Node, M, F, A, N) ->
+    time_us(fun() -> erpc_loop(Node, M, F, A, N) end).
+
+erpc_loop(_, _, _, _, 0) -> ok;
+erpc_loop(Node, M, F, A, N) -> _ = erpc:call(Node, M, F, A), erpc_loop(Node, M, F, A, N - 1).
 
 seq_loop(_, _, _, _, 0) -> ok;
 seq_loop(Node, M, F, A, N) -> _ = rpc:call(Node, M, F, A), seq_loop(Node, M, F, A, N - 1).

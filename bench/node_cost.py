@@ -1,0 +1,107 @@
+"""Instructions per call: the node's cost as a figure that a busy machine does not move.
+
+Wall-clock rows (``node_bench.py``) swing with the load on a shared 2-core machine; the number of
+instructions the Python process runs per call does not. This runs N1 and then N2 sequential
+``rpc erlang:node/0`` calls (after a warm-up) under ``valgrind --tool=callgrind``, for
+``BlockingNode`` and for the asyncio ``Node``, and prints (Ir(N2) - Ir(N1)) / (N2 - N1): the
+instructions of one call, start-up and warm-up cancelled out. Only this Python process is
+counted (the Erlang target runs natively). Run: ``.venv/bin/python bench/node_cost.py``
+(``--calls 200,1200``). Needs valgrind (Debian ``valgrind``). Prints only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from beambridge import otp
+
+COOKIE = "cost_" + secrets.token_hex(4)
+
+# The measured program: connect, warm up, then N calls; argv: mode target cookie epmd_port n.
+_CALLER = """
+import asyncio, os, sys
+from beambridge import BlockingNode
+from beambridge.node import Node
+mode, target, cookie, port, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+name = f"cost{os.getpid()}@127.0.0.1"
+if mode == "Node":
+    async def main():
+        async with Node(name, cookie, epmd_port=port) as node:
+            for _ in range(50 + n):
+                await node.rpc(target, "erlang", "node", [])
+    asyncio.run(main())
+else:
+    with BlockingNode(name, cookie, epmd_port=port) as node:
+        for _ in range(50 + n):
+            node.rpc(target, "erlang", "node", [])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _instructions(script: Path, mode: str, target: str, port: int, n: int, out: Path) -> int:
+    log = out / f"{mode}-{n}.log"
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out / 'cg.out'}",
+                    sys.executable, str(script), mode, target, COOKIE, str(port), str(n)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=log.open("w"), timeout=1800)
+    found = re.search(r"Collected : (\d+)", log.read_text())
+    if found is None:
+        raise RuntimeError(f"no instruction count in {log}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", default="200,1200", help="N1,N2 (default 200,1200)")
+    opts = parser.parse_args()
+    n1, n2 = (int(x) for x in opts.calls.split(","))
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    runtime = otp.default_runtime()
+    work = Path(tempfile.mkdtemp(prefix="bb_cost_"))
+    script = work / "caller.py"
+    script.write_text(_CALLER)
+    port = _free_port()
+    target = f"cost_target_{secrets.token_hex(3)}@127.0.0.1"
+    env = runtime.environ({**os.environ, "ERL_EPMD_PORT": str(port)})
+    epmd = subprocess.Popen([str(runtime.tool("epmd")), "-port", str(port), "-address", "127.0.0.1"])
+    erl = None
+    try:
+        time.sleep(0.3)
+        erl = subprocess.Popen([str(runtime.erl), "-noinput", "-name", target, "-setcookie", COOKIE,
+                                "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
+                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        time.sleep(2.0)
+        print(f"instructions per sequential rpc erlang:node/0 to {runtime}, "
+              f"callgrind, ({n2} - {n1} calls)")
+        for mode in ("BlockingNode", "Node"):
+            low = _instructions(script, mode, target, port, n1, work)
+            high = _instructions(script, mode, target, port, n2, work)
+            print(f"  {mode:13} {(high - low) / (n2 - n1):>10,.0f}")
+    finally:
+        for proc in (erl, epmd):
+            if proc is not None:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
