@@ -24,6 +24,11 @@
 -define(RESTART_MS, 1000).
 -define(RECONNECT_MS, 2000).
 -define(RPC_MS, 2000).
+%% A peer that answers neither Erlang's BIFs nor beambridge_node:info/0 (a C node, a
+%% Jinterface one, a hung one) is asked again only this often: each answer it does not give
+%% costs ?RPC_MS, and /cluster is polled every second.
+-define(PEER_RETRY_MS, 15000).
+-define(PEERS, bbc_nodes_peers).
 
 %% Node name => #{role, status, holder (local ones)}.
 -type state() :: #{node() => map()}.
@@ -91,6 +96,8 @@ init([]) ->
     process_flag(trap_exit, true),
     ok = net_kernel:monitor_nodes(true),
     _ = ets:new(?TAB, [named_table, protected, set, {read_concurrency, true}]),
+    %% Written by the readers of info/0 (request processes): what a silent peer last said.
+    _ = ets:new(?PEERS, [named_table, public, set]),
     Count = bbc_config:get(local_nodes),
     Count > 0 andalso node() =:= nonode@nohost andalso
         logger:error("bbc_nodes: local worker nodes need a distributed service node (-name)"),
@@ -138,6 +145,10 @@ handle_info({'EXIT', Pid, Reason}, S) ->
             {noreply, publish(S#{Name := (maps:get(Name, S))#{status := down, holder := undefined}})};
         [] -> {noreply, S}
     end;
+handle_info({nodedown, Name}, S) when not is_map_key(Name, S) ->
+    %% A peer that left: when it comes back it may be another program.
+    ets:delete(?PEERS, Name),
+    {noreply, S};
 handle_info({nodedown, Name}, S) when is_map_key(Name, S) ->
     Node = maps:get(Name, S),
     case Node of
@@ -255,9 +266,22 @@ connect(Name, Node) ->
 
 describe(#{name := Name, role := peer} = N) ->
     Facts = maps:merge(N, connection(Name)),
-    case rpc:call(Name, os, getpid, [], ?RPC_MS) of
+    Now = erlang:monotonic_time(millisecond),
+    Silent = try ets:lookup(?PEERS, Name) of
+                 [{_, Until}] -> Until > Now;
+                 [] -> false
+             catch error:badarg -> false
+             end,
+    case Silent orelse rpc:call(Name, os, getpid, [], ?RPC_MS) of
+        true -> Facts#{kind => other};
         Pid when is_list(Pid) -> (describe(Facts#{role := erlang_peer}))#{role := peer, kind => erlang};
-        _ -> described_by_itself(Name, Facts)
+        _ ->
+            case described_by_itself(Name, Facts) of
+                #{kind := other} = Other ->
+                    catch ets:insert(?PEERS, {Name, Now + ?PEER_RETRY_MS}),
+                    Other;
+                Told -> Told
+            end
     end;
 describe(#{name := Name, status := up} = N) ->
     %% Plain BIF calls only: a joined node need not have our modules.

@@ -181,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         workers = len(service.worker_pids())
         print(f"beambridge compute: serving {service.url} (node {service.node}, {workers} workers); "
-              "Ctrl-C stops", flush=True)
+              f"Ctrl-C stops. Dashboard: {service.url}/ (beambridge top in a terminal)", flush=True)
         while not stop.wait(0.5):
             if not service.running():
                 print("beambridge compute: the service stopped:\n" + service.log_text()[-2000:],
