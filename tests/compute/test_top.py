@@ -1,6 +1,6 @@
 """``beambridge top``: ``--once`` prints the cluster (nodes with load, running jobs with progress,
 recent ones with reasons) for scripts, with the CLI's exit codes; the interactive view redraws in
-place inside a real terminal (tmux) and quits on ``q``."""
+place inside a real terminal (tmux) and quits on ``q`` or Ctrl-C, giving the terminal back."""
 
 from __future__ import annotations
 
@@ -87,14 +87,16 @@ def test_render_fits_the_width_and_copes_with_sparse_answers() -> None:
     assert render(None, 80, "refused") == ["beambridge top: refused"]
 
 
-def test_interactive_view_in_tmux(svc: Service) -> None:
+@pytest.mark.parametrize("key", ["q", "C-c"])
+def test_interactive_view_in_tmux(svc: Service, key: str) -> None:
     tmux = shutil.which("tmux")
     if tmux is None:
         pytest.skip("tmux is not installed (apt-get install tmux)")
     socket_name = f"bbtop_{os.getpid()}_{secrets.token_hex(3)}"
     base = [tmux, "-L", socket_name, "-f", "/dev/null"]
     env = {**os.environ, "BEAMBRIDGE_COMPUTE_TOKEN": TOKEN}
-    command = f"{sys.executable} -m beambridge top --url {svc.url} --interval 0.3; sleep 30"
+    command = (f"{sys.executable} -m beambridge top --url {svc.url} --interval 0.3; "
+               "echo top-exited-$?; sleep 30")
     subprocess.run([*base, "new-session", "-d", "-x", "150", "-y", "45", "-s", "top", command],
                    check=True, env=env, timeout=10)
     server = int(subprocess.run([*base, "display-message", "-p", "-t", "top", "#{pid}"], capture_output=True,
@@ -104,13 +106,7 @@ def test_interactive_view_in_tmux(svc: Service) -> None:
         return subprocess.run([*base, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True,
                               timeout=10).stdout
 
-    def top_pid() -> int | None:
-        out = subprocess.run(["pgrep", "-P", pane_pid, "-f", "beambridge top"], capture_output=True,
-                             text=True, timeout=10).stdout.split()
-        return int(out[0]) if out else None
     try:
-        pane_pid = subprocess.run([*base, "display-message", "-p", "-t", "top", "#{pane_pid}"],
-                                  capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         assert until(lambda: "NODES" in screen(), timeout=20), screen()
         client = Client(svc.url, token=TOKEN)
         job = client.submit("map", fun="bbc_sample_jobs:sleep_square", items=[[150, i] for i in range(60)],
@@ -129,11 +125,10 @@ def test_interactive_view_in_tmux(svc: Service) -> None:
             assert screen().count("NODES") == 1 and "(q quits)" in screen()
         finally:
             job.cancel()
-        pid = top_pid()
-        assert pid is not None
-        subprocess.run([*base, "send-keys", "-t", "top", "q"], check=True, timeout=10)
-        assert until(lambda: top_pid() is None, timeout=10), screen()
-        # The terminal is back: the alternate screen is gone and the shell's "sleep" runs in it.
+        assert "top-exited" not in screen()
+        subprocess.run([*base, "send-keys", "-t", "top", key], check=True, timeout=10)
+        # It exits 0 and gives the terminal back: the alternate screen is gone.
+        assert until(lambda: "top-exited-0" in screen(), timeout=10), screen()
         assert "NODES" not in screen()
     finally:
         subprocess.run([*base, "kill-server"], capture_output=True, timeout=10)
