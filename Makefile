@@ -7,10 +7,12 @@ PY     := $(VENV)/bin/python
 # What the demo needs: Erlang with MochiWeb (jiffy for fast JSON), and gcc with python3-dev for the
 # compiled term codec (without them the pure-Python one is used). The tests need more: the
 # Erlang sources and tools (dialyzer checks the Erlang side), EUnit, and the clients we did not
-# write (Elixir, Jinterface on Java 17).
+# write (Elixir, Jinterface on Java 17), the test network (iproute2, openssl) and a browser for
+# the dashboard (chromium, chromium-driver; tmux for `beambridge top`).
 DEMO_DEB := erlang-nox erlang-mochiweb erlang-jiffy gcc python3-dev
 TEST_DEB := $(DEMO_DEB) erlang-dev erlang-src erlang-eunit erlang-dialyzer \
-            elixir erlang-jinterface openjdk-17-jre-headless iproute2 openssl
+            elixir erlang-jinterface openjdk-17-jre-headless iproute2 openssl \
+            chromium chromium-driver tmux
 DEMO_STAMP := $(VENV)/.installed-demo
 PURE_TESTS := tests/term tests/protocol tests/node tests/thirdparty
 STAMP  := $(VENV)/.installed

@@ -115,3 +115,13 @@ def _erlc() -> bool:
     import shutil
 
     return shutil.which("erlc") is not None
+
+
+def test_a_built_app_carries_its_priv_folder() -> None:
+    """``code:priv_dir/1`` and a release look beside ``ebin/``: the dashboard's files are there."""
+    from beambridge import otp
+
+    ebin = otp.build_erlang_app("beambridge_compute")
+    source = otp.erlang_source_dir() / "beambridge_compute" / "priv" / "dashboard"
+    for name in ("index.html", "dashboard.js", "dashboard.css"):
+        assert (ebin.parent / "priv" / "dashboard" / name).read_bytes() == (source / name).read_bytes()

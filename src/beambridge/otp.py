@@ -196,7 +196,26 @@ def build_erlang_app(app: str, *, extra_paths: tuple[Path, ...] = ()) -> Path:
     if app_src.exists():
         modules = [s.stem for s in sources]
         _write_if_changed(ebin / f"{app}.app", _app_resource(app_src.read_text(), modules))
+    _sync_priv(erlang_source_dir() / app / "priv", ebin.parent / "priv")
     return ebin
+
+
+def _sync_priv(source: Path, target: Path) -> None:
+    """Copy an app's ``priv/`` beside its ``ebin/`` (``code:priv_dir/1`` looks there, and a
+    release takes it from there): changed files copied, files gone from the source removed."""
+    if not source.is_dir():
+        return
+    wanted = {f.relative_to(source) for f in source.rglob("*") if f.is_file()}
+    for rel in sorted(wanted):
+        src, dst = source / rel, target / rel
+        if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime or (
+                dst.stat().st_size != src.stat().st_size):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    if target.is_dir():
+        for old in target.rglob("*"):
+            if old.is_file() and old.relative_to(target) not in wanted:
+                old.unlink()
 
 
 _MODULES = re.compile(r"\{\s*modules\s*,\s*\[[^\]]*\]\s*\}")

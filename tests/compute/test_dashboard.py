@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -172,7 +173,10 @@ def test_python_nodes_connected_to_the_service_are_listed(svc: Service) -> None:
         found = until(lambda: (p := peers()) and plain.name in p and telling.name in p and p, timeout=10)
         assert found, client.cluster()["nodes"]
         a, b = found[plain.name], found[telling.name]
-        assert a["kind"] == "other" and a["host"] == "127.0.0.1" and a["status"] == "up"
+        # Every beambridge node says what it is (beambridge_node:info/0, built in).
+        assert a["kind"] == "python" and a["os_pid"] == os.getpid() and a["status"] == "up"
+        assert a["node_role"] == "python node" and a["host"] == socket.gethostname()
+        assert "beambridge_node" in a["exposes"] and a["connections"] >= 1
         assert a["connection"] in ("normal", "hidden")
         assert b["kind"] == "python" and b["os_pid"] == os.getpid() and b["node_role"] == "web worker"
         assert b["exposes"] == ["beambridge_node"] and b["rpc_calls"] == 3 and "other" not in b

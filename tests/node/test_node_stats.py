@@ -66,3 +66,20 @@ def test_the_async_node_counts_too(erl: ErlNode, epmd_port: int) -> None:
 
     peer = asyncio.run(main())["peers"][erl.name]  # type: ignore[index]
     assert peer["rpc_calls"] == 20 and peer["rpc_errors"] == 0 and peer["messages_out"] >= 20
+
+
+def test_erlang_asks_the_node_what_it_is(epmd_port: int, erl: ErlNode) -> None:
+    """``beambridge_node:info/0``, built into every node: what the dashboard lists."""
+    import os
+
+    with BlockingNode(unique("pyi") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      role="web worker") as node:
+        node.expose("mine", {"f": lambda: 1})
+        me = Atom(node.name)
+        for _ in range(3):
+            node.rpc(erl.name, "erlang", "node", [])
+        info = node.rpc(erl.name, "rpc", "call", [me, Atom("beambridge_node"), Atom("info"), []])
+        assert info[Atom("os_pid")] == os.getpid() and info[Atom("role")] == b"web worker"
+        assert info[Atom("exposes")] == [Atom("beambridge_node"), Atom("mine")]
+        assert info[Atom("rpc_calls")] >= 3 and info[Atom("connections")] == 1
+        assert info[Atom("memory_bytes")] > 1 << 20 and info[Atom("bytes_out")] > 0

@@ -14,10 +14,12 @@ import collections
 import itertools
 import logging
 import os
+import platform
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from .._errors import UsageError
@@ -105,8 +107,10 @@ class Node(Connections, ThreadDoors, Calls, Services):
                  max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256,
                  limits: Limits | None = None,
                  tls: str | os.PathLike[str] | TlsConfig | None = None,
-                 listen_ports: tuple[int, int] | None = None) -> None:
+                 listen_ports: tuple[int, int] | None = None, role: str = "python node") -> None:
         self.name = full_node_name(name)
+        #: what this node is for, as ``beambridge_node:info/0`` tells the cluster (a dashboard)
+        self.role = role
         self.node_atom = Atom(self.name)
         self.alive_name, self.host = self.name.split("@", 1)
         self._cookie = cookie if cookie is not None else default_cookie()
@@ -168,7 +172,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._names: dict[Atom, Mailbox] = {}
         self._aliases: dict[Reference, Mailbox] = {}
         self._spawned: dict[int, asyncio.Task[Any]] = {}
-        self._exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]] = {}
+        self._exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]] = {
+            Atom("beambridge_node"): {Atom("info"): (self._info, True)}}
+        self._info_last: tuple[float, int] | None = None
         self._nodes_watchers: set[Mailbox] = set()
         self._pid_ids = itertools.count(1)
         self._ref_ids = itertools.count(1)
@@ -598,6 +604,30 @@ class Node(Connections, ThreadDoors, Calls, Services):
         totals["connections_up"] = sum(1 for p in peers.values() if p["connected"])
         return {"node": self.name, "peers": peers, "totals": totals}
 
+    def _info(self) -> dict[Atom, Any]:
+        """``beambridge_node:info/0``: what this node says of itself to the cluster (the compute
+        service's dashboard and ``/nodes`` ask it; nodes holding the cookie may ask anything
+        anyway). The rpc rate is over the time since the previous ask."""
+        totals = self.stats()["totals"]
+        calls = int(totals.get("rpc_calls", 0))
+        now = time.monotonic()
+        last, self._info_last = self._info_last, (now, calls)
+        rate = (calls - last[1]) / (now - last[0]) if last is not None and now > last[0] else 0.0
+        from .. import __version__
+
+        return {
+            Atom("os_pid"): os.getpid(), Atom("role"): self.role.encode(),
+            Atom("host"): socket.gethostname().encode(),
+            Atom("exposes"): sorted(self._exposed),
+            Atom("rpc_calls"): calls, Atom("rpc_errors"): int(totals.get("rpc_errors", 0)),
+            Atom("rpc_rate"): round(rate, 2),
+            Atom("connections"): int(totals.get("connections_up", 0)),
+            **{Atom(k): int(totals.get(k, 0)) for k in ("messages_in", "messages_out", "bytes_in",
+                                                         "bytes_out")},
+            Atom("python"): platform.python_version().encode(), Atom("version"): __version__.encode(),
+            Atom("memory_bytes"): _resident_bytes(),
+        }
+
     # ================================================================ EPMD helpers
 
     async def names(self, host: str | None = None, timeout: float = 5.0) -> list[tuple[str, int]]:
@@ -617,3 +647,14 @@ class Node(Connections, ThreadDoors, Calls, Services):
                 if sock is not None:
                     found.append(sock)
         return found
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux ``/proc``), else its peak (``getrusage``)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

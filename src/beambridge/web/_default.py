@@ -80,7 +80,7 @@ def get_node() -> BlockingNode:
             settings = get_settings()
             name = worker_node_name(settings.node_name)
             _state.node = BlockingNode(name, settings.cookie, hidden=settings.hidden,
-                                       mapping=settings.term_mapping,
+                                       mapping=settings.term_mapping, role="web worker",
                                        connect_timeout=settings.connect_timeout,
                                        **settings.node_options())
             log.info("worker %d: node %s open", os.getpid(), _state.node.name)

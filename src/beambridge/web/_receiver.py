@@ -125,6 +125,7 @@ class Receiver:
         """Open the node (if this receiver owns it) and its mailboxes; idempotent."""
         if self.node is None:
             options = dict(self._node_options)
+            options.setdefault("role", "receiver")  # what the node tells the cluster it is
             if self._mapping is not None:
                 options["mapping"] = self._mapping
             assert self._name is not None

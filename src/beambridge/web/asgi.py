@@ -52,7 +52,7 @@ async def get_node() -> Node:
         options = settings.node_options()  # TLS optfile, listen address and ports included
         try:
             node = Node(_default.worker_node_name(settings.node_name), settings.cookie,
-                        hidden=settings.hidden, mapping=settings.term_mapping,
+                        hidden=settings.hidden, mapping=settings.term_mapping, role="web worker",
                         connect_timeout=settings.connect_timeout, **options)
             await node.start()
         except BaseException as error:
