@@ -61,6 +61,23 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 30
     return done.stdout
 
 
+def spread_rpcs(port: int) -> tuple[dict[int, str], int]:
+    """rpcs held a moment, concurrently, until both workers served some: ``({pid: node}, count)``."""
+    pids: dict[int, str] = {}
+    made = 0
+    deadline = time.monotonic() + 15
+    with ThreadPoolExecutor(8) as pool:
+        while (len(pids) < 2 or made < 40) and time.monotonic() < deadline:
+            for status, _, body in pool.map(lambda _: http_get(port, "/rpc?hold=40"), range(8)):
+                assert status == 200, body
+                answer = json.loads(body)
+                assert answer["sync_thread"], answer  # started in the worker, before any scrape
+                pids[answer["pid"]] = answer["node"]
+                made += 1
+    assert len(pids) == 2, pids
+    return pids, made
+
+
 # ---------------------------------------------------------------- gunicorn, two workers
 
 def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -> None:
@@ -72,20 +89,7 @@ def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -
                      "-c", "tests/web/apps/gunicorn_metrics_conf.py", "--graceful-timeout", "5",
                      "tests.web.apps.flask_metrics:app"], port, env, tmp_path / "gunicorn.log")
     try:
-        # before any rpc: no worker has a node, so nothing of ours is reported
-        assert not [name for name in scrape(port) if name.startswith("beambridge_node")]
-        # rpcs held a moment, concurrently, until both workers served some
-        pids: dict[int, str] = {}
-        made = 0
-        deadline = time.monotonic() + 15
-        with ThreadPoolExecutor(8) as pool:
-            while (len(pids) < 2 or made < 40) and time.monotonic() < deadline:
-                for status, _, body in pool.map(lambda _: http_get(port, "/rpc?hold=40"), range(8)):
-                    assert status == 200, body
-                    answer = json.loads(body)
-                    pids[answer["pid"]] = answer["node"]
-                    made += 1
-        assert len(pids) == 2, pids
+        pids, made = spread_rpcs(port)
         errors, timeouts = 3, 2
         for _ in range(errors):
             assert http_get(port, "/error")[0] == 502
@@ -122,6 +126,42 @@ def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -
         got = wait_for(one_left, 10, "one worker's gauges after SIGTTOU")
         assert total(got, "beambridge_node_rpc_total", peer=erl.name) == made + errors + timeouts
         assert [p for p in prom.iterdir() if p.name.startswith("gauge_live")]  # the living one's
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()
+
+
+# ---------------------------------------------------------------- uWSGI, two processes
+
+def test_uwsgi_two_processes_multiprocess(erl, web_epmd: int, tmp_path: Path) -> None:
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    port = free_port()
+    env = server_env(erl.name, web_epmd, PROMETHEUS_MULTIPROC_DIR=str(prom), BB_SYNC_INTERVAL="0.3")
+    server = Server([str(VENV_BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--master",
+                     "--processes", "2", "--threads", "2", "--enable-threads", "--die-on-term",
+                     "--home", sys.prefix, "--module", "tests.web.apps.uwsgi_metrics:app",
+                     "--need-app", "--disable-logging"], port, env, tmp_path / "uwsgi.log")
+    try:
+        pids, made = spread_rpcs(port)
+
+        def both() -> tuple[bool, object]:  # each worker's own timer pushed its counts
+            got = scrape(port)
+            opened = {labels["pid"] for labels, v in got.get("beambridge_node_open", []) if v == 1}
+            return (total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="ok") == made
+                    and opened == {str(p) for p in pids}), got
+
+        wait_for(both, 10, f"{made} ok rpcs from both workers")
+        gone = min(pids)
+        os.kill(gone, signal.SIGHUP)  # uWSGI reloads that worker gracefully (the master respawns it)
+
+        def left() -> tuple[bool, object]:
+            got = scrape(port)
+            opened = {labels["pid"] for labels, _ in got.get("beambridge_node_open", [])}
+            return str(gone) not in opened, got
+
+        got = wait_for(left, 10, f"worker {gone}'s gauges after its reload")
+        assert total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="ok") == made
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()
@@ -183,7 +223,8 @@ web.rpc("erlang", "node")
 web.rpc("erlang", "node")
 seen.append(rpc_ok())
 second = web.get_node().name
-print(json.dumps({"seen": seen, "opened": opened(), "first": first, "second": second}))
+print(json.dumps({"seen": seen, "opened": opened(), "first": first, "second": second,
+                  "pid": os.getpid()}))
 web.close_node()
 """
 
@@ -195,7 +236,8 @@ def test_multiprocess_sync_across_nodes(erl, web_epmd: int, tmp_path: Path) -> N
     out = json.loads(run_python(SYNC, env))
     assert out["seen"] == [3, 4, 6]  # the new node's counts add to the old one's, never go back
     assert out["opened"] == {out["first"]: 0, out["second"]: 1}
-    assert {p.name.split("_")[0] for p in tmp_path.iterdir()} == {"counter", "gauge"}
+    # at exit (atexit, without the hooks) its live gauges were marked dead; its counts stay
+    assert [p.name for p in tmp_path.iterdir()] == [f"counter_{out['pid']}.db"]
 
 
 # ---------------------------------------------------------------- without prometheus_client

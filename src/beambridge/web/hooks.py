@@ -31,8 +31,12 @@ log = logging.getLogger("beambridge.web.hooks")
 
 
 def postfork(*, open_now: bool = False) -> None:
-    """After a fork, in the child: drop the inherited node; ``open_now`` opens this worker's."""
+    """After a fork, in the child: drop the inherited node; ``open_now`` opens this worker's.
+    A metrics sync timer inherited from the parent starts again here."""
     _default.after_fork()
+    metrics = sys.modules.get(f"{__package__}.metrics")  # never imported here: it may not install
+    if metrics is not None:
+        metrics._this_process()
     if open_now:
         try:
             _default.get_node()

@@ -32,6 +32,8 @@ killed, which loses at most one interval of counts).
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import logging
 import os
 import threading
@@ -220,25 +222,43 @@ class _Timer:
 
 _pusher: _Pusher | None = None
 _timer = _Timer(DEFAULT_SYNC_INTERVAL)
+_pid = os.getpid()
+_fork_lock = threading.Lock()  # only taken in a child that has not caught up: never held at a fork
 
-if MULTIPROCESS:
-    _pusher = _Pusher()
-    _timer.start()
-    if hasattr(os, "register_at_fork"):
-        def _after_fork() -> None:
-            assert _pusher is not None
-            _pusher.forget()
-            _timer.start()  # threads do not survive a fork: each worker needs its own
 
-        os.register_at_fork(after_in_child=_after_fork)
-else:
-    REGISTRY.register(_NodeCollector())
+def _this_process(*, timer: bool = True) -> None:
+    """After a fork, in the child: a baseline and a timer of its own (threads do not survive a
+    fork). Run by the fork handler, by the hooks' postfork (uWSGI forks without Python's fork
+    handlers) and by every sync; does nothing in the process that started them."""
+    global _pid
+    if _pusher is None or _pid == os.getpid():
+        return
+    with _fork_lock:  # two request threads may be first together
+        if _pid == os.getpid():
+            return
+        _pusher.forget()
+        if timer:
+            _timer.start()
+        _pid = os.getpid()
+
+
+def _uwsgi_master() -> Any:
+    """The ``uwsgi`` module when this is a uWSGI master that will fork its workers, else None.
+
+    A thread must not run there: uWSGI forks without Python's fork handlers, so a lock (or the
+    GIL) that the thread held at that moment stays held in the worker, which hangs."""
+    try:
+        uwsgi: Any = importlib.import_module("uwsgi")  # only exists inside uWSGI
+    except ImportError:
+        return None
+    return uwsgi if uwsgi.worker_id() == 0 and getattr(uwsgi, "mule_id", lambda: 0)() == 0 else None
 
 
 def sync() -> None:
     """Push this worker's counters now (multiprocess mode; a no-op otherwise, where every scrape
     reads them). A scrape does it by itself; call it to make counts visible at once."""
     if _pusher is not None:
+        _this_process()
         _pusher.sync()
 
 
@@ -271,13 +291,41 @@ def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     return [body]
 
 
+_exited: int | None = None
+
+
 def _at_exit() -> None:
-    """At worker exit (the hooks): a last sync, then this process's live gauges marked dead."""
-    if _pusher is None:
+    """At worker exit (the hooks, atexit): a last sync, then this process's live gauges marked
+    dead; once per process."""
+    global _exited
+    if _pusher is None or _exited == os.getpid():
         return
+    _exited = os.getpid()
     _timer.stop()
+    _this_process(timer=False)
     try:
         _pusher.sync()
     except Exception:
         log.warning("last metrics sync failed", exc_info=True)
     mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+if MULTIPROCESS:
+    _pusher = _Pusher()
+    atexit.register(_at_exit)  # also without the hooks; again after them does no harm
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_this_process)
+    _master = _uwsgi_master()
+    if _master is None:
+        _timer.start()
+    else:  # started in each worker instead (as register_uwsgi_postfork does for the node)
+        _previous = getattr(_master, "post_fork_hook", None)
+
+        def _uwsgi_postfork() -> None:
+            if callable(_previous):
+                _previous()
+            _this_process()
+
+        _master.post_fork_hook = _uwsgi_postfork
+else:
+    REGISTRY.register(_NodeCollector())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from flask import Flask, request
 
@@ -27,7 +28,8 @@ def const() -> str:
 def rpc() -> object:
     """An rpc that answers (held ``hold`` ms so that concurrent requests spread over workers)."""
     erlang.rpc("bbw_examples", "slow", [int(request.args.get("hold", "0"))])
-    return {"pid": os.getpid(), "node": erlang.node.name}
+    return {"pid": os.getpid(), "node": erlang.node.name,
+            "sync_thread": any(t.name == "beambridge-metrics-sync" for t in threading.enumerate())}
 
 
 @app.get("/error")
