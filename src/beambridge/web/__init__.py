@@ -9,6 +9,8 @@
   ``beambridge.web.flask``: Erlang failures become 502/503/504 answers (``http_status``).
 * ``EwgiBridge``: a WSGI app that serves each request with an Erlang function.
 * ``beambridge.web.hooks``: explicit gunicorn/uWSGI fork and exit hooks.
+* ``beambridge.web.metrics``: the worker nodes' counters for Prometheus, multiprocess-aware
+  (``pip install 'beambridge[metrics]'``; not imported here, so nothing needs prometheus_client).
 
 Nothing here needs Django, Flask or a server installed until their modules are imported.
 """

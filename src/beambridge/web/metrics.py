@@ -13,7 +13,7 @@ Metrics (``peer`` is the Erlang node's name)::
     beambridge_node_rpc_total{peer,outcome}               finished rpcs; outcome ok|error|timeout
     beambridge_node_rpc_seconds_total{peer}               their total seconds (rate / rpc rate = mean)
     beambridge_node_rpc_seconds_max{peer}                 gauge: the longest, over live workers
-    beambridge_node_open{node,pid}                        gauge: 1 per worker whose node is open
+    beambridge_node_open{node,pid}                        gauge: 1 while that worker's node is open
 
 A worker whose node never opened reports nothing: no metric opens a node.
 
@@ -25,9 +25,11 @@ prometheus_client's as deltas since the last push ("sync"): at every scrape in t
 answers, and every ``set_sync_interval`` seconds (default 5) by a daemon thread in every worker.
 A scrape therefore shows its own worker's counts fresh and the other workers' at most one
 interval old (plus one sync's run). Counters of exited workers stay in the sums (they never go
-back); their gauges go away when the worker is marked dead: ``beambridge.web.hooks`` does it
-(``worker_exit``, after a last sync; ``child_exit`` in gunicorn's master for a worker that was
-killed, which loses at most one interval of counts).
+back); their gauges go away when the worker is marked dead, after a last sync, at its exit
+(``beambridge.web.hooks``' ``worker_exit`` / ``register_uwsgi_postfork``, or atexit without
+them); gunicorn's ``child_exit`` hook marks a killed worker dead from the master (that worker
+loses at most one interval of counts). No thread runs in a uWSGI master: each worker starts its
+own after the fork.
 """
 
 from __future__ import annotations
