@@ -185,6 +185,36 @@ def test_django_view_single_process(erl, web_epmd: int) -> None:
     assert "process_cpu_seconds_total" in got  # prometheus_client's default registry, too
 
 
+# ---------------------------------------------------------------- the WSGI app, in this process
+
+@pytest.mark.skipif(bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")), reason="needs one-process mode")
+def test_wsgi_app_in_process(web_settings, erl) -> None:
+    from beambridge import RemoteError, web
+    from beambridge.web.metrics import metrics_app
+
+    def get(accept: str = "") -> tuple[str, str]:
+        answers: list[tuple[str, dict[str, str]]] = []
+        body = b"".join(metrics_app({"HTTP_ACCEPT": accept} if accept else {},
+                                    lambda status, headers: answers.append((status, dict(headers)))))
+        assert answers[0][0] == "200 OK"
+        assert answers[0][1]["Content-Length"] == str(len(body))
+        return answers[0][1]["Content-Type"], body.decode()
+
+    web.close_node()
+    assert not [n for n in parse(get()[1]) if n.startswith("beambridge_node")]
+    assert web.node_if_open() is None  # a scrape opens no node
+    web.rpc("erlang", "node")
+    with pytest.raises(RemoteError):
+        web.rpc("erlang", "error", [1])
+    content_type, text = get()
+    got = parse(text)
+    assert content_type.startswith("text/plain")
+    assert total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="ok") == 1
+    assert total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="error") == 1
+    content_type, text = get("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text") and text.endswith("# EOF\n")
+
+
 # ---------------------------------------------------------------- the sync, in one process
 
 SYNC = """
