@@ -131,6 +131,32 @@ def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -
     assert "Traceback" not in server.output(), server.output()
 
 
+def test_gunicorn_worker_exit_pushes_last_counts(erl, web_epmd: int, tmp_path: Path) -> None:
+    """No timer tick in the test's time (60 s): what a scrape sees of the worker that left was
+    pushed by its exit hook."""
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    port = free_port()
+    env = server_env(erl.name, web_epmd, PROMETHEUS_MULTIPROC_DIR=str(prom), BB_SYNC_INTERVAL="60")
+    server = Server([str(VENV_BIN / "gunicorn"), "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
+                     "-c", "tests/web/apps/gunicorn_metrics_conf.py", "--graceful-timeout", "5",
+                     "tests.web.apps.flask_metrics:app"], port, env, tmp_path / "gunicorn.log")
+    try:
+        _, made = spread_rpcs(port)
+        os.kill(server.proc.pid, signal.SIGTTOU)
+        # the leaving worker pushed its counts (its files are the only ones: nobody synced yet)
+        # and then marked itself dead (its gauge files removed)
+        files = wait_for(lambda: ([p.name.split("_")[0] for p in prom.iterdir()] == ["counter"],
+                                  sorted(prom.iterdir())), 10, "the leaving worker's last counts")
+        assert files
+        got = scrape(port)  # answered by the worker left, which syncs itself first
+        assert total(got, "beambridge_node_rpc_total", peer=erl.name, outcome="ok") == made
+        assert len(got["beambridge_node_open"]) == 1
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()
+
+
 # ---------------------------------------------------------------- uWSGI, two processes
 
 def test_uwsgi_two_processes_multiprocess(erl, web_epmd: int, tmp_path: Path) -> None:
