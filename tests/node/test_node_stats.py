@@ -83,3 +83,9 @@ def test_erlang_asks_the_node_what_it_is(epmd_port: int, erl: ErlNode) -> None:
         assert info[Atom("exposes")] == [Atom("beambridge_node"), Atom("mine")]
         assert info[Atom("rpc_calls")] >= 3 and info[Atom("connections")] == 1
         assert info[Atom("memory_bytes")] > 1 << 20 and info[Atom("bytes_out")] > 0
+
+
+def test_a_node_not_open_reports_nothing_and_opens_nothing() -> None:
+    name = unique("pyz") + "@127.0.0.1"
+    node = BlockingNode(name, COOKIE, start=False)
+    assert node.stats() == {"node": name, "peers": {}, "totals": {}}

@@ -25,7 +25,7 @@ from ..term import Pid, Reference
 from ._errors import MailboxClosed
 from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match, Slot
-from ._node import Node
+from ._node import Node, full_node_name
 from ._peer import _Peer
 
 __all__ = ["BlockingMailbox", "BlockingNode", "epmd_names"]
@@ -270,8 +270,8 @@ class BlockingNode:
 
     def stats(self) -> dict[str, Any]:
         """See ``Node.stats``; an empty picture when the node is not open."""
-        if self._node is None:
-            return {"node": self.name, "peers": {}, "totals": {}}
+        if self._node is None:  # closed or never opened: nothing counted (and nothing to open)
+            return {"node": full_node_name(self._base_name), "peers": {}, "totals": {}}
         return self._sync(lambda n: n.stats())
 
     def names(self, host: str | None = None, timeout: float = 5.0) -> list[tuple[str, int]]:
