@@ -1,13 +1,16 @@
-"""The atoms a node speaks, and how a node is named and finds its cookie."""
+"""The atoms a node speaks, how a node is named and finds its cookie, and how a message is
+addressed on the wire."""
 
 from __future__ import annotations
 
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from .._errors import UsageError
-from ..term import Atom, Pid
+from ..protocol import AliasSend, ControlMessage, RegSend, Send
+from ..term import Atom, Pid, Reference
 
 _A = Atom
 OK = _A("ok")
@@ -65,3 +68,12 @@ def _monitored(target: Pid | Atom, node: Atom) -> Pid | tuple[Atom, Atom]:
     """The fourth element of a DOWN message: the pid, or ``(Name, Node)`` for a monitor set on
     a registered name (local names too), as ``erlang:monitor/2`` reports them."""
     return target if isinstance(target, Pid) else (target, node)
+
+
+def addressed(target: Pid | Reference | Atom, message: Any, sender: Pid) -> ControlMessage:
+    """The control message that carries ``message`` to a pid, an alias or a registered name."""
+    if isinstance(target, Pid):
+        return Send(target, message, sender)
+    if isinstance(target, Reference):
+        return AliasSend(sender, target, message)
+    return RegSend(sender, target, message)

@@ -63,6 +63,7 @@ from ._names import (
     REX,
     SPAWN_REPLY,
     _monitored,
+    addressed,
     default_cookie,
     full_node_name,
 )
@@ -553,12 +554,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         node, target = self._resolve(dest)
         source = sender or self._anon
         assert source is not None
-        if isinstance(target, Pid):
-            msg: ControlMessage = Send(target, message, source.pid)
-        elif isinstance(target, Reference):
-            msg = AliasSend(source.pid, target, message)
-        else:
-            msg = RegSend(source.pid, target, message)
+        msg = addressed(target, message, source.pid)
         if node == self.node_atom:
             self._dispatch(None, msg)
             return None

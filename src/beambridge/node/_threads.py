@@ -13,8 +13,6 @@ from typing import Any
 
 from ..protocol import (
     NEED_DATA,
-    AliasSend,
-    ControlMessage,
     LocalProtocolError,
     MonitorPExit,
     RegSend,
@@ -25,12 +23,12 @@ from ..protocol import (
     Tick,
 )
 from ..protocol._control import spawn_request_unchecked
-from ..term import Pid, Reference
+from ..term import Reference
 from ._calls import _Call
 from ._core import NodeCore
 from ._errors import NoConnection
 from ._mailbox import Mailbox, Slot
-from ._names import ERPC, EXECUTE_CALL, MONITOR
+from ._names import ERPC, EXECUTE_CALL, MONITOR, addressed
 from ._peer import _SPAWN, _Peer
 
 log = logging.getLogger("beambridge.node")
@@ -337,12 +335,7 @@ class ThreadDoors(NodeCore):
             return None
         source = sender or self._anon
         assert source is not None
-        if isinstance(target, Pid):
-            msg: ControlMessage = Send(target, message, source.pid)
-        elif isinstance(target, Reference):
-            msg = AliasSend(source.pid, target, message)
-        else:
-            msg = RegSend(source.pid, target, message)
+        msg = addressed(target, message, source.pid)
         try:
             data = peer.proto.send(msg)
         except LocalProtocolError:
