@@ -27,7 +27,7 @@ pytestmark = pytest.mark.erlang
 A = Atom
 
 
-def expose_pymod(py: BlockingNode) -> None:
+def expose_pymod(py: BlockingNode, inline: bool = False) -> None:
     def add(a: int, b: int) -> int:
         return a + b
 
@@ -41,8 +41,12 @@ def expose_pymod(py: BlockingNode) -> None:
     def throw(value: Any) -> None:
         raise ErlangThrow(value)
 
+    async def later(x: int) -> int:
+        return x + 1
+
     py.expose("pymod", {"add": add, "fail": fail, "slow_double": slow_double, "throw": throw,
-                        "echo": lambda x: x})
+                        "echo": lambda x: x, "awaitable": lambda x: later(x),
+                        "unencodable": lambda: object()}, inline=inline)
 
 
 # ------------------------------------------------------------------ Python calls Erlang
@@ -94,9 +98,17 @@ def test_gen_call_and_gen_cast(py: BlockingNode, erl: ErlNode) -> None:
 
 # ------------------------------------------------------------------ Erlang calls Python
 
-def test_rpc_and_erpc_from_erlang(py: BlockingNode, erl: ErlNode) -> None:
-    expose_pymod(py)
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_rpc_and_erpc_from_erlang(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
+    """The same answers whether a function runs in a thread or inline (answered at once, with
+    no task: its own path)."""
+    expose_pymod(py, inline)
     me = A(py.name)
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [1, 2]]) == (A("ok"), 3)
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("awaitable"), [1]]) == (A("ok"), 2)
+    assert py.rpc(erl.name, "rpc", "call", [me, A("pymod"), A("awaitable"), [5]]) == 6
+    kind, reason = py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("unencodable"), []])
+    assert kind == A("error") and reason[1][1] == A("EncodeError")
     assert py.rpc(erl.name, "rpc", "call", [me, A("pymod"), A("add"), [1, 2]]) == 3
     assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("slow_double"), [21]]) == (A("ok"), 42)
     kind, reason = py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("fail"), [b"nope"]])
@@ -116,8 +128,9 @@ def test_rpc_and_erpc_from_erlang(py: BlockingNode, erl: ErlNode) -> None:
         assert mb.receive(timeout=5) == b"told"
 
 
-def test_old_style_rex_call_and_features(py: BlockingNode, erl: ErlNode) -> None:
-    expose_pymod(py)
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_old_style_rex_call_and_features(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
+    expose_pymod(py, inline)
     with py.mailbox() as mb:
         py.send(("rex", py.name), (mb.pid, (A("call"), A("pymod"), A("add"), [2, 3], A("user"))))
         assert mb.receive(timeout=5) == (A("rex"), 5)

@@ -10,7 +10,7 @@ import inspect
 import logging
 import traceback
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Mapping as AbcMapping
 from pathlib import Path
 from typing import Any
@@ -126,17 +126,36 @@ class Services(NodeCore):
         """Run an exposed function: ``('return', value, None)``, ``('error', reason, stack)``..."""
         try:
             return "return", await self._invoke(module, function, args), None
-        except _Undefined:
-            arity = args if isinstance(args, list) else 0
-            return "error", UNDEF, [(module, function, arity, [])]
         except asyncio.CancelledError:
             raise
-        except RemoteError_ as error:  # an Erlang-style error raised on purpose keeps its form
-            return error.kind, error.reason, error.stack or []
         except Exception as error:
-            arity = len(args) if isinstance(args, list) else 0
-            stack = [*_PythonError.stack(error), (module, function, arity, [])]
-            return "error", _PythonError.reason(error), stack
+            return _failure(module, function, args, error)
+
+    def _outcome_now(self, module: Any, function: Any, args: Any
+                     ) -> tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]] | None:
+        """An inline function's outcome at once, on the loop and without a task: a quick call
+        must not pay for one. A task when the function returned an awaitable; None when the
+        call is not to an inline plain function (``_outcome`` runs it then)."""
+        if not (isinstance(module, Atom) and isinstance(function, Atom) and isinstance(args, list)):
+            return None
+        entry = self._exposed.get(module, {}).get(function)
+        if entry is None or not entry[1] or inspect.iscoroutinefunction(entry[0]):
+            return None
+        try:
+            value = entry[0](*args)
+        except Exception as error:
+            return _failure(module, function, args, error)
+        if inspect.isawaitable(value):
+            async def later(awaitable: Awaitable[Any] = value) -> tuple[str, Any, Any]:
+                try:
+                    return "return", await awaitable, None
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    return _failure(module, function, args, error)
+
+            return self._spawn_task(later())
+        return "return", value, None
 
     def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
         if self._closed:
@@ -153,29 +172,30 @@ class Services(NodeCore):
                 process.monitors_in[event.req_id] = (event.from_pid, process.pid)
                 flags |= 2
         peer.send_quiet(SpawnReply(event.req_id, event.from_pid, flags, process.pid))
-        task = self._spawn_task(self._run_spawned(process, event))
+        m, args = event.module, event.args
+        started = None
+        if m == ERPC and event.function == EXECUTE_CALL and len(args) == 4:
+            early = self._outcome_now(args[1], args[2], args[3])
+            if isinstance(early, tuple):  # an inline function answered: no task, no loop turn
+                self._finish(process, _call_reason(args[0], early), args[0])
+                return
+            started = early
+        task = self._spawn_task(self._run_spawned(process, event, started))
         self._spawned[process.pid.id] = task
 
-    async def _run_spawned(self, process: Mailbox, event: SpawnRequest) -> None:
+    async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
+                           started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:
         m, f, args = event.module, event.function, event.args
         waiter = self._spawn_task(process.receive(None, lambda _: False))  # wakes when killed
         waiter.add_done_callback(_consume_exception)
         try:
             if m == ERPC and f == EXECUTE_CALL and len(args) == 4:
-                work = self._spawn_task(self._outcome(args[1], args[2], args[3]))
+                work = started or self._spawn_task(self._outcome(args[1], args[2], args[3]))
                 done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
                 if work not in done:
                     work.cancel()
                     return
-                kind, value, stack = work.result()
-                tag = args[0]
-                if kind == "return":
-                    reason: Any = (tag, RETURN, value)
-                elif kind == "error":
-                    reason = (tag, ERROR, value, stack)
-                else:
-                    reason = (tag, Atom(kind), value)
-                self._finish(process, reason, tag)
+                self._finish(process, _call_reason(args[0], work.result()), args[0])
             else:
                 if m == ERPC and f == EXECUTE_CAST and len(args) == 3:
                     m, f, args = args[0], args[1], args[2]
@@ -299,14 +319,26 @@ class _Rex(_Service):
             if request == _A("features_request"):
                 self.reply(sender, (_A("features_reply"), self._host.node_atom, [ERPC]))
             elif _is_call(request):
-                self._host._spawn_task(self._answer(request, lambda r: self.reply(sender, (REX, r))))
+                self._call(request, lambda r: self.reply(sender, (REX, r)))
         elif len(message) == 3 and message[0] == GEN_CALL and _is_call(message[2]):
             sender = message[1]
-            self._host._spawn_task(self._answer(message[2], lambda r: self.gen_reply(sender, r)))
+            self._call(message[2], lambda r: self.gen_reply(sender, r))
 
-    async def _answer(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
+    def _call(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
         _, m, f, a = request[:4]
-        kind, value, stack = await self._host._outcome(m, f, a)
+        early = self._host._outcome_now(m, f, a)
+        if isinstance(early, tuple):  # an inline function answered: no task
+            self._answer(early, reply)
+        else:
+            self._host._spawn_task(self._answer_later(early or self._host._outcome(m, f, a), reply))
+
+    async def _answer_later(self, outcome: Awaitable[tuple[str, Any, Any]],
+                            reply: Callable[[Any], None]) -> None:
+        self._answer(await outcome, reply)
+
+    @staticmethod
+    def _answer(outcome: tuple[str, Any, Any], reply: Callable[[Any], None]) -> None:
+        kind, value, stack = outcome
         if kind == "return" or kind == "throw":
             result = value
         elif kind == "exit":
@@ -372,3 +404,26 @@ def _io_text(request: Any) -> str | None:
     if isinstance(chars, str):
         return chars
     return "<formatted output>"
+
+
+def _failure(module: Any, function: Any, args: Any, error: Exception) -> tuple[str, Any, Any]:
+    """An exposed function's exception as Erlang sees it: ``undef`` for a function that is not
+    there, an Erlang-style error raised on purpose in its own form, else Python's as an error."""
+    if isinstance(error, _Undefined):
+        arity = args if isinstance(args, list) else 0
+        return "error", UNDEF, [(module, function, arity, [])]
+    if isinstance(error, RemoteError_):
+        return error.kind, error.reason, error.stack or []
+    arity = len(args) if isinstance(args, list) else 0
+    stack = [*_PythonError.stack(error), (module, function, arity, [])]
+    return "error", _PythonError.reason(error), stack
+
+
+def _call_reason(tag: Any, outcome: tuple[str, Any, Any]) -> Any:
+    """The exit reason that carries an erpc call's outcome back (``erpc:execute_call``'s form)."""
+    kind, value, stack = outcome
+    if kind == "return":
+        return (tag, RETURN, value)
+    if kind == "error":
+        return (tag, ERROR, value, stack)
+    return (tag, Atom(kind), value)
