@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ import pytest
 
 from beambridge import Atom, BlockingNode, Timeout, otp
 from beambridge.compute import Service
-from tests.node.conftest import free_port, registered
+from tests.node.conftest import epmd_port, free_port, registered  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -107,8 +106,8 @@ def _ids(found: list[Snippet]) -> list[str]:
     return [f"line{s.line}" for s in found]
 
 
-def _env(epmd_port: int, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "ERL_EPMD_PORT": str(epmd_port), "ERL_EPMD_ADDRESS": "127.0.0.1",
+def _env(port: int, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "ERL_EPMD_PORT": str(port), "ERL_EPMD_ADDRESS": "127.0.0.1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
     env.pop("ERLANG_COOKIE", None)
     return env
@@ -166,21 +165,10 @@ def test_the_parser_reads_markers_and_promises() -> None:
     assert second.env == "" and third.env == ""
 
 
-@pytest.fixture(scope="module")
-def epmd() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(["epmd", "-port", str(port), "-address", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.05)
-    yield port
-    proc.kill()
-    proc.wait(10)
+@pytest.fixture(scope="session")
+def epmd(request: pytest.FixtureRequest) -> int:
+    """A private loopback EPMD: the node tests' own (``epmd_port``, one per session)."""
+    return int(request.getfixturevalue("epmd_port"))
 
 
 @pytest.mark.erlang

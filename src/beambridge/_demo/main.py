@@ -74,7 +74,7 @@ def _terminate_as_exit() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _process(command: list[str], what: str, **options: Any) -> Iterator[subprocess.Popen[bytes]]:
+def _process(command: list[str], **options: Any) -> Iterator[subprocess.Popen[bytes]]:
     """A child in its own session (a terminal's Ctrl-C is ours to handle), stopped with its
     whole process group (gunicorn's workers too) by its pid."""
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, **options)
@@ -113,12 +113,16 @@ def _bar(done: int, total: int, width: int = 40) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} parts"
 
 
-def _run_job(web: str, below: int, out: Out, tty: bool) -> tuple[list[int], float]:
-    """Start the job through the web app and follow its progress bar to the end."""
+def _run_job(web: str, below: int, out: Out, tty: bool, limit: float = 600.0
+             ) -> tuple[list[int], float]:
+    """Start the job through the web app and follow its progress bar to the end (at most
+    ``limit`` seconds: the service's own job timeout ends it well before)."""
     started = time.perf_counter()
     job = _get(web + "/api/collatz", {"below": below})
     shown = -1
     while True:
+        if time.perf_counter() - started > limit:
+            raise Timeout(f"the cluster's job did not end within {limit:.0f} s")
         state = _get(f"{web}/api/jobs/{job['id']}")
         if tty:
             sys.stdout.write("\r  " + _bar(state["done"], state["total"]))
@@ -161,7 +165,7 @@ def _main(below: int, serve: bool, out: Out) -> int:
     with contextlib.ExitStack() as stack:
         out(f"starting a local cluster on {runtime} (private EPMD on port {epmd_port}) ...")
         epmd = stack.enter_context(_process(
-            [str(runtime.tool("epmd")), "-port", str(epmd_port), "-address", "127.0.0.1"], "epmd"))
+            [str(runtime.tool("epmd")), "-port", str(epmd_port), "-address", "127.0.0.1"]))
         _until(lambda: epmd_names(port=epmd_port, timeout=1) == [], "epmd", 10, lambda: epmd.poll() is None)
         service = stack.enter_context(Service(local_nodes=2, epmd_port=epmd_port))
         workers = [n["name"] for n in service.client().nodes() if n.get("role") == "local"]
@@ -177,7 +181,7 @@ def _main(below: int, serve: bool, out: Out) -> int:
         gunicorn = stack.enter_context(_process(
             [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{http_port}",
              "-c", "python:beambridge._demo.gunicorn_conf", "beambridge._demo.webapp:app"],
-            "gunicorn", env=env))
+            env=env))
         _until(lambda: urllib.request.urlopen(web + "/", timeout=5).status == 200, "the web app", 30,
                lambda: gunicorn.poll() is None)
         out(f"up in {time.perf_counter() - t0:.1f} s: compute service {service.node} at {service.url}, "

@@ -113,7 +113,7 @@ class Connections(NodeCore):
                 log.debug("simultaneous connect to %s: waiting for its connection", node)
                 self._spawn_task(self._expire_pending(node, future))
                 return
-            if self.tls is not None and error.reason == "closed" and "(await_status)" in error.detail:
+            if self.tls is not None and error.reason == "closed" and error.state == "await_status":
                 # Under TLS 1.3 a peer that refuses our certificate may close before its alert
                 # is read; before the status, nothing else (not the cookie) can have failed.
                 self._fail_pending(node, future, TlsHandshakeFailed(

@@ -490,7 +490,8 @@ class Connection:
         hint = " (the cookies probably differ)" if self._state is State.AWAIT_ACK else ""
         state = self._state.value
         self._fail()
-        raise HandshakeFailed("closed", f"peer closed the connection during the handshake ({state}){hint}")
+        raise HandshakeFailed("closed", f"peer closed the connection during the handshake ({state}){hint}",
+                              state=state)
 
     # ---------------------------------------------------------------- handshake, peer's side
 

@@ -25,9 +25,11 @@ class RemoteProtocolError(ProtocolError):
 class HandshakeFailed(TransportError):
     """The handshake ended without a connection; ``reason`` says why (``nok``, ``not_allowed``...)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", state: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        #: the handshake state it failed in (``await_status``...), where the protocol knows it
+        self.state = state
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
