@@ -3,7 +3,9 @@
 Wall-clock rows (``node_bench.py``) swing with the load on a shared 2-core machine; the number of
 instructions the Python process runs per call does not. This runs N1 and then N2 sequential
 ``rpc erlang:node/0`` calls (after a warm-up) under ``valgrind --tool=callgrind``, for
-``BlockingNode`` and for the asyncio ``Node``, and prints (Ir(N2) - Ir(N1)) / (N2 - N1): the
+``BlockingNode``, for the asyncio ``Node`` and for 4 threads sharing one ``BlockingNode``, and
+N1 and N2 ``erpc:call``s from the Erlang node into a function this process exposes (plain: run
+in a thread; inline: on the loop), and prints (Ir(N2) - Ir(N1)) / (N2 - N1): the
 instructions of one call, start-up and warm-up cancelled out. Only this Python process is
 counted (the Erlang target runs natively). Run: ``.venv/bin/python bench/node_cost.py``
 (``--calls 200,1200``). Needs valgrind (Debian ``valgrind``). Prints only; asserts nothing.
@@ -29,8 +31,8 @@ COOKIE = "cost_" + secrets.token_hex(4)
 
 # The measured program: connect, warm up, then N calls; argv: mode target cookie epmd_port n.
 _CALLER = """
-import asyncio, os, sys
-from beambridge import BlockingNode
+import asyncio, os, sys, threading
+from beambridge import Atom, BlockingNode
 from beambridge.node import Node
 mode, target, cookie, port, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 name = f"cost{os.getpid()}@127.0.0.1"
@@ -40,11 +42,40 @@ if mode == "Node":
             for _ in range(50 + n):
                 await node.rpc(target, "erlang", "node", [])
     asyncio.run(main())
+elif mode.startswith("into"):  # the target erpc:calls a function exposed here, n times
+    async def main():
+        async with Node(name, cookie, epmd_port=port) as node:
+            me = Atom(node.name)
+            node.expose("cost", {"node": lambda: me}, inline=mode == "into-inline")
+            for count in (50, n):
+                await node.rpc(target, "bb_bench", "seq_erpc", [me, Atom("cost"), Atom("node"), [], count],
+                               timeout=600)
+    asyncio.run(main())
+elif mode == "threads":  # 4 threads share one BlockingNode, n calls in all
+    with BlockingNode(name, cookie, epmd_port=port) as node:
+        def work(count):
+            for _ in range(count):
+                node.rpc(target, "erlang", "node", [])
+        work(50)
+        threads = [threading.Thread(target=work, args=(n // 4,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 else:
     with BlockingNode(name, cookie, epmd_port=port) as node:
         for _ in range(50 + n):
             node.rpc(target, "erlang", "node", [])
 """
+
+
+_MODES = (
+    ("BlockingNode", "sequential rpc erlang:node/0 [BlockingNode]"),
+    ("Node", "sequential rpc erlang:node/0 [Node]"),
+    ("threads", "rpc erlang:node/0, 4 callers [BlockingNode threads]"),
+    ("into-inline", "Erlang erpc:call into Python [inline function]"),
+    ("into-plain", "Erlang erpc:call into Python [plain function]"),
+)
 
 
 def _free_port() -> int:
@@ -68,6 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", default="200,1200", help="N1,N2 (default 200,1200)")
+    parser.add_argument("--only", metavar="TEXT", default="", help="only the rows whose label has TEXT")
     opts = parser.parse_args()
     n1, n2 = (int(x) for x in opts.calls.split(","))
     if shutil.which("valgrind") is None:
@@ -84,16 +116,20 @@ def main() -> int:
     erl = None
     try:
         time.sleep(0.3)
+        bench_erl = Path(__file__).parent / "erlang" / "bb_bench.erl"
+        subprocess.run([str(otp.erlc()), "-o", str(work), str(bench_erl)], check=True)
         erl = subprocess.Popen([str(runtime.erl), "-noinput", "-name", target, "-setcookie", COOKIE,
-                                "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
+                                "-pa", str(work), "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         time.sleep(2.0)
-        print(f"instructions per sequential rpc erlang:node/0 to {runtime}, "
-              f"callgrind, ({n2} - {n1} calls)")
-        for mode in ("BlockingNode", "Node"):
+        print(f"instructions per call of this Python process against {runtime}, callgrind, "
+              f"({n2} - {n1} calls)")
+        for mode, label in _MODES:
+            if opts.only and opts.only not in label:
+                continue
             low = _instructions(script, mode, target, port, n1, work)
             high = _instructions(script, mode, target, port, n2, work)
-            print(f"  {mode:13} {(high - low) / (n2 - n1):>10,.0f}")
+            print(f"  {label:58} {(high - low) / (n2 - n1):>10,.0f}")
     finally:
         for proc in (erl, epmd):
             if proc is not None:

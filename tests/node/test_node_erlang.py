@@ -129,6 +129,40 @@ def test_rpc_and_erpc_from_erlang(py: BlockingNode, erl: ErlNode, inline: bool) 
 
 
 @pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_spawned_call_with_link_and_monitor(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
+    """A spawn request that links and monitors: both signals carry the call's outcome, on the
+    path that makes no process (inline) and the worker thread's."""
+    expose_pymod(py, inline)
+    me = A(py.name)
+    ret = (A("ref"), A("return"), 3)
+    assert py.rpc(erl.name, "bb_test", "spawn_linked_py", [me, A("pymod"), A("add"), [1, 2]]) == (ret, ret)
+    link, down = py.rpc(erl.name, "bb_test", "spawn_linked_py", [me, A("pymod"), A("unencodable"), []])
+    assert link == down and link[:2] == (A("ref"), A("error")) and link[2][1] == A("EncodeError")
+    link, down = py.rpc(erl.name, "bb_test", "spawn_linked_py", [me, A("pymod"), A("fail"), [b"no"]])
+    assert link == down and link[2] == (A("python"), A("ValueError"), b"no")
+
+
+def test_killed_thread_call_drops_its_result(py: BlockingNode, erl: ErlNode) -> None:
+    """A call killed while its worker thread runs is DOWN ``killed``; the result that comes
+    later is dropped, and the workers go on serving."""
+    release = threading.Event()
+    done = threading.Event()
+
+    def wait() -> int:
+        release.wait(10)
+        done.set()
+        return 1
+
+    py.expose("pyslow", {"wait": wait})
+    me = A(py.name)
+    assert py.rpc(erl.name, "bb_test", "kill_py_call", [me, A("pyslow"), A("wait"), []]) == A("killed")
+    release.set()
+    assert done.wait(10)
+    expose_pymod(py)
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [4, 5]]) == (A("ok"), 9)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_old_style_rex_call_and_features(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
     expose_pymod(py, inline)
     with py.mailbox() as mb:

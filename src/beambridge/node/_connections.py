@@ -353,7 +353,8 @@ class Connections(NodeCore):
             stats = self._stats[name] = PeerStats()
         stats.connects += 1
         stats.connected_since = time.time()
-        peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation, stats)
+        peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation, stats,
+                     self._corks)
         self._peers[name] = peer
         # bytes the stream reader got after the handshake's last read are the peer's first packets
         leftover = bytes(getattr(reader, "_buffer", b""))
@@ -377,8 +378,13 @@ class Connections(NodeCore):
         and apply every whole message."""
         if not peer.alive:
             return
-        with peer.rlock:
-            self._on_peer_data_locked(peer, data)
+        corks = self._corks
+        corks.active = True
+        try:
+            with peer.rlock:
+                self._on_peer_data_locked(peer, data)
+        finally:
+            corks.release()
 
     def _on_peer_data_locked(self, peer: _Peer, data: bytes | None) -> None:
         proto = peer.proto

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from ._calls import _Call
     from ._connections import _Throttle
     from ._mailbox import Mailbox
-    from ._peer import _Peer
+    from ._peer import Corks, _Peer
     from ._stats import PeerStats
     from ._tls import TlsConfig
+    from ._workers import Workers
 
 
 class NodeCore:
@@ -61,6 +62,7 @@ class NodeCore:
     _refusals: _Throttle
     _epmd_writer: asyncio.StreamWriter | None
     _peers: dict[Atom, _Peer]
+    _corks: Corks
     _pending: dict[Atom, asyncio.Future[_Peer]]
     _connecting: dict[Atom, asyncio.Task[None]]
     # processes
@@ -68,6 +70,7 @@ class NodeCore:
     _names: dict[Atom, Mailbox]
     _aliases: dict[Reference, Mailbox]
     _spawned: dict[int, asyncio.Task[Any]]
+    _workers: Workers
     _exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]]
     _nodes_watchers: set[Mailbox]
     _pid_ids: itertools.count[int]
@@ -109,5 +112,10 @@ class NodeCore:
         def _call_spawned(self, req: Reference, result: Any) -> None: ...
         def _call_down(self, req: Reference, reason: Any) -> None: ...
         async def _outcome(self, module: Atom, function: Atom, args: Any) -> tuple[str, Any, Any]: ...
+        def _plain(self, module: Any, function: Any, args: Any
+                   ) -> tuple[Callable[..., Any], bool] | None: ...
+        def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
+                       then: Callable[[tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]], None]
+                       ) -> None: ...
         def _outcome_now(self, module: Any, function: Any, args: Any
                          ) -> tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]] | None: ...

@@ -67,11 +67,12 @@ from ._names import (
     default_cookie,
     full_node_name,
 )
-from ._peer import _Peer
+from ._peer import Corks, _Peer
 from ._services import Services, _GroupLeader, _NetKernel, _Rex, _Sink
 from ._stats import PeerStats
 from ._threads import ThreadDoors
 from ._tls import TlsConfig, load_tls
+from ._workers import Workers
 
 log = logging.getLogger("beambridge.node")
 
@@ -167,12 +168,15 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._refusals = _Throttle(log, 10.0)
         self._epmd_writer: asyncio.StreamWriter | None = None
         self._peers: dict[Atom, _Peer] = {}
+        self._corks = Corks()
         self._pending: dict[Atom, asyncio.Future[_Peer]] = {}
         self._connecting: dict[Atom, asyncio.Task[None]] = {}
         self._procs: dict[int, Mailbox] = {}
         self._names: dict[Atom, Mailbox] = {}
         self._aliases: dict[Reference, Mailbox] = {}
         self._spawned: dict[int, asyncio.Task[Any]] = {}
+        #: where plain exposed functions run (as many threads as the loop's default executor)
+        self._workers = Workers(min(32, (os.cpu_count() or 1) + 4))
         self._exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]] = {
             Atom("beambridge_node"): {Atom("info"): (self._info, True)}}
         self._info_last: tuple[float, int] | None = None
@@ -263,6 +267,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
             self._finish_call(req, False, NoConnection(self.name, "node closed"))
         for mailbox in list(self._procs.values()):
             mailbox.close(_A("shutdown"))
+        self._workers.close()
         for task in list(self._spawned.values()) + list(self._tasks):
             task.cancel()
             cancelled.append(task)

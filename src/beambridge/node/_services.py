@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import EncodeError, UsageError
 from .._errors import RemoteError as RemoteError_
-from ..protocol import AliasSend, Flag, Send, SpawnReply, SpawnRequest
+from ..protocol import AliasSend, Exit, Flag, MonitorPExit, Send, SpawnReply, SpawnRequest
 from ..term import Atom, ImproperList, Pid, Reference, encode_body
 from ._connections import _consume_exception
 from ._core import NodeCore
@@ -131,57 +131,123 @@ class Services(NodeCore):
         except Exception as error:
             return _failure(module, function, args, error)
 
+    def _plain(self, module: Any, function: Any, args: Any) -> tuple[Callable[..., Any], bool] | None:
+        """The plain (not coroutine) function a call names and whether it is inline; None for
+        anything else (``_outcome`` runs or refuses it)."""
+        if not (type(module) is Atom and type(function) is Atom and type(args) is list):
+            return None
+        entry = self._exposed.get(module, {}).get(function)
+        if entry is None or inspect.iscoroutinefunction(entry[0]):
+            return None
+        return entry
+
     def _outcome_now(self, module: Any, function: Any, args: Any
                      ) -> tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]] | None:
         """An inline function's outcome at once, on the loop and without a task: a quick call
         must not pay for one. A task when the function returned an awaitable; None when the
         call is not to an inline plain function (``_outcome`` runs it then)."""
-        if not (isinstance(module, Atom) and isinstance(function, Atom) and isinstance(args, list)):
+        entry = self._plain(module, function, args)
+        if entry is None or not entry[1]:
             return None
-        entry = self._exposed.get(module, {}).get(function)
-        if entry is None or not entry[1] or inspect.iscoroutinefunction(entry[0]):
-            return None
-        try:
-            value = entry[0](*args)
-        except Exception as error:
-            return _failure(module, function, args, error)
-        if inspect.isawaitable(value):
-            async def later(awaitable: Awaitable[Any] = value) -> tuple[str, Any, Any]:
-                try:
-                    return "return", await awaitable, None
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    return _failure(module, function, args, error)
+        return self._settle(_run_plain(entry[0], module, function, args), module, function, args)
 
-            return self._spawn_task(later())
-        return "return", value, None
+    def _settle(self, outcome: tuple[str, Any, Any], module: Atom, function: Atom, args: list[Any]
+                ) -> tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]:
+        """Loop: an outcome whose value is an awaitable becomes a task awaiting it."""
+        if outcome[0] != "awaitable":
+            return outcome
+
+        async def later(awaitable: Awaitable[Any] = outcome[1]) -> tuple[str, Any, Any]:
+            try:
+                return "return", await awaitable, None
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                return _failure(module, function, args, error)
+
+        return self._spawn_task(later())
+
+    def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
+                   then: Callable[[tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]], None]
+                   ) -> None:
+        """Run a plain function in a worker thread; ``then`` gets its outcome on the loop (or a
+        task, when it returned an awaitable). Dropped if the node closed meanwhile."""
+        loop = self._loop
+        assert loop is not None
+
+        def back(outcome: tuple[str, Any, Any]) -> None:
+            if not self._closed:
+                then(self._settle(outcome, module, function, args))
+
+        def job() -> None:
+            outcome = _run_plain(fn, module, function, args)
+            with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
+                loop.call_soon_threadsafe(back, outcome)
+
+        self._workers.submit(job)
 
     def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
         if self._closed:
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, _A("notsup")))
             return
-        process = Mailbox(self, self._next_pid(), None, trap_exits=False)
-        self._procs[process.pid.id] = process
+        pid = self._next_pid()
         flags = 0
         for option in event.options:
             if option == LINK:
-                process.links.add(event.from_pid)
                 flags |= 1
             elif option == MONITOR:
-                process.monitors_in[event.req_id] = (event.from_pid, process.pid)
                 flags |= 2
-        peer.send_quiet(SpawnReply(event.req_id, event.from_pid, flags, process.pid))
+        peer.send_quiet(SpawnReply(event.req_id, event.from_pid, flags, pid))
         m, args = event.module, event.args
         started = None
+        entry = None
         if m == ERPC and event.function == EXECUTE_CALL and len(args) == 4:
-            early = self._outcome_now(args[1], args[2], args[3])
-            if isinstance(early, tuple):  # an inline function answered: no task, no loop turn
-                self._finish(process, _call_reason(args[0], early), args[0])
-                return
-            started = early
+            entry = self._plain(args[1], args[2], args[3])
+            if entry is not None and entry[1]:
+                early = self._settle(_run_plain(entry[0], args[1], args[2], args[3]),
+                                     args[1], args[2], args[3])
+                if isinstance(early, tuple):
+                    # answered before any other event is applied: nobody but the spawner can know
+                    # the pid yet (its spawn reply is still corked), so no process is made
+                    self._exit_unseen(peer, event, pid, flags, _call_reason(args[0], early), args[0])
+                    return
+                started = early
+        process = Mailbox(self, pid, None, trap_exits=False)
+        self._procs[pid.id] = process
+        if flags & 1:
+            process.links.add(event.from_pid)
+        if flags & 2:
+            process.monitors_in[event.req_id] = (event.from_pid, pid)
+        if entry is not None and not entry[1]:
+            # a plain function: a worker thread runs it and the loop ends the process after,
+            # unless it was killed meanwhile (its outcome is dropped then, as a cancelled task's)
+            tag = args[0]
+
+            def then(outcome: tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]) -> None:
+                if process.closed is not None:
+                    return
+                if isinstance(outcome, tuple):
+                    self._finish(process, _call_reason(tag, outcome), tag)
+                else:
+                    self._spawned[pid.id] = self._spawn_task(self._run_spawned(process, event, outcome))
+
+            self._in_thread(entry[0], args[1], args[2], args[3], then)
+            return
         task = self._spawn_task(self._run_spawned(process, event, started))
-        self._spawned[process.pid.id] = task
+        self._spawned[pid.id] = task
+
+    def _exit_unseen(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
+                     tag: Any) -> None:
+        """The exit signals of a spawned process that ended before anyone else saw it (the
+        spawner's link and monitor are all it has), as ``_process_ended`` sends them."""
+        try:
+            encode_body(reason, mapping=self.mapping)
+        except EncodeError as error:
+            reason = _unencodable(tag, error)
+        if flags & 1:
+            peer.send_quiet(Exit(pid, event.from_pid, reason))
+        if flags & 2:
+            peer.send_quiet(MonitorPExit(pid, event.from_pid, event.req_id, reason))
 
     async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
                            started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:
@@ -220,8 +286,7 @@ class Services(NodeCore):
         try:
             encode_body(reason, mapping=self.mapping)
         except EncodeError as error:
-            python_reason = (Atom("python"), Atom("EncodeError"), str(error).encode())
-            reason = (tag, ERROR, python_reason, []) if tag is not None else python_reason
+            reason = _unencodable(tag, error)
         process.close(reason)
 
 
@@ -326,11 +391,19 @@ class _Rex(_Service):
 
     def _call(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
         _, m, f, a = request[:4]
-        early = self._host._outcome_now(m, f, a)
-        if isinstance(early, tuple):  # an inline function answered: no task
-            self._answer(early, reply)
+        host = self._host
+        entry = host._plain(m, f, a)
+        if entry is not None and not entry[1]:  # in a worker thread, answered from the loop
+            host._in_thread(entry[0], m, f, a, lambda outcome: self._answer_soon(outcome, reply))
+            return
+        self._answer_soon(host._outcome_now(m, f, a) or host._outcome(m, f, a), reply)
+
+    def _answer_soon(self, outcome: tuple[str, Any, Any] | Awaitable[tuple[str, Any, Any]],
+                     reply: Callable[[Any], None]) -> None:
+        if isinstance(outcome, tuple):  # answered: no task
+            self._answer(outcome, reply)
         else:
-            self._host._spawn_task(self._answer_later(early or self._host._outcome(m, f, a), reply))
+            self._host._spawn_task(self._answer_later(outcome, reply))
 
     async def _answer_later(self, outcome: Awaitable[tuple[str, Any, Any]],
                             reply: Callable[[Any], None]) -> None:
@@ -417,6 +490,23 @@ def _failure(module: Any, function: Any, args: Any, error: Exception) -> tuple[s
     arity = len(args) if isinstance(args, list) else 0
     stack = [*_PythonError.stack(error), (module, function, arity, [])]
     return "error", _PythonError.reason(error), stack
+
+
+def _run_plain(fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any]
+               ) -> tuple[str, Any, Any]:
+    """Call a plain exposed function (on any thread): its outcome, ``("awaitable", value,
+    None)`` when it returned something the loop must await."""
+    try:
+        value = fn(*args)
+    except Exception as error:
+        return _failure(module, function, args, error)
+    return ("awaitable" if inspect.isawaitable(value) else "return"), value, None
+
+
+def _unencodable(tag: Any, error: EncodeError) -> Any:
+    """The exit reason that replaces one with no Erlang form."""
+    python_reason = (Atom("python"), Atom("EncodeError"), str(error).encode())
+    return (tag, ERROR, python_reason, []) if tag is not None else python_reason
 
 
 def _call_reason(tag: Any, outcome: tuple[str, Any, Any]) -> Any:

@@ -3,7 +3,8 @@
 -behaviour(gen_server).
 -export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
-         connect_many/2, register_and_sleep/2, collect/2, burst/2]).
+         connect_many/2, register_and_sleep/2, collect/2, burst/2,
+         spawn_linked_py/4, kill_py_call/4]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -83,3 +84,25 @@ collect_loop(Acc) ->
 %% N rounds of a message and an exit signal to Pid, in that order on one connection.
 burst(Pid, N) ->
     lists:foreach(fun(I) -> Pid ! {msg, I}, exit(Pid, {sig, I}) end, lists:seq(1, N)).
+
+%% erpc:execute_call spawned on Node with a link and a monitor from a process trapping exits:
+%% {LinkReason, DownReason} with the call's reference replaced by 'ref'.
+spawn_linked_py(Node, M, F, A) ->
+    Self = self(),
+    spawn(fun() ->
+        process_flag(trap_exit, true),
+        Ref = make_ref(),
+        Req = spawn_request(Node, erpc, execute_call, [Ref, M, F, A], [link, monitor]),
+        receive {spawn_reply, Req, ok, Pid} -> ok end,
+        R1 = receive {'EXIT', Pid, X} -> X after 10000 -> no_exit end,
+        R2 = receive {'DOWN', Req, process, Pid, Y} -> Y after 10000 -> no_down end,
+        Strip = fun(T) when is_tuple(T), element(1, T) =:= Ref -> setelement(1, T, ref); (T) -> T end,
+        Self ! {linked_py, Strip(R1), Strip(R2)}
+    end),
+    receive {linked_py, R1, R2} -> {R1, R2} after 20000 -> timeout end.
+
+%% Start erpc:execute_call on Node, kill the process at once: the DOWN reason.
+kill_py_call(Node, M, F, A) ->
+    Req = spawn_request(Node, erpc, execute_call, [make_ref(), M, F, A], [monitor]),
+    receive {spawn_reply, Req, ok, Pid} -> exit(Pid, kill) end,
+    receive {'DOWN', Req, process, _, Reason} -> Reason after 10000 -> timeout end.

@@ -1,0 +1,65 @@
+"""The threads that run plain exposed functions when Erlang calls them: started on demand, kept
+while the node lives, fed through one queue. A call hands its job over with one queue put and
+gets its outcome back with one ``call_soon_threadsafe``, where ``run_in_executor`` plus a task
+and ``asyncio.wait`` took a future, a work item and three more loop turns."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("beambridge.node")
+
+Job = Callable[[], None]
+
+
+class Workers:
+    """At most ``limit`` daemon threads; a job waits in the queue while all of them are busy
+    (as the loop's default executor would make it wait), so a flood of calls costs queue
+    entries, not threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the node is closed")
+            start = self._idle == 0 and self._threads < self.limit
+            if start:
+                self._threads += 1
+            else:
+                self._idle -= 1 if self._idle else 0
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._run, name="beambridge-call", daemon=True).start()
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # a job reports its own errors: this only keeps the thread
+                log.exception("exposed-function worker")
+            with self._lock:
+                self._idle += 1
+
+    def close(self) -> None:
+        """Stop every thread once the jobs queued before it are done (without waiting)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            count = self._threads
+        for _ in range(count):
+            self._jobs.put(None)
