@@ -8,6 +8,7 @@ import asyncio
 import collections
 import itertools
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,7 @@ class NodeCore:
     _aliases: dict[Reference, Mailbox]
     _spawned: dict[int, asyncio.Task[Any]]
     _workers: Workers
+    _exit_lock: threading.Lock
     _exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]]
     _nodes_watchers: set[Mailbox]
     _pid_ids: itertools.count[int]

@@ -17,6 +17,7 @@ import os
 import platform
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -177,6 +178,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._spawned: dict[int, asyncio.Task[Any]] = {}
         #: where plain exposed functions run (as many threads as the loop's default executor)
         self._workers = Workers(min(32, (os.cpu_count() or 1) + 4))
+        #: guards a spawned process's monitors between the loop ending it and a worker thread
+        #: answering its spawner directly (``Services._in_thread``)
+        self._exit_lock = threading.Lock()
         self._exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]] = {
             Atom("beambridge_node"): {Atom("info"): (self._info, True)}}
         self._info_last: tuple[float, int] | None = None
@@ -460,7 +464,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         links, mailbox.links = mailbox.links, set()
         for pid in links:
             self._signal_now(pid.node, Exit(mailbox.pid, pid, reason))
-        monitors_in, mailbox.monitors_in = mailbox.monitors_in, {}
+        with self._exit_lock:  # a worker thread may be claiming its spawner's monitor
+            monitors_in, mailbox.monitors_in = mailbox.monitors_in, {}
         for ref, (watcher, target) in monitors_in.items():
             self._signal_now(watcher.node, MonitorPExit(target, watcher, ref, reason))
         monitors_out, mailbox.monitors_out = mailbox.monitors_out, {}
@@ -525,9 +530,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         if isinstance(dest, Reference):
             return dest.node, dest
         if isinstance(dest, str):
-            return self.node_atom, check_name(dest)
+            return self.node_atom, self._name_atom(dest)
         if isinstance(dest, tuple) and len(dest) == 2:
-            return self._node_atom(dest[1]), check_name(dest[0])
+            return self._node_atom(dest[1]), self._name_atom(dest[0])
         raise UsageError(f"send to a Pid, a registered name, (name, node) or an alias, not {dest!r}")
 
     def begin_send(self, dest: Any, message: Any, sender: Mailbox | None,
@@ -535,10 +540,10 @@ class Node(Connections, ThreadDoors, Calls, Services):
         """``send`` in callback form (for ``BlockingNode``): sends at once when connected."""
         try:
             self._check_running()
-            node, _ = self._resolve(dest)
+            node, target = self._resolve(dest)
             peer = self._peers.get(node)
             if node == self.node_atom or (peer is not None and peer.alive):
-                self._send_now(dest, message, sender)
+                self._send_now(node, target, message, sender)
                 done(True, None)
                 return
         except Exception as error:
@@ -555,8 +560,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
 
         self._spawn_task(slow())
 
-    def _send_now(self, dest: Any, message: Any, sender: Mailbox | None) -> _Peer | None:
-        node, target = self._resolve(dest)
+    def _send_now(self, node: Atom, target: Any, message: Any, sender: Mailbox | None
+                  ) -> _Peer | None:
+        """Send to a resolved destination (``_resolve``); its node is this one or connected."""
         source = sender or self._anon
         assert source is not None
         msg = addressed(target, message, source.pid)
@@ -576,12 +582,12 @@ class Node(Connections, ThreadDoors, Calls, Services):
         has no Erlang form (nothing is sent then).
         """
         self._check_running()
-        node, _ = self._resolve(dest)
+        node, target = self._resolve(dest)
         if node != self.node_atom:
             peer = self._peers.get(node)
             if peer is None or not peer.alive:
                 await self._peer(node, timeout)
-        sent = self._send_now(dest, message, sender)
+        sent = self._send_now(node, target, message, sender)
         if sent is not None:
             await sent.drain()
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from .._errors import EncodeError, UsageError
 from .._errors import RemoteError as RemoteError_
-from ..protocol import AliasSend, Exit, Flag, MonitorPExit, Send, SpawnReply, SpawnRequest
+from ..protocol import (
+    AliasSend,
+    Exit,
+    Flag,
+    LocalProtocolError,
+    MonitorPExit,
+    Send,
+    SpawnReply,
+    SpawnRequest,
+)
 from ..term import Atom, ImproperList, Pid, Reference, encode_body
 from ._connections import _consume_exception
 from ._core import NodeCore
@@ -168,10 +177,12 @@ class Services(NodeCore):
         return self._spawn_task(later())
 
     def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
-                   then: Callable[[tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]], None]
-                   ) -> None:
+                   then: Callable[[tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]], None],
+                   answer: Callable[[tuple[str, Any, Any]], bool] | None = None) -> None:
         """Run a plain function in a worker thread; ``then`` gets its outcome on the loop (or a
-        task, when it returned an awaitable). Dropped if the node closed meanwhile."""
+        task, when it returned an awaitable). ``answer``, when given, runs first on the worker
+        and may send the reply itself (True), so the caller does not wait for the loop to wake.
+        Dropped if the node closed meanwhile."""
         loop = self._loop
         assert loop is not None
 
@@ -181,10 +192,34 @@ class Services(NodeCore):
 
         def job() -> None:
             outcome = _run_plain(fn, module, function, args)
+            if answer is not None and outcome[0] != "awaitable":
+                answer(outcome)
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 loop.call_soon_threadsafe(back, outcome)
 
         self._workers.submit(job)
+
+    def _answer_from_thread(self, peer: _Peer, process: Mailbox, event: SpawnRequest,
+                            outcome: tuple[str, Any, Any]) -> bool:
+        """Worker thread: send an erpc call's result (its spawner's DOWN) straight to the
+        socket, when that monitor is all the process has and it is still running. The monitor
+        is taken under ``_exit_lock``, so the loop ending the process later (``_finish``, or a
+        kill meanwhile) sends it once or not at all."""
+        if peer.sock is None or not peer.alive:
+            return False
+        tag = event.args[0]
+        reason = _call_reason(tag, outcome)
+        message = MonitorPExit(process.pid, event.from_pid, event.req_id, reason)
+        try:
+            data = peer.proto.send(message)
+        except (EncodeError, LocalProtocolError):
+            return False  # the loop's path turns it into an error reason, or sees it closed
+        monitors = process.monitors_in
+        with self._exit_lock:
+            if (process.closed is not None or process.links or len(monitors) != 1
+                    or monitors.pop(event.req_id, None) is None):
+                return False
+        return peer.write_from_thread(data)
 
     def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
         if self._closed:
@@ -231,7 +266,8 @@ class Services(NodeCore):
                 else:
                     self._spawned[pid.id] = self._spawn_task(self._run_spawned(process, event, outcome))
 
-            self._in_thread(entry[0], args[1], args[2], args[3], then)
+            self._in_thread(entry[0], args[1], args[2], args[3], then,
+                            lambda outcome: self._answer_from_thread(peer, process, event, outcome))
             return
         task = self._spawn_task(self._run_spawned(process, event, started))
         self._spawned[pid.id] = task
