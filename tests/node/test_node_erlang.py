@@ -162,6 +162,68 @@ def test_killed_thread_call_drops_its_result(py: BlockingNode, erl: ErlNode) -> 
     assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [4, 5]]) == (A("ok"), 9)
 
 
+def test_many_calls_in_flight_into_python(py: BlockingNode, erl: ErlNode) -> None:
+    """300 erpc calls at once into thread and inline functions: every answer right and in
+    its own call (a spawn reply always before its result, whichever thread wrote the result)."""
+    def double(x: int) -> int:
+        if x % 50 == 0:
+            raise ValueError(f"no {x}")
+        return 2 * x
+
+    py.expose("pymany", {"double": double})
+    py.expose("pymany_inline", {"double": double}, inline=True)
+    me = A(py.name)
+    for module in ("pymany", "pymany_inline"):
+        got = py.rpc(erl.name, "bb_test", "erpc_many", [me, A(module), A("double"), 300], timeout=60)
+        assert len(got) == 300
+        for i, answer in enumerate(got, 1):
+            if i % 50 == 0:
+                assert answer[0] == A("error") and answer[1][1] == (A("python"), A("ValueError"),
+                                                                  f"no {i}".encode())
+            else:
+                assert answer == (A("ok"), 2 * i)
+
+
+def test_blocking_calls_wait_for_a_bounded_pool(py: BlockingNode, erl: ErlNode) -> None:
+    """A flood of calls into a blocking function costs queue entries, not threads: at most
+    the pool's threads run (as many as the loop's default executor), the rest wait their turn;
+    once released every call is answered, and an inline function answers meanwhile."""
+    release = threading.Event()
+    running: set[int] = set()
+    peak = 0
+    lock = threading.Lock()
+
+    def hold(x: int) -> int:
+        nonlocal peak
+        with lock:
+            running.add(threading.get_ident())
+            peak = max(peak, len(running))
+        release.wait(20)
+        with lock:
+            running.discard(threading.get_ident())
+        return x
+
+    py.expose("pyhold", {"hold": hold})
+    expose_pymod(py, inline=True)
+    me = A(py.name)
+    limit = py.node._workers.limit
+    result: list[Any] = []
+    caller = threading.Thread(target=lambda: result.append(py.rpc(
+        erl.name, "bb_test", "erpc_many", [me, A("pyhold"), A("hold"), limit * 3], timeout=60)))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while peak < limit and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peak == limit
+    assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [1, 2]]) == (A("ok"), 3)
+    workers = [t for t in threading.enumerate() if t.name == "beambridge-call"]
+    assert len(workers) <= limit
+    release.set()
+    caller.join(30)
+    assert result == [[(A("ok"), i) for i in range(1, limit * 3 + 1)]]
+    assert peak == limit
+
+
 @pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_old_style_rex_call_and_features(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
     expose_pymod(py, inline)

@@ -4,7 +4,7 @@
 -export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
          connect_many/2, register_and_sleep/2, collect/2, burst/2,
-         spawn_linked_py/4, kill_py_call/4]).
+         spawn_linked_py/4, kill_py_call/4, erpc_many/4]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -106,3 +106,9 @@ kill_py_call(Node, M, F, A) ->
     Req = spawn_request(Node, erpc, execute_call, [make_ref(), M, F, A], [monitor]),
     receive {spawn_reply, Req, ok, Pid} -> exit(Pid, kill) end,
     receive {'DOWN', Req, process, _, Reason} -> Reason after 10000 -> timeout end.
+
+%% N erpc calls M:F(I) to Node, all in flight at once (erpc:send_request): the results in order,
+%% each {ok, Value} or {Class, Reason}.
+erpc_many(Node, M, F, N) ->
+    Reqs = [erpc:send_request(Node, M, F, [I]) || I <- lists:seq(1, N)],
+    [try {ok, erpc:receive_response(R, 20000)} catch C:E -> {C, E} end || R <- Reqs].
