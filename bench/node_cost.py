@@ -1,14 +1,15 @@
 """Instructions per call: the node's cost as a figure that a busy machine does not move.
 
 Wall-clock rows (``node_bench.py``) swing with the load on a shared 2-core machine; the number of
-instructions the Python process runs per call does not. This runs N1 and then N2 sequential
-``rpc erlang:node/0`` calls (after a warm-up) under ``valgrind --tool=callgrind``, for
-``BlockingNode``, for the asyncio ``Node`` and for 4 threads sharing one ``BlockingNode``, and
-N1 and N2 ``erpc:call``s from the Erlang node into a function this process exposes (plain: run
-in a thread; inline: on the loop), and prints (Ir(N2) - Ir(N1)) / (N2 - N1): the
-instructions of one call, start-up and warm-up cancelled out. Only this Python process is
+instructions the Python process runs per call does not. This runs N1 and then N2 calls (after a
+warm-up) under ``valgrind --tool=callgrind``: sequential ``rpc erlang:node/0`` from
+``BlockingNode`` and from the asyncio ``Node``, 64 in flight from ``Node``, 4 threads sharing one
+``BlockingNode``, and the Erlang node's ``erpc:call`` loop into a function this process exposes
+(plain: run in a worker thread; inline: on the loop). It prints (Ir(N2) - Ir(N1)) / (N2 - N1):
+the instructions of one call, start-up and warm-up cancelled out. Only this Python process is
 counted (the Erlang target runs natively). Run: ``.venv/bin/python bench/node_cost.py``
-(``--calls 200,1200``). Needs valgrind (Debian ``valgrind``). Prints only; asserts nothing.
+(``--calls 200,1200``, ``--only TEXT``). Needs valgrind (Debian ``valgrind``). Prints only;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ if mode == "Node":
             for _ in range(50 + n):
                 await node.rpc(target, "erlang", "node", [])
     asyncio.run(main())
+elif mode == "window":  # the asyncio Node, 64 calls in flight, n calls in all
+    async def main():
+        async with Node(name, cookie, epmd_port=port) as node:
+            async def calls(count):
+                left = count
+
+                async def worker():
+                    nonlocal left
+                    while left > 0:
+                        left -= 1
+                        await node.rpc(target, "erlang", "node", [])
+                await asyncio.gather(*(worker() for _ in range(64)))
+            await calls(50)
+            await calls(n)
+    asyncio.run(main())
 elif mode.startswith("into"):  # the target erpc:calls a function exposed here, n times
     async def main():
         async with Node(name, cookie, epmd_port=port) as node:
@@ -72,6 +88,7 @@ else:
 _MODES = (
     ("BlockingNode", "sequential rpc erlang:node/0 [BlockingNode]"),
     ("Node", "sequential rpc erlang:node/0 [Node]"),
+    ("window", "rpc erlang:node/0, 64 in flight [Node]"),
     ("threads", "rpc erlang:node/0, 4 callers [BlockingNode threads]"),
     ("into-inline", "Erlang erpc:call into Python [inline function]"),
     ("into-plain", "Erlang erpc:call into Python [plain function]"),
