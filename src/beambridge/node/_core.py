@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ._workers import Workers
 
 
+#: an exposed function: the callable, whether it runs inline, whether it is a coroutine function
+Exposed = tuple[Callable[..., Any], bool, bool]
+
+
 class NodeCore:
     """Attributes (set in ``Node.__init__``) and the methods one room calls in another."""
 
@@ -73,7 +77,7 @@ class NodeCore:
     _spawned: dict[int, asyncio.Task[Any]]
     _workers: Workers
     _exit_lock: threading.Lock
-    _exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]]
+    _exposed: dict[Atom, dict[Atom, Exposed]]
     _nodes_watchers: set[Mailbox]
     _pid_ids: itertools.count[int]
     _ref_ids: itertools.count[int]
@@ -115,7 +119,7 @@ class NodeCore:
         def _call_down(self, req: Reference, reason: Any) -> None: ...
         async def _outcome(self, module: Atom, function: Atom, args: Any) -> tuple[str, Any, Any]: ...
         def _plain(self, module: Any, function: Any, args: Any
-                   ) -> tuple[Callable[..., Any], bool] | None: ...
+                   ) -> Exposed | None: ...
         def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
                        then: Callable[[tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]], None]
                        ) -> None: ...

@@ -48,10 +48,11 @@ from ..protocol import (
 )
 from ..protocol._flags import DEFAULT_FLAGS
 from ..term import Atom, Limits, Mapping, Pid, Reference
-from ..term._types import trusted_reference
+from ..term._types import trusted_pid, trusted_reference
 from . import _epmd_client
 from ._calls import Calls, _Call
 from ._connections import Connections, _listen, _Throttle
+from ._core import Exposed
 from ._errors import EpmdUnavailable, NoConnection
 from ._mailbox import DOWN, KILL, PROCESS, Mailbox, check_name
 from ._names import (
@@ -181,8 +182,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         #: guards a spawned process's monitors between the loop ending it and a worker thread
         #: answering its spawner directly (``Services._in_thread``)
         self._exit_lock = threading.Lock()
-        self._exposed: dict[Atom, dict[Atom, tuple[Callable[..., Any], bool]]] = {
-            Atom("beambridge_node"): {Atom("info"): (self._info, True)}}
+        self._exposed: dict[Atom, dict[Atom, Exposed]] = {
+            Atom("beambridge_node"): {Atom("info"): (self._info, True, False)}}
         self._info_last: tuple[float, int] | None = None
         self._nodes_watchers: set[Mailbox] = set()
         self._pid_ids = itertools.count(1)
@@ -314,8 +315,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
     # ================================================================ identities
 
     def _next_pid(self) -> Pid:
-        n = next(self._pid_ids)
-        return Pid(self.node_atom, n & 0x0FFFFFFF, (n >> 28) & 0x1FFF, self.creation)
+        n = next(self._pid_ids)  # every field is in range by construction: no re-validation
+        return trusted_pid(self.node_atom, n & 0x0FFFFFFF, (n >> 28) & 0x1FFF, self.creation)
 
     def make_ref(self) -> Reference:
         """A new reference of this node."""

@@ -19,6 +19,7 @@ from .._errors import EncodeError, UsageError
 from .._errors import RemoteError as RemoteError_
 from ..protocol import (
     AliasSend,
+    ControlMessage,
     Exit,
     Flag,
     LocalProtocolError,
@@ -29,7 +30,7 @@ from ..protocol import (
 )
 from ..term import Atom, ImproperList, Pid, Reference, encode_body
 from ._connections import _consume_exception
-from ._core import NodeCore
+from ._core import Exposed, NodeCore
 from ._errors import MailboxClosed, NoConnection
 from ._mailbox import KILL, NORMAL, Mailbox, check_name
 from ._names import (
@@ -101,7 +102,7 @@ class Services(NodeCore):
         (``inline=True`` runs them on the loop: fast, but they must not block). Erlang reaches
         them with ``rpc:call``, ``erpc:call``, ``erl_call``; anything else is ``undef``.
         """
-        table: dict[Atom, tuple[Callable[..., Any], bool]] = {}
+        table: dict[Atom, Exposed] = {}
         if isinstance(functions, AbcMapping):
             items = list(functions.items())
         elif isinstance(functions, types.ModuleType):
@@ -113,15 +114,15 @@ class Services(NodeCore):
         for fname, fn in items:
             if not callable(fn):
                 raise UsageError(f"{module}:{fname} is not callable")
-            table[check_name(fname)] = (fn, inline)
+            table[check_name(fname)] = (fn, inline, inspect.iscoroutinefunction(fn))
         self._exposed.setdefault(check_name(module), {}).update(table)
 
     async def _invoke(self, module: Atom, function: Atom, args: list[Any]) -> Any:
         entry = self._exposed.get(module, {}).get(function)
         if entry is None or not isinstance(args, list):
             raise _Undefined()
-        fn, inline = entry
-        if inspect.iscoroutinefunction(fn):
+        fn, inline, coroutine = entry
+        if coroutine:
             return await fn(*args)
         if inline:
             result = fn(*args)
@@ -140,13 +141,13 @@ class Services(NodeCore):
         except Exception as error:
             return _failure(module, function, args, error)
 
-    def _plain(self, module: Any, function: Any, args: Any) -> tuple[Callable[..., Any], bool] | None:
+    def _plain(self, module: Any, function: Any, args: Any) -> Exposed | None:
         """The plain (not coroutine) function a call names and whether it is inline; None for
         anything else (``_outcome`` runs or refuses it)."""
         if not (type(module) is Atom and type(function) is Atom and type(args) is list):
             return None
         entry = self._exposed.get(module, {}).get(function)
-        if entry is None or inspect.iscoroutinefunction(entry[0]):
+        if entry is None or entry[2]:
             return None
         return entry
 
@@ -276,14 +277,22 @@ class Services(NodeCore):
                      tag: Any) -> None:
         """The exit signals of a spawned process that ended before anyone else saw it (the
         spawner's link and monitor are all it has), as ``_process_ended`` sends them."""
-        try:
-            encode_body(reason, mapping=self.mapping)
-        except EncodeError as error:
-            reason = _unencodable(tag, error)
+        signals: list[ControlMessage] = []
         if flags & 1:
-            peer.send_quiet(Exit(pid, event.from_pid, reason))
+            signals.append(Exit(pid, event.from_pid, reason))
         if flags & 2:
-            peer.send_quiet(MonitorPExit(pid, event.from_pid, event.req_id, reason))
+            signals.append(MonitorPExit(pid, event.from_pid, event.req_id, reason))
+        if not signals:
+            return
+        try:  # encoded once: a value with no Erlang form fails here, before anything is sent
+            data = [peer.proto.send(signal) for signal in signals]
+        except EncodeError as error:
+            self._exit_unseen(peer, event, pid, flags, _unencodable(tag, error), None)
+            return
+        except LocalProtocolError:
+            return  # the connection is closing: the spawner hears of it from its node
+        for packet in data:
+            peer.write(packet)
 
     async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
                            started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:

@@ -4,6 +4,7 @@ handing reading back to the loop when it is done; this is ``BlockingNode``'s fas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
@@ -123,7 +124,8 @@ class ThreadDoors(NodeCore):
                         return waiter.ok is not None
                     if outcome != "done":  # "broken" or "handed": the loop reads again
                         may_lead = False
-                        loop.call_soon_threadsafe(self._maybe_revoke, peer)
+                        with contextlib.suppress(RuntimeError):  # a closed loop: node gone
+                            loop.call_soon_threadsafe(self._maybe_revoke, peer)
                     continue
                 if may_lead and peer.owner is None and peer.alive:
                     may_lead = False  # ask once per call
