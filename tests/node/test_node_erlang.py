@@ -162,6 +162,37 @@ def test_killed_thread_call_drops_its_result(py: BlockingNode, erl: ErlNode) -> 
     assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [4, 5]]) == (A("ok"), 9)
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_exceptions_that_cannot_print_still_answer(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
+    """An exception whose ``str`` raises, and (in a thread) ``SystemExit``: the caller gets an
+    error naming the exception at once, and the node keeps no process for the call."""
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    def unprintable() -> None:
+        raise Unprintable()
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    functions = {"unprintable": unprintable} if inline else {"unprintable": unprintable, "leave": leave}
+    py.expose("pybad", functions, inline=inline)
+    me = A(py.name)
+    before = len(py.node._procs)
+    for name, kind in (("unprintable", "Unprintable"), ("leave", "SystemExit")):
+        if name not in functions:
+            continue
+        got = py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pybad"), A(name), []], timeout=15)
+        assert got[0] == A("error") and got[1][:2] == (A("exception"), (A("python"), A(kind), b""))
+        badrpc = py.rpc(erl.name, "rpc", "call", [me, A("pybad"), A(name), []], timeout=15)
+        assert badrpc[0] == A("badrpc")
+    deadline = time.monotonic() + 5
+    while len(py.node._procs) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(py.node._procs) <= before
+
+
 def test_many_calls_in_flight_into_python(py: BlockingNode, erl: ErlNode) -> None:
     """300 erpc calls at once into thread and inline functions: every answer right and in
     its own call (a spawn reply always before its result, whichever thread wrote the result)."""

@@ -457,8 +457,8 @@ class Connections(NodeCore):
                     del mailbox.monitors_out[ref]
                     mailbox.deliver((DOWN, ref, PROCESS, _monitored(target, node), NOCONNECTION))
             for ref, (holder, _) in list(mailbox.monitors_in.items()):
-                if holder.node == node:
-                    del mailbox.monitors_in[ref]
+                if holder.node == node:  # pop: a worker thread may have taken it meanwhile
+                    mailbox.monitors_in.pop(ref, None)
             if node in mailbox.node_monitors:
                 mailbox.node_monitors.discard(node)
                 mailbox.deliver((NODEDOWN, node))

@@ -69,6 +69,11 @@ class _PythonError:
         return (Atom("python"), Atom(type(error).__name__[:255]), str(error).encode("utf-8", "replace"))
 
     @staticmethod
+    def bare_reason(error: BaseException) -> Any:
+        """``reason`` without the message (for an exception whose ``str`` may itself fail)."""
+        return (Atom("python"), Atom(type(error).__name__[:255]), b"")
+
+    @staticmethod
     def stack(error: BaseException) -> list[Any]:
         frames = [f for f in traceback.extract_tb(error.__traceback__)
                   if not f.filename.startswith(_INTERNAL_PATHS)]
@@ -178,23 +183,30 @@ class Services(NodeCore):
         return self._spawn_task(later())
 
     def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
-                   then: Callable[[tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]], None],
+                   then: Callable[[tuple[str, Any, Any]], None],
                    answer: Callable[[tuple[str, Any, Any]], bool] | None = None) -> None:
-        """Run a plain function in a worker thread; ``then`` gets its outcome on the loop (or a
-        task, when it returned an awaitable). ``answer``, when given, runs first on the worker
-        and may send the reply itself (True), so the caller does not wait for the loop to wake.
-        Dropped if the node closed meanwhile."""
+        """Run a plain function in a worker thread; ``then`` gets its outcome on the loop
+        (``("awaitable", value, None)`` when it returned one: see ``_settle``), whatever the
+        function raised. ``answer``, when given, runs first on the worker and may send the
+        reply itself (True), so the caller does not wait for the loop to wake. Dropped if the
+        node closed meanwhile."""
         loop = self._loop
         assert loop is not None
 
         def back(outcome: tuple[str, Any, Any]) -> None:
             if not self._closed:
-                then(self._settle(outcome, module, function, args))
+                then(outcome)
 
         def job() -> None:
-            outcome = _run_plain(fn, module, function, args)
+            try:
+                outcome = _run_plain(fn, module, function, args)
+            except BaseException as error:  # SystemExit & co, or an exception that cannot print
+                outcome = "error", _PythonError.bare_reason(error), [(module, function, len(args), [])]
             if answer is not None and outcome[0] != "awaitable":
-                answer(outcome)
+                try:
+                    answer(outcome)
+                except Exception:  # the loop's path answers instead
+                    log.exception("answering %s:%s from its worker thread", module, function)
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 loop.call_soon_threadsafe(back, outcome)
 
@@ -244,7 +256,7 @@ class Services(NodeCore):
                                      args[1], args[2], args[3])
                 if isinstance(early, tuple):
                     # answered before any other event is applied: nobody but the spawner can know
-                    # the pid yet (its spawn reply is still corked), so no process is made
+                    # the pid yet (its spawn reply is not even written out), so no process is made
                     self._exit_unseen(peer, event, pid, flags, _call_reason(args[0], early), args[0])
                     return
                 started = early
@@ -259,13 +271,19 @@ class Services(NodeCore):
             # unless it was killed meanwhile (its outcome is dropped then, as a cancelled task's)
             tag = args[0]
 
-            def then(outcome: tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]]) -> None:
+            def then(outcome: tuple[str, Any, Any]) -> None:
                 if process.closed is not None:
-                    return
-                if isinstance(outcome, tuple):
-                    self._finish(process, _call_reason(tag, outcome), tag)
-                else:
-                    self._spawned[pid.id] = self._spawn_task(self._run_spawned(process, event, outcome))
+                    return  # killed meanwhile: an awaitable it returned is not awaited
+                try:
+                    settled = self._settle(outcome, args[1], args[2], args[3])
+                    if isinstance(settled, tuple):
+                        self._finish(process, _call_reason(tag, settled), tag)
+                    else:
+                        self._spawned[pid.id] = self._spawn_task(
+                            self._run_spawned(process, event, settled))
+                except Exception:
+                    log.exception("ending the call of %s:%s", args[1], args[2])
+                    process.close(KILL)
 
             self._in_thread(entry[0], args[1], args[2], args[3], then,
                             lambda outcome: self._answer_from_thread(peer, process, event, outcome))
@@ -291,8 +309,9 @@ class Services(NodeCore):
             return
         except LocalProtocolError:
             return  # the connection is closing: the spawner hears of it from its node
-        for packet in data:
-            peer.write(packet)
+        if peer.alive:
+            for packet in data:
+                peer.write(packet)
 
     async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
                            started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:
@@ -439,7 +458,8 @@ class _Rex(_Service):
         host = self._host
         entry = host._plain(m, f, a)
         if entry is not None and not entry[1]:  # in a worker thread, answered from the loop
-            host._in_thread(entry[0], m, f, a, lambda outcome: self._answer_soon(outcome, reply))
+            host._in_thread(entry[0], m, f, a,
+                            lambda outcome: self._answer_soon(host._settle(outcome, m, f, a), reply))
             return
         self._answer_soon(host._outcome_now(m, f, a) or host._outcome(m, f, a), reply)
 
@@ -544,7 +564,10 @@ def _run_plain(fn: Callable[..., Any], module: Atom, function: Atom, args: list[
     try:
         value = fn(*args)
     except Exception as error:
-        return _failure(module, function, args, error)
+        try:
+            return _failure(module, function, args, error)
+        except Exception:  # an exception that cannot print itself (its __str__ raised)
+            return "error", _PythonError.bare_reason(error), [(module, function, len(args), [])]
     return ("awaitable" if inspect.isawaitable(value) else "return"), value, None
 
 

@@ -5,6 +5,7 @@ and ``asyncio.wait`` took a future, a work item and three more loop turns."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -55,11 +56,15 @@ class Workers:
                 self._idle += 1
 
     def close(self) -> None:
-        """Stop every thread once the jobs queued before it are done (without waiting)."""
+        """Drop the jobs still queued (the node is gone: nobody takes their results) and stop
+        every thread once it is done with its current one (without waiting for it)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             count = self._threads
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._jobs.get_nowait()
         for _ in range(count):
             self._jobs.put(None)
