@@ -78,16 +78,24 @@ def spread_rpcs(port: int) -> tuple[dict[int, str], int]:
     return pids, made
 
 
-# ---------------------------------------------------------------- gunicorn, two workers
-
-def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -> None:
+def start_gunicorn(node: str, web_epmd: int, tmp_path: Path, sync_interval: str
+                   ) -> tuple[Path, int, Server]:
+    """The Flask metrics app under gunicorn (2 workers, 4 threads each) in multiprocess mode:
+    ``(its PROMETHEUS_MULTIPROC_DIR, its port, the server)``."""
     prom = tmp_path / "prom"
     prom.mkdir()
     port = free_port()
-    env = server_env(erl.name, web_epmd, PROMETHEUS_MULTIPROC_DIR=str(prom), BB_SYNC_INTERVAL="0.3")
+    env = server_env(node, web_epmd, PROMETHEUS_MULTIPROC_DIR=str(prom), BB_SYNC_INTERVAL=sync_interval)
     server = Server([str(VENV_BIN / "gunicorn"), "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
                      "-c", "tests/web/apps/gunicorn_metrics_conf.py", "--graceful-timeout", "5",
                      "tests.web.apps.flask_metrics:app"], port, env, tmp_path / "gunicorn.log")
+    return prom, port, server
+
+
+# ---------------------------------------------------------------- gunicorn, two workers
+
+def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -> None:
+    prom, port, server = start_gunicorn(erl.name, web_epmd, tmp_path, sync_interval="0.3")
     try:
         pids, made = spread_rpcs(port)
         errors, timeouts = 3, 2
@@ -134,13 +142,7 @@ def test_gunicorn_two_workers_multiprocess(erl, web_epmd: int, tmp_path: Path) -
 def test_gunicorn_worker_exit_pushes_last_counts(erl, web_epmd: int, tmp_path: Path) -> None:
     """No timer tick in the test's time (60 s): what a scrape sees of the worker that left was
     pushed by its exit hook."""
-    prom = tmp_path / "prom"
-    prom.mkdir()
-    port = free_port()
-    env = server_env(erl.name, web_epmd, PROMETHEUS_MULTIPROC_DIR=str(prom), BB_SYNC_INTERVAL="60")
-    server = Server([str(VENV_BIN / "gunicorn"), "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
-                     "-c", "tests/web/apps/gunicorn_metrics_conf.py", "--graceful-timeout", "5",
-                     "tests.web.apps.flask_metrics:app"], port, env, tmp_path / "gunicorn.log")
+    prom, port, server = start_gunicorn(erl.name, web_epmd, tmp_path, sync_interval="60")
     try:
         _, made = spread_rpcs(port)
         os.kill(server.proc.pid, signal.SIGTTOU)

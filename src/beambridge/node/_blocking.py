@@ -24,7 +24,7 @@ from .._errors import Timeout, UsageError
 from ..term import Pid, Reference
 from ._errors import MailboxClosed
 from ._mailbox import NOTHING as _NOTHING
-from ._mailbox import Mailbox, Match, Slot
+from ._mailbox import Mailbox, Match, Slot, settler
 from ._node import Node, full_node_name
 from ._peer import _Peer
 
@@ -221,15 +221,8 @@ class BlockingNode:
                 return waiter.value
             raise waiter.value
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def done(ok: bool, value: Any) -> None:
-            if not result.done():
-                if ok:
-                    result.set_result(value)
-                else:
-                    result.set_exception(value)
-
-        loop.call_soon_threadsafe(n.begin_rpc, node, module, function, list(args), timeout, done)
+        loop.call_soon_threadsafe(n.begin_rpc, node, module, function, list(args), timeout,
+                                  settler(result))
         return self._wait(result, timeout)
 
     def _check_thread(self) -> None:
@@ -250,7 +243,7 @@ class BlockingNode:
         if n.send_from_thread(dest, message, None):
             return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop.call_soon_threadsafe(n.begin_send, dest, message, None, _settle(result), timeout)
+        loop.call_soon_threadsafe(n.begin_send, dest, message, None, settler(result), timeout)
         self._wait(result, timeout)
 
     def gen_call(self, dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
@@ -300,16 +293,6 @@ def epmd_names(host: str = "127.0.0.1", port: int | None = None,
     from . import _epmd_client
     chosen = port if port is not None else int(os.environ.get("ERL_EPMD_PORT", _epmd.DEFAULT_PORT))
     return asyncio.run(_epmd_client.names(host, chosen, timeout))
-
-
-def _settle(result: concurrent.futures.Future[Any]) -> Callable[[bool, Any], None]:
-    def done(ok: bool, value: Any) -> None:
-        if not result.done():
-            if ok:
-                result.set_result(value)
-            else:
-                result.set_exception(value)
-    return done
 
 
 class BlockingMailbox:
@@ -368,7 +351,7 @@ class BlockingMailbox:
             self._peer = peer
             return
         result: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, _settle(result),
+        loop.call_soon_threadsafe(n.begin_send, dest, message, self._mailbox, settler(result),
                                   timeout)
         owner._wait(result, timeout)
 

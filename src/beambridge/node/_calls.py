@@ -16,7 +16,7 @@ from ..protocol._control import spawn_request_unchecked
 from ..term import Atom, Pid, Reference
 from ._core import NodeCore
 from ._errors import ErlangError, ErlangExit, ErlangThrow, NoConnection
-from ._mailbox import DOWN, KILL, check_name
+from ._mailbox import DOWN, KILL, check_name, settler
 from ._names import (
     _A,
     BADRPC,
@@ -91,15 +91,7 @@ class Calls(NodeCore):
         seconds (the remote process is then killed, as erpc does).
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def settle(ok: bool, value: Any) -> None:
-            if not future.done():
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-
-        req = self.begin_rpc(node, module, function, args, timeout, settle)
+        req = self.begin_rpc(node, module, function, args, timeout, settler(future))
         try:
             return await future
         except asyncio.CancelledError:

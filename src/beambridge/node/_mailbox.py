@@ -34,6 +34,24 @@ Match = Callable[[Any], bool]
 NOTHING: Any = object()
 
 
+class _Settleable(Protocol):
+    def done(self) -> bool: ...
+    def set_result(self, value: Any, /) -> None: ...
+    def set_exception(self, error: BaseException, /) -> None: ...
+
+
+def settler(future: _Settleable) -> Callable[[bool, Any], None]:
+    """The ``done(ok, value)`` callback the node's callback-form calls take, filling an asyncio
+    or a thread future (or a ``Slot``) once; later outcomes are dropped."""
+    def done(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+    return done
+
+
 class Slot:
     """A blocking caller's place for one result (a message, an rpc reply), filled once from any
     thread.

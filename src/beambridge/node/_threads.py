@@ -243,10 +243,8 @@ class ThreadDoors(NodeCore):
             now = time.perf_counter()
             if spin_until is None:
                 spin_until = now + _SPIN
-            if now < spin_until and len(peer.waiting) < 2:
-                # a reply is usually microseconds away: sleeping would cost a wake-up; but while
-                # other callers wait too, sleeping lets the ones just woken have the GIL
-                continue
+            if now < spin_until:
+                continue  # a reply is usually microseconds away: sleeping would cost a wake-up
             spin_until = None
             wait = 0.05
             if deadline is not None:

@@ -36,8 +36,8 @@ class Workers:
             start = self._idle == 0 and self._threads < self.limit
             if start:
                 self._threads += 1
-            else:
-                self._idle -= 1 if self._idle else 0
+            elif self._idle:
+                self._idle -= 1  # that idle thread takes this job
         self._jobs.put(job)
         if start:
             threading.Thread(target=self._run, name="beambridge-call", daemon=True).start()
