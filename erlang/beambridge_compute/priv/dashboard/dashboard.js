@@ -101,6 +101,17 @@
     if (cell.textContent !== t) cell.textContent = t;
   }
 
+  // A job row's first three cells (id, op, function) and its data attributes; its cells.
+  function jobRow(tr, j) {
+    tr.dataset.jobId = j.id;
+    tr.dataset.status = j.status;
+    const c = tr.cells;
+    setCell(c[0], j.id);
+    setCell(c[1], j.op);
+    setCell(c[2], j.fun);
+    return c;
+  }
+
   // -- sections ----------------------------------------------------------------------
 
   function roleOf(n) {
@@ -165,12 +176,7 @@
       tr.appendChild(act);
       return tr;
     }, (tr, j) => {
-      tr.dataset.jobId = j.id;
-      tr.dataset.status = j.status;
-      const c = tr.cells;
-      setCell(c[0], j.id);
-      setCell(c[1], j.op);
-      setCell(c[2], j.fun);
+      const c = jobRow(tr, j);
       const done = (j.progress && j.progress.done) || 0;
       const total = (j.progress && j.progress.total) || 0;
       const p = c[3].querySelector("progress");
@@ -211,12 +217,7 @@
       tr.appendChild(el("td", "wrap reason"));
       return tr;
     }, (tr, j) => {
-      tr.dataset.jobId = j.id;
-      tr.dataset.status = j.status;
-      const c = tr.cells;
-      setCell(c[0], j.id);
-      setCell(c[1], j.op);
-      setCell(c[2], j.fun);
+      const c = jobRow(tr, j);
       if (c[3].dataset.status !== j.status) {
         c[3].replaceChildren(badge(j.status));
         c[3].dataset.status = j.status;
