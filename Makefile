@@ -56,7 +56,8 @@ test: setup
 	@# Again on the pure-Python codec (the run above uses the compiled one): the suites where
 	@# terms are encoded and decoded, the codec itself, the protocol core, and the node against
 	@# real Erlang and third-party clients. The layers above reach the codec only through them.
-	BEAMBRIDGE_PURE_PYTHON=1 $(PY) -m pytest $(PURE_TESTS) $(PYTEST_ARGS)
+	@# Its nodes run asyncio's own loop (the run above: uvloop, BlockingNode's default when installed).
+	BEAMBRIDGE_PURE_PYTHON=1 BEAMBRIDGE_LOOP=asyncio $(PY) -m pytest $(PURE_TESTS) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)

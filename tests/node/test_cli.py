@@ -119,4 +119,4 @@ def test_verbose_after_the_subcommand(erl: ErlNode, epmd_port: int) -> None:
     done = cli(epmd_port, "ping", erl.name, "--cookie", COOKIE)
     assert "INFO" not in done.stderr
     done = cli(epmd_port, "-v", "ping", "-v", erl.name, "--cookie", COOKIE)
-    assert "DEBUG" in done.stderr
+    assert "DEBUG beambridge.node" in done.stderr and "threads use the socket" in done.stderr

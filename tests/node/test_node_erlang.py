@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -398,3 +399,65 @@ def test_async_node(epmd_port: int, erl: ErlNode) -> None:
             await mb.receive(timeout=1)
 
     asyncio.run(main())
+
+
+def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> None:
+    """Past ``max_processes`` a spawn request gets ``system_limit`` at once (as a full BEAM
+    process table answers it) and an old-style rpc call ``{badrpc, {'EXIT', {system_limit, _}}}``;
+    meanwhile calls out of Python and the calls already accepted go on, and once those end the
+    node takes calls again."""
+    limit = 16
+    with BlockingNode(unique("limit") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      max_processes=limit) as py:
+        release = threading.Event()
+
+        def hold(x: int) -> int:
+            release.wait(20)
+            return x
+
+        py.expose("pyhold", {"hold": hold})
+        expose_pymod(py, inline=True)
+        me = A(py.name)
+        assert py.ping(erl.name)
+        base = len(py.node._procs)  # the node's own processes count, as BEAM's do
+        free = limit - base
+        assert free > 0
+
+        def held_calls(how: str, n: int) -> tuple[threading.Thread, list[Any]]:
+            out: list[Any] = []
+            caller = threading.Thread(target=lambda: out.append(py.rpc(
+                erl.name, "bb_test", how, [me, A("pyhold"), A("hold"), n], timeout=60)))
+            caller.start()
+            return caller, out
+
+        def until(check: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 20
+            while not check():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+
+        caller, out = held_calls("erpc_many", free + 5)
+        until(lambda: len(py.node._procs) == limit)
+        refused = (A("error"), (A("erpc"), A("system_limit")))
+        assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [1, 2]]) == refused
+        assert py.rpc(erl.name, "lists", "reverse", [[1, 2]]) == [2, 1]  # Python's calls go on
+        release.set()
+        caller.join(30)
+        assert out == [[(A("ok"), i) for i in range(1, free + 1)] + [refused] * 5]
+        until(lambda: len(py.node._procs) == base)
+        assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [1, 2]]) == (A("ok"), 3)
+
+        # rex: as many unanswered calls as max_processes, then refusals; inline ones still answer
+        release.clear()
+        caller, out = held_calls("rex_many", limit + 3)
+        until(lambda: py.node._rex_busy == limit)
+        assert py.rpc(erl.name, "bb_test", "call_py", [me, A("pymod"), A("add"), [2, 3]]) == 5
+        release.set()
+        caller.join(30)
+        assert len(out) == 1 and len(out[0]) == limit + 3
+        exits = [e for i, e in enumerate(out[0], 1) if e != i]  # Erlang's callers race: any 3
+        assert len(exits) == 3 and all(
+            e[:1] == (A("badrpc"),) and e[1][0] == A("EXIT") and e[1][1][0] == A("system_limit")
+            for e in exits), exits
+        until(lambda: py.node._rex_busy == 0)
+        assert py.rpc(erl.name, "bb_test", "rex_many", [me, A("pyhold"), A("hold"), 2]) == [1, 2]

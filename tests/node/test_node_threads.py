@@ -6,8 +6,10 @@ away mid-call, many threads at once, and messages queued behind large writes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -285,3 +287,52 @@ def test_blocking_receive_reading_its_connection_keeps_order_and_other_senders(
         assert mb.receive(timeout=10) == A("after")
         with pytest.raises(Timeout):
             mb.receive(timeout=0.05)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_direct_path_on_either_loop(loop: str, epmd_port: int, erl: ErlNode) -> None:
+    """Both loops give threads the socket (uvloop through a duplicate of its descriptor), and a
+    connection that goes down, from either end, really ends: the duplicate is closed with it
+    (else the peer would see the connection open until its tick timeout) and none is left."""
+    pytest.importorskip(loop)
+    name = unique("loops") + "@127.0.0.1"
+    with BlockingNode(unique("watch") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as watch:
+        def connected_to_erl() -> bool:
+            return A(name) in watch.rpc(erl.name, "erlang", "nodes", [A("connected")])
+
+        for round_ in range(4):
+            before = _open_fds()
+            with BlockingNode(name, COOKIE, epmd_port=epmd_port, loop=loop) as py:
+                assert type(py.loop).__module__.split(".")[0] == loop
+                for i in range(3):  # the other end drops us; the next call connects again
+                    assert py.rpc(erl.name, "lists", "reverse", [[i, round_]]) == [round_, i]
+                    peer = py.node._peers[A(erl.name)]
+                    assert peer.sock is not None and (peer.dup is not None) == (loop == "uvloop")
+                    assert watch.rpc(erl.name, "erlang", "disconnect_node", [A(name)]) is True
+                    _until(lambda: A(erl.name) not in py.node._peers)
+                    if peer.dup is not None:  # closed on the loop's next turn
+                        _until(lambda peer=peer: peer.dup is None)
+                assert py.rpc(erl.name, "erlang", "node", []) == A(erl.name)
+                assert connected_to_erl()
+            # closed here: Erlang sees the connection end now, not at its tick timeout
+            _until(lambda: not connected_to_erl())
+            if round_:  # the first round warms up what a loop keeps for the process
+                assert _open_fds() == before
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_loop_names_checked() -> None:
+    from beambridge import UsageError
+
+    with pytest.raises(UsageError, match="expected one of auto, asyncio, uvloop"):
+        BlockingNode("x@127.0.0.1", COOKIE, loop="trio")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from .._errors import Timeout, UsageError
 from ..term import Pid, Reference
 from ._errors import MailboxClosed
+from ._loops import LOOPS, new_event_loop
 from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match, Slot, settler
 from ._node import Node, full_node_name
@@ -53,12 +54,17 @@ class BlockingNode:
     """A thread-safe, blocking Erlang node; takes the same arguments as ``Node``.
 
     Starts at once (``start=False`` defers to ``start()``); use as a context manager or call
-    ``close()``. Every blocking method takes a ``timeout``.
+    ``close()``. Every blocking method takes a ``timeout``. ``loop`` picks the thread's event
+    loop (``"auto"``: uvloop when installed; ``"asyncio"``; ``"uvloop"``), default
+    ``$BEAMBRIDGE_LOOP``.
     """
 
     def __init__(self, name: str, cookie: str | None = None, *, start: bool = True,
-                 **options: Any) -> None:
+                 loop: str | None = None, **options: Any) -> None:
         self._base_name = name
+        if loop is not None and loop not in LOOPS:
+            raise UsageError(f"loop {loop!r}: expected one of {', '.join(LOOPS)}")
+        self._loop_kind = loop
         self._cookie = cookie
         self._options = options
         self._lock = threading.Lock()
@@ -83,7 +89,7 @@ class BlockingNode:
         return self
 
     def _start_locked(self, name: str) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop(self._loop_kind)
         ready = threading.Event()
 
         def run() -> None:

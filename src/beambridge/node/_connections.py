@@ -354,7 +354,7 @@ class Connections(NodeCore):
         stats.connects += 1
         stats.connected_since = time.time()
         peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation, stats,
-                     self._corks)
+                     self._corks, tls=self.tls is not None)
         self._peers[name] = peer
         # bytes the stream reader got after the handshake's last read are the peer's first packets
         leftover = bytes(getattr(reader, "_buffer", b""))
@@ -370,6 +370,9 @@ class Connections(NodeCore):
         if future is not None and not future.done():
             future.set_result(peer)
         log.info("connected to %s", name)
+        log.debug("%s: flags %#x, creation %d, %s; threads %s the socket", name, connected.flags,
+                  connected.creation, "TLS" if self.tls is not None else "TCP",
+                  "use" if peer.sock is not None else "do not use")
         for watcher in list(self._nodes_watchers):
             watcher.deliver((Atom("nodeup"), name))
 
@@ -440,6 +443,10 @@ class Connections(NodeCore):
         with peer.wlock:
             peer.pending.clear()
             peer.transport.close()
+        if peer.dup is not None:
+            # later, on the loop: this may run inside the connection's read (its lock held)
+            assert self._loop is not None
+            self._loop.call_soon(peer.close_dup)
         peer.resume_writing()
         current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
         for task in peer.tasks:

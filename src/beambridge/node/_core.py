@@ -51,6 +51,8 @@ class NodeCore:
     handshake_timeout: float
     max_handshakes: int
     max_handshakes_per_address: int
+    max_processes: int
+    _rex_busy: int
     _proto_options: dict[str, Any]
     creation: int
     port: int

@@ -99,7 +99,11 @@ class Node(Connections, ThreadDoors, Calls, Services):
     ``max_fragmented_messages``, and one message decodes within ``limits`` (default
     ``beambridge.protocol.DIST_LIMITS``: 10M terms, ~512 MiB of objects, so that a small
     compressed message cannot make the node build a gigabyte); past a bound only that
-    connection is closed, with a logged reason, and everyone else is served on.
+    connection is closed, with a logged reason, and everyone else is served on. Work peers ask
+    of the node is bounded too: past ``max_processes`` processes (about 2 KB each) a spawn
+    request is refused with ``system_limit`` (``erpc:call`` raises ``{erpc, system_limit}``),
+    as a full BEAM process table refuses it, and an ``rpc:call`` that would wait beyond as many
+    unanswered ones gets ``{badrpc, {'EXIT', {system_limit, _}}}``.
     """
 
     def __init__(self, name: str, cookie: str | None = None, *, hidden: bool = True,
@@ -109,7 +113,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
                  start_epmd: bool = False, handshake_timeout: float = 7.0,
                  max_handshakes: int = 64, max_handshakes_per_address: int = 8,
                  max_fragmented_bytes: int = 256 << 20, max_fragmented_messages: int = 256,
-                 limits: Limits | None = None,
+                 limits: Limits | None = None, max_processes: int = 65536,
                  tls: str | os.PathLike[str] | TlsConfig | None = None,
                  listen_ports: tuple[int, int] | None = None, role: str = "python node") -> None:
         self.name = full_node_name(name)
@@ -144,11 +148,13 @@ class Node(Connections, ThreadDoors, Calls, Services):
         for option, value in (("max_handshakes", max_handshakes),
                               ("max_handshakes_per_address", max_handshakes_per_address),
                               ("max_fragmented_bytes", max_fragmented_bytes),
-                              ("max_fragmented_messages", max_fragmented_messages)):
+                              ("max_fragmented_messages", max_fragmented_messages),
+                              ("max_processes", max_processes)):
             if type(value) is not int or value < 1:
                 raise UsageError(f"{option} must be a positive int, not {value!r}")
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
+        self.max_processes = max_processes
         if limits is not None and not isinstance(limits, Limits):
             raise UsageError(f"limits must be a beambridge.term.Limits, not {limits!r}")
         self._proto_options: dict[str, Any] = {
@@ -179,6 +185,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._spawned: dict[int, asyncio.Task[Any]] = {}
         #: where plain exposed functions run (as many threads as the loop's default executor)
         self._workers = Workers(min(32, (os.cpu_count() or 1) + 4))
+        #: old-style rpc calls (``rex``) not answered yet: with the processes, at most max_processes
+        self._rex_busy = 0
         #: guards a spawned process's monitors between the loop ending it and a worker thread
         #: answering its spawner directly (``Services._in_thread``)
         self._exit_lock = threading.Lock()
@@ -282,6 +290,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         unwinding = [t for t in cancelled if t is not current and not t.done()]
         if unwinding:
             await asyncio.wait(unwinding, timeout=1.0)
+        await asyncio.sleep(0)  # the connections' last callbacks (``_Peer.close_dup``) run
         log.info("node %s closed", self.name)
 
     def _stop_listening(self) -> None:
@@ -648,6 +657,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         if self._listener is not None:
             found.append(self._listener)
         found += list(self._handshaking)
+        found += [p.dup for p in self._peers.values() if p.dup is not None]
         writers = [self._epmd_writer] + [p.writer for p in self._peers.values()]
         for writer in writers:
             if writer is not None:

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -57,6 +58,7 @@ class _Peer:
         "alive",
         "corks",
         "creation",
+        "dup",
         "flags",
         "flush_scheduled",
         "last_recv",
@@ -86,7 +88,7 @@ class _Peer:
 
     def __init__(self, name: Atom, proto: _Protocol, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, flags: int, creation: int, stats: PeerStats,
-                 corks: Corks | None = None) -> None:
+                 corks: Corks | None = None, tls: bool = False) -> None:
         self.name = name
         self.corks = corks or Corks()
         #: counted under the write lock (out) and the read lock (in); kept by the node
@@ -108,9 +110,9 @@ class _Peer:
         self.wlock = threading.Lock()
         #: other threads' writes waiting for the write lock's holder (``write_from_thread``)
         self.tq: collections.deque[bytes] = collections.deque()
-        # the plain socket under a selector transport (None elsewhere, e.g. uvloop: no fast path)
-        sock = getattr(self.transport, "_sock", None)
-        self.sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
+        #: the plain socket threads write and read directly (None over TLS: no fast path), and
+        #: the duplicate this connection made of it (closed with the connection)
+        self.sock, self.dup = _plain_socket(self.transport, tls)
         # Reading: the loop, or one blocking caller (the "owner") while the transport's reading is
         # paused for it; ``rlock`` serializes feeding ``proto``, ``olock`` guards owner/active.
         self.rlock = threading.Lock()
@@ -124,6 +126,15 @@ class _Peer:
         self.posted = itertools.count(1)
         self.posted_n = 0
         self.processed = 0
+
+    def close_dup(self) -> None:
+        """Close our duplicate of the socket (the peer is down): the connection ends when the
+        transport closes its own. Not while an owner is in ``recv`` on it (``rlock``): its file
+        descriptor's number could be reused by another connection meanwhile."""
+        dup, self.dup = self.dup, None
+        if dup is not None:
+            with self.rlock:
+                dup.close()
 
     def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
         if not self.alive:
@@ -263,6 +274,33 @@ class _Peer:
         waiter, self.paused = self.paused, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _plain_socket(transport: asyncio.Transport, tls: bool
+                  ) -> tuple[socket.socket | None, socket.socket | None]:
+    """The plain socket under ``transport`` that other threads may use, and the duplicate made
+    to get it (to close with the connection). A selector transport's own socket serves as is;
+    uvloop's transports own theirs in C and give out a stand-in without ``recv``/``send``, so a
+    duplicate of its descriptor is made: the same open file, non-blocking like it."""
+    if tls or transport.get_extra_info("sslcontext") is not None:
+        return None, None
+    own = getattr(transport, "_sock", None)
+    if isinstance(own, socket.socket):
+        return own, None
+    shown = transport.get_extra_info("socket")
+    if shown is None:
+        return None, None
+    try:
+        fd = os.dup(shown.fileno())
+    except (OSError, ValueError):
+        return None, None
+    try:
+        dup = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None, None
+    dup.setblocking(False)
+    return dup, dup
 
 
 class PeerHost(Protocol):

@@ -48,6 +48,7 @@ from ._names import (
     OK,
     RETURN,
     REX,
+    SYSTEM_LIMIT,
     UNDEF,
 )
 from ._peer import _Peer
@@ -237,6 +238,11 @@ class Services(NodeCore):
     def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
         if self._closed:
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, _A("notsup")))
+            return
+        if len(self._procs) >= self.max_processes:
+            self._refusals.warn("processes", "spawn request from %s refused: %d processes "
+                                "(max_processes)", peer.name, len(self._procs))
+            peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, SYSTEM_LIMIT))
             return
         pid = self._next_pid()
         flags = 0
@@ -458,21 +464,47 @@ class _Rex(_Service):
         host = self._host
         entry = host._plain(m, f, a)
         if entry is not None and not entry[1]:  # in a worker thread, answered from the loop
-            host._in_thread(entry[0], m, f, a,
-                            lambda outcome: self._answer_soon(host._settle(outcome, m, f, a), reply))
+            if self._full(m, f, a, reply):
+                return
+            host._rex_busy += 1
+
+            def then(outcome: tuple[str, Any, Any]) -> None:
+                host._rex_busy -= 1
+                self._answer_soon(host._settle(outcome, m, f, a), reply)
+
+            host._in_thread(entry[0], m, f, a, then)
             return
-        self._answer_soon(host._outcome_now(m, f, a) or host._outcome(m, f, a), reply)
+        outcome = host._outcome_now(m, f, a)
+        if outcome is None and self._full(m, f, a, reply):
+            return
+        self._answer_soon(outcome or host._outcome(m, f, a), reply)
+
+    def _full(self, m: Atom, f: Atom, a: Any, reply: Callable[[Any], None]) -> bool:
+        """Refuse a call that would wait beyond ``max_processes`` unanswered ones."""
+        host = self._host
+        if host._rex_busy < host.max_processes:
+            return False
+        host._refusals.warn("rex", "rpc:call of %s:%s refused: %d calls unanswered "
+                            "(max_processes)", m, f, host._rex_busy)
+        arity = len(a) if type(a) is list else 0
+        reply((BADRPC, (EXIT_TAG, (SYSTEM_LIMIT, [(m, f, arity, [])]))))
+        return True
 
     def _answer_soon(self, outcome: tuple[str, Any, Any] | Awaitable[tuple[str, Any, Any]],
                      reply: Callable[[Any], None]) -> None:
         if isinstance(outcome, tuple):  # answered: no task
             self._answer(outcome, reply)
         else:
+            self._host._rex_busy += 1
             self._host._spawn_task(self._answer_later(outcome, reply))
 
     async def _answer_later(self, outcome: Awaitable[tuple[str, Any, Any]],
                             reply: Callable[[Any], None]) -> None:
-        self._answer(await outcome, reply)
+        try:
+            result = await outcome
+        finally:
+            self._host._rex_busy -= 1
+        self._answer(result, reply)
 
     @staticmethod
     def _answer(outcome: tuple[str, Any, Any], reply: Callable[[Any], None]) -> None:
