@@ -74,9 +74,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="measure each side this many times, alternating, and keep the best "
                              "(the machine is shared: the best run is the one least disturbed)")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=None,
+                        help="the nodes' event loop (default: $BEAMBRIDGE_LOOP, else auto: uvloop "
+                             "when installed)")
     parser.add_argument("--rows", metavar="TEXT", default="",
                         help="only the rows whose label contains TEXT (e.g. 'sequential rpc')")
     opts = parser.parse_args()
+    if opts.loop:
+        os.environ["BEAMBRIDGE_LOOP"] = opts.loop  # BlockingNode reads it, here and in the TLS rows
     runtimes = otp.find_runtimes()
     runtime = next((r for r in runtimes if opts.otp is None or r.major == opts.otp), None)
     if runtime is None:
@@ -97,12 +102,14 @@ def main() -> int:
             for erl in (target, client):
                 _wait(lambda e=erl: py.ping(e.name, 2))  # type: ignore[misc]
             t = A(target.name)
+            loop = type(py.loop).__module__.split(".")[0]
             py.rpc(target.name, "bb_bench", "start_echo", [A("bench_echo")])
             rows = _run_rows(py, client.name, target.name, t, epmd_port, seconds, opts.repeat,
                              opts.rows)
         rows += _tls_rows(runtime, ebin, epmd_port, tag, seconds, opts.repeat, opts.rows)
         load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-        print(f"\nbeambridge vs Erlang on OTP {runtime.release}, loopback, {os.cpu_count()} cores, "
+        print(f"\nbeambridge ({loop}) vs Erlang on OTP {runtime.release}, loopback, "
+              f"{os.cpu_count()} cores, "
               f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, best of {opts.repeat} "
               f"(ops/s; ratio = beambridge / Erlang)\n")
         print(f"{'operation':58} {'Erlang':>8} {'beambridge':>11} {'ratio':>7} "

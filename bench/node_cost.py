@@ -8,13 +8,14 @@ warm-up) under ``valgrind --tool=callgrind``: sequential ``rpc erlang:node/0`` f
 (plain: run in a worker thread; inline: on the loop). It prints (Ir(N2) - Ir(N1)) / (N2 - N1):
 the instructions of one call, start-up and warm-up cancelled out. Only this Python process is
 counted (the Erlang target runs natively). Run: ``.venv/bin/python bench/node_cost.py``
-(``--calls 200,1200``, ``--only TEXT``). Needs valgrind (Debian ``valgrind``). Prints only;
-asserts nothing.
+(``--calls 200,1200``, ``--only TEXT``, ``--loop asyncio``). Needs valgrind (Debian
+``valgrind``). Prints only; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import secrets
@@ -37,6 +38,9 @@ from beambridge import Atom, BlockingNode
 from beambridge.node import Node
 mode, target, cookie, port, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 name = f"cost{os.getpid()}@127.0.0.1"
+if os.environ.get("BEAMBRIDGE_LOOP") == "uvloop":  # the async rows' loop, as BlockingNode's
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 if mode == "Node":
     async def main():
         async with Node(name, cookie, epmd_port=port) as node:
@@ -117,7 +121,11 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", default="200,1200", help="N1,N2 (default 200,1200)")
     parser.add_argument("--only", metavar="TEXT", default="", help="only the rows whose label has TEXT")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
+                        help="every row's event loop (default: uvloop when installed)")
     opts = parser.parse_args()
+    loop = opts.loop or ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+    os.environ["BEAMBRIDGE_LOOP"] = loop
     n1, n2 = (int(x) for x in opts.calls.split(","))
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -139,8 +147,8 @@ def main() -> int:
                                 "-pa", str(work), "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         time.sleep(2.0)
-        print(f"instructions per call of this Python process against {runtime}, callgrind, "
-              f"({n2} - {n1} calls)")
+        print(f"instructions per call of this Python process ({loop}) against {runtime}, "
+              f"callgrind, ({n2} - {n1} calls)")
         for mode, label in _MODES:
             if opts.only and opts.only not in label:
                 continue

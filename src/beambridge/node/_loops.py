@@ -30,7 +30,3 @@ def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
             return uvloop.new_event_loop()
     return asyncio.DefaultEventLoopPolicy().new_event_loop()
 
-
-def loop_kind(loop: asyncio.AbstractEventLoop) -> str:
-    """``uvloop`` or ``asyncio``: what a stats reader or a benchmark header names."""
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
