@@ -523,3 +523,47 @@ def test_epmd_messages() -> None:
     assert port == 0x1111 and names == [("a", 1), ("b", 22)]
     with pytest.raises(LocalProtocolError):
         epmd.alive2_request("a@b", 1)
+
+
+# The hot messages' checks first test the exact types and fall back to the field-by-field ones:
+# both ways must still refuse what is not a pid, a reference or an atom.
+_WRONG = "not a term of that type"
+
+
+@pytest.mark.parametrize("build", [
+    lambda: MonitorPExit(PA, PB, _WRONG, 1),  # type: ignore[arg-type]
+    lambda: MonitorPExit(_WRONG, PB, REF, 1),  # type: ignore[arg-type]
+    lambda: SpawnReply(REF, PA, 0, _WRONG),  # type: ignore[arg-type]
+    lambda: SpawnReply(REF, PA, True, PB),  # a bool is not the int flags
+    lambda: SpawnRequest(REF, PA, PA, Atom("m"), Atom("f"), [], (Atom("monitor"),)),  # type: ignore[arg-type]
+    lambda: SpawnRequest(REF, PA, _WRONG, Atom("m"), Atom("f"), [], []),  # type: ignore[arg-type]
+    lambda: Send(PB, 1, _WRONG),  # type: ignore[arg-type]
+    lambda: Exit(PA, _WRONG, 1),  # type: ignore[arg-type]
+], ids=["monitor-ref", "monitor-proc", "reply-result", "reply-flags", "request-options",
+        "request-leader", "send-from", "exit-to"])
+def test_hot_messages_refuse_wrong_types(build: Any) -> None:
+    with pytest.raises(TypeError):
+        build()
+
+
+@pytest.mark.parametrize("control, payload", [
+    ((29, REF, PA, _WRONG, (Atom("m"), Atom("f"), 0), []), []),
+    ((29, REF, PA, PA, (Atom("m"), Atom("f"), 0), (Atom("monitor"),)), []),
+    ((29, REF, PA, PA, (Atom("m"), Atom("f"), 1), []), []),  # arity says 1, no argument
+    ((31, REF, PA, 0, _WRONG), None),
+    ((21, PB, PA, _WRONG, Atom("normal")), None),
+], ids=["request-leader", "request-options", "request-arity", "reply-result", "monitor-ref"])
+def test_malformed_hot_control_messages_break_only_that_connection(control: Any, payload: Any) -> None:
+    from beambridge.term import Mapping, encode_body
+
+    _, b = connected_pair()
+    body = encode_body(control, mapping=Mapping.TEXT)
+    if payload is not None:
+        body += encode_body(payload)
+    b.receive_data(struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body)
+    with pytest.raises(RemoteProtocolError, match="malformed control message"):
+        b.next_event()
+    assert b.state is State.ERROR
+    c, d = connected_pair()  # another connection is not touched
+    d.receive_data(c.send(SpawnReply(REF, PA, 2, PB)))
+    assert d.next_event() == SpawnReply(REF, PA, 2, PB)

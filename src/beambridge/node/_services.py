@@ -20,14 +20,13 @@ from .._errors import RemoteError as RemoteError_
 from ..protocol import (
     AliasSend,
     ControlMessage,
-    Exit,
     Flag,
     LocalProtocolError,
-    MonitorPExit,
     Send,
     SpawnReply,
     SpawnRequest,
 )
+from ..protocol._control import exit_unchecked, monitor_exit_unchecked, spawn_reply_unchecked
 from ..term import Atom, ImproperList, Pid, Reference, encode_body
 from ._connections import _consume_exception
 from ._core import Exposed, NodeCore
@@ -223,7 +222,7 @@ class Services(NodeCore):
             return False
         tag = event.args[0]
         reason = _call_reason(tag, outcome)
-        message = MonitorPExit(process.pid, event.from_pid, event.req_id, reason)
+        message = monitor_exit_unchecked(process.pid, event.from_pid, event.req_id, reason)
         try:
             data = peer.proto.send(message)
         except (EncodeError, LocalProtocolError):
@@ -251,7 +250,7 @@ class Services(NodeCore):
                 flags |= 1
             elif option == MONITOR:
                 flags |= 2
-        peer.send_quiet(SpawnReply(event.req_id, event.from_pid, flags, pid))
+        peer.send_quiet(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid))
         m, args = event.module, event.args
         started = None
         entry = None
@@ -303,9 +302,9 @@ class Services(NodeCore):
         spawner's link and monitor are all it has), as ``_process_ended`` sends them."""
         signals: list[ControlMessage] = []
         if flags & 1:
-            signals.append(Exit(pid, event.from_pid, reason))
+            signals.append(exit_unchecked(pid, event.from_pid, reason))
         if flags & 2:
-            signals.append(MonitorPExit(pid, event.from_pid, event.req_id, reason))
+            signals.append(monitor_exit_unchecked(pid, event.from_pid, event.req_id, reason))
         if not signals:
             return
         try:  # encoded once: a value with no Erlang form fails here, before anything is sent

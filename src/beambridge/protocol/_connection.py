@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import DecodeError
-from ..term import Atom, Limits, Mapping, binary_to_term, encode_body, term_to_binary
-from ..term._api import _decode_body
+from ..term import Atom, Limits, Mapping, binary_to_term, term_to_binary
+from ..term._api import _decode_body, _encode_body
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
@@ -86,6 +86,9 @@ class State(enum.Enum):
     CONNECTED = "connected"
     CLOSED = "closed"
     ERROR = "error"
+
+
+_CONNECTED = State.CONNECTED
 
 
 class _NeedData:
@@ -757,7 +760,8 @@ class Connection:
 
         An ``EncodeError`` (a value with no Erlang form) leaves the connection untouched.
         """
-        self._check_state(State.CONNECTED)
+        if self._state is not _CONNECTED:
+            self._check_state(_CONNECTED)
         control, payload = message.to_wire(self.peer_flags)
         chosen = mapping or self.mapping
         if not self._use_header:
@@ -766,9 +770,10 @@ class Connection:
                 parts.append(term_to_binary(payload, mapping=chosen))
             size = sum(map(len, parts))
             return b"".join([struct.pack(">I", size), *parts])
-        body = encode_body(control, mapping=_CONTROL_MAPPING)
+        # the codec's own function, called directly (as ``_decode_message`` does)
+        body: bytes = _encode_body(control, 2, _CONTROL_MAPPING)
         if payload is not NO_PAYLOAD:
-            body += encode_body(payload, mapping=chosen)
+            body += _encode_body(payload, 2, chosen)
         if self._use_fragments and len(body) > self.fragment_size:
             return self._fragmented(body)
         return struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body

@@ -56,6 +56,10 @@ class _NoPayload:
 NO_PAYLOAD: Any = _NoPayload()
 
 
+#: the exact types of a process: a pid, or a registered name
+_PROCS = (Pid, Atom)
+
+
 def _pid(value: Any, what: str) -> None:
     if not isinstance(value, Pid):
         raise TypeError(f"{what} must be a Pid, not {value!r}")
@@ -113,14 +117,17 @@ class Send(ControlMessage):
     TAG: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
+        if type(self.to_pid) is Pid and (self.from_pid is None or type(self.from_pid) is Pid):
+            return
         _pid(self.to_pid, "to_pid")
         if self.from_pid is not None:
             _pid(self.from_pid, "from_pid")
 
     def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
         if self.from_pid is not None and flags & _SEND_SENDER:
-            ctrl: tuple[Any, ...] = (22, self.from_pid, self.to_pid)
-            return _tt(ctrl, self.trace_token, 23), self.message
+            if self.trace_token is None:
+                return (22, self.from_pid, self.to_pid), self.message
+            return (23, self.from_pid, self.to_pid, self.trace_token), self.message
         return _tt((2, _UNUSED, self.to_pid), self.trace_token, 12), self.message
 
 
@@ -172,6 +179,8 @@ class Exit(ControlMessage):
     TAG: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
+        if type(self.from_pid) is Pid and type(self.to_pid) is Pid:
+            return
         _pid(self.from_pid, "from_pid")
         _pid(self.to_pid, "to_pid")
 
@@ -288,6 +297,8 @@ class MonitorPExit(ControlMessage):
     TAG: ClassVar[int] = 21
 
     def __post_init__(self) -> None:
+        if type(self.to_pid) is Pid and type(self.ref) is Reference and type(self.from_proc) in _PROCS:
+            return  # the usual exact types: no call per field (every erpc answer is one of these)
         _proc(self.from_proc, "from_proc")
         _pid(self.to_pid, "to_pid")
         _ref(self.ref, "ref")
@@ -313,6 +324,11 @@ class SpawnRequest(ControlMessage):
     TAG: ClassVar[int] = 29
 
     def __post_init__(self) -> None:
+        if (type(self.req_id) is Reference and type(self.from_pid) is Pid
+                and type(self.group_leader) is Pid and type(self.module) is Atom
+                and type(self.function) is Atom and type(self.args) is list
+                and type(self.options) is list):
+            return
         _ref(self.req_id, "req_id")
         _pid(self.from_pid, "from_pid")
         _pid(self.group_leader, "group_leader")
@@ -342,6 +358,9 @@ class SpawnReply(ControlMessage):
     TAG: ClassVar[int] = 31
 
     def __post_init__(self) -> None:
+        if (type(self.req_id) is Reference and type(self.to_pid) is Pid
+                and type(self.flags) is int and type(self.result) in _PROCS):
+            return
         _ref(self.req_id, "req_id")
         _pid(self.to_pid, "to_pid")
         if type(self.flags) is not int:
@@ -350,6 +369,8 @@ class SpawnReply(ControlMessage):
 
     def to_wire(self, flags: int) -> tuple[tuple[Any, ...], Any]:
         ctrl = (31, self.req_id, self.to_pid, self.flags, self.result)
+        if self.trace_token is None:
+            return ctrl, NO_PAYLOAD
         return _tt(ctrl, self.trace_token, 32), NO_PAYLOAD
 
 
@@ -417,7 +438,21 @@ def _spawn_request(c: tuple[Any, ...], p: Any, token: Any = None) -> SpawnReques
         raise TypeError("SPAWN_REQUEST wants {Module, Function, Arity}")
     if not isinstance(p, list) or len(p) != mfa[2]:
         raise TypeError("SPAWN_REQUEST argument list does not match its arity")
-    return SpawnRequest(c[1], c[2], c[3], mfa[0], mfa[1], p, c[5], token)
+    req, sender, leader, module, function, options = c[1], c[2], c[3], mfa[0], mfa[1], c[5]
+    if (type(req) is not Reference or type(sender) is not Pid or type(leader) is not Pid
+            or type(module) is not Atom or type(function) is not Atom or type(p) is not list
+            or type(options) is not list):
+        return SpawnRequest(req, sender, leader, module, function, p, options, token)
+    m = _new(SpawnRequest)
+    _set(m, "req_id", req)
+    _set(m, "from_pid", sender)
+    _set(m, "group_leader", leader)
+    _set(m, "module", module)
+    _set(m, "function", function)
+    _set(m, "args", p)
+    _set(m, "options", options)
+    _set(m, "trace_token", token)
+    return m
 
 
 # Decoded control tuples are checked field by field with exact type tests and then built without
@@ -514,6 +549,38 @@ def spawn_request_unchecked(req_id: Reference, from_pid: Pid, group_leader: Pid,
     _set(m, "function", function)
     _set(m, "args", args)
     _set(m, "options", options)
+    _set(m, "trace_token", None)
+    return m
+
+
+def spawn_reply_unchecked(req_id: Reference, to_pid: Pid, flags: int, result: Pid | Atom) -> SpawnReply:
+    """A ``SpawnReply`` from fields of the right types (a node answering a decoded request)."""
+    m = _new(SpawnReply)
+    _set(m, "req_id", req_id)
+    _set(m, "to_pid", to_pid)
+    _set(m, "flags", flags)
+    _set(m, "result", result)
+    _set(m, "trace_token", None)
+    return m
+
+
+def monitor_exit_unchecked(from_proc: Pid | Atom, to_pid: Pid, ref: Reference, reason: Any
+                           ) -> MonitorPExit:
+    """A ``MonitorPExit`` from fields of the right types (a node's own process ending)."""
+    m = _new(MonitorPExit)
+    _set(m, "from_proc", from_proc)
+    _set(m, "to_pid", to_pid)
+    _set(m, "ref", ref)
+    _set(m, "reason", reason)
+    return m
+
+
+def exit_unchecked(from_pid: Pid, to_pid: Pid, reason: Any) -> Exit:
+    """An ``Exit`` from fields of the right types (a node's own process ending)."""
+    m = _new(Exit)
+    _set(m, "from_pid", from_pid)
+    _set(m, "to_pid", to_pid)
+    _set(m, "reason", reason)
     _set(m, "trace_token", None)
     return m
 
