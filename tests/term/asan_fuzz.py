@@ -127,6 +127,8 @@ def main() -> None:
             valid = cterm.encode(term, rng.choice([False, False, True]), rng.randrange(3), mapping)
         except EncodeError:
             valid = _pure.encode(term, False, 2, Mapping.EXACT)
+        with contextlib.suppress(EncodeError):
+            cterm.encode_dist((2, term), Mapping.EXACT, term, mapping)
         assert cterm.decode(valid) is not None or True
         seed = rng.choice(CORPUS) if rng.random() < 0.1 else valid
         for data in (mutate(rng, seed), b"\x83" + rng.randbytes(rng.randrange(24))):

@@ -109,6 +109,24 @@ def test_same_bytes_and_values(term: Any) -> None:
 
 
 @needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(terms, terms, st.sampled_from(MAPPINGS))
+def test_same_distribution_packets(control: Any, payload: Any, mapping: Mapping) -> None:
+    """``encode_dist`` (a node's framing of each message): same packet, or the same error, and
+    the packet's parts are the terms' own encodings."""
+    for args in ((control, Mapping.EXACT), (control, Mapping.EXACT, payload, mapping)):
+        pure, compiled = outcome(_pure.encode_dist, *args), outcome(_cterm.encode_dist, *args)
+        assert pure == compiled
+        if pure[0] == "ok":
+            packet = pure[1]
+            body = _pure.encode_body(control) + (
+                _pure.encode_body(payload, 2, mapping) if len(args) == 4 else b"")
+            assert packet == struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body
+    with pytest.raises(TypeError):
+        _cterm.encode_dist(control, Mapping.EXACT, payload)
+
+
+@needs_compiled
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=48).map(lambda b: b"\x83" + b))
 def test_same_errors_on_random_bytes(data: bytes) -> None:

@@ -186,7 +186,7 @@ class _Peer:
         """Release the write lock, then send what other threads queued while it was held (they
         did not wait for it: see ``write_from_thread``)."""
         self.wlock.release()
-        if self.sock is not None:
+        if self.tq and self.sock is not None:
             self._drain(self.sock)
 
     def _drain(self, sock: socket.socket) -> None:

@@ -307,8 +307,9 @@ class Services(NodeCore):
             signals.append(monitor_exit_unchecked(pid, event.from_pid, event.req_id, reason))
         if not signals:
             return
+        send = peer.proto.send
         try:  # encoded once: a value with no Erlang form fails here, before anything is sent
-            data = [peer.proto.send(signal) for signal in signals]
+            data = [send(signal) for signal in signals] if len(signals) > 1 else [send(signals[0])]
         except EncodeError as error:
             self._exit_unseen(peer, event, pid, flags, _unencodable(tag, error), None)
             return
@@ -599,7 +600,14 @@ def _run_plain(fn: Callable[..., Any], module: Atom, function: Atom, args: list[
             return _failure(module, function, args, error)
         except Exception:  # an exception that cannot print itself (its __str__ raised)
             return "error", _PythonError.bare_reason(error), [(module, function, len(args), [])]
+    if type(value) in _PLAIN_RESULTS:  # the usual answers: no isawaitable (three calls)
+        return "return", value, None
     return ("awaitable" if inspect.isawaitable(value) else "return"), value, None
+
+
+#: result types that are never awaitable (``inspect.isawaitable`` is not asked about them)
+_PLAIN_RESULTS = frozenset({Atom, int, float, bytes, str, tuple, list, dict, type(None), bool, Pid,
+                            Reference})
 
 
 def _unencodable(tag: Any, error: EncodeError) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._errors import DecodeError
 from ..term import Atom, Limits, Mapping, binary_to_term, term_to_binary
-from ..term._api import _decode_body, _encode_body
+from ..term._api import _decode_body, _encode_dist
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
@@ -770,15 +770,16 @@ class Connection:
                 parts.append(term_to_binary(payload, mapping=chosen))
             size = sum(map(len, parts))
             return b"".join([struct.pack(">I", size), *parts])
-        # the codec's own function, called directly (as ``_decode_message`` does)
-        body: bytes = _encode_body(control, 2, _CONTROL_MAPPING)
-        if payload is not NO_PAYLOAD:
-            body += _encode_body(payload, 2, chosen)
-        if self._use_fragments and len(body) > self.fragment_size:
-            return self._fragmented(body)
-        return struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body
+        # the codec builds the whole packet in one buffer (``_decode_message`` calls it directly too)
+        if payload is NO_PAYLOAD:
+            packet: bytes = _encode_dist(control, _CONTROL_MAPPING)
+        else:
+            packet = _encode_dist(control, _CONTROL_MAPPING, payload, chosen)
+        if self._use_fragments and len(packet) - 7 > self.fragment_size:
+            return self._fragmented(memoryview(packet)[7:])
+        return packet
 
-    def _fragmented(self, body: bytes) -> bytes:
+    def _fragmented(self, body: bytes | memoryview) -> bytes:
         sequence = next(self._sequences)
         step = self.fragment_size
         count = (len(body) + step - 1) // step

@@ -2318,6 +2318,56 @@ static PyObject *cterm_encode(PyObject *self, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
+/* encode_dist(control, control_mapping[, payload, mapping]): one distribution packet,
+ * <<Length:32, 131, 68, 0, Control, Payload>> (a header with no atom cache references), built in
+ * one buffer: the framing of every message a node sends, without three more calls and copies. */
+static PyObject *cterm_encode_dist(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_dist(control, control_mapping[, payload, mapping]) takes 2 or 4 arguments");
+        return NULL;
+    }
+    Enc e = {0};
+    int temp = 0;
+    e.minor = 2;
+    e.ms = mapstate_get(args[1], &temp);
+    if (!e.ms) return NULL;
+    PyObject *result = NULL;
+    e.cap = 128;
+    e.out = PyBytes_FromStringAndSize(NULL, e.cap);
+    if (!e.out) goto done;
+    e.len = 7;
+    if (enc(&e, args[0]) < 0) goto failed;
+    if (nargs == 4) {
+        if (temp) mapstate_free(e.ms);
+        e.ms = mapstate_get(args[3], &temp);
+        if (!e.ms) goto failed;
+        if (enc(&e, args[2]) < 0) goto failed;
+    }
+    if ((uint64_t)(e.len - 4) > 0xFFFFFFFFull) {
+        eerr(Py_None, "a distribution packet holds at most 2**32 - 1 bytes");
+        goto failed;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(e.out);
+    put32(p, (uint32_t)(e.len - 4));
+    p[4] = T_VERSION;
+    p[5] = 'D';
+    p[6] = 0;
+    if (e.len != e.cap && _PyBytes_Resize(&e.out, e.len) < 0) goto done; /* e.out is NULL then */
+    result = e.out;
+    e.out = NULL;
+    goto done;
+failed:
+    Py_CLEAR(e.out);
+    if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
+        PyErr_Clear();
+        eerr(Py_None, "the term is nested too deeply (or contains itself)");
+    }
+done:
+    if (temp) mapstate_free(e.ms);
+    return result;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -2327,6 +2377,8 @@ static PyMethodDef methods[] = {
      "encode(term, compressed=False, minor_version=2, mapping=Mapping.EXACT) -> bytes"},
     {"encode_body", (PyCFunction)(void (*)(void))cterm_encode_body, METH_FASTCALL | METH_KEYWORDS,
      "encode_body(term, minor_version=2, mapping=Mapping.EXACT) -> bytes"},
+    {"encode_dist", (PyCFunction)(void (*)(void))cterm_encode_dist, METH_FASTCALL,
+     "encode_dist(control, control_mapping[, payload, mapping]) -> one distribution packet"},
     {"decode", (PyCFunction)(void (*)(void))cterm_decode, METH_FASTCALL | METH_KEYWORDS,
      "decode(data, mapping=Mapping.EXACT, limits=Limits(), atom_cache=None, used=False)"},
     {"decode_body", (PyCFunction)(void (*)(void))cterm_decode_body, METH_FASTCALL | METH_KEYWORDS,

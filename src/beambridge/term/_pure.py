@@ -418,6 +418,17 @@ def encode_body(term: Any, minor_version: int = 2, mapping: Mapping = Mapping.EX
     return _encoder(minor_version, mapping)(term)
 
 
+def encode_dist(control: Any, control_mapping: Mapping, *payload: Any) -> bytes:
+    """One distribution packet, ``<<Length:32, 131, 68, 0, Control, Payload>>`` (a header with no
+    atom cache references); ``payload`` is ``term, mapping`` or nothing."""
+    body = _encoder(2, control_mapping)(control)
+    if payload:
+        body += _encoder(2, payload[1])(payload[0])
+    if len(body) + 3 > 0xFFFFFFFF:
+        raise EncodeError("a distribution packet holds at most 2**32 - 1 bytes", None)
+    return struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body
+
+
 def encode(term: Any, compressed: int | bool = False, minor_version: int = 2,
            mapping: Mapping = Mapping.EXACT) -> bytes:
     encoder = _encoder(minor_version, mapping)
