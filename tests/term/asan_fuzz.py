@@ -138,6 +138,10 @@ def main() -> None:
                              rng.random() < 0.5)
             with contextlib.suppress(DecodeError):
                 cterm.decode_body(exact, 1, mapping, limits, cache)
+            packet = len(data).to_bytes(4, "big") + b"\x83D\x00" + data[1:]  # as a node reads it
+            with contextlib.suppress(DecodeError):
+                cterm.decode_dist(exact_buffer(packet[:rng.randrange(len(packet) + 1)]), 0, 1 << 30,
+                                  {}, mapping, mapping, limits, None, frozenset({2, 6, 22}))
             runs += 1
     print(f"asan fuzz: {runs} inputs decoded")
 

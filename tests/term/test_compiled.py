@@ -126,6 +126,51 @@ def test_same_distribution_packets(control: Any, payload: Any, mapping: Mapping)
         _cterm.encode_dist(control, Mapping.EXACT, payload)
 
 
+_TAGS = frozenset({2, 6, 22, 29})
+_MARK = object()
+
+
+def _packets(draw: Any) -> tuple[bytes, dict[bytes, Any]]:
+    """A distribution packet as a node receives it: control and payload terms behind a normal
+    header (no atom cache references, or known ones), then cut or mutated, and maybe followed
+    by more bytes."""
+    control = draw(st.one_of(st.tuples(st.sampled_from([2, 6, 22, 29, 31, 1.5]), terms), terms))
+    body = _pure.encode_body(control) + _pure.encode_body(draw(terms))
+    memo: dict[bytes, Any] = {}
+    header = b"\x83D\x00"
+    if draw(st.booleans()):  # one cached atom: 2 references known to the memo
+        header = b"\x83D\x02\x00\x01\x02\x05"
+        memo[header[2:]] = [Atom("a"), Atom("b")]
+        body = body.replace(b"w\x01a", b"R\x00", 1)
+    packet = struct.pack(">I", len(header) + len(body)) + header + body
+    packet = draw(st.sampled_from([packet, packet[:draw(st.integers(0, len(packet)))],
+                                   mutate_once(packet, draw(st.integers(0, 255)),
+                                               draw(st.integers(0, len(packet))))]))
+    return packet + draw(st.binary(max_size=8)), memo
+
+
+def mutate_once(data: bytes, byte: int, at: int) -> bytes:
+    return data[:at] + bytes([byte]) + data[at + 1:] if at < len(data) else data
+
+
+@needs_compiled
+@settings(max_examples=600, deadline=None)
+@given(st.data(), st.sampled_from(MAPPINGS), st.sampled_from([1 << 30, 40]))
+def test_same_distribution_packets_decoded(data: Any, mapping: Mapping, max_frame: int) -> None:
+    """``decode_dist`` (a node's reading of each packet): the same outcome both ways, None or
+    False or the terms or the error, on whole, cut and mutated packets."""
+    packet, memo = _packets(data.draw)
+    for pos in (0, 4):
+        args = (packet, pos, max_frame, memo, Mapping.EXACT, mapping, Limits(max_depth=8), _MARK, _TAGS)
+        pure = outcome(_pure.decode_dist, *args)
+        assert pure == outcome(_cterm.decode_dist, bytearray(packet), *args[1:])
+        if pure[0] == "ok" and type(pure[1]) is tuple:
+            control, payload, end, used = pure[1]
+            assert end == pos + 4 + int.from_bytes(packet[pos:pos + 4], "big") and used <= end
+            assert (payload is _MARK) == (not (type(control) is tuple and control
+                                                and type(control[0]) is int and control[0] in _TAGS))
+
+
 @needs_compiled
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=48).map(lambda b: b"\x83" + b))

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._errors import DecodeError
 from ..term import Atom, Limits, Mapping, binary_to_term, term_to_binary
-from ..term._api import _decode_body, _encode_dist
+from ..term._api import _decode_body, _decode_dist, _encode_dist
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
@@ -441,27 +441,36 @@ class Connection:
         try:
             while True:
                 buf, pos = self._buf, self._pos
-                avail = len(buf) - pos
-                if avail < 4:
+                # the usual packet (a normal header, atoms already cached) in one codec call
+                got = _decode_dist(buf, pos, self.max_frame_size, self._refs_memo, _CONTROL_MAPPING,
+                                   self.mapping, self.limits, NO_PAYLOAD, PAYLOAD_TAGS)
+                if got is None:  # not all there yet
                     if not self._eof:
                         return NEED_DATA
                     return self._on_eof()
-                size = _unpack_u32(buf, pos)[0]
-                if size > self.max_frame_size:
-                    raise RemoteProtocolError(
-                        f"packet of {size} bytes exceeds max_frame_size {self.max_frame_size}")
-                if avail < 4 + size:
-                    if not self._eof:
-                        return NEED_DATA
-                    return self._on_eof()
-                end = pos + 4 + size
-                if size == 0:
-                    event: Any = _TICK_EVENT
-                else:
-                    frame = buf[pos + 4:end]
-                    if type(frame) is not bytes:
-                        frame = bytes(frame)
-                    event = self._on_packet(frame)
+                if got is not False:
+                    control, payload, end, used = got
+                    if used != end:
+                        self._trailing(end - used)
+                    event: Any = decode_control(control, payload)
+                else:  # anything else: read here
+                    avail = len(buf) - pos
+                    size = _unpack_u32(buf, pos)[0]
+                    if size > self.max_frame_size:
+                        raise RemoteProtocolError(
+                            f"packet of {size} bytes exceeds max_frame_size {self.max_frame_size}")
+                    if avail < 4 + size:
+                        if not self._eof:
+                            return NEED_DATA
+                        return self._on_eof()
+                    end = pos + 4 + size
+                    if size == 0:
+                        event = _TICK_EVENT
+                    else:
+                        frame = buf[pos + 4:end]
+                        if type(frame) is not bytes:
+                            frame = bytes(frame)
+                        event = self._on_packet(frame)
                 if end == len(buf):
                     self._buf = b""
                     self._pos = 0

@@ -33,8 +33,8 @@ _impl, IMPLEMENTATION = _select()
 # Bound once: on the compiled codec the wrapper's own lookups are a visible share of a small call.
 _encode, _decode = _impl.encode, _impl.decode
 _encode_body, _decode_body = _impl.encode_body, _impl.decode_body
-#: one distribution packet (``protocol``'s framing of each message it sends)
-_encode_dist = _impl.encode_dist
+#: one distribution packet each way (``protocol``'s framing of each message)
+_encode_dist, _decode_dist = _impl.encode_dist, _impl.decode_dist
 _EXACT = Mapping.EXACT
 
 

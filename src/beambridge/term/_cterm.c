@@ -1402,6 +1402,93 @@ static PyObject *cterm_decode_body(PyObject *self, PyObject *const *args, Py_ssi
     return result;
 }
 
+/* decode_dist(buf, pos, max_frame, memo, control_mapping, mapping, limits, no_payload,
+ * payload_tags): the distribution packet at buf[pos:] in the usual form, a normal header whose
+ * atom cache references are all known (memo: header bytes -> atoms, kept by the protocol).
+ * Returns (control, payload, frame_end, used_end); None when the packet is not all there yet;
+ * False when the protocol must read it itself (a tick, an oversized length, fragments, new
+ * atoms in the header, the pass-through form). One call for what took seven Python calls. */
+static PyObject *cterm_decode_dist(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "decode_dist() takes 9 arguments");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    long long max_frame = PyLong_AsLongLong(args[2]);
+    if (max_frame == -1 && PyErr_Occurred()) return NULL;
+    if (!PyDict_Check(args[3]) || !PyAnySet_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "decode_dist() wants a dict memo and a set of tags");
+        return NULL;
+    }
+    Py_buffer view;
+    PyObject *holder;
+    if (get_view(args[0], &view, &holder) < 0) return NULL;
+    const unsigned char *b = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *result = NULL, *refs = NULL, *control = NULL, *payload = NULL;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "decode_dist(): pos outside the buffer");
+        goto done;
+    }
+    if (n - pos < 4) { result = Py_NewRef(Py_None); goto done; }
+    uint32_t size = ((uint32_t)b[pos] << 24) | ((uint32_t)b[pos + 1] << 16) |
+                    ((uint32_t)b[pos + 2] << 8) | (uint32_t)b[pos + 3];
+    if (size < 3 || (long long)size > max_frame) { result = Py_NewRef(Py_False); goto done; }
+    if (n - pos - 4 < (Py_ssize_t)size) { result = Py_NewRef(Py_None); goto done; }
+    const unsigned char *frame = b + pos + 4;
+    if (frame[0] != T_VERSION || frame[1] != 'D') { result = Py_NewRef(Py_False); goto done; }
+    Py_ssize_t count = frame[2], off;
+    if (count == 0) {
+        refs = PyList_New(0);
+        if (!refs) goto done;
+        off = 3;
+    } else {
+        Py_ssize_t key_end = 3 + count / 2 + 1 + count;
+        if (key_end > (Py_ssize_t)size) { result = Py_NewRef(Py_False); goto done; }
+        PyObject *key = PyBytes_FromStringAndSize((const char *)frame + 2, key_end - 2);
+        if (!key) goto done;
+        refs = PyDict_GetItemWithError(args[3], key);
+        Py_DECREF(key);
+        if (!refs) {
+            if (!PyErr_Occurred()) result = Py_NewRef(Py_False);
+            goto done;
+        }
+        Py_INCREF(refs);
+        off = key_end;
+    }
+    Dec d = {.buf = frame, .len = (Py_ssize_t)size, .src = holder ? holder : args[0]};
+    int temp = 0;
+    control = run_decoder(&d, args[4], args[6], refs, off, &temp);
+    if (temp) mapstate_free(d.ms);
+    if (!control) goto done;
+    Py_ssize_t used = d.pos;
+    int with_payload = 0;
+    if (PyTuple_CheckExact(control) && PyTuple_GET_SIZE(control) > 0 &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(control, 0))) {
+        with_payload = PySet_Contains(args[8], PyTuple_GET_ITEM(control, 0));
+        if (with_payload < 0) goto done;
+    }
+    if (with_payload) {
+        Dec p = {.buf = frame, .len = (Py_ssize_t)size, .src = holder ? holder : args[0]};
+        temp = 0;
+        payload = run_decoder(&p, args[5], args[6], refs, used, &temp);
+        if (temp) mapstate_free(p.ms);
+        if (!payload) goto done;
+        used = p.pos;
+    } else {
+        payload = Py_NewRef(args[7]);
+    }
+    result = Py_BuildValue("(OOnn)", control, payload, pos + 4 + (Py_ssize_t)size, pos + 4 + used);
+done:
+    Py_XDECREF(control);
+    Py_XDECREF(payload);
+    Py_XDECREF(refs);
+    PyBuffer_Release(&view);
+    Py_XDECREF(holder);
+    return result;
+}
+
 static void mark_compressed(void) {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -2379,6 +2466,9 @@ static PyMethodDef methods[] = {
      "encode_body(term, minor_version=2, mapping=Mapping.EXACT) -> bytes"},
     {"encode_dist", (PyCFunction)(void (*)(void))cterm_encode_dist, METH_FASTCALL,
      "encode_dist(control, control_mapping[, payload, mapping]) -> one distribution packet"},
+    {"decode_dist", (PyCFunction)(void (*)(void))cterm_decode_dist, METH_FASTCALL,
+     "decode_dist(buf, pos, max_frame, memo, control_mapping, mapping, limits, no_payload, "
+     "payload_tags) -> (control, payload, frame_end, used_end) | None | False"},
     {"decode", (PyCFunction)(void (*)(void))cterm_decode, METH_FASTCALL | METH_KEYWORDS,
      "decode(data, mapping=Mapping.EXACT, limits=Limits(), atom_cache=None, used=False)"},
     {"decode_body", (PyCFunction)(void (*)(void))cterm_decode_body, METH_FASTCALL | METH_KEYWORDS,

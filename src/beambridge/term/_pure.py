@@ -1036,6 +1036,42 @@ def decode_body(data: bytes, offset: int = 0, mapping: Mapping = Mapping.EXACT,
     return _run(_decoder(mapping, limits, atom_cache), data, offset)
 
 
+def decode_dist(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[bytes, Any],
+                control_mapping: Mapping, mapping: Mapping, limits: Limits, no_payload: Any,
+                payload_tags: frozenset[int]) -> tuple[Any, Any, int, int] | bool | None:
+    """The distribution packet at ``buf[pos:]`` in the usual form: a normal header whose atom
+    cache references are all known (``memo``: header bytes -> atoms, kept by the protocol).
+    ``(control, payload, frame_end, used_end)``; None when the packet is not all there yet;
+    False when the protocol must read it itself (a tick, an oversized length, fragments, new
+    atoms in the header, the pass-through form)."""
+    if not 0 <= pos <= len(buf):
+        raise ValueError("decode_dist(): pos outside the buffer")
+    if len(buf) - pos < 4:
+        return None
+    size = int.from_bytes(buf[pos:pos + 4], "big")
+    if size < 3 or size > max_frame:
+        return False
+    if len(buf) - pos - 4 < size:
+        return None
+    frame = bytes(buf[pos + 4:pos + 4 + size])
+    if frame[0] != 131 or frame[1] != 68:
+        return False
+    count = frame[2]
+    if count == 0:
+        refs: Any = []
+        offset = 3
+    else:
+        offset = 3 + count // 2 + 1 + count
+        refs = memo.get(frame[2:offset]) if offset <= size else None
+        if refs is None:
+            return False
+    control, used = decode_body(frame, offset, control_mapping, limits, refs)
+    payload = no_payload
+    if type(control) is tuple and control and type(control[0]) is int and control[0] in payload_tags:
+        payload, used = decode_body(frame, used, mapping, limits, refs)
+    return control, payload, pos + 4 + size, pos + 4 + used
+
+
 def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = _LIMITS,
            atom_cache: AtomCache | None = None, used: bool = False) -> Any:
     if type(data) is not bytes:
