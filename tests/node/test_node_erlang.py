@@ -450,7 +450,7 @@ def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> No
         # rex: as many unanswered calls as max_processes, then refusals; inline ones still answer
         release.clear()
         caller, out = held_calls("rex_many", limit + 3)
-        until(lambda: py.node._rex_busy == limit)
+        until(lambda: py.node._thread_jobs == limit)
         assert py.rpc(erl.name, "bb_test", "call_py", [me, A("pymod"), A("add"), [2, 3]]) == 5
         release.set()
         caller.join(30)
@@ -459,5 +459,74 @@ def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> No
         assert len(exits) == 3 and all(
             e[:1] == (A("badrpc"),) and e[1][0] == A("EXIT") and e[1][1][0] == A("system_limit")
             for e in exits), exits
-        until(lambda: py.node._rex_busy == 0)
+        until(lambda: py.node._thread_jobs == 0)
         assert py.rpc(erl.name, "bb_test", "rex_many", [me, A("pyhold"), A("hold"), 2]) == [1, 2]
+
+        # an inline function that returns an awaitable: awaited on the loop, counted the same
+        gate = asyncio.run_coroutine_threadsafe(_future(), py.loop).result(10)
+
+        def held(x: int) -> Any:
+            async def wait() -> int:
+                await asyncio.shield(gate)
+                return x
+            return wait()
+
+        py.expose("pyheld", {"held": held}, inline=True)
+        caller = threading.Thread(target=lambda: out.append(py.rpc(
+            erl.name, "bb_test", "rex_many", [me, A("pyheld"), A("held"), limit + 3], timeout=60)))
+        out.clear()
+        caller.start()
+        until(lambda: py.node._rex_busy == limit)
+        assert py.rpc(erl.name, "bb_test", "call_py", [me, A("pymod"), A("add"), [2, 3]]) == 5
+        py.loop.call_soon_threadsafe(gate.set_result, None)
+        caller.join(30)
+        answers = out[0]
+        assert sorted(a for a in answers if type(a) is int) != [] and len(answers) == limit + 3
+        assert sum(1 for i, a in enumerate(answers, 1) if a == i) == limit
+        until(lambda: py.node._rex_busy == 0)
+
+
+async def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+def test_killed_calls_queued_for_threads_count_against_the_limit(epmd_port: int, erl: ErlNode) -> None:
+    """A peer that spawns calls to a blocking function and kills each at once frees its
+    processes, not the jobs they queued: those count against ``max_processes`` until a thread
+    takes them, and a thread then drops them without running the function."""
+    limit = 16
+    with BlockingNode(unique("killq") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
+                      max_processes=limit) as py:
+        release = threading.Event()
+        ran: list[int] = []
+
+        def hold(x: int) -> int:
+            ran.append(x)
+            release.wait(20)
+            return x
+
+        py.expose("pyhold", {"hold": hold})
+        me = A(py.name)
+        assert py.ping(erl.name)
+        peak = 0
+        result: list[Any] = []
+        caller = threading.Thread(target=lambda: result.append(py.rpc(
+            erl.name, "bb_test", "spawn_kill_many", [me, A("pyhold"), A("hold"), 3 * limit],
+            timeout=60)))
+        caller.start()
+        deadline = time.monotonic() + 30
+        while caller.is_alive() and time.monotonic() < deadline:
+            peak = max(peak, py.node._thread_jobs)
+            time.sleep(0.001)
+        caller.join(10)
+        answers = result[0]
+        spawned = answers.count(A("ok"))
+        assert answers.count(A("system_limit")) == 3 * limit - spawned > 0, answers
+        assert peak <= limit and len(py.node._procs) < limit  # the processes are gone
+        release.set()
+        deadline = time.monotonic() + 20
+        while py.node._thread_jobs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert py.node._thread_jobs == 0
+        assert len(ran) <= py.node._workers.limit < spawned  # the queued ones never ran
+        assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pyhold"), A("hold"), [7]]) == (A("ok"), 7)

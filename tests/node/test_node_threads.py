@@ -318,7 +318,9 @@ def test_direct_path_on_either_loop(loop: str, epmd_port: int, erl: ErlNode) -> 
                         _until(lambda peer=peer: peer.dup is None)
                 assert py.rpc(erl.name, "erlang", "node", []) == A(erl.name)
                 assert connected_to_erl()
+                node = py.node
             # closed here: Erlang sees the connection end now, not at its tick timeout
+            assert not node._dup_peers and all(p.dup is None for p in node._peers.values())
             _until(lambda: not connected_to_erl())
             if round_:  # the first round warms up what a loop keeps for the process
                 assert _open_fds() == before

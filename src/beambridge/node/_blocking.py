@@ -119,6 +119,8 @@ class BlockingNode:
             thread.join(5)
         if not loop.is_running():
             loop.close()
+            if self._node is not None:
+                self._node._close_dups()  # a close that timed out left them to the loop
         self._loop = self._thread = None
 
     def close(self, timeout: float = 10.0) -> None:

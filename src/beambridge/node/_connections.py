@@ -356,6 +356,8 @@ class Connections(NodeCore):
         peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation, stats,
                      self._corks, tls=self.tls is not None)
         self._peers[name] = peer
+        if peer.dup is not None:
+            self._dup_peers.add(peer)
         # bytes the stream reader got after the handshake's last read are the peer's first packets
         leftover = bytes(getattr(reader, "_buffer", b""))
         eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
@@ -446,7 +448,7 @@ class Connections(NodeCore):
         if peer.dup is not None:
             # later, on the loop: this may run inside the connection's read (its lock held)
             assert self._loop is not None
-            self._loop.call_soon(peer.close_dup)
+            self._loop.call_soon(self._close_dup, peer)
         peer.resume_writing()
         current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None
         for task in peer.tasks:
@@ -471,6 +473,16 @@ class Connections(NodeCore):
                 mailbox.deliver((NODEDOWN, node))
         for watcher in list(self._nodes_watchers):
             watcher.deliver((NODEDOWN, node))
+
+    def _close_dup(self, peer: _Peer) -> None:
+        peer.close_dup()
+        self._dup_peers.discard(peer)
+
+    def _close_dups(self) -> None:
+        """Close every duplicate socket still open (the node is closed: its loop may not run
+        the callbacks that would)."""
+        for peer in list(self._dup_peers):
+            self._close_dup(peer)
 
     def monitor_nodes(self, mailbox: Mailbox, enable: bool = True) -> None:
         """Deliver ``('nodeup', Node)``/``('nodedown', Node)`` for every connection to ``mailbox``."""

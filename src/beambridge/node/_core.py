@@ -53,6 +53,7 @@ class NodeCore:
     max_handshakes_per_address: int
     max_processes: int
     _rex_busy: int
+    _thread_jobs: int
     _proto_options: dict[str, Any]
     creation: int
     port: int
@@ -70,6 +71,7 @@ class NodeCore:
     _epmd_writer: asyncio.StreamWriter | None
     _peers: dict[Atom, _Peer]
     _corks: Corks
+    _dup_peers: set[_Peer]
     _pending: dict[Atom, asyncio.Future[_Peer]]
     _connecting: dict[Atom, asyncio.Task[None]]
     # processes

@@ -20,13 +20,13 @@ def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
     kind = kind or os.environ.get("BEAMBRIDGE_LOOP") or "auto"
     if kind not in LOOPS:
         raise UsageError(f"loop {kind!r}: expected one of {', '.join(LOOPS)}")
-    if kind != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise UsageError("loop 'uvloop' needs uvloop: pip install 'beambridge[fast]'") from None
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.DefaultEventLoopPolicy().new_event_loop()
+    if kind == "asyncio":
+        return asyncio.SelectorEventLoop()
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise UsageError("loop 'uvloop' needs uvloop: pip install 'beambridge[fast]'") from None
+        return asyncio.new_event_loop()  # asyncio's, or what an installed policy makes
+    return uvloop.new_event_loop()
 

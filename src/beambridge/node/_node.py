@@ -177,6 +177,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._epmd_writer: asyncio.StreamWriter | None = None
         self._peers: dict[Atom, _Peer] = {}
         self._corks = Corks()
+        #: connections whose socket threads use is a duplicate, until it is closed
+        self._dup_peers: set[_Peer] = set()
         self._pending: dict[Atom, asyncio.Future[_Peer]] = {}
         self._connecting: dict[Atom, asyncio.Task[None]] = {}
         self._procs: dict[int, Mailbox] = {}
@@ -185,8 +187,10 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._spawned: dict[int, asyncio.Task[Any]] = {}
         #: where plain exposed functions run (as many threads as the loop's default executor)
         self._workers = Workers(min(32, (os.cpu_count() or 1) + 4))
-        #: old-style rpc calls (``rex``) not answered yet: with the processes, at most max_processes
+        #: old-style rpc calls (``rex``) awaited on the loop, and jobs handed to the worker
+        #: threads whose outcome is not back yet: each at most max_processes
         self._rex_busy = 0
+        self._thread_jobs = 0
         #: guards a spawned process's monitors between the loop ending it and a worker thread
         #: answering its spawner directly (``Services._in_thread``)
         self._exit_lock = threading.Lock()
@@ -290,7 +294,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         unwinding = [t for t in cancelled if t is not current and not t.done()]
         if unwinding:
             await asyncio.wait(unwinding, timeout=1.0)
-        await asyncio.sleep(0)  # the connections' last callbacks (``_Peer.close_dup``) run
+        self._close_dups()
         log.info("node %s closed", self.name)
 
     def _stop_listening(self) -> None:
@@ -657,7 +661,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
         if self._listener is not None:
             found.append(self._listener)
         found += list(self._handshaking)
-        found += [p.dup for p in self._peers.values() if p.dup is not None]
+        found += [p.dup for p in self._dup_peers if p.dup is not None]
         writers = [self._epmd_writer] + [p.writer for p in self._peers.values()]
         for writer in writers:
             if writer is not None:

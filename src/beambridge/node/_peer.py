@@ -131,10 +131,12 @@ class _Peer:
         """Close our duplicate of the socket (the peer is down): the connection ends when the
         transport closes its own. Not while an owner is in ``recv`` on it (``rlock``): its file
         descriptor's number could be reused by another connection meanwhile."""
-        dup, self.dup = self.dup, None
+        dup = self.dup
         if dup is not None:
             with self.rlock:
+                self.sock = None
                 dup.close()
+            self.dup = None  # only now: a fork meanwhile still finds it (``Node._sockets``)
 
     def send(self, message: ControlMessage, mapping: Mapping | None = None) -> None:
         if not self.alive:

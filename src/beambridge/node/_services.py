@@ -184,20 +184,29 @@ class Services(NodeCore):
 
     def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
                    then: Callable[[tuple[str, Any, Any]], None],
-                   answer: Callable[[tuple[str, Any, Any]], bool] | None = None) -> None:
+                   answer: Callable[[tuple[str, Any, Any]], bool] | None = None,
+                   wanted: Callable[[], bool] | None = None) -> None:
         """Run a plain function in a worker thread; ``then`` gets its outcome on the loop
         (``("awaitable", value, None)`` when it returned one: see ``_settle``), whatever the
         function raised. ``answer``, when given, runs first on the worker and may send the
-        reply itself (True), so the caller does not wait for the loop to wake. Dropped if the
-        node closed meanwhile."""
+        reply itself (True), so the caller does not wait for the loop to wake. A job that
+        ``wanted`` says is no longer wanted when a thread takes it (its process was killed
+        while it queued) does not run; ``then`` gets ``("dropped", None, None)``. Counted in
+        ``_thread_jobs`` until its outcome is back; dropped if the node closed meanwhile."""
         loop = self._loop
         assert loop is not None
 
         def back(outcome: tuple[str, Any, Any]) -> None:
+            self._thread_jobs -= 1
             if not self._closed:
                 then(outcome)
 
         def job() -> None:
+            if wanted is not None and not wanted():
+                outcome: tuple[str, Any, Any] = ("dropped", None, None)
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(back, outcome)
+                return
             try:
                 outcome = _run_plain(fn, module, function, args)
             except BaseException as error:  # SystemExit & co, or an exception that cannot print
@@ -210,7 +219,12 @@ class Services(NodeCore):
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 loop.call_soon_threadsafe(back, outcome)
 
-        self._workers.submit(job)
+        self._thread_jobs += 1
+        try:
+            self._workers.submit(job)
+        except BaseException:
+            self._thread_jobs -= 1
+            raise
 
     def _answer_from_thread(self, peer: _Peer, process: Mailbox, event: SpawnRequest,
                             outcome: tuple[str, Any, Any]) -> bool:
@@ -238,9 +252,17 @@ class Services(NodeCore):
         if self._closed:
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, _A("notsup")))
             return
-        if len(self._procs) >= self.max_processes:
-            self._refusals.warn("processes", "spawn request from %s refused: %d processes "
-                                "(max_processes)", peer.name, len(self._procs))
+        m, args = event.module, event.args
+        entry = None
+        if m == ERPC and event.function == EXECUTE_CALL and len(args) == 4:
+            entry = self._plain(args[1], args[2], args[3])
+        threaded = entry is not None and not entry[1]
+        if len(self._procs) >= self.max_processes or (
+                threaded and self._thread_jobs >= self.max_processes):
+            # jobs count too: a killed process's job may still wait in the queue
+            self._refusals.warn("processes", "spawn request from %s refused: %d processes, %d "
+                                "jobs for threads (max_processes)", peer.name, len(self._procs),
+                                self._thread_jobs)
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, SYSTEM_LIMIT))
             return
         pid = self._next_pid()
@@ -251,27 +273,23 @@ class Services(NodeCore):
             elif option == MONITOR:
                 flags |= 2
         peer.send_quiet(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid))
-        m, args = event.module, event.args
         started = None
-        entry = None
-        if m == ERPC and event.function == EXECUTE_CALL and len(args) == 4:
-            entry = self._plain(args[1], args[2], args[3])
-            if entry is not None and entry[1]:
-                early = self._settle(_run_plain(entry[0], args[1], args[2], args[3]),
-                                     args[1], args[2], args[3])
-                if isinstance(early, tuple):
-                    # answered before any other event is applied: nobody but the spawner can know
-                    # the pid yet (its spawn reply is not even written out), so no process is made
-                    self._exit_unseen(peer, event, pid, flags, _call_reason(args[0], early), args[0])
-                    return
-                started = early
+        if entry is not None and entry[1]:
+            early = self._settle(_run_plain(entry[0], args[1], args[2], args[3]),
+                                 args[1], args[2], args[3])
+            if isinstance(early, tuple):
+                # answered before any other event is applied: nobody but the spawner can know
+                # the pid yet (its spawn reply is not even written out), so no process is made
+                self._exit_unseen(peer, event, pid, flags, _call_reason(args[0], early), args[0])
+                return
+            started = early
         process = Mailbox(self, pid, None, trap_exits=False)
         self._procs[pid.id] = process
         if flags & 1:
             process.links.add(event.from_pid)
         if flags & 2:
             process.monitors_in[event.req_id] = (event.from_pid, pid)
-        if entry is not None and not entry[1]:
+        if entry is not None and threaded:
             # a plain function: a worker thread runs it and the loop ends the process after,
             # unless it was killed meanwhile (its outcome is dropped then, as a cancelled task's)
             tag = args[0]
@@ -291,7 +309,8 @@ class Services(NodeCore):
                     process.close(KILL)
 
             self._in_thread(entry[0], args[1], args[2], args[3], then,
-                            lambda outcome: self._answer_from_thread(peer, process, event, outcome))
+                            lambda outcome: self._answer_from_thread(peer, process, event, outcome),
+                            lambda: process.closed is None)
             return
         task = self._spawn_task(self._run_spawned(process, event, started))
         self._spawned[pid.id] = task
@@ -462,30 +481,23 @@ class _Rex(_Service):
     def _call(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
         _, m, f, a = request[:4]
         host = self._host
+        if self._full(m, f, a, reply):  # as BEAM's rex, which spawns a process per call
+            return
         entry = host._plain(m, f, a)
         if entry is not None and not entry[1]:  # in a worker thread, answered from the loop
-            if self._full(m, f, a, reply):
-                return
-            host._rex_busy += 1
-
-            def then(outcome: tuple[str, Any, Any]) -> None:
-                host._rex_busy -= 1
-                self._answer_soon(host._settle(outcome, m, f, a), reply)
-
-            host._in_thread(entry[0], m, f, a, then)
+            host._in_thread(entry[0], m, f, a,
+                            lambda outcome: self._answer_soon(host._settle(outcome, m, f, a), reply))
             return
-        outcome = host._outcome_now(m, f, a)
-        if outcome is None and self._full(m, f, a, reply):
-            return
-        self._answer_soon(outcome or host._outcome(m, f, a), reply)
+        self._answer_soon(host._outcome_now(m, f, a) or host._outcome(m, f, a), reply)
 
     def _full(self, m: Atom, f: Atom, a: Any, reply: Callable[[Any], None]) -> bool:
-        """Refuse a call that would wait beyond ``max_processes`` unanswered ones."""
+        """Refuse a call that would wait beyond ``max_processes`` unanswered ones (awaited on
+        the loop, or jobs for the threads)."""
         host = self._host
-        if host._rex_busy < host.max_processes:
+        if host._rex_busy < host.max_processes and host._thread_jobs < host.max_processes:
             return False
-        host._refusals.warn("rex", "rpc:call of %s:%s refused: %d calls unanswered "
-                            "(max_processes)", m, f, host._rex_busy)
+        host._refusals.warn("rex", "rpc:call of %s:%s refused: %d awaited, %d jobs for threads "
+                            "(max_processes)", m, f, host._rex_busy, host._thread_jobs)
         arity = len(a) if type(a) is list else 0
         reply((BADRPC, (EXIT_TAG, (SYSTEM_LIMIT, [(m, f, arity, [])]))))
         return True
@@ -495,16 +507,17 @@ class _Rex(_Service):
         if isinstance(outcome, tuple):  # answered: no task
             self._answer(outcome, reply)
         else:
-            self._host._rex_busy += 1
-            self._host._spawn_task(self._answer_later(outcome, reply))
+            host = self._host
+            host._rex_busy += 1
+            task = host._spawn_task(self._answer_later(outcome, reply))
+            task.add_done_callback(self._unbusy)  # also when cancelled before it ever ran
+
+    def _unbusy(self, _: asyncio.Task[None]) -> None:
+        self._host._rex_busy -= 1
 
     async def _answer_later(self, outcome: Awaitable[tuple[str, Any, Any]],
                             reply: Callable[[Any], None]) -> None:
-        try:
-            result = await outcome
-        finally:
-            self._host._rex_busy -= 1
-        self._answer(result, reply)
+        self._answer(await outcome, reply)
 
     @staticmethod
     def _answer(outcome: tuple[str, Any, Any], reply: Callable[[Any], None]) -> None:

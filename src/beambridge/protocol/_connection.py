@@ -26,8 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import DecodeError
-from ..term import Atom, Limits, Mapping, binary_to_term, term_to_binary
+from .._errors import DecodeError, EncodeError
+from ..term import Atom, Limits, Mapping, binary_to_term, encode_body, term_to_binary
 from ..term._api import _decode_body, _decode_dist, _encode_dist
 from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
@@ -89,6 +89,8 @@ class State(enum.Enum):
 
 
 _CONNECTED = State.CONNECTED
+#: how the codec's ``encode_dist`` refuses a packet whose length does not fit its 4 bytes
+_TOO_BIG = "a distribution packet holds at most"
 
 
 class _NeedData:
@@ -780,10 +782,19 @@ class Connection:
             size = sum(map(len, parts))
             return b"".join([struct.pack(">I", size), *parts])
         # the codec builds the whole packet in one buffer (``_decode_message`` calls it directly too)
-        if payload is NO_PAYLOAD:
-            packet: bytes = _encode_dist(control, _CONTROL_MAPPING)
-        else:
-            packet = _encode_dist(control, _CONTROL_MAPPING, payload, chosen)
+        try:
+            if payload is NO_PAYLOAD:
+                packet: bytes = _encode_dist(control, _CONTROL_MAPPING)
+            else:
+                packet = _encode_dist(control, _CONTROL_MAPPING, payload, chosen)
+        except EncodeError as error:
+            if not (self._use_fragments and error.reason.startswith(_TOO_BIG)):
+                raise
+            # 4 GiB or more: too big for one packet's length, not for fragments
+            body = encode_body(control, mapping=_CONTROL_MAPPING)
+            if payload is not NO_PAYLOAD:
+                body += encode_body(payload, mapping=chosen)
+            return self._fragmented(body)
         if self._use_fragments and len(packet) - 7 > self.fragment_size:
             return self._fragmented(memoryview(packet)[7:])
         return packet

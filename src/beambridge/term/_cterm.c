@@ -1415,8 +1415,10 @@ static PyObject *cterm_decode_dist(PyObject *self, PyObject *const *args, Py_ssi
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) return NULL;
-    long long max_frame = PyLong_AsLongLong(args[2]);
+    int overflow;
+    long long max_frame = PyLong_AsLongLongAndOverflow(args[2], &overflow);
     if (max_frame == -1 && PyErr_Occurred()) return NULL;
+    if (overflow > 0) max_frame = LLONG_MAX; /* past what C holds: no limit, as in the pure twin */
     if (!PyDict_Check(args[3]) || !PyAnySet_Check(args[8])) {
         PyErr_SetString(PyExc_TypeError, "decode_dist() wants a dict memo and a set of tags");
         return NULL;
@@ -1435,7 +1437,7 @@ static PyObject *cterm_decode_dist(PyObject *self, PyObject *const *args, Py_ssi
     uint32_t size = ((uint32_t)b[pos] << 24) | ((uint32_t)b[pos + 1] << 16) |
                     ((uint32_t)b[pos + 2] << 8) | (uint32_t)b[pos + 3];
     if (size < 3 || (long long)size > max_frame) { result = Py_NewRef(Py_False); goto done; }
-    if (n - pos - 4 < (Py_ssize_t)size) { result = Py_NewRef(Py_None); goto done; }
+    if ((uint64_t)(n - pos - 4) < (uint64_t)size) { result = Py_NewRef(Py_None); goto done; }
     const unsigned char *frame = b + pos + 4;
     if (frame[0] != T_VERSION || frame[1] != 'D') { result = Py_NewRef(Py_False); goto done; }
     Py_ssize_t count = frame[2], off;

@@ -4,7 +4,7 @@
 -export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
          connect_many/2, register_and_sleep/2, collect/2, burst/2,
-         spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4]).
+         spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4, spawn_kill_many/4]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -112,6 +112,20 @@ kill_py_call(Node, M, F, A) ->
 erpc_many(Node, M, F, N) ->
     Reqs = [erpc:send_request(Node, M, F, [I]) || I <- lists:seq(1, N)],
     [try {ok, erpc:receive_response(R, 20000)} catch C:E -> {C, E} end || R <- Reqs].
+
+%% N erpc spawn requests for M:F(I) to Node, each killed as soon as it is spawned: per request
+%% ok (spawned, then killed) or the spawn error (system_limit).
+spawn_kill_many(Node, M, F, N) ->
+    [begin
+         Req = spawn_request(Node, erpc, execute_call, [make_ref(), M, F, [I]], [monitor]),
+         receive
+             {spawn_reply, Req, ok, Pid} ->
+                 exit(Pid, kill),
+                 receive {'DOWN', Req, process, _, _} -> ok after 10000 -> timeout end;
+             {spawn_reply, Req, error, Reason} -> Reason
+         after 10000 -> timeout
+         end
+     end || I <- lists:seq(1, N)].
 
 %% N old-style rpc calls M:F(I) to Node's rex, all in flight at once: the replies in order.
 rex_many(Node, M, F, N) ->
