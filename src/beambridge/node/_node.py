@@ -102,8 +102,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
     connection is closed, with a logged reason, and everyone else is served on. Work peers ask
     of the node is bounded too: past ``max_processes`` processes (about 2 KB each) a spawn
     request is refused with ``system_limit`` (``erpc:call`` raises ``{erpc, system_limit}``),
-    as a full BEAM process table refuses it, and an ``rpc:call`` that would wait beyond as many
-    unanswered ones gets ``{badrpc, {'EXIT', {system_limit, _}}}``.
+    as a full BEAM process table refuses it (jobs queued for the worker threads count too), and
+    an ``rpc:call`` made while as many are unanswered gets ``{badrpc, {'EXIT', {system_limit, _}}}``.
     """
 
     def __init__(self, name: str, cookie: str | None = None, *, hidden: bool = True,
