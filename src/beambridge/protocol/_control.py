@@ -443,16 +443,7 @@ def _spawn_request(c: tuple[Any, ...], p: Any, token: Any = None) -> SpawnReques
             or type(module) is not Atom or type(function) is not Atom or type(p) is not list
             or type(options) is not list):
         return SpawnRequest(req, sender, leader, module, function, p, options, token)
-    m = _new(SpawnRequest)
-    _set(m, "req_id", req)
-    _set(m, "from_pid", sender)
-    _set(m, "group_leader", leader)
-    _set(m, "module", module)
-    _set(m, "function", function)
-    _set(m, "args", p)
-    _set(m, "options", options)
-    _set(m, "trace_token", token)
-    return m
+    return spawn_request_unchecked(req, sender, leader, module, function, p, options, token)
 
 
 # Decoded control tuples are checked field by field with exact type tests and then built without
@@ -515,12 +506,7 @@ def _monitor_exit(c: tuple[Any, ...], reason: Any) -> ControlMessage:
     if ((type(proc) is not Pid and type(proc) is not Atom) or type(to) is not Pid
             or type(ref) is not Reference):
         return MonitorPExit(proc, to, ref, reason)
-    m = _new(MonitorPExit)
-    _set(m, "from_proc", proc)
-    _set(m, "to_pid", to)
-    _set(m, "ref", ref)
-    _set(m, "reason", reason)
-    return m
+    return monitor_exit_unchecked(proc, to, ref, reason)
 
 
 def _spawn_reply(c: tuple[Any, ...], token: Any = None) -> ControlMessage:
@@ -528,17 +514,12 @@ def _spawn_reply(c: tuple[Any, ...], token: Any = None) -> ControlMessage:
     if (type(req) is not Reference or type(to) is not Pid or type(flags) is not int
             or (type(result) is not Pid and type(result) is not Atom)):
         return SpawnReply(req, to, flags, result, token)
-    m = _new(SpawnReply)
-    _set(m, "req_id", req)
-    _set(m, "to_pid", to)
-    _set(m, "flags", flags)
-    _set(m, "result", result)
-    _set(m, "trace_token", token)
-    return m
+    return spawn_reply_unchecked(req, to, flags, result, token)
 
 
 def spawn_request_unchecked(req_id: Reference, from_pid: Pid, group_leader: Pid, module: Atom,
-                            function: Atom, args: list[Any], options: list[Any]) -> SpawnRequest:
+                            function: Atom, args: list[Any], options: list[Any],
+                            trace_token: Any = None) -> SpawnRequest:
     """A ``SpawnRequest`` from fields the caller built with the right types (a node's own rpc
     path), without the constructor's checks."""
     m = _new(SpawnRequest)
@@ -549,18 +530,20 @@ def spawn_request_unchecked(req_id: Reference, from_pid: Pid, group_leader: Pid,
     _set(m, "function", function)
     _set(m, "args", args)
     _set(m, "options", options)
-    _set(m, "trace_token", None)
+    _set(m, "trace_token", trace_token)
     return m
 
 
-def spawn_reply_unchecked(req_id: Reference, to_pid: Pid, flags: int, result: Pid | Atom) -> SpawnReply:
-    """A ``SpawnReply`` from fields of the right types (a node answering a decoded request)."""
+def spawn_reply_unchecked(req_id: Reference, to_pid: Pid, flags: int, result: Pid | Atom,
+                          trace_token: Any = None) -> SpawnReply:
+    """A ``SpawnReply`` from fields of the right types (decoded and checked, or a node answering
+    a decoded request)."""
     m = _new(SpawnReply)
     _set(m, "req_id", req_id)
     _set(m, "to_pid", to_pid)
     _set(m, "flags", flags)
     _set(m, "result", result)
-    _set(m, "trace_token", None)
+    _set(m, "trace_token", trace_token)
     return m
 
 
