@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,16 @@ from beambridge.node import _epmd_client
 
 HERE = Path(__file__).parent
 COOKIE = "bb_test_cookie_" + secrets.token_hex(4)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate`` came true within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
 
 
 def free_port() -> int:

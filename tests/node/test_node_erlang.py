@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from beambridge.node import (
     Node,
 )
 
-from .conftest import COOKIE, ErlNode, unique
+from .conftest import COOKIE, ErlNode, unique, wait_until
 
 pytestmark = pytest.mark.erlang
 A = Atom
@@ -430,27 +429,21 @@ def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> No
             caller.start()
             return caller, out
 
-        def until(check: Callable[[], bool]) -> None:
-            deadline = time.monotonic() + 20
-            while not check():
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-
         caller, out = held_calls("erpc_many", free + 5)
-        until(lambda: len(py.node._procs) == limit)
+        assert wait_until(lambda: len(py.node._procs) == limit, 20)
         refused = (A("error"), (A("erpc"), A("system_limit")))
         assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [1, 2]]) == refused
         assert py.rpc(erl.name, "lists", "reverse", [[1, 2]]) == [2, 1]  # Python's calls go on
         release.set()
         caller.join(30)
         assert out == [[(A("ok"), i) for i in range(1, free + 1)] + [refused] * 5]
-        until(lambda: len(py.node._procs) == base)
+        assert wait_until(lambda: len(py.node._procs) == base, 20)
         assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [1, 2]]) == (A("ok"), 3)
 
         # rex: as many unanswered calls as max_processes, then refusals; inline ones still answer
         release.clear()
         caller, out = held_calls("rex_many", limit + 3)
-        until(lambda: py.node._thread_jobs == limit)
+        assert wait_until(lambda: py.node._thread_jobs == limit, 20)
         assert py.rpc(erl.name, "bb_test", "call_py", [me, A("pymod"), A("add"), [2, 3]]) == 5
         release.set()
         caller.join(30)
@@ -459,7 +452,7 @@ def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> No
         assert len(exits) == 3 and all(
             e[:1] == (A("badrpc"),) and e[1][0] == A("EXIT") and e[1][1][0] == A("system_limit")
             for e in exits), exits
-        until(lambda: py.node._thread_jobs == 0)
+        assert wait_until(lambda: py.node._thread_jobs == 0, 20)
         assert py.rpc(erl.name, "bb_test", "rex_many", [me, A("pyhold"), A("hold"), 2]) == [1, 2]
 
         # an inline function that returns an awaitable: awaited on the loop, counted the same
@@ -476,14 +469,14 @@ def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> No
             erl.name, "bb_test", "rex_many", [me, A("pyheld"), A("held"), limit + 3], timeout=60)))
         out.clear()
         caller.start()
-        until(lambda: py.node._rex_busy == limit)
+        assert wait_until(lambda: py.node._rex_busy == limit, 20)
         assert py.rpc(erl.name, "bb_test", "call_py", [me, A("pymod"), A("add"), [2, 3]]) == 5
         py.loop.call_soon_threadsafe(gate.set_result, None)
         caller.join(30)
         answers = out[0]
         assert sorted(a for a in answers if type(a) is int) != [] and len(answers) == limit + 3
         assert sum(1 for i, a in enumerate(answers, 1) if a == i) == limit
-        until(lambda: py.node._rex_busy == 0)
+        assert wait_until(lambda: py.node._rex_busy == 0, 20)
 
 
 async def _future() -> asyncio.Future[None]:
@@ -524,9 +517,6 @@ def test_killed_calls_queued_for_threads_count_against_the_limit(epmd_port: int,
         assert answers.count(A("system_limit")) == 3 * limit - spawned > 0, answers
         assert peak <= limit and len(py.node._procs) < limit  # the processes are gone
         release.set()
-        deadline = time.monotonic() + 20
-        while py.node._thread_jobs and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert py.node._thread_jobs == 0
+        assert wait_until(lambda: py.node._thread_jobs == 0, 20)
         assert len(ran) <= py.node._workers.limit < spawned  # the queued ones never ran
         assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pyhold"), A("hold"), [7]]) == (A("ok"), 7)

@@ -32,7 +32,7 @@ from beambridge.protocol import NEED_DATA, Connected, Connection, Role, State, S
 from beambridge.protocol import epmd as epmd_messages
 from beambridge.term import term_to_binary
 
-from .conftest import COOKIE, ErlNode, unique
+from .conftest import COOKIE, ErlNode, unique, wait_until
 
 pytestmark = pytest.mark.erlang
 A = Atom
@@ -166,15 +166,6 @@ def hostile_peer(port: int, target: str, *, source: str = "127.0.0.1") -> tuple[
             return sock, name
     sock.close()
     raise AssertionError("hostile peer: no handshake within 10 s")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def closed_by_peer(sock: socket.socket, timeout: float) -> bool:

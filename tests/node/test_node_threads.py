@@ -9,14 +9,13 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from beambridge import Atom, Timeout
 from beambridge.node import BlockingNode, MailboxClosed, NoConnection
 
-from .conftest import COOKIE, ErlNode, unique
+from .conftest import COOKIE, ErlNode, unique, wait_until
 
 pytestmark = pytest.mark.erlang
 A = Atom
@@ -313,24 +312,17 @@ def test_direct_path_on_either_loop(loop: str, epmd_port: int, erl: ErlNode) -> 
                     peer = py.node._peers[A(erl.name)]
                     assert peer.sock is not None and (peer.dup is not None) == (loop == "uvloop")
                     assert watch.rpc(erl.name, "erlang", "disconnect_node", [A(name)]) is True
-                    _until(lambda: A(erl.name) not in py.node._peers)
+                    assert wait_until(lambda: A(erl.name) not in py.node._peers, 10)
                     if peer.dup is not None:  # closed on the loop's next turn
-                        _until(lambda peer=peer: peer.dup is None)
+                        assert wait_until(lambda peer=peer: peer.dup is None, 10)
                 assert py.rpc(erl.name, "erlang", "node", []) == A(erl.name)
                 assert connected_to_erl()
                 node = py.node
             # closed here: Erlang sees the connection end now, not at its tick timeout
             assert not node._dup_peers and all(p.dup is None for p in node._peers.values())
-            _until(lambda: not connected_to_erl())
+            assert wait_until(lambda: not connected_to_erl(), 10)
             if round_:  # the first round warms up what a loop keeps for the process
                 assert _open_fds() == before
-
-
-def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_loop_names_checked() -> None:

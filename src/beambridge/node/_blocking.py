@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from .._errors import Timeout, UsageError
 from ..term import Pid, Reference
 from ._errors import MailboxClosed
-from ._loops import LOOPS, new_event_loop
+from ._loops import check_loop, new_event_loop
 from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match, Slot, settler
 from ._node import Node, full_node_name
@@ -62,9 +62,7 @@ class BlockingNode:
     def __init__(self, name: str, cookie: str | None = None, *, start: bool = True,
                  loop: str | None = None, **options: Any) -> None:
         self._base_name = name
-        if loop is not None and loop not in LOOPS:
-            raise UsageError(f"loop {loop!r}: expected one of {', '.join(LOOPS)}")
-        self._loop_kind = loop
+        self._loop_kind = loop if loop is None else check_loop(loop)
         self._cookie = cookie
         self._options = options
         self._lock = threading.Lock()

@@ -15,11 +15,16 @@ from .._errors import UsageError
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
-def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
-    """A new loop of ``kind`` (default ``$BEAMBRIDGE_LOOP``, else ``auto``: uvloop if importable)."""
-    kind = kind or os.environ.get("BEAMBRIDGE_LOOP") or "auto"
+def check_loop(kind: str) -> str:
+    """``kind``, if it names a loop this module makes."""
     if kind not in LOOPS:
         raise UsageError(f"loop {kind!r}: expected one of {', '.join(LOOPS)}")
+    return kind
+
+
+def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
+    """A new loop of ``kind`` (default ``$BEAMBRIDGE_LOOP``, else ``auto``: uvloop if importable)."""
+    kind = check_loop(kind or os.environ.get("BEAMBRIDGE_LOOP") or "auto")
     if kind == "asyncio":
         return asyncio.SelectorEventLoop()
     try:

@@ -202,20 +202,18 @@ class Services(NodeCore):
                 then(outcome)
 
         def job() -> None:
-            if wanted is not None and not wanted():
-                outcome: tuple[str, Any, Any] = ("dropped", None, None)
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(back, outcome)
-                return
-            try:
-                outcome = _run_plain(fn, module, function, args)
-            except BaseException as error:  # SystemExit & co, or an exception that cannot print
-                outcome = "error", _PythonError.bare_reason(error), [(module, function, len(args), [])]
-            if answer is not None and outcome[0] != "awaitable":
+            outcome: tuple[str, Any, Any] = ("dropped", None, None)
+            if wanted is None or wanted():
                 try:
-                    answer(outcome)
-                except Exception:  # the loop's path answers instead
-                    log.exception("answering %s:%s from its worker thread", module, function)
+                    outcome = _run_plain(fn, module, function, args)
+                except BaseException as error:  # SystemExit & co, or an exception that cannot print
+                    outcome = ("error", _PythonError.bare_reason(error),
+                               [(module, function, len(args), [])])
+                if answer is not None and outcome[0] != "awaitable":
+                    try:
+                        answer(outcome)
+                    except Exception:  # the loop's path answers instead
+                        log.exception("answering %s:%s from its worker thread", module, function)
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 loop.call_soon_threadsafe(back, outcome)
 
@@ -326,9 +324,8 @@ class Services(NodeCore):
             signals.append(monitor_exit_unchecked(pid, event.from_pid, event.req_id, reason))
         if not signals:
             return
-        send = peer.proto.send
         try:  # encoded once: a value with no Erlang form fails here, before anything is sent
-            data = [send(signal) for signal in signals] if len(signals) > 1 else [send(signals[0])]
+            data = [peer.proto.send(signal) for signal in signals]
         except EncodeError as error:
             self._exit_unseen(peer, event, pid, flags, _unencodable(tag, error), None)
             return

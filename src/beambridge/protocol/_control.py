@@ -503,8 +503,7 @@ def _alias_send(c: tuple[Any, ...], p: Any) -> ControlMessage:
 
 def _monitor_exit(c: tuple[Any, ...], reason: Any) -> ControlMessage:
     proc, to, ref = c[1], c[2], c[3]
-    if ((type(proc) is not Pid and type(proc) is not Atom) or type(to) is not Pid
-            or type(ref) is not Reference):
+    if type(proc) not in _PROCS or type(to) is not Pid or type(ref) is not Reference:
         return MonitorPExit(proc, to, ref, reason)
     return monitor_exit_unchecked(proc, to, ref, reason)
 
@@ -512,7 +511,7 @@ def _monitor_exit(c: tuple[Any, ...], reason: Any) -> ControlMessage:
 def _spawn_reply(c: tuple[Any, ...], token: Any = None) -> ControlMessage:
     req, to, flags, result = c[1], c[2], c[3], c[4]
     if (type(req) is not Reference or type(to) is not Pid or type(flags) is not int
-            or (type(result) is not Pid and type(result) is not Atom)):
+            or type(result) not in _PROCS):
         return SpawnReply(req, to, flags, result, token)
     return spawn_reply_unchecked(req, to, flags, result, token)
 
