@@ -186,18 +186,33 @@ class Services(NodeCore):
                    then: Callable[[tuple[str, Any, Any]], None],
                    answer: Callable[[tuple[str, Any, Any]], bool] | None = None,
                    wanted: Callable[[], bool] | None = None) -> None:
-        """Run a plain function in a worker thread; ``then`` gets its outcome on the loop
-        (``("awaitable", value, None)`` when it returned one: see ``_settle``), whatever the
-        function raised. ``answer``, when given, runs first on the worker and may send the
-        reply itself (True), so the caller does not wait for the loop to wake. A job that
-        ``wanted`` says is no longer wanted when a thread takes it (its process was killed
-        while it queued) does not run; ``then`` gets ``("dropped", None, None)``. Counted in
-        ``_thread_jobs`` until its outcome is back; dropped if the node closed meanwhile."""
+        """Run a plain function in a worker thread (see ``_thread_job``)."""
+        job = self._thread_job(fn, module, function, args, then, answer, wanted)
+        try:
+            self._workers.submit(job)
+        except BaseException:
+            with self._jobs_lock:
+                self._thread_jobs -= 1
+            raise
+
+    def _thread_job(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
+                    then: Callable[[tuple[str, Any, Any]], None],
+                    answer: Callable[[tuple[str, Any, Any]], bool] | None = None,
+                    wanted: Callable[[], bool] | None = None) -> Callable[[], None]:
+        """A job that runs a plain function on a thread other than the loop's; ``then`` gets its
+        outcome on the loop (``("awaitable", value, None)`` when it returned one: see
+        ``_settle``), whatever the function raised. ``answer``, when given, runs first on that
+        thread and may send the reply itself (True), so the caller does not wait for the loop
+        to wake. A job that ``wanted`` says is no longer wanted when a thread takes it (its
+        process was killed while it queued) does not run; ``then`` gets ``("dropped", None,
+        None)``. Counted in ``_thread_jobs`` from now until its outcome is back; dropped if the
+        node closed meanwhile. Any thread may make one (a worker reading a connection does)."""
         loop = self._loop
         assert loop is not None
 
         def back(outcome: tuple[str, Any, Any]) -> None:
-            self._thread_jobs -= 1
+            with self._jobs_lock:
+                self._thread_jobs -= 1
             if not self._closed:
                 then(outcome)
 
@@ -217,12 +232,9 @@ class Services(NodeCore):
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 loop.call_soon_threadsafe(back, outcome)
 
-        self._thread_jobs += 1
-        try:
-            self._workers.submit(job)
-        except BaseException:
-            self._thread_jobs -= 1
-            raise
+        with self._jobs_lock:
+            self._thread_jobs += 1
+        return job
 
     def _answer_from_thread(self, peer: _Peer, process: Mailbox, event: SpawnRequest,
                             outcome: tuple[str, Any, Any]) -> bool:
@@ -288,30 +300,69 @@ class Services(NodeCore):
         if flags & 2:
             process.monitors_in[event.req_id] = (event.from_pid, pid)
         if entry is not None and threaded:
-            # a plain function: a worker thread runs it and the loop ends the process after,
-            # unless it was killed meanwhile (its outcome is dropped then, as a cancelled task's)
-            tag = args[0]
-
-            def then(outcome: tuple[str, Any, Any]) -> None:
-                if process.closed is not None:
-                    return  # killed meanwhile: an awaitable it returned is not awaited
-                try:
-                    settled = self._settle(outcome, args[1], args[2], args[3])
-                    if isinstance(settled, tuple):
-                        self._finish(process, _call_reason(tag, settled), tag)
-                    else:
-                        self._spawned[pid.id] = self._spawn_task(
-                            self._run_spawned(process, event, settled))
-                except Exception:
-                    log.exception("ending the call of %s:%s", args[1], args[2])
-                    process.close(KILL)
-
-            self._in_thread(entry[0], args[1], args[2], args[3], then,
-                            lambda outcome: self._answer_from_thread(peer, process, event, outcome),
-                            lambda: process.closed is None)
+            self._in_thread(*self._spawned_call(peer, event, process, entry[0]))
+            self._offer_reader(peer)  # the next such call may then skip this hop
             return
         task = self._spawn_task(self._run_spawned(process, event, started))
         self._spawned[pid.id] = task
+
+    def _spawned_call(self, peer: _Peer, event: SpawnRequest, process: Mailbox,
+                      fn: Callable[..., Any]) -> tuple[Any, ...]:
+        """``_thread_job``'s arguments for an erpc call of the plain function ``fn`` in
+        ``process``: a worker thread runs it and answers the spawner itself when it can; the
+        loop ends the process after, unless it was killed meanwhile (its outcome is dropped
+        then, as a cancelled task's)."""
+        args = event.args
+        tag = args[0]
+
+        def then(outcome: tuple[str, Any, Any]) -> None:
+            if process.closed is not None:
+                return  # killed meanwhile: an awaitable it returned is not awaited
+            try:
+                settled = self._settle(outcome, args[1], args[2], args[3])
+                if isinstance(settled, tuple):
+                    self._finish(process, _call_reason(tag, settled), tag)
+                else:
+                    self._spawned[process.pid.id] = self._spawn_task(
+                        self._run_spawned(process, event, settled))
+            except Exception:
+                log.exception("ending the call of %s:%s", args[1], args[2])
+                process.close(KILL)
+
+        return (fn, args[1], args[2], args[3], then,
+                lambda outcome: self._answer_from_thread(peer, process, event, outcome),
+                lambda: process.closed is None)
+
+    def _take_spawn_request(self, peer: _Peer, event: SpawnRequest) -> Callable[[], None] | None:
+        """A worker thread reading ``peer`` itself (``ThreadDoors._read_for_worker``) read this
+        spawn request, nothing handed to the loop before it still pending: when it is an erpc
+        call of a plain function with the spawner's monitor and no link (what ``erpc:call``
+        sends), start it as the loop would, from this thread, and return the job that runs it
+        here, so a quick function pays no hop between threads. None: the loop handles it
+        (refusals too: a full node answers there). Nobody but the spawner knows the new pid
+        before the spawn reply written here, so the loop sees no event for it before it is in
+        the process table."""
+        args = event.args
+        if self._closed or not (event.module == ERPC and event.function == EXECUTE_CALL
+                                and len(args) == 4 and LINK not in event.options
+                                and MONITOR in event.options):
+            return None
+        entry = self._plain(args[1], args[2], args[3])
+        if (entry is None or entry[1] or len(self._procs) >= self.max_processes
+                or self._thread_jobs >= self.max_processes):
+            return None
+        pid = self._next_pid()
+        try:
+            data = peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid))
+        except LocalProtocolError:
+            return None  # closing: the loop's path sees it
+        process = Mailbox(self, pid, None, trap_exits=False)
+        process.monitors_in[event.req_id] = (event.from_pid, pid)
+        self._procs[pid.id] = process
+        if not peer.write_from_thread(data):
+            del self._procs[pid.id]
+            return None
+        return self._thread_job(*self._spawned_call(peer, event, process, entry[0]))
 
     def _exit_unseen(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
                      tag: Any) -> None:

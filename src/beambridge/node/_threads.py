@@ -21,6 +21,7 @@ from ..protocol import (
     Send,
     SendSender,
     SpawnReply,
+    SpawnRequest,
     Tick,
 )
 from ..protocol._control import spawn_request_unchecked
@@ -42,6 +43,11 @@ _OWNER_IDLE = 0.002
 #: usually comes within tens of microseconds, and a sleep costs a wake-up (BEAM's schedulers
 #: busy-wait before sleeping for the same reason)
 _SPIN = 25e-6
+#: a worker thread reading a connection for plain erpc calls hands reading back to the loop
+#: after this long without one
+_READER_IDLE = 0.25
+#: ``owner`` of a connection a worker thread is to read (granted, not yet started)
+_WORKER = -1
 
 
 class ThreadDoors(NodeCore):
@@ -211,9 +217,66 @@ class ThreadDoors(NodeCore):
         if peer.alive:
             peer.transport.resume_reading()
 
-    def _read_as_owner(self, peer: _Peer, waiter: Slot, deadline: float | None) -> str:
+    # ---------------------------------------------------------------- a worker reads for itself
+    #
+    # Erlang calling a plain exposed function costs a hop from the loop thread to a worker
+    # thread (a wake-up on the critical path). Once such a call came through the loop, an idle
+    # worker becomes the connection's reader as a blocking caller does (leader/follower): the
+    # next plain erpc call it reads, it starts and runs itself, and answers from there. While
+    # the function runs the worker is not reading, so the loop's watchdog takes reading back
+    # after ``_OWNER_IDLE`` (a slow function holds up nothing else); a quick one is done before
+    # that and the worker reads on.
+
+    def _offer_reader(self, peer: _Peer) -> None:
+        """Loop: let a worker thread read ``peer`` when nobody else does."""
+        if self._closed or peer.sock is None or peer.owner is not None or not peer.alive:
+            return
+        with peer.olock:
+            peer.owner = _WORKER
+            peer.active = False
+            seen = peer.leads
+        peer.transport.pause_reading()
+        assert self._loop is not None
+        self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, seen)
+        try:
+            self._workers.submit(lambda: self._read_for_worker(peer))
+        except RuntimeError:  # the node is closing
+            self._maybe_revoke(peer)
+
+    def _read_for_worker(self, peer: _Peer) -> None:
+        """Worker thread: read ``peer`` as its owner, running the plain erpc calls found there
+        (``Services._take_spawn_request``), until none came for ``_READER_IDLE``, an event had
+        to go to the loop, or another thread or the loop took reading over."""
+        me = threading.get_ident()
+        with peer.olock:
+            if peer.owner != _WORKER or not peer.alive:
+                return  # the watchdog took reading back before a worker was free
+            peer.owner = me
+            peer.active = True
+            peer.leads += 1
+        outcome = "broken"
+        try:
+            while True:
+                taken = Slot()
+                outcome = self._read_as_owner(peer, taken, time.monotonic() + _READER_IDLE, taken)
+                with peer.olock:
+                    peer.active = False
+                if taken.ok:  # taken, whatever came after it in the same read
+                    taken.value()  # not reading meanwhile: the watchdog may take reading back
+                if outcome != "done":
+                    return
+                if not self._lead(peer, me):
+                    outcome = "done"  # no longer the owner: nothing to hand back
+                    return
+        finally:
+            if outcome != "done" and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # a closed loop: node gone
+                    self._loop.call_soon_threadsafe(self._maybe_revoke, peer)
+
+    def _read_as_owner(self, peer: _Peer, waiter: Slot, deadline: float | None,
+                       taken: Slot | None = None) -> str:
         """Read and apply packets until ``waiter`` is filled: "done", "timeout", "handed" (see
-        ``_apply_as_owner``) or "broken"."""
+        ``_apply_as_owner``) or "broken". ``taken``: a worker reads (``_read_for_worker``)."""
         sock = peer.sock
         assert sock is not None
         try:
@@ -236,7 +299,7 @@ class ThreadDoors(NodeCore):
                     if not data:
                         return "broken"  # end of stream: the loop reads it again and closes
                     peer.last_recv = time.monotonic()
-                    applied = self._apply_as_owner(peer, data)
+                    applied = self._apply_as_owner(peer, data, taken)
                     if applied != "ok":
                         return applied
                     continue
@@ -257,10 +320,11 @@ class ThreadDoors(NodeCore):
                 return "broken"
         return "done"
 
-    def _apply_as_owner(self, peer: _Peer, data: bytes) -> str:
+    def _apply_as_owner(self, peer: _Peer, data: bytes, taken: Slot | None = None) -> str:
         """Feed bytes read by the owner: "ok"; "handed" when some event went to the loop (the
         owner then stops reading: what it waits for may now come through the loop); "broken"
-        when the peer broke the protocol."""
+        when the peer broke the protocol. A worker owner passes ``taken``: the first plain erpc
+        call read fills it with the job that runs it (the events after it are applied first)."""
         proto = peer.proto
         loop = self._loop
         assert loop is not None
@@ -299,6 +363,11 @@ class ThreadDoors(NodeCore):
                     box = (self._local(event.to_pid) if kind is not RegSend
                            else self._names.get(event.to_name))
                     if type(box) is Mailbox and box.deliver_from_thread(event.message):
+                        continue
+                elif kind is SpawnRequest and taken is not None and taken.ok is None:
+                    job = self._take_spawn_request(peer, event)
+                    if job is not None:
+                        taken.fill(True, job)
                         continue
             peer.posted_n = next(peer.posted)
             loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
