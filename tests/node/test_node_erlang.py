@@ -162,6 +162,98 @@ def test_killed_thread_call_drops_its_result(py: BlockingNode, erl: ErlNode) -> 
     assert py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pymod"), A("add"), [4, 5]]) == (A("ok"), 9)
 
 
+def taken_by_readers(py: BlockingNode) -> list[str]:
+    """The functions of the erpc calls a worker thread reading the connection started itself
+    (``_take_spawn_request``), recorded as they are taken."""
+    node = py.node
+    take = node._take_spawn_request
+    taken: list[str] = []
+
+    def recording(peer: Any, event: Any) -> Any:
+        job = take(peer, event)
+        if job is not None:
+            taken.append(str(event.args[2]))
+        return job
+
+    node._take_spawn_request = recording  # type: ignore[method-assign]
+    return taken
+
+
+def in_background(py: BlockingNode, erl: ErlNode, function: str, args: list[Any]) -> Any:
+    """``bb_test:function(*args)`` run by an Erlang process of its own, its result sent to a
+    mailbox: no blocking caller of ours reads the connection while it runs (the loop does)."""
+    with py.mailbox() as mb:
+        tag = py.make_ref()
+        started = py.rpc(erl.name, "bb_test", "in_background",
+                         [mb.pid, tag, A("bb_test"), A(function), args])
+        assert started == A("ok")
+        got_tag, result = mb.receive(timeout=60)
+        assert got_tag == tag
+        return result
+
+
+def test_plain_calls_run_in_the_thread_that_reads_them(py: BlockingNode, erl: ErlNode) -> None:
+    """Sequential erpc calls into a plain function: a worker thread reads the connection and
+    runs the calls it reads itself (no hop from the loop), every answer right and in order."""
+    where: list[str] = []
+
+    def double(x: int) -> int:
+        where.append(threading.current_thread().name)
+        return 2 * x
+
+    py.expose("pyseq", {"double": double})
+    taken = taken_by_readers(py)
+    got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyseq"), A("double"), 200])
+    assert got == [(A("ok"), 2 * i) for i in range(1, 201)]
+    assert set(where) == {"beambridge-call"}  # never the loop thread
+    # the first call comes through the loop, which then lets a worker read; a few more may
+    # while a worker is not yet reading, but most are read and run by one
+    assert len(taken) >= 100, len(taken)
+
+
+def test_a_plain_call_running_in_the_reading_thread_holds_nothing_up(py: BlockingNode, erl: ErlNode) -> None:
+    """A plain function that blocks in the thread that read its call: the loop takes reading
+    back, so the calls made meanwhile are answered; the last of them releases the first."""
+    gate = threading.Event()
+
+    def slow() -> bool:
+        return gate.wait(20)
+
+    def quick(i: int) -> int:
+        if i == 5:
+            gate.set()
+        return i
+
+    py.expose("pygate", {"slow": slow, "quick": quick})
+    taken = taken_by_readers(py)
+    quicks, slow_result = in_background(py, erl, "gated", [A(py.name), A("pygate"), A("slow"), A("quick"), 5])
+    assert quicks == [(A("ok"), i) for i in range(1, 6)]
+    assert slow_result == (A("ok"), True)  # the gate opened while it waited: nothing was held up
+    assert "slow" in taken
+
+
+def test_a_call_killed_in_the_reading_thread_is_down_once(py: BlockingNode, erl: ErlNode) -> None:
+    """A call killed while it runs in the worker that read it: its spawner sees DOWN
+    ``killed`` once, the result that comes later is dropped, and no process is left."""
+    started, done = threading.Event(), threading.Event()
+
+    def wait() -> int:
+        started.set()
+        time.sleep(0.2)
+        done.set()
+        return 1
+
+    py.expose("pykill", {"wait": wait, "warm": lambda i: i,
+                         "started": lambda: A("ok") if started.wait(10) else A("no"),
+                         "finished": lambda: A("ok") if done.wait(10) else A("no")})
+    taken = taken_by_readers(py)
+    before = len(py.node._procs)
+    assert in_background(py, erl, "kill_when_running", [A(py.name), A("pykill"), A("wait"), []]) == (
+        A("killed"), A("none"))
+    assert "wait" in taken
+    assert wait_until(lambda: len(py.node._procs) <= before, 5)
+
+
 @pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_exceptions_that_cannot_print_still_answer(py: BlockingNode, erl: ErlNode, inline: bool) -> None:
     """An exception whose ``str`` raises, and (in a thread) ``SystemExit``: the caller gets an

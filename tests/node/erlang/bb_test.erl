@@ -4,7 +4,8 @@
 -export([start_echo/1, echo_loop/0, call_py/4, erpc_py/4, linker/1, trapper/2, monitorer/2,
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
          connect_many/2, register_and_sleep/2, collect/2, burst/2,
-         spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4, spawn_kill_many/4]).
+         spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4, spawn_kill_many/4,
+         in_background/5, erpc_seq/4, gated/5, kill_when_running/4]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -134,3 +135,34 @@ rex_many(Node, M, F, N) ->
     Pids = [spawn(fun() -> Self ! {self(), gen_server:call({rex, Node}, {call, M, F, [I], GL}, 20000)} end)
             || I <- lists:seq(1, N)],
     [receive {P, Reply} -> Reply after 30000 -> timeout end || P <- Pids].
+
+%% Run M:F(A...) in a process of its own and send {Tag, Result} to ReplyTo: the Python caller's
+%% rpc returns at once, so its connection is read by the node's loop (or a worker) meanwhile.
+in_background(ReplyTo, Tag, M, F, A) ->
+    spawn(fun() -> ReplyTo ! {Tag, apply(M, F, A)} end),
+    ok.
+
+%% N erpc calls M:F(I) to Node, one after the other: the results, each {ok, V} or {C, R}.
+erpc_seq(Node, M, F, N) ->
+    [try {ok, erpc:call(Node, M, F, [I], 10000)} catch C:E -> {C, E} end || I <- lists:seq(1, N)].
+
+%% Three calls M:Quick(I) (I = 1..3, so that a worker thread reads), then M:Slow() in flight
+%% and N calls M:Quick(I) one after the other meanwhile: {QuickResults, SlowResult}.
+gated(Node, M, Slow, Quick, N) ->
+    _ = erpc_seq(Node, M, Quick, 3),
+    R = erpc:send_request(Node, M, Slow, []),
+    Quicks = erpc_seq(Node, M, Quick, N),
+    {Quicks, try {ok, erpc:receive_response(R, 20000)} catch C:E -> {C, E} end}.
+
+%% Three calls M:warm(I), then erpc:execute_call M:F(A) on Node, killed once M:started() says
+%% it runs: the DOWN reason, then (after M:finished() says F returned) any second DOWN for it.
+kill_when_running(Node, M, F, A) ->
+    _ = erpc_seq(Node, M, warm, 3),
+    Req = spawn_request(Node, erpc, execute_call, [make_ref(), M, F, A], [monitor]),
+    receive {spawn_reply, Req, ok, Pid} -> ok end,
+    ok = erpc:call(Node, M, started, [], 10000),
+    exit(Pid, kill),
+    Reason = receive {'DOWN', Req, process, _, R} -> R after 10000 -> timeout end,
+    ok = erpc:call(Node, M, finished, [], 10000),
+    Again = receive {'DOWN', Req, process, _, R2} -> {again, R2} after 300 -> none end,
+    {Reason, Again}.
