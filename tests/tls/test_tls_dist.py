@@ -73,6 +73,53 @@ def test_a_hundred_megabytes_each_way_over_tls(
     assert py.rpc(tls_erl.name, "erlang", "byte_size", [big + b"y"], timeout=120) == size + 1
 
 
+def test_threads_encrypt_and_read_tls_themselves(
+        make_py: Callable[..., BlockingNode], tls_erl: ErlNode, tls_pki: Pki) -> None:
+    """Over TLS a blocking caller writes its request and reads its reply itself, as over plain
+    TCP (the node does TLS, not the transport). Four threads at once, small calls and
+    megabytes mixed: every answer right, and the one connection never broke (records out of
+    order would fail the peer's integrity check and drop it)."""
+    py = make_py(tls_pki.good)
+    assert py.rpc(tls_erl.name, "erlang", "node", []) == A(tls_erl.name)
+    peer = py.node._peers[A(tls_erl.name)]
+    assert peer.tls is not None and peer.sock is not None
+    node = py.node
+    direct = [0]
+    started = node.rpc_from_thread
+
+    def counting(*args: object) -> object:
+        fast = started(*args)  # type: ignore[arg-type]
+        if fast is not None:
+            direct[0] += 1
+        return fast
+
+    node.rpc_from_thread = counting  # type: ignore[method-assign]
+    for i in range(50):
+        assert py.rpc(tls_erl.name, "lists", "reverse", [[i, 1]]) == [1, i]
+    assert direct[0] == 50
+    failures: list[BaseException] = []
+
+    def caller(t: int) -> None:
+        try:
+            for i in range(40):
+                if i % 10 == 3:
+                    big = bytes([t]) * ((1 << 20) + i)
+                    assert py.rpc(tls_erl.name, "erlang", "byte_size", [big], timeout=60) == len(big)
+                else:
+                    assert py.rpc(tls_erl.name, "lists", "reverse", [[t, i]]) == [i, t]
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert node._peers[A(tls_erl.name)] is peer and peer.alive
+    assert node._stats[A(tls_erl.name)].connects == 1
+
+
 def test_links_fire_across_tls(make_py: Callable[..., BlockingNode], tls_erl: ErlNode,
                                tls_pki: Pki) -> None:
     py = make_py(tls_pki.good)

@@ -38,6 +38,7 @@ from ._names import NOCONNECTION, _monitored, full_node_name
 from ._peer import _WRITE_HIGH_WATER, _Peer, _PeerProtocol
 from ._stats import PeerStats
 from ._tls import TlsHandshakeFailed
+from ._tls_session import TlsSession, TlsStreams
 
 log = logging.getLogger("beambridge.node")
 
@@ -88,22 +89,23 @@ class Connections(NodeCore):
             info = await _epmd_client.lookup(host, self.epmd_port, alive, self.connect_timeout)
             if info is None:
                 raise NoConnection(node, f"{alive!r} is not registered with EPMD on {host}")
-            reader, writer = await asyncio.wait_for(self._open(node, host, info.port),
-                                                    self.connect_timeout)
+            reader, writer, session = await asyncio.wait_for(self._open(node, host, info.port),
+                                                             self.connect_timeout)
             opened = writer
             proto = _Protocol(Role.INITIATOR, this_node=self.name, cookie=self._cookie,
                               creation=self.creation, flags=self._flags, peer_node=str(node),
                               mapping=self.mapping, **self._proto_options)
-            writer.write(proto.start())
+            first = proto.start()
+            writer.write(first if session is None else session.encrypt(first))
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    connected = await self._handshake(proto, reader, writer, initiator=True)
+                    connected = await self._handshake(proto, reader, writer, session)
             except TimeoutError:
                 raise NoConnection(node, f"handshake not finished within {self.handshake_timeout} s "
                                          "(handshake_timeout)") from None
             if connected is None:
                 return  # lost the simultaneous-connect arbitration: the peer's connection wins
-            self._peer_up(proto, reader, writer, connected)
+            self._peer_up(proto, reader, writer, connected, session)
             opened = None
         except asyncio.CancelledError:
             raise
@@ -139,38 +141,41 @@ class Connections(NodeCore):
                 opened.close()
 
     async def _open(self, node: Atom, host: str, port: int
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to a peer's listening port: TCP, then TLS with the client context."""
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TlsSession | None]:
+        """A connection to a peer's listening port: TCP, then TLS with the client context (done
+        by the node itself over the TCP stream: see ``_tls_session``)."""
         started = time.monotonic()
         reader, writer = await asyncio.open_connection(host, port)
         if self.tls is None:
-            return reader, writer
+            return reader, writer, None
         # Within what is left of connect_timeout, so that a peer which never answers TLS (a
         # plain-TCP node waits for more of what it takes for a handshake packet) is named as such.
         budget = max(0.1, self.connect_timeout - (time.monotonic() - started) - 0.25)
         try:
-            await writer.start_tls(self.tls.client, server_hostname=self.tls.client_hostname(host),
-                                   ssl_handshake_timeout=budget)
-        except (TimeoutError, ConnectionAbortedError):  # asyncio aborts a handshake past its time
+            session = TlsSession(self.tls.client, server_side=False,
+                                 server_hostname=self.tls.client_hostname(host))
+            async with asyncio.timeout(budget):
+                await session.handshake(reader, writer)
+        except TimeoutError:
             writer.close()
             raise TlsHandshakeFailed(node, f"no TLS answer within {budget:.1f} s: is it a plain-TCP "
                                            "node? (TLS nodes run -proto_dist inet_tls)") from None
         except BaseException:
             writer.close()
             raise
-        return reader, writer
+        return reader, writer, session
 
-    async def _accepted(self, conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Streams over a connection we accepted: TCP, or TLS with the server context."""
+    async def _accepted(self, conn: socket.socket
+                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TlsSession | None]:
+        """Streams over a connection we accepted: TCP, then TLS with the server context (the
+        caller bounds the time)."""
+        reader, writer = await asyncio.open_connection(sock=conn, limit=_HANDSHAKE_READ)
         if self.tls is None:
-            return await asyncio.open_connection(sock=conn, limit=_HANDSHAKE_READ)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_HANDSHAKE_READ, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, sock=conn, ssl=self.tls.server,
-            ssl_handshake_timeout=self.handshake_timeout)
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+            return reader, writer, None
+        assert self.tls.server is not None  # Node refuses a TLS setting without server options
+        session = TlsSession(self.tls.server, server_side=True)
+        await session.handshake(reader, writer)
+        return reader, writer, session
 
     async def _expire_pending(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
         await asyncio.sleep(self.connect_timeout)
@@ -183,15 +188,19 @@ class Connections(NodeCore):
             del self._pending[node]
 
     async def _handshake(self, proto: _Protocol, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter, *, initiator: bool) -> _Connected | None:
-        """Run the handshake to its end; ``None`` when we gave way to a simultaneous connect."""
+                         writer: asyncio.StreamWriter, session: TlsSession | None
+                         ) -> _Connected | None:
+        """Run the handshake to its end (inside TLS when ``session``); ``None`` when we gave way
+        to a simultaneous connect."""
+        tls = TlsStreams(session, reader, writer) if session is not None else None
+        write = writer.write if tls is None else tls.write
         while True:
             event = proto.next_event()
             out = proto.data_to_send()
             if out:
-                writer.write(out)
+                write(out)
             if event is NEED_DATA:
-                data = await reader.read(65536)
+                data = await (reader.read(65536) if tls is None else tls.read())
                 proto.receive_data(data)
                 continue
             if isinstance(event, _Connected):
@@ -199,19 +208,19 @@ class Connections(NodeCore):
             if isinstance(event, StatusReceived):
                 if event.status == "alive":
                     # we are connecting anew, so any connection the peer remembers is dead
-                    writer.write(proto.answer_alive(True))
+                    write(proto.answer_alive(True))
                 continue
             if isinstance(event, NameReceived):
                 if event.dynamic:  # a peer without a name (erl_call -R): net_kernel names it
                     if self._closed:
-                        writer.write(proto.accept_name("not_allowed"))
+                        write(proto.accept_name("not_allowed"))
                         await writer.drain()
                         return None
                     name, creation = self._unused_dynamic_name(event.name)
-                    writer.write(proto.accept_name("named", name=name, creation=creation))
+                    write(proto.accept_name("named", name=name, creation=creation))
                     continue
                 status = self._arbitrate(Atom(event.name))
-                writer.write(proto.accept_name(status))
+                write(proto.accept_name(status))
                 if status in ("nok", "not_allowed"):
                     await writer.drain()
                     return None
@@ -288,11 +297,11 @@ class Connections(NodeCore):
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.handshake_timeout):
-                reader, writer = await self._accepted(conn)
+                reader, writer, session = await self._accepted(conn)
                 proto = _Protocol(Role.ACCEPTOR, this_node=self.name, cookie=self._cookie,
                                   creation=self.creation, flags=self._flags, mapping=self.mapping,
                                   **self._proto_options)
-                connected = await self._handshake(proto, reader, writer, initiator=False)
+                connected = await self._handshake(proto, reader, writer, session)
         except (HandshakeFailed, RemoteProtocolError, OSError, TimeoutError) as error:
             peer_node = proto.peer_node if proto is not None else None
             if isinstance(error, TimeoutError):
@@ -330,7 +339,7 @@ class Connections(NodeCore):
         old = self._peers.get(name)
         if old is not None:
             self._peer_down(old, "replaced by a new connection")
-        self._peer_up(proto, reader, writer, connected)
+        self._peer_up(proto, reader, writer, connected, session)
 
     def _orphaned(self, name: str | None, error: BaseException) -> None:
         """An accepted handshake that we let win over our own attempt failed: fail its waiters."""
@@ -342,7 +351,7 @@ class Connections(NodeCore):
             self._fail_pending(node, future, NoConnection(node, f"handshake failed: {error}"))
 
     def _peer_up(self, proto: _Protocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 connected: _Connected) -> None:
+                 connected: _Connected, session: TlsSession | None = None) -> None:
         name = Atom(connected.name)
         with contextlib.suppress(OSError):
             sock = writer.get_extra_info("socket")
@@ -354,11 +363,12 @@ class Connections(NodeCore):
         stats.connects += 1
         stats.connected_since = time.time()
         peer = _Peer(name, proto, reader, writer, connected.flags, connected.creation, stats,
-                     self._corks, tls=self.tls is not None)
+                     self._corks, tls=session)
         self._peers[name] = peer
         if peer.dup is not None:
             self._dup_peers.add(peer)
-        # bytes the stream reader got after the handshake's last read are the peer's first packets
+        # bytes the stream reader got after the handshake's last read are the peer's first
+        # packets (still encrypted over TLS: ``_on_peer_data`` decrypts them)
         leftover = bytes(getattr(reader, "_buffer", b""))
         eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
         peer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
@@ -395,6 +405,15 @@ class Connections(NodeCore):
         proto = peer.proto
         try:
             if data is not None:
+                if data and peer.tls is not None:
+                    peer.last_recv = time.monotonic()  # a TLS record of no data is a sign of life
+                    plain = peer.decrypt(data, on_loop=True)
+                    if plain is None:
+                        self._peer_down(peer, "connection closed (TLS close_notify)")
+                        return
+                    if not plain:
+                        return  # no distribution bytes yet (b"" would mean the end)
+                    data = plain
                 proto.receive_data(data)
                 peer.last_recv = time.monotonic()
                 peer.stats.bytes_in += len(data)
@@ -419,6 +438,9 @@ class Connections(NodeCore):
         except RemoteProtocolError as error:
             log.warning("closing connection to %s: %s", peer.name, error)
             self._peer_down(peer, f"protocol error: {error}")
+        except ssl.SSLError as error:
+            log.warning("closing connection to %s: TLS: %s", peer.name, error)
+            self._peer_down(peer, f"TLS error: {_tls_reason(error)}")
 
     async def _tick_loop(self, peer: _Peer) -> None:
         interval = self.net_ticktime / 4
@@ -444,6 +466,11 @@ class Connections(NodeCore):
         log.info("connection to %s down: %s", peer.name, reason)
         with peer.wlock:
             peer.pending.clear()
+            if peer.tls is not None:  # close_notify first, as the loop's TLS transport did
+                with contextlib.suppress(OSError, RuntimeError):
+                    goodbye = peer.tls.close_notify()
+                    if goodbye:
+                        peer.transport.write(goodbye)
             peer.transport.close()
         if peer.dup is not None:
             # later, on the loop: this may run inside the connection's read (its lock held)

@@ -1,6 +1,6 @@
 """One live connection to another node: the write path any thread may use (writes
-coalesced, or sent straight to the socket by a blocking caller), and the protocol object the
-transport feeds once the handshake is done."""
+coalesced, or sent straight to the socket by a blocking caller; encrypted on the way when the
+connection is TLS), and the protocol object the transport feeds once the handshake is done."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from ..term import Atom, Mapping
 from ._errors import NoConnection
 from ._mailbox import Slot
 from ._stats import PeerStats
+from ._tls_session import TlsClosed, TlsSession
 
 log = logging.getLogger("beambridge.node")
 
@@ -79,6 +81,7 @@ class _Peer:
         "sock",
         "stats",
         "tasks",
+        "tls",
         "tq",
         "transport",
         "waiting",
@@ -88,7 +91,7 @@ class _Peer:
 
     def __init__(self, name: Atom, proto: _Protocol, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, flags: int, creation: int, stats: PeerStats,
-                 corks: Corks | None = None, tls: bool = False) -> None:
+                 corks: Corks | None = None, tls: TlsSession | None = None) -> None:
         self.name = name
         self.corks = corks or Corks()
         #: counted under the write lock (out) and the read lock (in); kept by the node
@@ -110,9 +113,12 @@ class _Peer:
         self.wlock = threading.Lock()
         #: other threads' writes waiting for the write lock's holder (``write_from_thread``)
         self.tq: collections.deque[bytes] = collections.deque()
-        #: the plain socket threads write and read directly (None over TLS: no fast path), and
-        #: the duplicate this connection made of it (closed with the connection)
-        self.sock, self.dup = _plain_socket(self.transport, tls)
+        #: TLS done here (``_tls_session``), not by the transport: under the write lock, any
+        #: thread encrypts as it writes and decrypts as it reads (None: plain TCP)
+        self.tls = tls
+        #: the plain socket threads write and read directly, and the duplicate this connection
+        #: made of it (closed with the connection)
+        self.sock, self.dup = _plain_socket(self.transport)
         # Reading: the loop, or one blocking caller (the "owner") while the transport's reading is
         # paused for it; ``rlock`` serializes feeding ``proto``, ``olock`` guards owner/active.
         self.rlock = threading.Lock()
@@ -154,6 +160,8 @@ class _Peer:
             stats = self.stats
             stats.messages_out += 1
             stats.bytes_out += len(data)
+            if self.tls is not None:
+                data = self._encrypt(data)  # in wire order: the lock is held
             if not self.flush_scheduled:
                 self.flush_scheduled = True
                 corks = self.corks
@@ -236,6 +244,11 @@ class _Peer:
         stats = self.stats
         stats.messages_out += len(batch)
         stats.bytes_out += len(data)
+        if self.tls is not None:
+            try:
+                data = self._encrypt(data)
+            except NoConnection:
+                return  # the loop sees the broken connection and reports it
         if self.pending or self.transport.get_write_buffer_size():
             self.pending.append(data)
             self.loop.call_soon_threadsafe(self.flush)
@@ -250,6 +263,36 @@ class _Peer:
         if sent < len(data):
             self.pending.append(data[sent:])
             self.loop.call_soon_threadsafe(self.flush)
+
+    def _encrypt(self, data: bytes) -> bytes:
+        """TLS records for ``data`` (write lock held)."""
+        assert self.tls is not None
+        try:
+            return self.tls.encrypt(data)
+        except ssl.SSLError as error:
+            raise NoConnection(self.name, f"TLS: {error}") from None
+
+    def decrypt(self, data: bytes, *, on_loop: bool) -> bytes | None:
+        """TLS: the plaintext that records read from the socket complete (None: the peer ended
+        TLS). Under the write lock, as encryption: one session serves both ways, and what TLS
+        answers on its own (a key update) joins our writes in order. Raises ``ssl.SSLError``
+        on a bad record."""
+        assert self.tls is not None
+        self.wlock.acquire()
+        try:
+            try:
+                plain, out = self.tls.decrypt(data)
+            except TlsClosed:
+                return None
+            if out:
+                self.pending.append(out)
+                if on_loop:
+                    self.loop.call_soon(self.flush)
+                else:
+                    self.loop.call_soon_threadsafe(self.flush)
+            return plain
+        finally:
+            self._unlock()
 
     def send_quiet(self, message: ControlMessage) -> None:
         """Send a signal; a dead connection or an unencodable term is logged, not raised."""
@@ -278,14 +321,13 @@ class _Peer:
             waiter.set_result(None)
 
 
-def _plain_socket(transport: asyncio.Transport, tls: bool
-                  ) -> tuple[socket.socket | None, socket.socket | None]:
+def _plain_socket(transport: asyncio.Transport) -> tuple[socket.socket | None, socket.socket | None]:
     """The plain socket under ``transport`` that other threads may use, and the duplicate made
     to get it (to close with the connection). A selector transport's own socket serves as is;
     uvloop's transports own theirs in C and give out a stand-in without ``recv``/``send``, so a
     duplicate of its descriptor is made: the same open file, non-blocking like it."""
-    if tls or transport.get_extra_info("sslcontext") is not None:
-        return None, None
+    if transport.get_extra_info("sslcontext") is not None:
+        return None, None  # TLS by the transport: its bytes on the socket are not ours
     own = getattr(transport, "_sock", None)
     if isinstance(own, socket.socket):
         return own, None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -278,7 +279,8 @@ class ThreadDoors(NodeCore):
         """Read and apply packets until ``waiter`` is filled: "done", "timeout", "handed" (see
         ``_apply_as_owner``) or "broken". ``taken``: a worker reads (``_read_for_worker``)."""
         sock = peer.sock
-        assert sock is not None
+        loop = self._loop
+        assert sock is not None and loop is not None
         try:
             poller = select.poll()
             poller.register(sock.fileno(), select.POLLIN)
@@ -299,6 +301,19 @@ class ThreadDoors(NodeCore):
                     if not data:
                         return "broken"  # end of stream: the loop reads it again and closes
                     peer.last_recv = time.monotonic()
+                    if peer.tls is not None:
+                        try:
+                            plain = peer.decrypt(data, on_loop=False)
+                        except ssl.SSLError as error:
+                            loop.call_soon_threadsafe(self._owner_tls_error, peer, error)
+                            return "broken"
+                        if plain is None:  # the peer ended TLS
+                            loop.call_soon_threadsafe(self._peer_down, peer,
+                                                      "connection closed (TLS close_notify)")
+                            return "broken"
+                        if not plain:
+                            continue
+                        data = plain
                     applied = self._apply_as_owner(peer, data, taken)
                     if applied != "ok":
                         return applied
@@ -381,6 +396,10 @@ class ThreadDoors(NodeCore):
             self._dispatch(peer, event)
         except Exception:
             log.exception("error handling %r from %s", type(event).__name__, peer.name)
+
+    def _owner_tls_error(self, peer: _Peer, error: ssl.SSLError) -> None:
+        log.warning("closing connection to %s: TLS: %s", peer.name, error)
+        self._peer_down(peer, f"TLS error: {error}")
 
     def _owner_protocol_error(self, peer: _Peer, error: RemoteProtocolError) -> None:
         log.warning("closing connection to %s: %s", peer.name, error)
