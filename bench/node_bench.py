@@ -152,28 +152,33 @@ def _best(erl_run: Callable[[int], float], py_run: Callable[[int], float], secon
 
 def _tls_rows(runtime: otp.Runtime, ebin: Path, epmd_port: int, tag: str, seconds: float,
               repeat: int, only: str = "") -> list[Row]:
-    """Sequential rpc over TLS distribution: an Erlang client node and a BlockingNode, each to
-    the same Erlang target, every node on ``-proto_dist inet_tls`` with one optfile."""
-    label = "sequential rpc erlang:node/0 over TLS [BlockingNode]"
-    if only not in label:
+    """Over TLS distribution, an Erlang client node and a BlockingNode, every node on
+    ``-proto_dist inet_tls`` with one optfile: sequential rpc from each to the same Erlang
+    target, and the client's erpc:call loop into a plain function the BlockingNode exposes
+    beside the same loop into the target."""
+    seq_label = "sequential rpc erlang:node/0 over TLS [BlockingNode]"
+    into_label = "Erlang erpc:call into Python over TLS [plain function]"
+    wanted = [label for label in (seq_label, into_label) if only in label]
+    if not wanted:
         return []
     if not any((runtime.root / "lib").glob("ssl-*")):
-        print(f"\n{label}: skipped: {runtime} has no ssl application (TLS distribution needs it)")
+        print(f"\nover TLS: skipped: {runtime} has no ssl application (TLS distribution needs it)")
         return []
     optfile = _make_pki(Path(tempfile.mkdtemp(prefix="bb_bench_tls_")))
     args = ("-proto_dist", "inet_tls", "-ssl_dist_optfile", str(optfile))
     target = Erl(runtime, f"tls_target_{tag}", epmd_port, ebin, args)
     client = Erl(runtime, f"tls_client_{tag}", epmd_port, ebin, args)
+    rows: list[Row] = []
     try:
         with BlockingNode(f"bench_tls_{tag}@127.0.0.1", COOKIE, epmd_port=epmd_port,
                           tls=optfile) as py:
             for erl in (target, client):
                 _wait(lambda e=erl: py.ping(e.name, 2))  # type: ignore[misc]
-            t = A(target.name)
+            t, me = A(target.name), A(py.name)
+            py.expose("bench_plain", {"node": lambda: me})
 
-            def erl_seq(n: int) -> float:
-                return float(py.rpc(client.name, "bb_bench", "seq_rpc",
-                                    [t, A("erlang"), A("node"), [], n], timeout=600)) / 1e6
+            def erl_us(how: str, args: list[Any]) -> float:
+                return float(py.rpc(client.name, "bb_bench", how, args, timeout=600)) / 1e6
 
             def py_seq(n: int) -> float:
                 start = time.perf_counter()
@@ -181,11 +186,18 @@ def _tls_rows(runtime: otp.Runtime, ebin: Path, epmd_port: int, tag: str, second
                     py.rpc(target.name, "erlang", "node", [])
                 return time.perf_counter() - start
 
-            erl_best, py_best = _best(erl_seq, py_seq, seconds, repeat)
+            specs: list[tuple[str, Callable[[int], float], Callable[[int], float]]] = [
+                (seq_label, lambda n: erl_us("seq_rpc", [t, A("erlang"), A("node"), [], n]), py_seq),
+                (into_label, lambda n: erl_us("seq_erpc", [t, A("erlang"), A("node"), [], n]),
+                 lambda n: erl_us("seq_erpc", [me, A("bench_plain"), A("node"), [], n]))]
+            for label, erl_run, py_run in specs:
+                if label in wanted:
+                    erl_best, py_best = _best(erl_run, py_run, seconds, repeat)
+                    rows.append((label, erl_best, py_best, None))
     finally:
         client.stop()
         target.stop()
-    return [(label, erl_best, py_best, None)]
+    return rows
 
 
 def _make_pki(folder: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 from beambridge import BlockingNode
 from beambridge.node import HandshakeFailed, NoConnection, TlsHandshakeFailed
 from beambridge.term import Atom
-from tests.node.conftest import COOKIE, ErlNode, unique
+from tests.node.conftest import COOKIE, ErlNode, unique, wait_until
 from tests.tls.conftest import Pki
 
 pytestmark = pytest.mark.erlang
@@ -118,6 +118,19 @@ def test_threads_encrypt_and_read_tls_themselves(
     assert not failures, failures
     assert node._peers[A(tls_erl.name)] is peer and peer.alive
     assert node._stats[A(tls_erl.name)].connects == 1
+
+
+def test_messages_sent_just_before_erlang_disconnects_arrive(
+        make_py: Callable[..., BlockingNode], tls_erl: ErlNode, tls_pki: Pki) -> None:
+    """Erlang sends, then drops the connection at once (its last records and its close_notify
+    may come in one read): every message arrives, in order, and then the connection is down."""
+    py = make_py(tls_pki.good)
+    with py.mailbox() as box:
+        assert py.rpc(tls_erl.name, "bb_test", "send_then_disconnect", [box.pid, 200]) == A("ok")
+        got = [box.receive(timeout=10) for _ in range(200)]
+        assert got == [(A("msg"), i) for i in range(1, 201)]
+    assert wait_until(lambda: A(tls_erl.name) not in py.node._peers, 10)
+    assert py.rpc(tls_erl.name, "erlang", "node", []) == A(tls_erl.name)  # and connects again
 
 
 def test_links_fire_across_tls(make_py: Callable[..., BlockingNode], tls_erl: ErlNode,

@@ -173,8 +173,12 @@ class Connections(NodeCore):
         if self.tls is None:
             return reader, writer, None
         assert self.tls.server is not None  # Node refuses a TLS setting without server options
-        session = TlsSession(self.tls.server, server_side=True)
-        await session.handshake(reader, writer)
+        try:
+            session = TlsSession(self.tls.server, server_side=True)
+            await session.handshake(reader, writer)
+        except BaseException:
+            writer.close()  # the transport, not just the socket under it
+            raise
         return reader, writer, session
 
     async def _expire_pending(self, node: Atom, future: asyncio.Future[_Peer]) -> None:
@@ -404,16 +408,12 @@ class Connections(NodeCore):
     def _on_peer_data_locked(self, peer: _Peer, data: bytes | None) -> None:
         proto = peer.proto
         try:
+            ended = False
+            if data and peer.tls is not None:
+                peer.last_recv = time.monotonic()  # a TLS record of no data is a sign of life
+                data, ended = peer.decrypt(data, on_loop=True)
+                data = data or None  # no distribution bytes (b"" would mean the end)
             if data is not None:
-                if data and peer.tls is not None:
-                    peer.last_recv = time.monotonic()  # a TLS record of no data is a sign of life
-                    plain = peer.decrypt(data, on_loop=True)
-                    if plain is None:
-                        self._peer_down(peer, "connection closed (TLS close_notify)")
-                        return
-                    if not plain:
-                        return  # no distribution bytes yet (b"" would mean the end)
-                    data = plain
                 proto.receive_data(data)
                 peer.last_recv = time.monotonic()
                 peer.stats.bytes_in += len(data)
@@ -421,6 +421,8 @@ class Connections(NodeCore):
             while True:
                 event = next_event()
                 if event is NEED_DATA:
+                    if ended:  # after what came before the peer's close_notify
+                        self._peer_down(peer, "connection closed (TLS close_notify)")
                     return
                 kind = type(event)
                 if kind is Tick:
@@ -465,8 +467,11 @@ class Connections(NodeCore):
             del self._peers[peer.name]
         log.info("connection to %s down: %s", peer.name, reason)
         with peer.wlock:
+            dropped = bool(peer.pending)
             peer.pending.clear()
-            if peer.tls is not None:  # close_notify first, as the loop's TLS transport did
+            # close_notify first, as the loop's TLS transport did; not after records dropped
+            # (the peer would see a gap in their sequence, not an orderly end)
+            if peer.tls is not None and not dropped:
                 with contextlib.suppress(OSError, RuntimeError):
                     goodbye = peer.tls.close_notify()
                     if goodbye:

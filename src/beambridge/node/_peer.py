@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -22,7 +23,7 @@ from ..term import Atom, Mapping
 from ._errors import NoConnection
 from ._mailbox import Slot
 from ._stats import PeerStats
-from ._tls_session import TlsClosed, TlsSession
+from ._tls_session import TlsSession
 
 log = logging.getLogger("beambridge.node")
 
@@ -248,7 +249,7 @@ class _Peer:
             try:
                 data = self._encrypt(data)
             except NoConnection:
-                return  # the loop sees the broken connection and reports it
+                return  # the connection is being closed (``_encrypt``)
         if self.pending or self.transport.get_write_buffer_size():
             self.pending.append(data)
             self.loop.call_soon_threadsafe(self.flush)
@@ -265,32 +266,33 @@ class _Peer:
             self.loop.call_soon_threadsafe(self.flush)
 
     def _encrypt(self, data: bytes) -> bytes:
-        """TLS records for ``data`` (write lock held)."""
+        """TLS records for ``data`` (write lock held). A session that cannot encrypt is broken:
+        the connection is closed (its callers are told as for any lost connection)."""
         assert self.tls is not None
         try:
             return self.tls.encrypt(data)
         except ssl.SSLError as error:
+            log.warning("closing connection to %s: TLS cannot encrypt: %s", self.name, error)
+            with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
+                self.loop.call_soon_threadsafe(self.transport.abort)
             raise NoConnection(self.name, f"TLS: {error}") from None
 
-    def decrypt(self, data: bytes, *, on_loop: bool) -> bytes | None:
-        """TLS: the plaintext that records read from the socket complete (None: the peer ended
-        TLS). Under the write lock, as encryption: one session serves both ways, and what TLS
-        answers on its own (a key update) joins our writes in order. Raises ``ssl.SSLError``
-        on a bad record."""
+    def decrypt(self, data: bytes, *, on_loop: bool) -> tuple[bytes, bool]:
+        """TLS: the plaintext that records read from the socket complete, and whether the peer
+        ended TLS after it. Under the write lock, as encryption: one session serves both ways,
+        and what TLS sends on its own (a key update's answer) joins our writes in order.
+        Raises ``ssl.SSLError`` on a bad record."""
         assert self.tls is not None
         self.wlock.acquire()
         try:
-            try:
-                plain, out = self.tls.decrypt(data)
-            except TlsClosed:
-                return None
+            plain, out, closed = self.tls.decrypt(data)
             if out:
                 self.pending.append(out)
                 if on_loop:
                     self.loop.call_soon(self.flush)
                 else:
                     self.loop.call_soon_threadsafe(self.flush)
-            return plain
+            return plain, closed
         finally:
             self._unlock()
 

@@ -343,9 +343,9 @@ class Services(NodeCore):
         before the spawn reply written here, so the loop sees no event for it before it is in
         the process table."""
         args = event.args
-        if self._closed or not (event.module == ERPC and event.function == EXECUTE_CALL
-                                and len(args) == 4 and LINK not in event.options
-                                and MONITOR in event.options):
+        if self._closed or not peer.alive or not (
+                event.module == ERPC and event.function == EXECUTE_CALL and len(args) == 4
+                and LINK not in event.options and MONITOR in event.options):
             return None
         entry = self._plain(args[1], args[2], args[3])
         if (entry is None or entry[1] or len(self._procs) >= self.max_processes
@@ -362,6 +362,11 @@ class Services(NodeCore):
         if not peer.write_from_thread(data):
             del self._procs[pid.id]
             return None
+        if self._closed or not peer.alive:
+            # the node closed or the connection went down meanwhile, maybe after the loop swept
+            # the process table: nobody is left to answer, and nothing must stay behind
+            self._procs.pop(pid.id, None)
+            return _nothing
         return self._thread_job(*self._spawned_call(peer, event, process, entry[0]))
 
     def _exit_unseen(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
@@ -425,6 +430,10 @@ class Services(NodeCore):
         except EncodeError as error:
             reason = _unencodable(tag, error)
         process.close(reason)
+
+
+def _nothing() -> None:
+    """A spawn request taken for a node or connection that went away meanwhile."""
 
 
 def _module_functions(module: types.ModuleType) -> list[tuple[str, Callable[..., Any]]]:

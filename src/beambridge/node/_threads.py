@@ -236,13 +236,14 @@ class ThreadDoors(NodeCore):
             peer.owner = _WORKER
             peer.active = False
             seen = peer.leads
+        # only a thread free now: a reader never waits in the queue, nor keeps jobs waiting
+        if not self._workers.submit_now(lambda: self._read_for_worker(peer)):
+            with peer.olock:
+                peer.owner = None
+            return
         peer.transport.pause_reading()
         assert self._loop is not None
         self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, seen)
-        try:
-            self._workers.submit(lambda: self._read_for_worker(peer))
-        except RuntimeError:  # the node is closing
-            self._maybe_revoke(peer)
 
     def _read_for_worker(self, peer: _Peer) -> None:
         """Worker thread: read ``peer`` as its owner, running the plain erpc calls found there
@@ -256,20 +257,28 @@ class ThreadDoors(NodeCore):
             peer.active = True
             peer.leads += 1
         outcome = "broken"
+        taken: Slot | None = None
         try:
             while True:
+                outcome = "broken"
                 taken = Slot()
                 outcome = self._read_as_owner(peer, taken, time.monotonic() + _READER_IDLE, taken)
                 with peer.olock:
                     peer.active = False
-                if taken.ok:  # taken, whatever came after it in the same read
-                    taken.value()  # not reading meanwhile: the watchdog may take reading back
+                job, taken = (taken.value if taken.ok else None), None
+                if job is not None:  # taken, whatever came after it in the same read
+                    job()  # not reading meanwhile: the watchdog may take reading back
                 if outcome != "done":
                     return
                 if not self._lead(peer, me):
                     outcome = "done"  # no longer the owner: nothing to hand back
                     return
         finally:
+            with peer.olock:
+                if peer.owner == me:
+                    peer.active = False
+            if taken is not None and taken.ok:  # read, then something failed: its caller waits
+                taken.value()
             if outcome != "done" and self._loop is not None:
                 with contextlib.suppress(RuntimeError):  # a closed loop: node gone
                     self._loop.call_soon_threadsafe(self._maybe_revoke, peer)
@@ -301,20 +310,18 @@ class ThreadDoors(NodeCore):
                     if not data:
                         return "broken"  # end of stream: the loop reads it again and closes
                     peer.last_recv = time.monotonic()
+                    ended = False
                     if peer.tls is not None:
                         try:
-                            plain = peer.decrypt(data, on_loop=False)
+                            data, ended = peer.decrypt(data, on_loop=False)
                         except ssl.SSLError as error:
                             loop.call_soon_threadsafe(self._owner_tls_error, peer, error)
                             return "broken"
-                        if plain is None:  # the peer ended TLS
-                            loop.call_soon_threadsafe(self._peer_down, peer,
-                                                      "connection closed (TLS close_notify)")
-                            return "broken"
-                        if not plain:
-                            continue
-                        data = plain
-                    applied = self._apply_as_owner(peer, data, taken)
+                    applied = self._apply_as_owner(peer, data, taken) if data else "ok"
+                    if ended:  # the peer ended TLS, after what came before
+                        loop.call_soon_threadsafe(self._peer_down, peer,
+                                                  "connection closed (TLS close_notify)")
+                        return "broken"
                     if applied != "ok":
                         return applied
                     continue
@@ -325,6 +332,10 @@ class ThreadDoors(NodeCore):
                 continue  # a reply is usually microseconds away: sleeping would cost a wake-up
             spin_until = None
             wait = 0.05
+            if taken is not None:  # a worker: back to the queue as soon as jobs wait there
+                if self._workers.backlog():
+                    return "timeout"
+                wait = 0.01
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:

@@ -8,6 +8,7 @@ record order on the wire is the order of encryption."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl
 
@@ -15,14 +16,10 @@ import ssl
 _READ = 65536
 
 
-class TlsClosed(Exception):
-    """The peer ended TLS (close_notify)."""
-
-
 class TlsSession:
     """One connection's TLS state. Not thread-safe on its own: the caller holds the lock."""
 
-    __slots__ = ("_in", "_out", "obj")
+    __slots__ = ("_held", "_in", "_out", "obj")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None) -> None:
@@ -30,6 +27,8 @@ class TlsSession:
         self._out = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self._in, self._out, server_side=server_side,
                                     server_hostname=server_hostname)
+        #: plaintext waiting while a TLS 1.2 renegotiation needs the peer's answer first
+        self._held: collections.deque[bytes] = collections.deque()
 
     async def handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Run the TLS handshake over a TCP stream (the caller bounds its time). Raises
@@ -54,33 +53,50 @@ class TlsSession:
             self._in.write(data)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        """The records that carry ``data``."""
-        view = memoryview(data)
-        while view:
-            sent = self.obj.write(view)
-            view = view[sent:]
+        """The records that carry ``data`` (fewer while a renegotiation holds writes back:
+        the rest follows, in order, from ``decrypt``). Raises ``ssl.SSLError`` when the
+        session is broken."""
+        self._held.append(bytes(data))
+        self._push()
         return self._out.read()
 
-    def decrypt(self, data: bytes) -> tuple[bytes, bytes]:
-        """Feed records read from the socket: the plaintext they complete, and the records TLS
-        itself must send back (a key update's answer, an alert); may be empty both. Raises
-        ``TlsClosed`` at the peer's close_notify, ``ssl.SSLError`` on a bad record."""
+    def _push(self) -> None:
+        held = self._held
+        while held:
+            view = memoryview(held[0])
+            try:
+                while view:
+                    view = view[self.obj.write(view):]
+            except ssl.SSLWantReadError:  # a TLS 1.2 renegotiation waits for the peer
+                held[0] = bytes(view)
+                return
+            held.popleft()
+
+    def decrypt(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """Feed records read from the socket: the plaintext they complete, the records to send
+        back (TLS's own answers, writes a renegotiation held back), and whether the peer ended
+        TLS (close_notify; the plaintext before it still counts). Raises ``ssl.SSLError`` on a
+        bad record."""
         if data:
             self._in.write(data)
         chunks = []
-        try:
-            while True:
-                try:
-                    chunk = self.obj.read(1 << 18)
-                except ssl.SSLWantReadError:
-                    break
-                if not chunk:
-                    raise TlsClosed()
-                chunks.append(chunk)
-        except ssl.SSLZeroReturnError:
-            raise TlsClosed() from None
+        closed = False
+        while True:
+            try:
+                chunk = self.obj.read(1 << 18)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            chunks.append(chunk)
+        if self._held:
+            self._push()
         plain = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return plain, self._out.read()
+        return plain, self._out.read(), closed
 
 
     def close_notify(self) -> bytes:
@@ -107,14 +123,11 @@ class TlsStreams:
         """Plaintext (``b""``: the peer closed)."""
         data = b""
         while True:
-            try:
-                plain, out = self.session.decrypt(data)
-            except TlsClosed:
-                return b""
+            plain, out, closed = self.session.decrypt(data)
             if out:
                 self.writer.write(out)
-            if plain:
-                return plain
+            if plain or closed:
+                return plain  # after close_notify the next read gives b""
             data = await self.reader.read(_READ)
             if not data:
                 return b""

@@ -42,6 +42,28 @@ class Workers:
         if start:
             threading.Thread(target=self._run, name="beambridge-call", daemon=True).start()
 
+    def submit_now(self, job: Job) -> bool:
+        """Run ``job`` now, on an idle thread or a new one; False (and nothing queued) when
+        every thread is busy and no more may start."""
+        with self._lock:
+            if self._closed:
+                return False
+            start = not self._idle
+            if start:
+                if self._threads >= self.limit:
+                    return False
+                self._threads += 1
+            else:
+                self._idle -= 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._run, name="beambridge-call", daemon=True).start()
+        return True
+
+    def backlog(self) -> bool:
+        """Whether jobs wait for a thread."""
+        return not self._jobs.empty()
+
     def _run(self) -> None:
         jobs = self._jobs
         while True:

@@ -5,7 +5,8 @@
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
          connect_many/2, register_and_sleep/2, collect/2, burst/2,
          spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4, spawn_kill_many/4,
-         in_background/5, erpc_seq/4, gated/5, kill_when_running/4]).
+         in_background/5, erpc_seq/4, gated/5, kill_when_running/4,
+         send_then_disconnect/2]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -166,3 +167,13 @@ kill_when_running(Node, M, F, A) ->
     ok = erpc:call(Node, M, finished, [], 10000),
     Again = receive {'DOWN', Req, process, _, R2} -> {again, R2} after 300 -> none end,
     {Reason, Again}.
+
+%% From a process of its own (the rpc's answer goes first): N messages {msg, I} to To, then
+%% drop the connection to To's node at once.
+send_then_disconnect(To, N) ->
+    spawn(fun() ->
+                  timer:sleep(50),
+                  [To ! {msg, I} || I <- lists:seq(1, N)],
+                  erlang:disconnect_node(node(To))
+          end),
+    ok.
