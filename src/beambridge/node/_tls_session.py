@@ -19,7 +19,7 @@ _READ = 65536
 class TlsSession:
     """One connection's TLS state. Not thread-safe on its own: the caller holds the lock."""
 
-    __slots__ = ("_held", "_in", "_out", "obj")
+    __slots__ = ("_ended", "_held", "_in", "_out", "obj")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None) -> None:
@@ -29,6 +29,7 @@ class TlsSession:
                                     server_hostname=server_hostname)
         #: plaintext waiting while a TLS 1.2 renegotiation needs the peer's answer first
         self._held: collections.deque[bytes] = collections.deque()
+        self._ended = False  # the peer's close_notify came
 
     async def handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Run the TLS handshake over a TCP stream (the caller bounds its time). Raises
@@ -56,6 +57,14 @@ class TlsSession:
         """The records that carry ``data`` (fewer while a renegotiation holds writes back:
         the rest follows, in order, from ``decrypt``). Raises ``ssl.SSLError`` when the
         session is broken."""
+        if not self._held:
+            try:
+                sent = self.obj.write(data)  # the usual case: all of it at once
+            except ssl.SSLWantReadError:
+                sent = 0
+            if sent == len(data):
+                return self._out.read()
+            data = memoryview(data)[sent:]
         self._held.append(bytes(data))
         self._push()
         return self._out.read()
@@ -80,10 +89,11 @@ class TlsSession:
         if data:
             self._in.write(data)
         chunks = []
-        closed = False
-        while True:
+        closed = self._ended
+        incoming, obj = self._in, self.obj
+        while incoming.pending or obj.pending():  # else a read only raises want-read
             try:
-                chunk = self.obj.read(1 << 18)
+                chunk = obj.read(1 << 18)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -95,6 +105,7 @@ class TlsSession:
             chunks.append(chunk)
         if self._held:
             self._push()
+        self._ended = closed
         plain = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return plain, self._out.read(), closed
 
