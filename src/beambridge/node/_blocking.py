@@ -28,6 +28,7 @@ from ._mailbox import NOTHING as _NOTHING
 from ._mailbox import Mailbox, Match, Slot, settler
 from ._node import Node, full_node_name
 from ._peer import _Peer
+from ._threads import _SPIN
 
 __all__ = ["BlockingMailbox", "BlockingNode", "epmd_names"]
 
@@ -99,6 +100,7 @@ class BlockingNode:
         thread.start()
         ready.wait(10)
         node = Node(name, self._cookie, **self._options)
+        node._busy_poll = _SPIN  # the loop thread is ours: it may spin as BEAM's schedulers do
         self._loop, self._thread, self._node, self._pid = loop, thread, node, os.getpid()
         self.generation = next(self._generation)
         try:

@@ -54,6 +54,7 @@ class NodeCore:
     max_processes: int
     _rex_busy: int
     _thread_jobs: int
+    _busy_poll: float
     _jobs_lock: threading.Lock
     _proto_options: dict[str, Any]
     creation: int

@@ -191,6 +191,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         #: threads whose outcome is not back yet: each at most max_processes
         self._rex_busy = 0
         self._thread_jobs = 0
+        #: seconds the loop polls a connection after answering it (``_on_peer_data``): 0 on
+        #: an application's loop; a ``BlockingNode`` sets it on the thread it owns
+        self._busy_poll = 0.0
         self._jobs_lock = threading.Lock()  # worker threads count the jobs they start too
         #: guards a spawned process's monitors between the loop ending it and a worker thread
         #: answering its spawner directly (``Services._in_thread``)
