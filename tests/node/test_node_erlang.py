@@ -211,6 +211,39 @@ def test_plain_calls_run_in_the_thread_that_reads_them(py: BlockingNode, erl: Er
     assert len(taken) >= 100, len(taken)
 
 
+def test_the_loop_reads_the_next_request_by_polling(py: BlockingNode, erl: ErlNode,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """After answering, a BlockingNode's loop polls the socket before it sleeps: what it reads
+    that way is applied as what the transport delivers (inline calls answered right and in
+    order), and an end of stream read that way ends the connection. The poll is made long
+    here so that every next request lands in it."""
+    from beambridge.node import _connections
+
+    polled: list[int] = []
+    poll = _connections._poll_briefly
+
+    def counting(peer: Any, seconds: float) -> bytes | None:
+        data = poll(peer, seconds)
+        polled.append(-1 if data is None else len(data))
+        return data
+
+    monkeypatch.setattr(_connections, "_poll_briefly", counting)
+    py.node._busy_poll = 0.2
+    py.expose("pypoll", {"double": lambda x: 2 * x}, inline=True)
+    got = in_background(py, erl, "erpc_seq", [A(py.name), A("pypoll"), A("double"), 50])
+    assert got == [(A("ok"), 2 * i) for i in range(1, 51)]
+    assert sum(1 for n in polled if n > 0) >= 25, polled  # most requests came by the poll
+    # Erlang drops the connection right after its answer: the poll reads the end of stream,
+    # and the connection ends at once
+    peer = py.node._peers[A(erl.name)]
+    polled.clear()
+    assert py.rpc(erl.name, "bb_test", "call_then_disconnect",
+                  [A(py.name), A("pypoll"), A("double"), [1]]) == A("ok")
+    assert wait_until(lambda: not peer.alive, 5)
+    assert 0 in polled, polled
+    assert py.rpc(erl.name, "erlang", "node", []) == A(erl.name)
+
+
 def test_a_plain_call_running_in_the_reading_thread_holds_nothing_up(py: BlockingNode, erl: ErlNode) -> None:
     """A plain function that blocks in the thread that read its call: the loop takes reading
     back, so the calls made meanwhile are answered; the last of them releases the first."""

@@ -6,7 +6,7 @@
          connect_many/2, register_and_sleep/2, collect/2, burst/2,
          spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4, spawn_kill_many/4,
          in_background/5, erpc_seq/4, gated/5, kill_when_running/4,
-         send_then_disconnect/2]).
+         send_then_disconnect/2, call_then_disconnect/4]).
 
 start_echo(Name) ->
     Pid = spawn(fun echo_loop/0),
@@ -175,5 +175,14 @@ send_then_disconnect(To, N) ->
                   timer:sleep(50),
                   [To ! {msg, I} || I <- lists:seq(1, N)],
                   erlang:disconnect_node(node(To))
+          end),
+    ok.
+
+%% From a process of its own: erpc M:F(A...) on Node, then drop the connection to it at once.
+call_then_disconnect(Node, M, F, A) ->
+    spawn(fun() ->
+                  timer:sleep(50),
+                  _ = erpc:call(Node, M, F, A, 5000),
+                  erlang:disconnect_node(Node)
           end),
     ok.
