@@ -12,6 +12,7 @@ import secrets
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +34,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+def in_threads(work: Callable[[int], None], count: int, timeout: float) -> list[BaseException]:
+    """Run ``work(0)`` .. ``work(count - 1)`` in threads of their own, at once: what they raised."""
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as error:  # collected for the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return errors
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from beambridge.node import (
     Node,
 )
 
-from .conftest import COOKIE, ErlNode, unique, wait_until
+from .conftest import COOKIE, ErlNode, in_threads, unique, wait_until
 
 pytestmark = pytest.mark.erlang
 A = Atom
@@ -489,23 +489,14 @@ def test_monitors_both_ways(py: BlockingNode, erl: ErlNode) -> None:
 # ------------------------------------------------------------------ many threads
 
 def test_many_threads_share_one_blocking_node(py: BlockingNode, erl: ErlNode) -> None:
-    errors: list[BaseException] = []
-
     def worker(n: int) -> None:
-        try:
-            for i in range(30):
-                assert py.rpc(erl.name, "lists", "reverse", [[n, i]]) == [i, n]
-            with py.mailbox() as mb:
-                py.send(mb.pid, n)
-                assert mb.receive(timeout=5) == n
-        except BaseException as error:  # collected for the main thread
-            errors.append(error)
+        for i in range(30):
+            assert py.rpc(erl.name, "lists", "reverse", [[n, i]]) == [i, n]
+        with py.mailbox() as mb:
+            py.send(mb.pid, n)
+            assert mb.receive(timeout=5) == n
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = in_threads(worker, 8, 60)
     assert not errors, errors
 
 

@@ -13,7 +13,7 @@ import pytest
 from beambridge import BlockingNode
 from beambridge.node import HandshakeFailed, NoConnection, TlsHandshakeFailed
 from beambridge.term import Atom
-from tests.node.conftest import COOKIE, ErlNode, unique, wait_until
+from tests.node.conftest import COOKIE, ErlNode, in_threads, unique, wait_until
 from tests.tls.conftest import Pki
 
 pytestmark = pytest.mark.erlang
@@ -97,24 +97,16 @@ def test_threads_encrypt_and_read_tls_themselves(
     for i in range(50):
         assert py.rpc(tls_erl.name, "lists", "reverse", [[i, 1]]) == [1, i]
     assert direct[0] == 50
-    failures: list[BaseException] = []
 
     def caller(t: int) -> None:
-        try:
-            for i in range(40):
-                if i % 10 == 3:
-                    big = bytes([t]) * ((1 << 20) + i)
-                    assert py.rpc(tls_erl.name, "erlang", "byte_size", [big], timeout=60) == len(big)
-                else:
-                    assert py.rpc(tls_erl.name, "lists", "reverse", [[t, i]]) == [i, t]
-        except BaseException as error:
-            failures.append(error)
+        for i in range(40):
+            if i % 10 == 3:
+                big = bytes([t]) * ((1 << 20) + i)
+                assert py.rpc(tls_erl.name, "erlang", "byte_size", [big], timeout=60) == len(big)
+            else:
+                assert py.rpc(tls_erl.name, "lists", "reverse", [[t, i]]) == [i, t]
 
-    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    failures = in_threads(caller, 4, 120)
     assert not failures, failures
     assert node._peers[A(tls_erl.name)] is peer and peer.alive
     assert node._stats[A(tls_erl.name)].connects == 1
