@@ -330,3 +330,32 @@ def test_loop_names_checked() -> None:
 
     with pytest.raises(UsageError, match="expected one of auto, asyncio, uvloop"):
         BlockingNode("x@127.0.0.1", COOKIE, loop="trio")
+
+
+def test_the_worker_pool_promises_only_free_threads() -> None:
+    """A job queued while every thread is busy is taken by the next thread done with its own,
+    and that thread is not counted idle meanwhile: ``submit_now`` (what a connection's reader
+    asks for) says no until a thread is really free, and then runs at once."""
+    from beambridge.node._workers import Workers
+
+    pool = Workers(1)
+    first, second = threading.Event(), threading.Event()
+    running = [threading.Event(), threading.Event()]
+    try:
+        pool.submit(lambda: (running[0].set(), first.wait(10)))
+        assert running[0].wait(10)
+        pool.submit(lambda: (running[1].set(), second.wait(10)))  # waits: the thread is busy
+        assert pool.backlog()
+        assert not pool.submit_now(lambda: None)
+        first.set()
+        assert running[1].wait(10)  # the same thread took the waiting job
+        assert not pool.backlog()
+        assert not pool.submit_now(lambda: None)  # still busy with it
+        second.set()
+        assert wait_until(lambda: pool._idle == 1, 10)
+        ran = threading.Event()
+        assert pool.submit_now(ran.set) and ran.wait(10)
+    finally:
+        first.set()
+        second.set()
+        pool.close()

@@ -49,8 +49,11 @@ _LISTEN_BACKLOG = 128
 _HANDSHAKE_READ = 16 << 10  # stream buffer while handshaking: handshake messages are small
 _LINGER_RESET = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left for a refusal
 #: batches one readiness event may read by busy polling (``_on_peer_data``) before the loop
-#: runs its other work again
+#: runs its other work again; polls in a row that find nothing before a peer is left alone,
+#: and the answered batches it is left alone for before one more try
 _POLL_BUDGET = 8
+_POLL_MISSES = 4
+_POLL_SKIP = 64
 
 
 class Connections(NodeCore):
@@ -405,18 +408,29 @@ class Connections(NodeCore):
         while peer.alive:
             corks = self._corks
             corks.active = True
-            sent = peer.stats.messages_out
+            sent = peer.loop_writes
             try:
                 with peer.rlock:
                     self._on_peer_data_locked(peer, data)
             finally:
                 corks.release()
-            if not self._busy_poll or peer.stats.messages_out == sent or budget <= 0:
+            if not self._busy_poll or peer.loop_writes == sent or budget <= 0:
                 return
+            # a peer that rarely answers within the poll (a remote host) is not polled: one
+            # more try after every _POLL_SKIP answered batches
+            if peer.poll_misses >= _POLL_MISSES:
+                peer.poll_misses += 1
+                if peer.poll_misses < _POLL_MISSES + _POLL_SKIP:
+                    return
+                peer.poll_misses = _POLL_MISSES - 1
             budget -= 1
+            if peer.pending:  # what we answered must be out before we wait for its effect
+                peer.flush()
             data = _poll_briefly(peer, self._busy_poll)
             if data is None:
+                peer.poll_misses += 1
                 return
+            peer.poll_misses = 0
 
     def _on_peer_data_locked(self, peer: _Peer, data: bytes | None) -> None:
         proto = peer.proto
@@ -468,7 +482,10 @@ class Connections(NodeCore):
                 self._peer_down(peer, "net_tick_timeout")
                 return
             if now - peer.last_sent >= interval * 0.9 and peer.alive:
-                peer.write(peer.proto.tick())
+                try:
+                    peer.write(peer.proto.tick())
+                except NoConnection:
+                    return  # a broken TLS session: the connection is closing
                 peer.stats.messages_out -= 1  # a keep-alive, not a message (its bytes count)
 
     def _peer_down(self, peer: _Peer, reason: str) -> None:

@@ -68,11 +68,13 @@ class _Peer:
         "last_sent",
         "leads",
         "loop",
+        "loop_writes",
         "name",
         "olock",
         "owner",
         "paused",
         "pending",
+        "poll_misses",
         "posted",
         "posted_n",
         "processed",
@@ -83,6 +85,7 @@ class _Peer:
         "stats",
         "tasks",
         "tls",
+        "tls_broken",
         "tq",
         "transport",
         "waiting",
@@ -117,6 +120,10 @@ class _Peer:
         #: TLS done here (``_tls_session``), not by the transport: under the write lock, any
         #: thread encrypts as it writes and decrypts as it reads (None: plain TCP)
         self.tls = tls
+        self.tls_broken = False  # it could not encrypt: the connection is closing
+        #: writes the loop made (``write``), and busy polls in a row that found nothing
+        self.loop_writes = 0
+        self.poll_misses = 0
         #: the plain socket threads write and read directly, and the duplicate this connection
         #: made of it (closed with the connection)
         self.sock, self.dup = _plain_socket(self.transport)
@@ -156,6 +163,7 @@ class _Peer:
         Python, are the cost of many small messages; latency is the cost of one). While the
         loop is corked (``Corks``) every write waits for its release. Loop only."""
         self.last_sent = time.monotonic()
+        self.loop_writes += 1
         self.wlock.acquire()
         try:
             stats = self.stats
@@ -269,9 +277,12 @@ class _Peer:
         """TLS records for ``data`` (write lock held). A session that cannot encrypt is broken:
         the connection is closed (its callers are told as for any lost connection)."""
         assert self.tls is not None
+        if self.tls_broken:
+            raise NoConnection(self.name, "TLS: the session broke; the connection is closing")
         try:
             return self.tls.encrypt(data)
         except ssl.SSLError as error:
+            self.tls_broken = True
             log.warning("closing connection to %s: TLS cannot encrypt: %s", self.name, error)
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 self.loop.call_soon_threadsafe(self.transport.abort)

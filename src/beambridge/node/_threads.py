@@ -239,8 +239,10 @@ class ThreadDoors(NodeCore):
         # only a thread free now: a reader never waits in the queue, nor keeps jobs waiting
         if not self._workers.submit_now(lambda: self._read_for_worker(peer)):
             with peer.olock:
-                peer.owner = None
-            return
+                if peer.owner == _WORKER:
+                    peer.owner = None
+                    return
+            # a blocking caller took the role over meanwhile (``_lead``): it reads now
         peer.transport.pause_reading()
         assert self._loop is not None
         self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, seen)

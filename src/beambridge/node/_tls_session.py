@@ -103,7 +103,7 @@ class TlsSession:
                 closed = True
                 break
             chunks.append(chunk)
-        if self._held:
+        if self._held and not closed:
             self._push()
         self._ended = closed
         plain = chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -25,22 +25,21 @@ class Workers:
         self.limit = limit
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        # Every job in the queue is either promised to a thread (an idle one, or one started
+        # for it) or counted in ``_waiting``, which the next thread done with its job takes.
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # threads waiting for a job that nobody promised them yet
+        self._waiting = 0  # queued jobs no thread was promised
         self._closed = False
 
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the node is closed")
-            start = self._idle == 0 and self._threads < self.limit
-            if start:
-                self._threads += 1
-            elif self._idle:
-                self._idle -= 1  # that idle thread takes this job
-        self._jobs.put(job)
-        if start:
-            threading.Thread(target=self._run, name="beambridge-call", daemon=True).start()
+            start = self._promise()
+            if start is None:
+                self._waiting += 1
+        self._put(job, start)
 
     def submit_now(self, job: Job) -> bool:
         """Run ``job`` now, on an idle thread or a new one; False (and nothing queued) when
@@ -48,26 +47,36 @@ class Workers:
         with self._lock:
             if self._closed:
                 return False
-            start = not self._idle
-            if start:
-                if self._threads >= self.limit:
-                    return False
-                self._threads += 1
-            else:
-                self._idle -= 1
+            start = self._promise()
+            if start is None:
+                return False
+        self._put(job, start)
+        return True
+
+    def _promise(self) -> bool | None:
+        """(Lock held.) A thread for one more job: False an idle one, True one to start, None
+        when every thread is busy and no more may start."""
+        if self._idle:
+            self._idle -= 1
+            return False
+        if self._threads < self.limit:
+            self._threads += 1
+            return True
+        return None
+
+    def _put(self, job: Job, start: bool | None) -> None:
         self._jobs.put(job)
         if start:
             threading.Thread(target=self._run, name="beambridge-call", daemon=True).start()
-        return True
 
     def backlog(self) -> bool:
         """Whether jobs wait for a thread."""
-        return not self._jobs.empty()
+        return self._waiting > 0
 
     def _run(self) -> None:
         jobs = self._jobs
         while True:
-            job = jobs.get()
+            job = jobs.get()  # promised to this thread, or taken from the waiting ones
             if job is None:
                 return
             try:
@@ -75,7 +84,10 @@ class Workers:
             except BaseException:  # a job reports its own errors: this only keeps the thread
                 log.exception("exposed-function worker")
             with self._lock:
-                self._idle += 1
+                if self._waiting:
+                    self._waiting -= 1
+                else:
+                    self._idle += 1
 
     def close(self) -> None:
         """Drop the jobs still queued (the node is gone: nobody takes their results) and stop
