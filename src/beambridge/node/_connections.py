@@ -49,11 +49,12 @@ _LISTEN_BACKLOG = 128
 _HANDSHAKE_READ = 16 << 10  # stream buffer while handshaking: handshake messages are small
 _LINGER_RESET = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left for a refusal
 #: batches one readiness event may read by busy polling (``_on_peer_data``) before the loop
-#: runs its other work again; polls in a row that find nothing before a peer is left alone,
-#: and the answered batches it is left alone for before one more try
-_POLL_BUDGET = 8
-_POLL_MISSES = 4
+#: runs its other work again; a peer's credit of polls (a miss costs one, a hit earns four),
+#: the answered batches a peer without credit is left alone for, and the credit it then has
+_POLL_BUDGET = 16
+_POLL_CREDIT = 64
 _POLL_SKIP = 64
+_POLL_RETRY = 8
 
 
 class Connections(NodeCore):
@@ -405,6 +406,7 @@ class Connections(NodeCore):
         packet, as BEAM's schedulers spin before they sleep: the answer usually prompts the
         next request within microseconds, and waking from the selector costs tens of them."""
         budget = _POLL_BUDGET
+        polled = False
         while peer.alive:
             corks = self._corks
             corks.active = True
@@ -414,23 +416,25 @@ class Connections(NodeCore):
                     self._on_peer_data_locked(peer, data)
             finally:
                 corks.release()
-            if not self._busy_poll or peer.loop_writes == sent or budget <= 0:
+            # after an answer, or after what a poll found (maybe the first part of a packet)
+            if not self._busy_poll or budget <= 0 or (peer.loop_writes == sent and not polled):
                 return
-            # a peer that rarely answers within the poll (a remote host) is not polled: one
-            # more try after every _POLL_SKIP answered batches
-            if peer.poll_misses >= _POLL_MISSES:
-                peer.poll_misses += 1
-                if peer.poll_misses < _POLL_MISSES + _POLL_SKIP:
+            # a peer that rarely answers within the poll (a remote host) runs out of credit
+            # and is not polled, but for one more try after every _POLL_SKIP answered batches
+            if peer.poll_credit <= 0:
+                peer.poll_credit -= 1
+                if peer.poll_credit > -_POLL_SKIP:
                     return
-                peer.poll_misses = _POLL_MISSES - 1
+                peer.poll_credit = _POLL_RETRY
             budget -= 1
             if peer.pending:  # what we answered must be out before we wait for its effect
                 peer.flush()
             data = _poll_briefly(peer, self._busy_poll)
             if data is None:
-                peer.poll_misses += 1
+                peer.poll_credit -= 1
                 return
-            peer.poll_misses = 0
+            polled = True
+            peer.poll_credit = min(_POLL_CREDIT, peer.poll_credit + 4)  # a fifth hits: polled
 
     def _on_peer_data_locked(self, peer: _Peer, data: bytes | None) -> None:
         proto = peer.proto

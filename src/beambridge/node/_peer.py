@@ -74,7 +74,7 @@ class _Peer:
         "owner",
         "paused",
         "pending",
-        "poll_misses",
+        "poll_credit",
         "posted",
         "posted_n",
         "processed",
@@ -121,9 +121,10 @@ class _Peer:
         #: thread encrypts as it writes and decrypts as it reads (None: plain TCP)
         self.tls = tls
         self.tls_broken = False  # it could not encrypt: the connection is closing
-        #: writes the loop made (``write``), and busy polls in a row that found nothing
+        #: writes the loop made (``write``), and the busy polls it may still make here
+        #: (``Connections._on_peer_data``)
         self.loop_writes = 0
-        self.poll_misses = 0
+        self.poll_credit = 64
         #: the plain socket threads write and read directly, and the duplicate this connection
         #: made of it (closed with the connection)
         self.sock, self.dup = _plain_socket(self.transport)

@@ -43,7 +43,7 @@ _OWNER_IDLE = 0.002
 #: how long an owner waiting for a reply polls the socket before it sleeps in poll(): a reply
 #: usually comes within tens of microseconds, and a sleep costs a wake-up (BEAM's schedulers
 #: busy-wait before sleeping for the same reason)
-_SPIN = 25e-6
+_SPIN = 50e-6
 #: a worker thread reading a connection for plain erpc calls hands reading back to the loop
 #: after this long without one
 _READER_IDLE = 0.25
