@@ -5,13 +5,13 @@ move as jobs run (done, failed, cancelled, timeout), on a real service with one 
 from __future__ import annotations
 
 import http.client
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from beambridge.compute import Client, JobCancelled, JobFailed, JobTimeout, Service, Unauthorized
+from tests.node.conftest import wait_until
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -40,15 +40,6 @@ def scrape(client: Client) -> tuple[dict[str, str], Samples]:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-def until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def raw_get(svc: Service, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -95,7 +86,8 @@ def test_the_families_and_their_types(svc: Service) -> None:
     for status in ("done", "failed", "cancelled", "timeout"):
         assert value(samples, "beambridge_compute_jobs_total", op="map", status=status) >= 0
     assert value(samples, "beambridge_compute_nodes", role="service") == 1
-    assert until(lambda: value(scrape(svc.client())[1], "beambridge_compute_nodes", role="local") == 1)
+    assert wait_until(
+        lambda: value(scrape(svc.client())[1], "beambridge_compute_nodes", role="local") == 1, 10)
     assert value(samples, "beambridge_compute_result_store_limit_bytes") > 0
 
 
@@ -110,7 +102,7 @@ def test_counters_histogram_and_gauges_move_as_jobs_run(svc: Service) -> None:
         client.call("bbc_sample_jobs:sleep", 2000, timeout=0.2)
     slow = client.submit("map", fun="bbc_sample_jobs:sleep_square", items=[[200, i] for i in range(50)],
                          chunk=1, processes=1)
-    assert until(lambda: value(scrape(client)[1], "beambridge_compute_jobs_running") >= 1)
+    assert wait_until(lambda: value(scrape(client)[1], "beambridge_compute_jobs_running") >= 1, 10)
     slow.cancel()
     with pytest.raises(JobCancelled):
         slow.result(timeout=10)
@@ -143,5 +135,5 @@ def test_counters_histogram_and_gauges_move_as_jobs_run(svc: Service) -> None:
     assert value(after, "beambridge_compute_jobs_kept") >= 1
     # Dropping the kept job frees its bytes.
     kept.cancel()
-    assert until(lambda: value(scrape(client)[1], "beambridge_compute_result_store_bytes")
-                 <= value(after, "beambridge_compute_result_store_bytes") - 20 * 1000)
+    assert wait_until(lambda: value(scrape(client)[1], "beambridge_compute_result_store_bytes")
+                      <= value(after, "beambridge_compute_result_store_bytes") - 20 * 1000, 10)

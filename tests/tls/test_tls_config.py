@@ -3,6 +3,8 @@ between two Python nodes, from an optfile and from ``ssl.SSLContext`` objects.""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +131,41 @@ def test_a_python_node_refuses_a_stranger_and_serves_on(nodes: list[BlockingNode
     with pytest.raises(TlsHandshakeFailed):
         stranger.rpc(server.name, "m", "ok", [], timeout=5)
     assert friend.rpc(server.name, "m", "ok", []) == Atom("ok")
+
+
+def test_a_tampered_tls_record_ends_that_connection_only(nodes: list[BlockingNode], epmd_port: int,
+                                                         tls_pki: Pki) -> None:
+    """A client with a good certificate finishes TLS, then sends a record whose integrity check
+    fails: the node drops that connection at once (before any distribution handshake), and a
+    friend's calls before, during and after go on over their own TLS connection."""
+    # a handshake timeout past the test's own wait: only the refusal can end the connection
+    server = BlockingNode(unique("pys") + "@127.0.0.1", COOKIE, epmd_port=epmd_port, tls=tls_pki.good,
+                          handshake_timeout=60)
+    friend = BlockingNode(unique("pyf") + "@127.0.0.1", COOKIE, epmd_port=epmd_port, tls=tls_pki.good)
+    nodes += [server, friend]
+    server.expose("m", {"ok": lambda: Atom("ok")})
+    assert friend.rpc(server.name, "m", "ok", []) == Atom("ok")
+    client = _contexts(tls_pki, tls_pki.node).client
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", server.node.port), timeout=10) as sock:
+        for _ in range(20):  # the TLS handshake, by hand
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        tls.write(b"\x00\x0fN" + bytes(15))  # the start of a distribution handshake...
+        record = bytearray(outgoing.read())
+        record[-1] ^= 0xFF  # ...whose authentication tag no longer matches
+        sock.sendall(bytes(record))
+        assert friend.rpc(server.name, "m", "ok", []) == Atom("ok")  # meanwhile
+        # the server ends it: what it still sends (session tickets, an alert), then the end
+        # (a server that kept it open would time this recv out)
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):
+                pass
+    assert friend.rpc(server.name, "m", "ok", []) == Atom("ok")
+    assert server.nodes() == [friend.name]

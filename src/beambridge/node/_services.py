@@ -262,10 +262,8 @@ class Services(NodeCore):
         if self._closed:
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, _A("notsup")))
             return
-        m, args = event.module, event.args
-        entry = None
-        if m == ERPC and event.function == EXECUTE_CALL and len(args) == 4:
-            entry = self._plain(args[1], args[2], args[3])
+        args = event.args
+        entry = self._erpc_plain(event)
         threaded = entry is not None and not entry[1]
         if len(self._procs) >= self.max_processes or (
                 threaded and self._thread_jobs >= self.max_processes):
@@ -276,12 +274,7 @@ class Services(NodeCore):
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, SYSTEM_LIMIT))
             return
         pid = self._next_pid()
-        flags = 0
-        for option in event.options:
-            if option == LINK:
-                flags |= 1
-            elif option == MONITOR:
-                flags |= 2
+        flags = _spawn_flags(event.options)
         peer.send_quiet(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid))
         started = None
         if entry is not None and entry[1]:
@@ -293,18 +286,31 @@ class Services(NodeCore):
                 self._exit_unseen(peer, event, pid, flags, _call_reason(args[0], early), args[0])
                 return
             started = early
-        process = Mailbox(self, pid, None, trap_exits=False)
-        self._procs[pid.id] = process
-        if flags & 1:
-            process.links.add(event.from_pid)
-        if flags & 2:
-            process.monitors_in[event.req_id] = (event.from_pid, pid)
+        process = self._spawned_process(event, pid, flags)
         if entry is not None and threaded:
             self._in_thread(*self._spawned_call(peer, event, process, entry[0]))
             self._offer_reader(peer)  # the next such call may then skip this hop
             return
         task = self._spawn_task(self._run_spawned(process, event, started))
         self._spawned[pid.id] = task
+
+    def _erpc_plain(self, event: SpawnRequest) -> Exposed | None:
+        """The plain exposed function an erpc call (``erpc:execute_call``) names, if it does."""
+        args = event.args
+        if event.module == ERPC and event.function == EXECUTE_CALL and len(args) == 4:
+            return self._plain(args[1], args[2], args[3])
+        return None
+
+    def _spawned_process(self, event: SpawnRequest, pid: Pid, flags: int) -> Mailbox:
+        """The process a spawn request made, in the table, with its spawner's link and monitor
+        (``flags``: ``_spawn_flags``) taken. Any thread: nobody else knows the pid yet."""
+        process = Mailbox(self, pid, None, trap_exits=False)
+        if flags & 1:
+            process.links.add(event.from_pid)
+        if flags & 2:
+            process.monitors_in[event.req_id] = (event.from_pid, pid)
+        self._procs[pid.id] = process
+        return process
 
     def _spawned_call(self, peer: _Peer, event: SpawnRequest, process: Mailbox,
                       fn: Callable[..., Any]) -> tuple[Any, ...]:
@@ -342,12 +348,9 @@ class Services(NodeCore):
         (refusals too: a full node answers there). Nobody but the spawner knows the new pid
         before the spawn reply written here, so the loop sees no event for it before it is in
         the process table."""
-        args = event.args
-        if self._closed or not peer.alive or not (
-                event.module == ERPC and event.function == EXECUTE_CALL and len(args) == 4
-                and LINK not in event.options and MONITOR in event.options):
+        if self._closed or not peer.alive or _spawn_flags(event.options) != 2:
             return None
-        entry = self._plain(args[1], args[2], args[3])
+        entry = self._erpc_plain(event)
         if (entry is None or entry[1] or len(self._procs) >= self.max_processes
                 or self._thread_jobs >= self.max_processes):
             return None
@@ -356,9 +359,7 @@ class Services(NodeCore):
             data = peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid))
         except LocalProtocolError:
             return None  # closing: the loop's path sees it
-        process = Mailbox(self, pid, None, trap_exits=False)
-        process.monitors_in[event.req_id] = (event.from_pid, pid)
-        self._procs[pid.id] = process
+        process = self._spawned_process(event, pid, 2)
         if not peer.write_from_thread(data):
             del self._procs[pid.id]
             return None
@@ -430,6 +431,17 @@ class Services(NodeCore):
         except EncodeError as error:
             reason = _unencodable(tag, error)
         process.close(reason)
+
+
+def _spawn_flags(options: list[Any]) -> int:
+    """A spawn request's options as the spawn reply's flags: 1 link, 2 monitor."""
+    flags = 0
+    for option in options:
+        if option == LINK:
+            flags |= 1
+        elif option == MONITOR:
+            flags |= 2
+    return flags
 
 
 def _nothing() -> None:
