@@ -211,6 +211,40 @@ def test_plain_calls_run_in_the_thread_that_reads_them(py: BlockingNode, erl: Er
     assert len(taken) >= 100, len(taken)
 
 
+def test_answered_calls_are_booked_later_and_free_their_place_at_once(epmd_port: int,
+                                                                     erl: ErlNode) -> None:
+    """A reading worker that answered a call leaves only its booking (ending the process) to
+    the loop, at the loop's next look instead of a wake-up per call; such answered calls do not
+    hold places under ``max_processes``: sequential calls on a node with two free places all
+    succeed, and the table is back to where it was after them."""
+    with BlockingNode(unique("book") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as py:
+        node = py.node
+        assert py.ping(erl.name)
+        base = len(node._procs)
+        py.expose("pybook", {"double": lambda x: 2 * x})
+        taken = taken_by_readers(py)
+        booked: list[int] = []
+        book = node._book_handbacks
+
+        def counting() -> None:
+            booked.append(len(node._handbacks))
+            book()
+
+        node._book_handbacks = counting  # type: ignore[method-assign]
+        got = in_background(py, erl, "erpc_seq", [A(py.name), A("pybook"), A("double"), 200])
+        assert got == [(A("ok"), 2 * i) for i in range(1, 201)]
+        assert len(taken) >= 100, len(taken)
+        assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
+        assert not node._handbacks
+        assert sum(booked) >= len(taken) // 2, booked  # booked in batches, not one by one
+        assert max(booked) > 1, booked
+
+        node.max_processes = base + 3  # in_background's mailbox takes one
+        got = in_background(py, erl, "erpc_seq", [A(py.name), A("pybook"), A("double"), 200])
+        assert got == [(A("ok"), 2 * i) for i in range(1, 201)]
+        assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
+
+
 def test_the_loop_reads_the_next_request_by_polling(py: BlockingNode, erl: ErlNode,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """After answering, a BlockingNode's loop polls the socket before it sleeps: what it reads

@@ -195,6 +195,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         #: an application's loop; a ``BlockingNode`` sets it on the thread it owns
         self._busy_poll = 0.0
         self._jobs_lock = threading.Lock()  # worker threads count the jobs they start too
+        #: outcomes of calls a reading worker answered itself, for the loop to book (ending
+        #: the process) at its next look at the reader: no wake-up of the loop per call
+        self._handbacks: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         #: guards a spawned process's monitors between the loop ending it and a worker thread
         #: answering its spawner directly (``Services._in_thread``)
         self._exit_lock = threading.Lock()

@@ -198,7 +198,8 @@ class Services(NodeCore):
     def _thread_job(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
                     then: Callable[[tuple[str, Any, Any]], None],
                     answer: Callable[[tuple[str, Any, Any]], bool] | None = None,
-                    wanted: Callable[[], bool] | None = None) -> Callable[[], None]:
+                    wanted: Callable[[], bool] | None = None, *, defer: bool = False
+                    ) -> Callable[[], None]:
         """A job that runs a plain function on a thread other than the loop's; ``then`` gets its
         outcome on the loop (``("awaitable", value, None)`` when it returned one: see
         ``_settle``), whatever the function raised. ``answer``, when given, runs first on that
@@ -206,7 +207,9 @@ class Services(NodeCore):
         to wake. A job that ``wanted`` says is no longer wanted when a thread takes it (its
         process was killed while it queued) does not run; ``then`` gets ``("dropped", None,
         None)``. Counted in ``_thread_jobs`` from now until its outcome is back; dropped if the
-        node closed meanwhile. Any thread may make one (a worker reading a connection does)."""
+        node closed meanwhile. Any thread may make one (a worker reading a connection does).
+        ``defer``: an outcome already answered waits in ``_handbacks`` for the loop's next look
+        at the reader (``ThreadDoors._owner_watch``) instead of waking the loop now."""
         loop = self._loop
         assert loop is not None
 
@@ -218,6 +221,7 @@ class Services(NodeCore):
 
         def job() -> None:
             outcome: tuple[str, Any, Any] = ("dropped", None, None)
+            answered = False
             if wanted is None or wanted():
                 try:
                     outcome = _run_plain(fn, module, function, args)
@@ -226,15 +230,25 @@ class Services(NodeCore):
                                [(module, function, len(args), [])])
                 if answer is not None and outcome[0] != "awaitable":
                     try:
-                        answer(outcome)
+                        answered = answer(outcome)
                     except Exception:  # the loop's path answers instead
                         log.exception("answering %s:%s from its worker thread", module, function)
+            if defer and answered:
+                self._handbacks.append((back, outcome))  # only booking is left: no hurry
+                return
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
                 loop.call_soon_threadsafe(back, outcome)
 
         with self._jobs_lock:
             self._thread_jobs += 1
         return job
+
+    def _book_handbacks(self) -> None:
+        """Loop: book the outcomes reading workers answered themselves (``_thread_job``)."""
+        backs = self._handbacks
+        while backs:
+            back, outcome = backs.popleft()
+            back(outcome)
 
     def _answer_from_thread(self, peer: _Peer, process: Mailbox, event: SpawnRequest,
                             outcome: tuple[str, Any, Any]) -> bool:
@@ -265,6 +279,8 @@ class Services(NodeCore):
         args = event.args
         entry = self._erpc_plain(event)
         threaded = entry is not None and not entry[1]
+        if self._handbacks:  # calls already answered are not counted against the limit
+            self._book_handbacks()
         if len(self._procs) >= self.max_processes or (
                 threaded and self._thread_jobs >= self.max_processes):
             # jobs count too: a killed process's job may still wait in the queue
@@ -351,6 +367,7 @@ class Services(NodeCore):
         if self._closed or not peer.alive or _spawn_flags(event.options) != 2:
             return None
         entry = self._erpc_plain(event)
+        # answered calls not booked yet still count here: the loop books them before it decides
         if (entry is None or entry[1] or len(self._procs) >= self.max_processes
                 or self._thread_jobs >= self.max_processes):
             return None
@@ -368,7 +385,7 @@ class Services(NodeCore):
             # the process table: nobody is left to answer, and nothing must stay behind
             self._procs.pop(pid.id, None)
             return _nothing
-        return self._thread_job(*self._spawned_call(peer, event, process, entry[0]))
+        return self._thread_job(*self._spawned_call(peer, event, process, entry[0]), defer=True)
 
     def _exit_unseen(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
                      tag: Any) -> None:
@@ -563,6 +580,8 @@ class _Rex(_Service):
         """Refuse a call that would wait beyond ``max_processes`` unanswered ones (awaited on
         the loop, or jobs for the threads)."""
         host = self._host
+        if host._handbacks:  # calls already answered are not counted against the limit
+            host._book_handbacks()
         if host._rex_busy < host.max_processes and host._thread_jobs < host.max_processes:
             return False
         host._refusals.warn("rex", "rpc:call of %s:%s refused: %d awaited, %d jobs for threads "

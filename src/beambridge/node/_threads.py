@@ -183,7 +183,10 @@ class ThreadDoors(NodeCore):
 
     def _owner_watch(self, peer: _Peer, seen: int) -> None:
         """Loop: take reading back from an owner that has not read since the last look (it went
-        off to do other work); an owner calling back to back keeps the role without a hop."""
+        off to do other work); an owner calling back to back keeps the role without a hop.
+        The outcomes reading workers answered themselves are booked here too."""
+        if self._handbacks:
+            self._book_handbacks()
         with peer.olock:
             if peer.owner is None:
                 return
@@ -281,9 +284,15 @@ class ThreadDoors(NodeCore):
                     peer.active = False
             if taken is not None and taken.ok:  # read, then something failed: its caller waits
                 taken.value()
-            if outcome != "done" and self._loop is not None:
+            if self._loop is not None and (outcome != "done" or self._handbacks):
                 with contextlib.suppress(RuntimeError):  # a closed loop: node gone
-                    self._loop.call_soon_threadsafe(self._maybe_revoke, peer)
+                    self._loop.call_soon_threadsafe(self._worker_left, peer, outcome != "done")
+
+    def _worker_left(self, peer: _Peer, revoke: bool) -> None:
+        """Loop: a reading worker stopped; book what it answered, take reading back."""
+        self._book_handbacks()
+        if revoke:
+            self._maybe_revoke(peer)
 
     def _read_as_owner(self, peer: _Peer, waiter: Slot, deadline: float | None,
                        taken: Slot | None = None) -> str:
