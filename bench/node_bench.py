@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import secrets
 import socket
@@ -407,6 +408,53 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
             return time.perf_counter() - start
 
     specs.append(("floor: plain TCP round trip, no distribution [socket]", erl_tcp, py_tcp))
+
+    # the floor under the 4-threads row: four threads share one TCP connection to the echo, a
+    # reader thread wakes each caller with its reply; no distribution and next to no Python
+    # work, beside Erlang's four rpc callers (what any design that shares one connection among
+    # blocking threads pays in wake-ups and GIL hand-overs)
+    def py_tcp_shared(n: int) -> float:
+        per_thread = n // 4
+        total = 4 * per_thread
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            waiting: dict[int, threading.Lock] = {}
+            send_lock = threading.Lock()
+            ids = itertools.count()
+
+            def reader() -> None:
+                buf = b""
+                for _ in range(total):
+                    while len(buf) < 64:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            raise RuntimeError("TCP echo closed")
+                        buf += chunk
+                    waiting.pop(int.from_bytes(buf[4:8], "big")).release()
+                    buf = buf[64:]
+
+            def caller() -> None:
+                for _ in range(per_thread):
+                    ident = next(ids)
+                    done = threading.Lock()
+                    done.acquire()
+                    waiting[ident] = done
+                    with send_lock:
+                        sock.sendall(b"\0\0\0\x3c" + ident.to_bytes(4, "big") + b"x" * 56)
+                    if not done.acquire(timeout=30):
+                        raise RuntimeError("no echo within 30 s")
+
+            threads = [threading.Thread(target=reader)] + [
+                threading.Thread(target=caller) for _ in range(4)]
+            start = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+            return time.perf_counter() - start
+
+    specs.append(("floor: 4 threads share one TCP connection, no distribution [socket]",
+                  erl_conc, py_tcp_shared))
 
     # echo
     dest = (A("bench_echo"), t)
