@@ -248,7 +248,10 @@ class Services(NodeCore):
         backs = self._handbacks
         while backs:
             back, outcome = backs.popleft()
-            back(outcome)
+            try:  # one failing booking must not stop the watchdog that called this
+                back(outcome)
+            except Exception:
+                log.exception("booking a call answered by a worker thread")
 
     def _answer_from_thread(self, peer: _Peer, process: Mailbox, event: SpawnRequest,
                             outcome: tuple[str, Any, Any]) -> bool:
