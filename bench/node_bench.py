@@ -444,14 +444,27 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
                     if not done.acquire(timeout=30):
                         raise RuntimeError("no echo within 30 s")
 
-            threads = [threading.Thread(target=reader)] + [
-                threading.Thread(target=caller) for _ in range(4)]
+            failed: list[BaseException] = []
+
+            def guarded(work: Callable[[], None]) -> Callable[[], None]:
+                def run() -> None:
+                    try:
+                        work()
+                    except BaseException as error:  # reported below, not as a figure
+                        failed.append(error)
+                return run
+
+            threads = [threading.Thread(target=guarded(reader))] + [
+                threading.Thread(target=guarded(caller)) for _ in range(4)]
             start = time.perf_counter()
             for th in threads:
                 th.start()
             for th in threads:
                 th.join(60)
-            return time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            if failed or any(th.is_alive() for th in threads):
+                raise RuntimeError(f"shared-connection floor failed: {failed or 'a thread hung'}")
+            return elapsed
 
     specs.append(("floor: 4 threads share one TCP connection, no distribution [socket]",
                   erl_conc, py_tcp_shared))
