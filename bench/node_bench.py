@@ -7,8 +7,9 @@ beambridge/Erlang is printed for each row. The TLS row (``-proto_dist inet_tls``
 client Erlang node of its own on TLS, and a ``BlockingNode(tls=...)``, all with one throwaway PKI
 made with ``openssl``; it is skipped, saying why, on a runtime without the ssl application (the
 bundled OTP 28). Run: ``.venv/bin/python bench/node_bench.py`` (``--otp 28`` for the bundled OTP 28,
-``--seconds`` per row, ``--rows TEXT`` for the rows whose label has TEXT). Prints only; asserts
-nothing.
+``--seconds`` per row, ``--rows TEXT`` for the rows whose label has TEXT, ``--cpu N`` to run
+this process on one CPU). The C floor row is built from ``bench/c/shared_reader.c`` with the
+system's ``cc`` and left out, saying why, without one. Prints only; asserts nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from beambridge import Atom, otp
 from beambridge.node import BlockingNode, Node
+from beambridge.node._threads import _SPIN
 
 HERE = Path(__file__).parent
 COOKIE = "bench_" + secrets.token_hex(4)
@@ -42,6 +44,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: the CPUs this process had before ``--cpu`` pinned it; the Erlang nodes it starts keep them all
+_every_cpu: set[int] = set()
+
+
+def _unpin() -> None:
+    os.sched_setaffinity(0, _every_cpu)
+
+
 class Erl:
     def __init__(self, runtime: otp.Runtime, name: str, epmd_port: int, ebin: Path,
                  args: tuple[str, ...] = ()) -> None:
@@ -50,7 +60,8 @@ class Erl:
         self.proc = subprocess.Popen(
             [str(runtime.erl), "-noinput", "-name", self.name, "-setcookie", COOKIE, "-pa", str(ebin),
              "-kernel", "inet_dist_use_interface", "{127,0,0,1}", *args],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_unpin if _every_cpu else None)
 
     def stop(self) -> None:
         self.proc.kill()
@@ -80,7 +91,14 @@ def main() -> int:
                              "when installed)")
     parser.add_argument("--rows", metavar="TEXT", default="",
                         help="only the rows whose label contains TEXT (e.g. 'sequential rpc')")
+    parser.add_argument("--cpu", type=int, default=None,
+                        help="run this Python process on this CPU only, as `taskset -c CPU` "
+                             "would (its threads then wake each other on one core); the Erlang "
+                             "nodes keep every CPU")
     opts = parser.parse_args()
+    if opts.cpu is not None:  # before any thread starts: they all inherit it
+        _every_cpu.update(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {opts.cpu})
     if opts.loop:
         os.environ["BEAMBRIDGE_LOOP"] = opts.loop  # BlockingNode reads it, here and in the TLS rows
     runtimes = otp.find_runtimes()
@@ -110,7 +128,8 @@ def main() -> int:
         rows += _tls_rows(runtime, ebin, epmd_port, tag, seconds, opts.repeat, opts.rows)
         load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
         print(f"\nbeambridge ({loop}) vs Erlang on OTP {runtime.release}, loopback, "
-              f"{os.cpu_count()} cores, "
+              f"{os.cpu_count()} cores"
+              f"{'' if opts.cpu is None else f' (this process on CPU {opts.cpu})'}, "
               f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, best of {opts.repeat} "
               f"(ops/s; ratio = beambridge / Erlang)\n")
         print(f"{'operation':58} {'Erlang':>8} {'beambridge':>11} {'ratio':>7} "
@@ -469,6 +488,40 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
     specs.append(("floor: 4 threads share one TCP connection, no distribution [socket]",
                   erl_conc, py_tcp_shared))
 
+    # the same floor with the reading and routing in C, outside the GIL (bench/c/shared_reader.c):
+    # what a call path in C could reach at best, beside the Python floor above
+    reader = _shared_reader()
+    if reader is not None:
+        def c_tcp_shared(n: int) -> float:
+            per_thread = n // 4
+            with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(None)  # the C reader blocks in recv()
+                shared = reader.Reader(sock.fileno(), _SPIN)
+                failed: list[BaseException] = []
+
+                def caller(slot: int) -> None:
+                    frame = b"\0\0\0\x3c" + slot.to_bytes(4, sys.byteorder) + b"x" * 56
+                    try:
+                        for _ in range(per_thread):
+                            shared.call(slot, frame)
+                    except BaseException as error:  # reported below, not as a figure
+                        failed.append(error)
+
+                threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+                start = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join(60)
+                elapsed = time.perf_counter() - start
+                if failed or any(th.is_alive() for th in threads):
+                    raise RuntimeError(f"C shared-connection floor failed: {failed or 'a thread hung'}")
+                return elapsed
+
+        specs.append(("floor: 4 threads share one TCP connection, reading and routing in C, no GIL [socket]",
+                      erl_conc, c_tcp_shared))
+
     # echo
     dest = (A("bench_echo"), t)
 
@@ -490,6 +543,27 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
                   lambda n: erl_us("echo_inflight", [dest, A("ping"), n, 64]),
                   lambda n: _async_run(py, _async_echo(target, n, 64))))
     return specs
+
+
+def _shared_reader() -> Any:
+    """bench/c/shared_reader.c built with the system's C compiler into a scratch folder and
+    imported; None, saying why, when it cannot be built (that row is left out)."""
+    import importlib.util
+    import sysconfig
+    out = Path(tempfile.mkdtemp(prefix="bb_reader_")) / ("shared_reader"
+                                                          + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    cc = os.environ.get("CC", "cc")
+    built = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", sysconfig.get_paths()["include"],
+                            str(HERE / "c" / "shared_reader.c"), "-o", str(out), "-lpthread"],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"the C floor row is left out: {cc} failed: {built.stderr.strip()[:300]}")
+        return None
+    spec = importlib.util.spec_from_file_location("shared_reader", out)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _async_run(py: BlockingNode, make: Callable[[Node], Any]) -> float:

@@ -245,6 +245,76 @@ def test_answered_calls_are_booked_later_and_free_their_place_at_once(epmd_port:
         assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
 
 
+def test_a_slow_call_a_reader_ran_is_booked_once_it_returns(py: BlockingNode, erl: ErlNode) -> None:
+    """A plain function slower than the watchdog (``_OWNER_IDLE``, 2 ms): the loop takes reading
+    back from the worker that read its call while the function still runs, so no later look
+    at the reader books that call; the worker leaving (``_worker_left``) must, once the
+    function returned. Sequential calls: every answer right and in order, many run by a
+    reading worker, and nothing left behind after them (table back to its size, no job
+    counted, no booking pending), also with only a few free places. Slow calls alternate
+    between a reader and the loop, which books a reader's call before it starts the next, so
+    only a last call depends on the worker leaving: each round ends with quick calls that
+    keep a worker reading, and then a slow one that it reads."""
+    assert py.ping(erl.name)
+    node = py.node
+    base = len(node._procs)
+
+    def triple(x: int) -> int:
+        time.sleep(0.015)
+        return 3 * x
+
+    def slow_last(x: int) -> int:  # called with 1..5
+        if x == 5:
+            time.sleep(0.015)
+        return 3 * x
+
+    py.expose("pyslowbook", {"triple": triple, "slow_last": slow_last})
+    taken = taken_by_readers(py)
+    take = node._take_spawn_request
+    taken_args: list[Any] = []
+
+    def recording(peer: Any, event: Any) -> Any:
+        job = take(peer, event)
+        if job is not None:
+            taken_args.append((str(event.args[2]), event.args[3]))
+        return job
+
+    node._take_spawn_request = recording  # type: ignore[method-assign]
+
+    def calls(function: str, count: int) -> int:
+        """How many of ``count`` sequential calls a reading worker ran."""
+        before = len(taken)
+        got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyslowbook"), A(function), count])
+        assert got == [(A("ok"), 3 * i) for i in range(1, count + 1)]
+        return len(taken) - before
+
+    def settled() -> bool:
+        return len(node._procs) == base and node._thread_jobs == 0 and not node._handbacks
+
+    def end_on_a_slow_call_a_reader_ran() -> None:
+        for _ in range(5):  # a reader almost always reads the slow last call at once
+            taken_args.clear()
+            calls("slow_last", 5)
+            if ("slow_last", [5]) in taken_args:
+                break
+        assert ("slow_last", [5]) in taken_args, taken_args
+        assert wait_until(settled, 5), (len(node._procs) - base, node._thread_jobs,
+                                        len(node._handbacks))
+
+    by_readers = calls("triple", 30)
+    assert by_readers >= 10, by_readers
+    end_on_a_slow_call_a_reader_ran()
+
+    limit = node.max_processes
+    node.max_processes = base + 3  # in_background's mailbox takes one
+    by_readers = calls("triple", 30)
+    assert by_readers >= 10, by_readers
+    # with so few places, quick calls a reader answered soon fill them until the loop's next
+    # look books them, and the reader leaves the next call to the loop: places again to end
+    node.max_processes = limit
+    end_on_a_slow_call_a_reader_ran()
+
+
 def test_the_loop_reads_the_next_request_by_polling(py: BlockingNode, erl: ErlNode,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """After answering, a BlockingNode's loop polls the socket before it sleeps: what it reads
