@@ -245,6 +245,42 @@ def test_answered_calls_are_booked_later_and_free_their_place_at_once(epmd_port:
         assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
 
 
+def test_a_call_answered_by_a_reader_frees_its_place_before_its_reply_goes_out(
+        epmd_port: int, erl: ErlNode) -> None:
+    """The caller's next request may come the moment a reading worker's reply is out, and the
+    loop may read it (the watchdog takes reading back from a worker that is not reading): the
+    answered call must be queued for booking by then, or a node one place from its limit
+    refuses that request. The worker is held up here right after each reply it writes, so
+    that the loop reads every next request; with only one free place all calls succeed."""
+    with BlockingNode(unique("early") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as py:
+        node = py.node
+        assert py.ping(erl.name)
+        base = len(node._procs)
+        py.expose("pyearly", {"double": lambda x: 2 * x})
+        taken = taken_by_readers(py)
+        answer = node._answer_from_thread
+        booked: list[int] = []
+        book = node._book_handbacks
+
+        def answer_then_linger(*args: Any) -> bool:
+            sent = answer(*args)
+            time.sleep(0.01)  # several watchdog looks: the loop reads the next request
+            return sent
+
+        def counting() -> None:
+            booked.append(len(node._handbacks))
+            book()
+
+        node._answer_from_thread = answer_then_linger  # type: ignore[method-assign]
+        node._book_handbacks = counting  # type: ignore[method-assign]
+        node.max_processes = base + 2  # in_background's mailbox takes one: one place left
+        got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyearly"), A("double"), 40])
+        assert got == [(A("ok"), 2 * i) for i in range(1, 41)]
+        assert taken  # readers answered some, the loop's workers the others
+        assert sum(booked) >= 30, booked  # each answered call queued, then booked by the loop
+        assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
+
+
 def test_a_slow_call_a_reader_ran_is_booked_once_it_returns(py: BlockingNode, erl: ErlNode) -> None:
     """A plain function slower than the watchdog (``_OWNER_IDLE``, 2 ms): the loop takes reading
     back from the worker that read its call while the function still runs, so no later look
@@ -616,6 +652,38 @@ def test_async_node(epmd_port: int, erl: ErlNode) -> None:
             assert await mb.receive(timeout=1) == 1
         with pytest.raises(MailboxClosed):
             await mb.receive(timeout=1)
+
+    asyncio.run(main())
+
+
+def test_async_timeouts_share_a_timer_and_fire_in_order(epmd_port: int, erl: ErlNode) -> None:
+    """The async ``Node``'s call timeouts are kept by tick (one timer for the first tick with
+    calls due, not a timer per call): each call still times out after its own timeout, never
+    before and at most a tick and a loop turn late, the shortest first; calls answered in
+    time never time out; with nothing due, no timer is left."""
+    async def main() -> None:
+        async with Node(unique("pyticks") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as node:
+            loop = asyncio.get_running_loop()
+
+            async def timed(ms: int, timeout: float) -> tuple[str, float]:
+                start = loop.time()
+                try:
+                    await node.rpc(erl.name, "timer", "sleep", [ms], timeout=timeout)
+                    return "ok", loop.time() - start
+                except Timeout:
+                    return "timeout", loop.time() - start
+
+            quick = [node.rpc(erl.name, "erlang", "abs", [-i], timeout=0.2) for i in range(50)]
+            got = await asyncio.gather(timed(3000, 0.3), timed(3000, 0.1), timed(10, 5.0), *quick)
+            (kind1, took1), (kind2, took2), (kind3, _) = got[:3]
+            assert kind1 == "timeout" and 0.3 <= took1 < 0.3 + 0.25, (kind1, took1)
+            assert kind2 == "timeout" and 0.1 <= took2 < took1, (kind2, took2)
+            assert kind3 == "ok"
+            assert got[3:] == list(range(50))
+            await asyncio.sleep(0.3)  # past the quick calls' deadlines: nothing fires for them
+            assert not node._due and node._due_timer is None
+            assert node.stats()["totals"]["rpc_timeouts"] == 2
+            assert await node.rpc(erl.name, "erlang", "node", timeout=1) == A(erl.name)
 
     asyncio.run(main())
 

@@ -4,6 +4,8 @@ peers without it), their timeouts and abandonment; gen_call, gen_cast and ping."
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,6 +41,10 @@ from ._names import (
 from ._peer import _SPAWN, _Peer
 from ._stats import PeerStats
 
+#: the async calls' timeouts fire in ticks of this many seconds, up to one tick late: one timer
+#: per tick that has calls due instead of a timer made and cancelled per call (1.7 us on uvloop)
+_TICK = 0.005
+
 
 @dataclass(eq=False, slots=True)
 class _Call:
@@ -49,7 +55,8 @@ class _Call:
     done: Callable[[bool, Any], None]
     label: tuple[Atom, Atom, int]  # module, function, arity: formatted only for a timeout
     spawned: Pid | None = None
-    timer: asyncio.TimerHandle | None = None
+    due: int = 0  # the tick its timeout falls in (``Calls._due``); 0: none
+    timeout: float = 0.0
     threaded: bool = False  # a blocking caller's: its reply may be applied off the loop thread
     stats: PeerStats | None = None  # the peer's, counted when the call ends
     started: float = 0.0
@@ -142,24 +149,78 @@ class Calls(NodeCore):
 
     def _start_call(self, peer: _Peer, m: Atom, f: Atom, a: list[Any], timeout: float | None,
                     done: Callable[[bool, Any], None]) -> Reference:
+        # one reference is both the request id and erpc's result tag: it is unique all the same,
+        # and only the spawned process's exit reason carries it back
         req = self.make_ref()
-        tag = self.make_ref()
         assert self._group_leader is not None and self._caller_pid is not None
         peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
-                                          EXECUTE_CALL, [tag, m, f, a], [MONITOR]))
-        call = _Call(peer.name, tag, done, (m, f, len(a)), stats=peer.stats, started=time.monotonic())
+                                          EXECUTE_CALL, [req, m, f, a], [MONITOR]))
+        call = _Call(peer.name, req, done, (m, f, len(a)), stats=peer.stats, started=time.monotonic())
         self._calls[req] = call
         if timeout is not None:
-            assert self._loop is not None
-            call.timer = self._loop.call_later(timeout, self._call_timeout, req, timeout)
+            self._arm(call, req, timeout)
         return req
+
+    # ---------------------------------------------------------------- timeouts, by tick
+
+    def _arm(self, call: _Call, req: Reference, timeout: float) -> None:
+        """Make ``call`` time out after ``timeout`` s (at the end of the tick it falls in)."""
+        assert self._loop is not None
+        tick = max(math.ceil((self._loop.time() + timeout) / _TICK), 1)
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = {}
+            heapq.heappush(self._due_ticks, tick)
+            if self._due_ticks[0] == tick:
+                self._schedule_ticks()
+        due[call] = req
+        call.due, call.timeout = tick, timeout
+
+    def _disarm(self, call: _Call) -> None:
+        due = self._due.get(call.due)
+        if due is not None:
+            due.pop(call, None)
+            if not due:
+                del self._due[call.due]  # its tick then wakes nobody (``_schedule_ticks``)
+        call.due = 0
+
+    def _schedule_ticks(self) -> None:
+        """One timer, at the first tick that still has calls due."""
+        ticks, due = self._due_ticks, self._due
+        while ticks and ticks[0] not in due:
+            heapq.heappop(ticks)
+        handle = self._due_timer
+        if not ticks:
+            if handle is not None:
+                handle.cancel()
+                self._due_timer = None
+            return
+        at = ticks[0] * _TICK
+        if handle is not None:
+            if handle.when() <= at:
+                return  # it fires first, and looks again then
+            handle.cancel()
+        assert self._loop is not None
+        self._due_timer = self._loop.call_at(at, self._on_tick)
+
+    def _on_tick(self) -> None:
+        """Time out every call whose tick has come."""
+        self._due_timer = None
+        assert self._loop is not None
+        now = self._loop.time()
+        ticks, due = self._due_ticks, self._due
+        while ticks and ticks[0] * _TICK <= now:
+            for call, req in due.pop(heapq.heappop(ticks), {}).items():
+                call.due = 0
+                self._call_timeout(req, call.timeout)
+        self._schedule_ticks()
 
     def _finish_call(self, req: Reference, ok: bool, value: Any) -> None:
         call = self._calls.pop(req, None)
         if call is None:
             return
-        if call.timer is not None:
-            call.timer.cancel()
+        if call.due:
+            self._disarm(call)
         if call.stats is not None:
             call.stats.call_ended(time.monotonic() - call.started, ok)
         call.done(ok, value)
@@ -199,8 +260,8 @@ class Calls(NodeCore):
         call = self._calls.pop(req, None)
         if call is None:
             return
-        if call.timer is not None:
-            call.timer.cancel()
+        if call.due:
+            self._disarm(call)
         if call.spawned is not None and self._caller_pid is not None:
             self._signal_now(call.node, Exit2(self._caller_pid, call.spawned, KILL))
 

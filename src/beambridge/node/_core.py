@@ -96,6 +96,9 @@ class NodeCore:
     unrouted: Mailbox | None
     # calls, and what is counted about each peer node
     _calls: dict[Reference, _Call]
+    _due: dict[int, dict[_Call, Reference]]  # the calls whose timeout falls in each tick
+    _due_ticks: list[int]  # a heap of those ticks (and some emptied since)
+    _due_timer: asyncio.TimerHandle | None
     _stats: dict[Atom, PeerStats]
     _node_atoms: dict[Any, Atom]
     _name_atoms: dict[Any, Atom]

@@ -215,6 +215,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._group_leader: Mailbox | None = None
         self._caller_pid: Pid | None = None
         self._calls: dict[Reference, _Call] = {}
+        self._due: dict[int, dict[_Call, Reference]] = {}
+        self._due_ticks: list[int] = []
+        self._due_timer: asyncio.TimerHandle | None = None
         self._stats: dict[Atom, PeerStats] = {}
         self._node_atoms: dict[Any, Atom] = {}
         self._name_atoms: dict[Any, Atom] = {}
@@ -289,6 +292,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
             self._peer_down(peer, "node closed")
         for req in list(self._calls):
             self._finish_call(req, False, NoConnection(self.name, "node closed"))
+        self._schedule_ticks()  # none due now: its timer goes
         for mailbox in list(self._procs.values()):
             mailbox.close(_A("shutdown"))
         self._workers.close()

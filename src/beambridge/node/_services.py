@@ -53,6 +53,8 @@ from ._names import (
 from ._peer import _Peer
 
 log = logging.getLogger("beambridge.node")
+#: a worker thread's own answer to an erpc call: (outcome, commit) -> whether it went out
+_Answer = Callable[[tuple[str, Any, Any], Callable[[], None]], bool]
 io_log = logging.getLogger("beambridge.node.io")
 
 
@@ -184,7 +186,7 @@ class Services(NodeCore):
 
     def _in_thread(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
                    then: Callable[[tuple[str, Any, Any]], None],
-                   answer: Callable[[tuple[str, Any, Any]], bool] | None = None,
+                   answer: _Answer | None = None,
                    wanted: Callable[[], bool] | None = None) -> None:
         """Run a plain function in a worker thread (see ``_thread_job``)."""
         job = self._thread_job(fn, module, function, args, then, answer, wanted)
@@ -197,19 +199,23 @@ class Services(NodeCore):
 
     def _thread_job(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
                     then: Callable[[tuple[str, Any, Any]], None],
-                    answer: Callable[[tuple[str, Any, Any]], bool] | None = None,
+                    answer: _Answer | None = None,
                     wanted: Callable[[], bool] | None = None, *, defer: bool = False
                     ) -> Callable[[], None]:
         """A job that runs a plain function on a thread other than the loop's; ``then`` gets its
         outcome on the loop (``("awaitable", value, None)`` when it returned one: see
         ``_settle``), whatever the function raised. ``answer``, when given, runs first on that
         thread and may send the reply itself (True), so the caller does not wait for the loop
-        to wake. A job that ``wanted`` says is no longer wanted when a thread takes it (its
-        process was killed while it queued) does not run; ``then`` gets ``("dropped", None,
-        None)``. Counted in ``_thread_jobs`` from now until its outcome is back; dropped if the
-        node closed meanwhile. Any thread may make one (a worker reading a connection does).
-        ``defer``: an outcome already answered waits in ``_handbacks`` for the loop's next look
-        at the reader (``ThreadDoors._owner_watch``) instead of waking the loop now."""
+        to wake; it calls the ``commit`` it is given once it will, before the reply goes out.
+        A job that ``wanted`` says is no longer wanted when a thread takes it (its process was
+        killed while it queued) does not run; ``then`` gets ``("dropped", None, None)``.
+        Counted in ``_thread_jobs`` from now until its outcome is back; dropped if the node
+        closed meanwhile. Any thread may make one (a worker reading a connection does).
+        An answered outcome is queued in ``_handbacks`` at ``commit``, before the reply is
+        written: the caller's next request, which the reply may bring at once, finds it there
+        (the loop books the queue before it counts processes against ``max_processes``), not
+        yet to come. ``defer``: it waits there for the loop's next look at the reader
+        (``ThreadDoors._owner_watch``) instead of waking the loop now."""
         loop = self._loop
         assert loop is not None
 
@@ -221,7 +227,14 @@ class Services(NodeCore):
 
         def job() -> None:
             outcome: tuple[str, Any, Any] = ("dropped", None, None)
-            answered = False
+            queued = False
+
+            def commit() -> None:
+                nonlocal queued
+                if not queued:
+                    queued = True
+                    self._handbacks.append((back, outcome))  # only booking is left
+
             if wanted is None or wanted():
                 try:
                     outcome = _run_plain(fn, module, function, args)
@@ -230,14 +243,16 @@ class Services(NodeCore):
                                [(module, function, len(args), [])])
                 if answer is not None and outcome[0] != "awaitable":
                     try:
-                        answered = answer(outcome)
+                        answer(outcome, commit)
                     except Exception:  # the loop's path answers instead
                         log.exception("answering %s:%s from its worker thread", module, function)
-            if defer and answered:
-                self._handbacks.append((back, outcome))  # only booking is left: no hurry
-                return
+            # queued: booked by the loop, whether the write went out or the connection broke;
+            # at its next look at the reader (``defer``: no hurry), or now
             with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
-                loop.call_soon_threadsafe(back, outcome)
+                if not queued:
+                    loop.call_soon_threadsafe(back, outcome)
+                elif not defer:
+                    loop.call_soon_threadsafe(self._book_handbacks)
 
         with self._jobs_lock:
             self._thread_jobs += 1
@@ -254,11 +269,11 @@ class Services(NodeCore):
                 log.exception("booking a call answered by a worker thread")
 
     def _answer_from_thread(self, peer: _Peer, process: Mailbox, event: SpawnRequest,
-                            outcome: tuple[str, Any, Any]) -> bool:
+                            outcome: tuple[str, Any, Any], commit: Callable[[], None]) -> bool:
         """Worker thread: send an erpc call's result (its spawner's DOWN) straight to the
         socket, when that monitor is all the process has and it is still running. The monitor
         is taken under ``_exit_lock``, so the loop ending the process later (``_finish``, or a
-        kill meanwhile) sends it once or not at all."""
+        kill meanwhile) sends it once or not at all; ``commit`` runs once it is taken."""
         if peer.sock is None or not peer.alive:
             return False
         tag = event.args[0]
@@ -273,6 +288,7 @@ class Services(NodeCore):
             if (process.closed is not None or process.links or len(monitors) != 1
                     or monitors.pop(event.req_id, None) is None):
                 return False
+        commit()
         return peer.write_from_thread(data)
 
     def _on_spawn_request(self, peer: _Peer, event: SpawnRequest) -> None:
@@ -355,7 +371,8 @@ class Services(NodeCore):
                 process.close(KILL)
 
         return (fn, args[1], args[2], args[3], then,
-                lambda outcome: self._answer_from_thread(peer, process, event, outcome),
+                lambda outcome, commit: self._answer_from_thread(peer, process, event, outcome,
+                                                                 commit),
                 lambda: process.closed is None)
 
     def _take_spawn_request(self, peer: _Peer, event: SpawnRequest) -> Callable[[], None] | None:

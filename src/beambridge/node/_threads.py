@@ -74,17 +74,16 @@ class ThreadDoors(NodeCore):
         # (the loop's watchdog must not take reading back while the reply is on its way)
         leading = self._lead(peer, threading.get_ident())
         try:
-            req = self.make_ref()
-            tag = self.make_ref()
+            req = self.make_ref()  # also erpc's result tag, as in ``Calls._start_call``
             try:
                 data = peer.proto.send(spawn_request_unchecked(
-                    req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [tag, m, f, a],
+                    req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [req, m, f, a],
                     [MONITOR]))
             except LocalProtocolError:
                 self._unlead(peer, leading)
                 return None  # the connection is closing: the loop's path reports it
             waiter = Slot()
-            self._calls[req] = _Call(peer.name, tag, waiter.fill, (m, f, len(a)), threaded=True,
+            self._calls[req] = _Call(peer.name, req, waiter.fill, (m, f, len(a)), threaded=True,
                                      stats=peer.stats, started=time.monotonic())
             if not peer.write_from_thread(data):
                 assert self._loop is not None
