@@ -192,6 +192,49 @@ def legit_calls(py: BlockingNode, erl: ErlNode) -> float:
     return time.monotonic() - started
 
 
+# ------------------------------------------------------------------ replies from the wrong node
+
+def _forged_down(sender: str, caller: Pid, ref: Any) -> bytes:
+    """A pass-through MONITOR_P_EXIT to ``caller`` under ``ref``, with the exit reason erpc's
+    ``execute_call`` gives a call that returned ``forged``."""
+    control = term_to_binary((21, Pid(A(sender), 1, 0, 1), caller, ref, (ref, A("return"),
+                                                                           A("forged"))))
+    body = b"p" + control
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize("how", ["blocking", "async"])
+def test_a_reply_from_another_node_does_not_end_a_call(how: str, py: BlockingNode,
+                                                       erl: ErlNode) -> None:
+    """A call's reply counts only when it comes from the node the call went to: another
+    cookie-holding peer that guessed a call's request id (ours are salted, but a peer sees
+    some of them) and our caller pid cannot end it with a result of its own. The call
+    returns its real result, and the forging connection stays up (the message is dropped)."""
+    node = py.node
+    assert py.ping(erl.name)
+    got: list[Any] = []
+
+    def call() -> None:
+        if how == "blocking":
+            got.append(py.rpc(erl.name, "timer", "sleep", [600], timeout=10))
+        else:
+            got.append(asyncio.run_coroutine_threadsafe(
+                node.rpc(erl.name, "timer", "sleep", [600], timeout=10), py.loop).result(15))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert wait_until(lambda: len(node._calls) == 1, 5)
+    (pending,) = list(node._calls.values())
+    sock, fake = hostile_peer(node.port, py.name)
+    with sock:
+        assert node._caller_pid is not None
+        sock.sendall(_forged_down(fake, node._caller_pid, pending.tag))
+        caller.join(15)
+        assert got == [A("ok")]  # timer:sleep's own result, not the forged one
+        assert not closed_by_peer(sock, 0.2)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
 # ------------------------------------------------------------------ fragments never finished
 
 def test_unfinished_fragments_close_only_that_connection(epmd_port: int, erl: ErlNode,

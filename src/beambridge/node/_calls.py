@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +41,8 @@ from ._names import (
 )
 from ._peer import _SPAWN, _Peer
 from ._stats import PeerStats
+
+log = logging.getLogger("beambridge.node")
 
 #: the async calls' timeouts fire in ticks of this many seconds, up to one tick late: one timer
 #: per tick that has calls due instead of a timer made and cancelled per call (1.7 us on uvloop)
@@ -149,6 +152,10 @@ class Calls(NodeCore):
 
     def _start_call(self, peer: _Peer, m: Atom, f: Atom, a: list[Any], timeout: float | None,
                     done: Callable[[bool, Any], None]) -> Reference:
+        if timeout is not None and not -math.inf < timeout < math.inf:
+            if timeout != timeout:  # NaN: refused before anything is sent or kept
+                raise ValueError("an rpc timeout is a number of seconds or None, not NaN")
+            timeout = None if timeout > 0 else 0.0
         # one reference is both the request id and erpc's result tag: it is unique all the same,
         # and only the spawned process's exit reason carries it back
         req = self.make_ref()
@@ -156,12 +163,17 @@ class Calls(NodeCore):
         peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
                                           EXECUTE_CALL, [req, m, f, a], [MONITOR]))
         call = _Call(peer.name, req, done, (m, f, len(a)), stats=peer.stats, started=time.monotonic())
-        self._calls[req] = call
+        self._calls[req.ids] = call
         if timeout is not None:
             self._arm(call, req, timeout)
         return req
 
     # ---------------------------------------------------------------- timeouts, by tick
+    #
+    # ``_due``: the calls whose timeout falls in each tick, an emptied tick deleted at once;
+    # ``_due_ticks``: a heap of ticks (``_due_queued`` says which are in it, so that a tick is
+    # pushed once however often its bucket empties and fills); one timer, ``_due_timer``, for
+    # the first tick with calls, ``_due_timer_tick``.
 
     def _arm(self, call: _Call, req: Reference, timeout: float) -> None:
         """Make ``call`` time out after ``timeout`` s (at the end of the tick it falls in)."""
@@ -170,8 +182,10 @@ class Calls(NodeCore):
         due = self._due.get(tick)
         if due is None:
             due = self._due[tick] = {}
-            heapq.heappush(self._due_ticks, tick)
-            if self._due_ticks[0] == tick:
+            if tick not in self._due_queued:
+                self._due_queued.add(tick)
+                heapq.heappush(self._due_ticks, tick)
+            if self._due_timer is None or tick < self._due_timer_tick:
                 self._schedule_ticks()
         due[call] = req
         call.due, call.timeout = tick, timeout
@@ -186,67 +200,98 @@ class Calls(NodeCore):
 
     def _schedule_ticks(self) -> None:
         """One timer, at the first tick that still has calls due."""
-        ticks, due = self._due_ticks, self._due
+        ticks, due, queued = self._due_ticks, self._due, self._due_queued
         while ticks and ticks[0] not in due:
-            heapq.heappop(ticks)
+            queued.discard(heapq.heappop(ticks))
         handle = self._due_timer
         if not ticks:
             if handle is not None:
                 handle.cancel()
                 self._due_timer = None
             return
-        at = ticks[0] * _TICK
+        first = ticks[0]
         if handle is not None:
-            if handle.when() <= at:
+            if self._due_timer_tick <= first:
                 return  # it fires first, and looks again then
             handle.cancel()
         assert self._loop is not None
-        self._due_timer = self._loop.call_at(at, self._on_tick)
+        self._due_timer = self._loop.call_at(first * _TICK, self._on_tick, first)
+        self._due_timer_tick = first
 
-    def _on_tick(self) -> None:
-        """Time out every call whose tick has come."""
+    def _on_tick(self, fired: int) -> None:
+        """Time out every call whose tick has come (``fired``'s at least: a loop whose clock
+        counts milliseconds may call a little before the tick's float time)."""
         self._due_timer = None
         assert self._loop is not None
         now = self._loop.time()
-        ticks, due = self._due_ticks, self._due
-        while ticks and ticks[0] * _TICK <= now:
-            for call, req in due.pop(heapq.heappop(ticks), {}).items():
-                call.due = 0
-                self._call_timeout(req, call.timeout)
-        self._schedule_ticks()
+        ticks, due, queued = self._due_ticks, self._due, self._due_queued
+        try:
+            while ticks and (ticks[0] <= fired or ticks[0] * _TICK <= now):
+                tick = heapq.heappop(ticks)
+                queued.discard(tick)
+                for call, req in due.pop(tick, {}).items():
+                    call.due = 0
+                    try:  # one failing timeout must not keep the others from theirs
+                        self._call_timeout(req, call.timeout)
+                    except Exception:
+                        log.exception("timing out an rpc")
+        finally:
+            self._schedule_ticks()
+
+    # ---------------------------------------------------------------- replies
+    #
+    # ``_calls`` is keyed by the request id's words (``Reference.ids``: a tuple hashes at C
+    # speed, a Reference in Python): ours are unique and salted, and a reply counts only when
+    # it came from the node the call went to (``_from``), so that another peer cannot end a
+    # call it never saw.
 
     def _finish_call(self, req: Reference, ok: bool, value: Any) -> None:
-        call = self._calls.pop(req, None)
-        if call is None:
-            return
+        call = self._calls.get(req.ids)
+        if call is not None:
+            self._end_call(req.ids, call, ok, value)
+
+    def _end_call(self, ids: tuple[int, ...], call: _Call, ok: bool, value: Any) -> None:
+        if self._calls.pop(ids, None) is not call:
+            return  # another thread ended it first (a blocking caller's call ends off the loop)
         if call.due:
             self._disarm(call)
         if call.stats is not None:
             call.stats.call_ended(time.monotonic() - call.started, ok)
         call.done(ok, value)
 
-    def _call_spawned(self, req: Reference, result: Any) -> None:
-        call = self._calls.get(req)
-        if call is None:
-            return
+    def _call_of(self, req: Any, peer: _Peer | None) -> _Call | None:
+        """The call a reply from ``peer`` (None: this node) names, if it is that peer's."""
+        call = self._calls.get(req.ids) if type(req) is Reference else None
+        if call is None or peer is None or call.node is peer.name or call.node == peer.name:
+            return call
+        return None
+
+    def _call_spawned(self, req: Any, result: Any, peer: _Peer | None = None) -> None:
+        call = self._call_of(req, peer)
+        if call is not None:
+            self._spawned_reply(req.ids, call, result)
+
+    def _spawned_reply(self, ids: tuple[int, ...], call: _Call, result: Any) -> None:
         if isinstance(result, Pid):
             call.spawned = result
         else:
-            self._finish_call(req, False, ErlangError((ERPC, result)))
+            self._end_call(ids, call, False, ErlangError((ERPC, result)))
 
-    def _call_down(self, req: Reference, reason: Any) -> None:
-        call = self._calls.get(req)
-        if call is None:
-            return
+    def _call_down(self, req: Any, reason: Any, peer: _Peer | None = None) -> None:
+        call = self._call_of(req, peer)
+        if call is not None:
+            self._down_reply(req.ids, call, reason)
+
+    def _down_reply(self, ids: tuple[int, ...], call: _Call, reason: Any) -> None:
         try:
             value = _erpc_result(call.node, call.tag, reason)
         except Exception as error:
-            self._finish_call(req, False, error)
+            self._end_call(ids, call, False, error)
         else:
-            self._finish_call(req, True, value)
+            self._end_call(ids, call, True, value)
 
     def _call_timeout(self, req: Reference, timeout: float) -> None:
-        call = self._calls.get(req)
+        call = self._calls.get(req.ids)
         if call is None:
             return
         self._abandon_call(req)
@@ -257,7 +302,7 @@ class Calls(NodeCore):
 
     def _abandon_call(self, req: Reference) -> None:
         """Forget a call and kill its remote process, as erpc does on timeout."""
-        call = self._calls.pop(req, None)
+        call = self._calls.pop(req.ids, None)
         if call is None:
             return
         if call.due:

@@ -521,8 +521,9 @@ class Connections(NodeCore):
             if task is not current:
                 task.cancel()
         node = peer.name
-        for req in [r for r, c in list(self._calls.items()) if c.node == node]:  # threads add
-            self._finish_call(req, False, NoConnection(node, f"connection lost during the call: {reason}"))
+        for call in [c for c in list(self._calls.values()) if c.node == node]:  # threads add
+            self._finish_call(call.tag, False,
+                              NoConnection(node, f"connection lost during the call: {reason}"))
         for mailbox in list(self._procs.values()):
             for linked in [p for p in mailbox.links if p.node == node]:
                 mailbox.links.discard(linked)

@@ -214,10 +214,12 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._anon: Mailbox | None = None
         self._group_leader: Mailbox | None = None
         self._caller_pid: Pid | None = None
-        self._calls: dict[Reference, _Call] = {}
+        self._calls: dict[tuple[int, ...], _Call] = {}  # by request id words (``Calls``)
         self._due: dict[int, dict[_Call, Reference]] = {}
         self._due_ticks: list[int] = []
+        self._due_queued: set[int] = set()
         self._due_timer: asyncio.TimerHandle | None = None
+        self._due_timer_tick = 0
         self._stats: dict[Atom, PeerStats] = {}
         self._node_atoms: dict[Any, Atom] = {}
         self._name_atoms: dict[Any, Atom] = {}
@@ -290,8 +292,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
                 future.set_exception(NoConnection("*", "node closed"))
         for peer in list(self._peers.values()):
             self._peer_down(peer, "node closed")
-        for req in list(self._calls):
-            self._finish_call(req, False, NoConnection(self.name, "node closed"))
+        for call in list(self._calls.values()):
+            self._finish_call(call.tag, False, NoConnection(self.name, "node closed"))
         self._schedule_ticks()  # none due now: its timer goes
         for mailbox in list(self._procs.values()):
             mailbox.close(_A("shutdown"))
@@ -414,7 +416,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
                 mailbox.deliver(event.message)
         elif kind is MonitorPExit:
             if event.to_pid == self._caller_pid:
-                self._call_down(event.ref, event.reason)
+                self._call_down(event.ref, event.reason, peer)
                 return
             mailbox = self._local(event.to_pid)
             entry = mailbox.monitors_out.pop(event.ref, None) if mailbox is not None else None
@@ -424,7 +426,7 @@ class Node(Connections, ThreadDoors, Calls, Services):
                 mailbox.deliver((DOWN, event.ref, PROCESS, _monitored(*entry), event.reason))
         elif kind is SpawnReply:
             if event.to_pid == self._caller_pid:
-                self._call_spawned(event.req_id, event.result)
+                self._call_spawned(event.req_id, event.result, peer)
                 return
             mailbox = self._local(event.to_pid)
             if mailbox is not None:

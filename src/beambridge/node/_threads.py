@@ -83,12 +83,12 @@ class ThreadDoors(NodeCore):
                 self._unlead(peer, leading)
                 return None  # the connection is closing: the loop's path reports it
             waiter = Slot()
-            self._calls[req] = _Call(peer.name, req, waiter.fill, (m, f, len(a)), threaded=True,
-                                     stats=peer.stats, started=time.monotonic())
+            self._calls[req.ids] = _Call(peer.name, req, waiter.fill, (m, f, len(a)),
+                                         threaded=True, stats=peer.stats, started=time.monotonic())
             if not peer.write_from_thread(data):
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._write_for_thread, peer, data, req)
-            if not peer.alive and self._calls.pop(req, None) is not None:
+            if not peer.alive and self._calls.pop(req.ids, None) is not None:
                 raise NoConnection(peer.name, "connection closed")  # went down before it saw our call
             return peer, req, waiter
         except BaseException:
@@ -368,7 +368,6 @@ class ThreadDoors(NodeCore):
         stats = peer.stats
         stats.bytes_in += len(data)
         caller = self._caller_pid
-        calls = self._calls
         outcome = "ok"
         while True:
             try:
@@ -384,14 +383,14 @@ class ThreadDoors(NodeCore):
             stats.messages_in += 1
             if peer.posted_n == peer.processed:  # nothing handed over is pending: order holds
                 if kind is MonitorPExit and event.to_pid == caller:
-                    call = calls.get(event.ref)
+                    call = self._call_of(event.ref, peer)
                     if call is not None and call.threaded:
-                        self._call_down(event.ref, event.reason)
+                        self._down_reply(event.ref.ids, call, event.reason)
                         continue
                 elif kind is SpawnReply and event.to_pid == caller:
-                    call = calls.get(event.req_id)
+                    call = self._call_of(event.req_id, peer)
                     if call is not None and call.threaded:
-                        self._call_spawned(event.req_id, event.result)
+                        self._spawned_reply(event.req_id.ids, call, event.result)
                         continue
                 elif kind is Send or kind is SendSender or kind is RegSend:
                     # a message for a plain mailbox: delivered here unless an async receive
