@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -143,6 +144,7 @@ def main() -> int:
         target.stop()
         epmd.kill()
         epmd.wait(10)
+        shutil.rmtree(ebin, ignore_errors=True)
     return 0
 
 
@@ -563,6 +565,7 @@ def _shared_reader() -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    shutil.rmtree(out.parent, ignore_errors=True)  # loaded: the file is no longer needed
     return module
 
 

@@ -291,24 +291,25 @@ class Calls(NodeCore):
             self._end_call(ids, call, True, value)
 
     def _call_timeout(self, req: Reference, timeout: float) -> None:
-        call = self._calls.get(req.ids)
+        call = self._abandon_call(req)
         if call is None:
-            return
-        self._abandon_call(req)
+            return  # answered first (a blocking caller's call may end on its own thread)
         if call.stats is not None:
             call.stats.call_ended(time.monotonic() - call.started, False, timed_out=True)
         m, f, arity = call.label
         call.done(False, Timeout(f"rpc {m}:{f}/{arity} on {call.node} timed out after {timeout} s"))
 
-    def _abandon_call(self, req: Reference) -> None:
-        """Forget a call and kill its remote process, as erpc does on timeout."""
+    def _abandon_call(self, req: Reference) -> _Call | None:
+        """Forget a call and kill its remote process, as erpc does on timeout; the call, if
+        it was still in flight."""
         call = self._calls.pop(req.ids, None)
         if call is None:
-            return
+            return None
         if call.due:
             self._disarm(call)
         if call.spawned is not None and self._caller_pid is not None:
             self._signal_now(call.node, Exit2(self._caller_pid, call.spawned, KILL))
+        return call
 
     async def _rex_call(self, node: Atom, m: Atom, f: Atom, a: list[Any], deadline: float | None) -> Any:
         """Old-style rpc through ``rex`` for peers without SPAWN (erl_interface nodes)."""
