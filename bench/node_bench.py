@@ -475,17 +475,9 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
                         failed.append(error)
                 return run
 
-            threads = [threading.Thread(target=guarded(reader))] + [
-                threading.Thread(target=guarded(caller)) for _ in range(4)]
-            start = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join(60)
-            elapsed = time.perf_counter() - start
-            if failed or any(th.is_alive() for th in threads):
-                raise RuntimeError(f"shared-connection floor failed: {failed or 'a thread hung'}")
-            return elapsed
+            return _timed_threads([threading.Thread(target=guarded(reader))] + [
+                threading.Thread(target=guarded(caller)) for _ in range(4)], failed,
+                "shared-connection floor")
 
     specs.append(("floor: 4 threads share one TCP connection, no distribution [socket]",
                   erl_conc, py_tcp_shared))
@@ -510,16 +502,8 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
                     except BaseException as error:  # reported below, not as a figure
                         failed.append(error)
 
-                threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
-                start = time.perf_counter()
-                for th in threads:
-                    th.start()
-                for th in threads:
-                    th.join(60)
-                elapsed = time.perf_counter() - start
-                if failed or any(th.is_alive() for th in threads):
-                    raise RuntimeError(f"C shared-connection floor failed: {failed or 'a thread hung'}")
-                return elapsed
+                return _timed_threads([threading.Thread(target=caller, args=(i,)) for i in range(4)],
+                                      failed, "C shared-connection floor")
 
         specs.append(("floor: 4 threads share one TCP connection, reading and routing in C, no GIL [socket]",
                       erl_conc, c_tcp_shared))
@@ -545,6 +529,20 @@ def _row_specs(py: BlockingNode, client: str, target: str, t: Atom) -> list[tupl
                   lambda n: erl_us("echo_inflight", [dest, A("ping"), n, 64]),
                   lambda n: _async_run(py, _async_echo(target, n, 64))))
     return specs
+
+
+def _timed_threads(threads: list[threading.Thread], failed: list[BaseException], what: str) -> float:
+    """Seconds from starting ``threads`` to their end; raises, not a figure, when one failed
+    (``failed``, filled by the threads) or hung."""
+    start = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    elapsed = time.perf_counter() - start
+    if failed or any(th.is_alive() for th in threads):
+        raise RuntimeError(f"{what} failed: {failed or 'a thread hung'}")
+    return elapsed
 
 
 def _shared_reader() -> Any:
