@@ -62,12 +62,10 @@ static ssize_t read_some(Reader *self) {
     long until = self->spin_ns > 0 ? now_ns() + self->spin_ns : 0;
     for (;;) {
         ssize_t n = recv(self->fd, at, room, until ? MSG_DONTWAIT : 0);
-        if (n >= 0 || errno == EINTR) {
-            if (n >= 0) return n;
-            continue;
-        }
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-        if (now_ns() >= until) until = 0;
+        if (now_ns() >= until) until = 0;  /* polled long enough: block */
     }
 }
 

@@ -719,6 +719,19 @@ def test_async_timeouts_survive_a_failing_one_sustained_traffic_and_odd_values(
     asyncio.run(main())
 
 
+def test_async_long_timeouts_leave_no_ticks_behind(epmd_port: int, erl: ErlNode) -> None:
+    """Answered calls with long timeouts, each in a tick of its own: the heap of ticks holds
+    about the ticks that still have calls, not one for every call made in the last hour."""
+    async def main() -> None:
+        async with Node(unique("pyticklong") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as node:
+            for i in range(3000):
+                assert await node.rpc(erl.name, "erlang", "abs", [-i], timeout=3600 + i * 0.005) == i
+            assert not node._due
+            assert len(node._due_ticks) == len(node._due_queued) <= 200, len(node._due_ticks)
+
+    asyncio.run(main())
+
+
 def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> None:
     """Past ``max_processes`` a spawn request gets ``system_limit`` at once (as a full BEAM
     process table answers it) and an old-style rpc call ``{badrpc, {'EXIT', {system_limit, _}}}``;

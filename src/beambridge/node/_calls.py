@@ -172,8 +172,9 @@ class Calls(NodeCore):
     #
     # ``_due``: the calls whose timeout falls in each tick, an emptied tick deleted at once;
     # ``_due_ticks``: a heap of ticks (``_due_queued`` says which are in it, so that a tick is
-    # pushed once however often its bucket empties and fills); one timer, ``_due_timer``, for
-    # the first tick with calls, ``_due_timer_tick``.
+    # pushed once however often its bucket empties and fills), rebuilt from ``_due`` when the
+    # emptied ones outnumber the rest (long timeouts would keep them for as long); one timer,
+    # ``_due_timer``, for the first tick with calls, ``_due_timer_tick``.
 
     def _arm(self, call: _Call, req: Reference, timeout: float) -> None:
         """Make ``call`` time out after ``timeout`` s (at the end of the tick it falls in)."""
@@ -196,6 +197,9 @@ class Calls(NodeCore):
             due.pop(call, None)
             if not due:
                 del self._due[call.due]  # its tick then wakes nobody (``_schedule_ticks``)
+                if len(self._due_ticks) > 2 * len(self._due) + 64:
+                    self._due_ticks = sorted(self._due)  # a sorted list is a heap
+                    self._due_queued = set(self._due_ticks)
         call.due = 0
 
     def _schedule_ticks(self) -> None:
@@ -242,7 +246,7 @@ class Calls(NodeCore):
     #
     # ``_calls`` is keyed by the request id's words (``Reference.ids``: a tuple hashes at C
     # speed, a Reference in Python): ours are unique and salted, and a reply counts only when
-    # it came from the node the call went to (``_from``), so that another peer cannot end a
+    # it came from the node the call went to (``_call_of``), so that another peer cannot end a
     # call it never saw.
 
     def _finish_call(self, req: Reference, ok: bool, value: Any) -> None:

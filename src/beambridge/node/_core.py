@@ -97,7 +97,7 @@ class NodeCore:
     # calls, and what is counted about each peer node
     _calls: dict[tuple[int, ...], _Call]
     _due: dict[int, dict[_Call, Reference]]  # the calls whose timeout falls in each tick
-    _due_ticks: list[int]  # a heap of those ticks (and some emptied since)
+    _due_ticks: list[int]  # a heap of those ticks (and, for a while, some emptied since)
     _due_queued: set[int]  # the ticks in that heap
     _due_timer: asyncio.TimerHandle | None
     _due_timer_tick: int  # the tick it is set for
