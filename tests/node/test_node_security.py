@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from beambridge import Atom, Pid
+from beambridge import Atom, Pid, Timeout
 from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, epmd_names
 from beambridge.protocol import NEED_DATA, Connected, Connection, Role, State, StatusReceived
 from beambridge.protocol import epmd as epmd_messages
-from beambridge.term import term_to_binary
+from beambridge.term import encode_body, term_to_binary
 
 from .conftest import COOKIE, ErlNode, unique, wait_until
 
@@ -194,17 +194,24 @@ def legit_calls(py: BlockingNode, erl: ErlNode) -> float:
 
 # ------------------------------------------------------------------ replies from the wrong node
 
-def _forged_down(sender: str, caller: Pid, ref: Any) -> bytes:
-    """A pass-through MONITOR_P_EXIT to ``caller`` under ``ref``, with the exit reason erpc's
-    ``execute_call`` gives a call that returned ``forged``."""
-    control = term_to_binary((21, Pid(A(sender), 1, 0, 1), caller, ref, (ref, A("return"),
-                                                                           A("forged"))))
-    body = b"p" + control
+def _forged_down(sender: str, caller: Pid, ref: Any, form: str) -> bytes:
+    """A MONITOR_P_EXIT to ``caller`` under ``ref``, with the exit reason erpc's
+    ``execute_call`` gives a call that returned ``forged``: in the pass-through form (read by
+    ``next_event``), or behind a normal header, the form the node's batched reading takes to
+    its fast reply path, with the reason in the control tuple (21) or as payload (28)."""
+    sent_by, reason = Pid(A(sender), 1, 0, 1), (ref, A("return"), A("forged"))
+    if form == "pass-through":
+        body = b"p" + term_to_binary((21, sent_by, caller, ref, reason))
+    elif form == "header":
+        body = b"\x83D\x00" + encode_body((21, sent_by, caller, ref, reason))
+    else:
+        body = b"\x83D\x00" + encode_body((28, sent_by, caller, ref)) + encode_body(reason)
     return struct.pack(">I", len(body)) + body
 
 
+@pytest.mark.parametrize("form", ["pass-through", "header", "header-28"])
 @pytest.mark.parametrize("how", ["blocking", "async"])
-def test_a_reply_from_another_node_does_not_end_a_call(how: str, py: BlockingNode,
+def test_a_reply_from_another_node_does_not_end_a_call(how: str, form: str, py: BlockingNode,
                                                        erl: ErlNode) -> None:
     """A call's reply counts only when it comes from the node the call went to: another
     cookie-holding peer that guessed a call's request id (ours are salted, but a peer sees
@@ -228,10 +235,35 @@ def test_a_reply_from_another_node_does_not_end_a_call(how: str, py: BlockingNod
     sock, fake = hostile_peer(node.port, py.name)
     with sock:
         assert node._caller_pid is not None
-        sock.sendall(_forged_down(fake, node._caller_pid, pending.tag))
+        sock.sendall(_forged_down(fake, node._caller_pid, pending.tag, form))
         caller.join(15)
         assert got == [A("ok")]  # timer:sleep's own result, not the forged one
         assert not closed_by_peer(sock, 0.2)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+def test_a_malformed_packet_after_good_ones_in_one_read(py: BlockingNode, erl: ErlNode,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The node decodes the packets of one read in one batch: the messages before a malformed
+    packet are all delivered, in order, and only then is the connection closed (a protocol
+    error); the node's other connections go on."""
+    box = py.mailbox(unique("box"))
+    assert box.name is not None
+    sock, fake = hostile_peer(py.node.port, py.name)
+    sender = Pid(A(fake), 1, 0, 1)
+    with sock:
+        packets = b""
+        for i in range(5):  # REG_SEND behind a normal header, as Erlang sends it
+            body = (b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))
+                    + encode_body((A("hello"), i)))
+            packets += struct.pack(">I", len(body)) + body
+        bad = b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))[:-3]  # cut short
+        sock.sendall(packets + struct.pack(">I", len(bad)) + bad)
+        assert [box.receive(5) for _ in range(5)] == [(A("hello"), i) for i in range(5)]
+        assert closed_by_peer(sock, 5)
+    assert "malformed" in caplog.text
+    with pytest.raises(Timeout):
+        box.receive(0.2)
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
 
 

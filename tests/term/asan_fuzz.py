@@ -142,6 +142,10 @@ def main() -> None:
             with contextlib.suppress(DecodeError):
                 cterm.decode_dist(exact_buffer(packet[:rng.randrange(len(packet) + 1)]), 0, 1 << 30,
                                   {}, mapping, mapping, limits, None, frozenset({2, 6, 22}))
+            with contextlib.suppress(DecodeError):  # two packets, the second maybe cut
+                cterm.decode_dist_batch(exact_buffer(packet + packet[:rng.randrange(len(packet) + 1)]),
+                                        0, 1 << 30, {}, mapping, mapping, limits, None,
+                                        frozenset({2, 6, 22}), [], 4)
             runs += 1
     print(f"asan fuzz: {runs} inputs decoded")
 

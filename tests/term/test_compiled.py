@@ -172,6 +172,43 @@ def test_same_distribution_packets_decoded(data: Any, mapping: Mapping, max_fram
 
 
 @needs_compiled
+@settings(max_examples=400, deadline=None)
+@given(st.data(), st.sampled_from(MAPPINGS), st.integers(0, 5))
+def test_same_packet_batches_decoded(data: Any, mapping: Mapping, max_count: int) -> None:
+    """``decode_dist_batch`` (the packets of one read at once): the same packets taken, the
+    same end and the same error both ways; and each packet taken is what ``decode_dist`` reads
+    there, so that a batch stops before a malformed packet that follows good ones, and raises
+    only when the malformed one comes first."""
+    memo: dict[bytes, Any] = {}
+    stream = b""
+    for _ in range(data.draw(st.integers(1, 4))):
+        packet, more = _packets(data.draw)
+        stream += packet
+        memo.update(more)
+    args = (0, 1 << 30, memo, Mapping.EXACT, mapping, Limits(max_depth=8), _MARK, _TAGS)
+    pure_out: list[Any] = []
+    c_out: list[Any] = []
+    pure = outcome(_pure.decode_dist_batch, stream, *args, pure_out, max_count)
+    assert pure == outcome(_cterm.decode_dist_batch, bytearray(stream), *args, c_out, max_count)
+    assert pure_out == c_out and len(pure_out) <= max_count
+    first = outcome(_pure.decode_dist, stream, *args)
+    if pure[0] == "error":
+        assert pure == first and not pure_out
+        return
+    end, trailing = pure[1]
+    pos = extra = 0
+    for control, payload in pure_out:  # each one what decode_dist reads at its place
+        got = _pure.decode_dist(stream, pos, *args[1:])
+        assert type(got) is tuple and got[:2] == (control, payload)
+        extra += got[3] != got[2]
+        pos = got[2]
+    assert (pos, extra) == (end, trailing)
+    if len(pure_out) < max_count:  # it stopped where the next packet is not one to take
+        after = outcome(_pure.decode_dist, stream, end, *args[1:])
+        assert after[0] == "error" or after[1] is None or after[1] is False
+
+
+@needs_compiled
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=48).map(lambda b: b"\x83" + b))
 def test_same_errors_on_random_bytes(data: bytes) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from .._errors import RemoteError as RemoteError_
 from .._errors import Timeout
 from ..protocol import Exit2, Flag, HandshakeFailed
-from ..protocol._control import spawn_request_unchecked
 from ..term import Atom, Pid, Reference
 from ._core import NodeCore
 from ._errors import ErlangError, ErlangExit, ErlangThrow, NoConnection
@@ -47,6 +46,7 @@ log = logging.getLogger("beambridge.node")
 #: the async calls' timeouts fire in ticks of this many seconds, up to one tick late: one timer
 #: per tick that has calls due instead of a timer made and cancelled per call (1.7 us on uvloop)
 _TICK = 0.005
+_INF = math.inf
 
 
 @dataclass(eq=False, slots=True)
@@ -57,6 +57,7 @@ class _Call:
     tag: Reference
     done: Callable[[bool, Any], None]
     label: tuple[Atom, Atom, int]  # module, function, arity: formatted only for a timeout
+    # (``_start_call`` passes every field by position: the order matters)
     spawned: Pid | None = None
     due: int = 0  # the tick its timeout falls in (``Calls._due``); 0: none
     timeout: float = 0.0
@@ -119,7 +120,14 @@ class Calls(NodeCore):
         try:
             self._check_running()
             target = self._node_atom(node)
-            m, f, a = self._name_atom(module), self._name_atom(function), list(args)
+            names = self._name_atoms  # cached names without a call (``_name_atom`` fills it)
+            m = names.get(module) if type(module) is str else None
+            if m is None:
+                m = self._name_atom(module)
+            f = names.get(function) if type(function) is str else None
+            if f is None:
+                f = self._name_atom(function)
+            a = list(args)
         except Exception as error:
             done(False, error)
             return None
@@ -152,7 +160,7 @@ class Calls(NodeCore):
 
     def _start_call(self, peer: _Peer, m: Atom, f: Atom, a: list[Any], timeout: float | None,
                     done: Callable[[bool, Any], None]) -> Reference:
-        if timeout is not None and not -math.inf < timeout < math.inf:
+        if timeout is not None and not -_INF < timeout < _INF:
             if timeout != timeout:  # NaN: refused before anything is sent or kept
                 raise ValueError("an rpc timeout is a number of seconds or None, not NaN")
             timeout = None if timeout > 0 else 0.0
@@ -160,9 +168,11 @@ class Calls(NodeCore):
         # and only the spawned process's exit reason carries it back
         req = self.make_ref()
         assert self._group_leader is not None and self._caller_pid is not None
-        peer.send(spawn_request_unchecked(req, self._caller_pid, self._group_leader.pid, ERPC,
-                                          EXECUTE_CALL, [req, m, f, a], [MONITOR]))
-        call = _Call(peer.name, req, done, (m, f, len(a)), stats=peer.stats, started=time.monotonic())
+        if not peer.alive:
+            raise NoConnection(peer.name, "connection closed")
+        peer.write(peer.proto.spawn_request(req, self._caller_pid, self._group_leader.pid, ERPC,
+                                            EXECUTE_CALL, [req, m, f, a], [MONITOR]))
+        call = _Call(peer.name, req, done, (m, f, len(a)), None, 0, 0.0, False, peer.stats, time.monotonic())
         self._calls[req.ids] = call
         if timeout is not None:
             self._arm(call, req, timeout)
@@ -269,6 +279,59 @@ class Calls(NodeCore):
         if call is None or peer is None or call.node is peer.name or call.node == peer.name:
             return call
         return None
+
+    def fast_replies(self) -> dict[int, Callable[[_Peer, tuple[Any, ...], Any], bool]]:
+        """The fast paths of the replies to our rpcs, by control message tag, for the loop's
+        reading of decoded ``(control, payload)`` pairs: each applies its message and returns
+        True, or returns False, and the message then takes the full path (event, ``_dispatch``)
+        with the same outcome. Two messages a call, skipping an event object and a dispatch."""
+        return {31: self._fast_spawn_reply, 21: self._fast_down, 28: self._fast_down_payload}
+
+    def _fast_spawn_reply(self, peer: _Peer, c: tuple[Any, ...], payload: Any) -> bool:
+        """``{31, ReqId, To, Flags, Result}``: the remote process of one of our calls started."""
+        if len(c) != 5:
+            return False
+        req, to, result = c[1], c[2], c[4]
+        if (type(req) is not Reference or type(to) is not Pid or type(result) is not Pid
+                or type(c[3]) is not int):
+            return False
+        call = self._calls.get(req.ids)
+        if call is None or (call.node is not peer.name and call.node != peer.name) or not self._to_caller(to):
+            return False
+        call.spawned = result
+        return True
+
+    def _fast_down(self, peer: _Peer, c: tuple[Any, ...], payload: Any) -> bool:
+        """``{21, FromProc, To, Ref, Reason}``: the remote process of one of our calls ended."""
+        return len(c) == 5 and self._fast_call_down(peer, c, c[4])
+
+    def _fast_down_payload(self, peer: _Peer, c: tuple[Any, ...], payload: Any) -> bool:
+        """``{28, FromProc, To, Ref}`` with the reason as payload (OTP 24+)."""
+        return len(c) == 4 and self._fast_call_down(peer, c, payload)
+
+    def _fast_call_down(self, peer: _Peer, c: tuple[Any, ...], reason: Any) -> bool:
+        proc, to, ref = c[1], c[2], c[3]
+        if (type(ref) is not Reference or type(to) is not Pid
+                or (type(proc) is not Pid and type(proc) is not Atom)):
+            return False
+        ids = ref.ids
+        call = self._calls.get(ids)
+        if call is None or (call.node is not peer.name and call.node != peer.name) or not self._to_caller(to):
+            return False
+        if type(reason) is tuple and len(reason) == 3 and reason[1] == RETURN:
+            tag, got = call.tag, reason[0]  # erpc's {Tag, return, Result}: ``_erpc_result``'s first case
+            if (type(got) is Reference and got.ids == tag.ids and got.creation == tag.creation
+                    and got.node == tag.node):
+                self._end_call(ids, call, True, reason[2])
+                return True
+        self._down_reply(ids, call, reason)
+        return True
+
+    def _to_caller(self, to: Pid) -> bool:
+        """``to == self._caller_pid`` without ``Pid.__eq__``'s extra call."""
+        me = self._caller_pid
+        return (me is not None and to.id == me.id and to.serial == me.serial
+                and to.creation == me.creation and to.node == me.node)
 
     def _call_spawned(self, req: Any, result: Any, peer: _Peer | None = None) -> None:
         call = self._call_of(req, peer)

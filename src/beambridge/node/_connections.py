@@ -449,7 +449,33 @@ class Connections(NodeCore):
                 peer.last_recv = time.monotonic()
                 peer.stats.bytes_in += len(data)
             next_event, dispatch = proto.next_event, self._dispatch
+            take, event_of, fast = proto.take_messages, proto.event_of, self._fast_replies
+            batch: list[tuple[Any, Any]] = []
             while True:
+                # the usual packets of this read first, in one codec call; the replies to our
+                # own rpcs go straight to their calls (``Calls._fast_replies``)
+                if take(batch):
+                    peer.stats.messages_in += len(batch)
+                    for control, payload in batch:
+                        if type(control) is tuple and len(control) > 1 and type(control[0]) is int:
+                            handler = fast.get(control[0])
+                            if handler is not None:
+                                try:
+                                    if handler(peer, control, payload):
+                                        if not peer.alive:
+                                            return
+                                        continue
+                                except Exception:
+                                    log.exception("error handling a reply from %s", peer.name)
+                                    continue
+                        event = event_of(control, payload)
+                        try:
+                            dispatch(peer, event)
+                        except Exception:
+                            log.exception("error handling %r from %s", type(event).__name__, peer.name)
+                        if not peer.alive:
+                            return
+                    batch.clear()
                 event = next_event()
                 if event is NEED_DATA:
                     if ended:  # after what came before the peer's close_notify

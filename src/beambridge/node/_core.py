@@ -101,6 +101,7 @@ class NodeCore:
     _due_queued: set[int]  # the ticks in that heap
     _due_timer: asyncio.TimerHandle | None
     _due_timer_tick: int  # the tick it is set for
+    _fast_replies: dict[int, Callable[[_Peer, tuple[Any, ...], Any], bool]]
     _stats: dict[Atom, PeerStats]
     _node_atoms: dict[Any, Atom]
     _name_atoms: dict[Any, Atom]

@@ -220,6 +220,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._due_queued: set[int] = set()
         self._due_timer: asyncio.TimerHandle | None = None
         self._due_timer_tick = 0
+        #: control message tag -> its fast path in the loop's reading (``Calls.fast_replies``)
+        self._fast_replies = self.fast_replies()
         self._stats: dict[Atom, PeerStats] = {}
         self._node_atoms: dict[Any, Atom] = {}
         self._name_atoms: dict[Any, Atom] = {}

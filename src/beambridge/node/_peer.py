@@ -190,8 +190,10 @@ class _Peer:
                 self.transport.write(data)
                 return
             self.pending.append(data)
-        finally:
-            self._unlock()
+        finally:  # ``_unlock``, inline: a write per message
+            self.wlock.release()
+            if self.tq and self.sock is not None:
+                self._drain(self.sock)
 
     def flush(self) -> None:
         self.flush_scheduled = False

@@ -25,7 +25,6 @@ from ..protocol import (
     SpawnRequest,
     Tick,
 )
-from ..protocol._control import spawn_request_unchecked
 from ..term import Reference
 from ._calls import _Call
 from ._core import NodeCore
@@ -76,9 +75,8 @@ class ThreadDoors(NodeCore):
         try:
             req = self.make_ref()  # also erpc's result tag, as in ``Calls._start_call``
             try:
-                data = peer.proto.send(spawn_request_unchecked(
-                    req, self._caller_pid, self._group_leader.pid, ERPC, EXECUTE_CALL, [req, m, f, a],
-                    [MONITOR]))
+                data = peer.proto.spawn_request(req, self._caller_pid, self._group_leader.pid, ERPC,
+                                                EXECUTE_CALL, [req, m, f, a], [MONITOR])
             except LocalProtocolError:
                 self._unlead(peer, leading)
                 return None  # the connection is closing: the loop's path reports it

@@ -27,9 +27,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import DecodeError, EncodeError
-from ..term import Atom, Limits, Mapping, binary_to_term, encode_body, term_to_binary
-from ..term._api import _decode_body, _decode_dist, _encode_dist
-from ._control import NO_PAYLOAD, PAYLOAD_TAGS, ControlMessage, decode_control, has_payload
+from ..term import Atom, Limits, Mapping, Pid, Reference, binary_to_term, encode_body, term_to_binary
+from ..term._api import _decode_body, _decode_dist, _decode_dist_batch, _encode_dist
+from ._control import (
+    NO_PAYLOAD,
+    PAYLOAD_TAGS,
+    ControlMessage,
+    decode_control,
+    has_payload,
+    spawn_request_unchecked,
+)
 from ._errors import BadCookie, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from ._flags import DEFAULT_FLAGS, Flag, missing_mandatory
 
@@ -493,6 +500,51 @@ class Connection:
             self._fail()
             raise RemoteProtocolError(f"malformed packet from peer: {error}") from error
 
+    def take_messages(self, out: list[tuple[Any, Any]], limit: int = 256) -> int:
+        """The hot path of a node reading pipelined traffic: append to ``out`` the decoded
+        ``(control, payload)`` of each whole packet of the usual form at the head of the input
+        (a normal header, its atoms already cached), at most ``limit``, in one codec call;
+        return how many. It stops at the first packet that is not whole or that ``next_event()``
+        must read (a tick, new atoms, fragments, the end of input: call it then). The caller
+        turns each into its event with ``event_of`` or reads the control tuple itself."""
+        if self._state is not _CONNECTED or self._events:
+            return 0
+        buf, pos, before = self._buf, self._pos, len(out)
+        try:
+            end, trailing = _decode_dist_batch(buf, pos, self.max_frame_size, self._refs_memo,
+                                               _CONTROL_MAPPING, self.mapping, self.limits,
+                                               NO_PAYLOAD, PAYLOAD_TAGS, out, limit)
+        except DecodeError as error:
+            self._fail()
+            raise RemoteProtocolError(f"malformed term from peer: {error}") from error
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as error:
+            self._fail()
+            raise RemoteProtocolError(f"malformed packet from peer: {error}") from error
+        if end == pos:
+            return 0
+        if trailing:
+            log.debug("%d messages from %s had bytes after their terms (ignored)", trailing,
+                      self.peer_node)
+        if end == len(buf):
+            self._buf = b""
+            self._pos = 0
+        elif type(buf) is bytearray and end > (1 << 16) and end * 2 > len(buf):
+            del buf[:end]
+            self._pos = 0
+        else:
+            self._pos = end
+        return len(out) - before
+
+    def event_of(self, control: Any, payload: Any) -> ControlMessage:
+        """The event for a ``(control, payload)`` from ``take_messages``; a malformed control
+        message is a ``RemoteProtocolError`` and puts the connection in its ERROR state, as
+        when ``next_event()`` reads it."""
+        try:
+            return decode_control(control, payload)
+        except RemoteProtocolError:
+            self._fail()
+            raise
+
     def _on_eof(self) -> Any:
         leftover = len(self._buf) - self._pos
         if self._state is State.CONNECTED:
@@ -798,6 +850,22 @@ class Connection:
         if self._use_fragments and len(packet) - 7 > self.fragment_size:
             return self._fragmented(memoryview(packet)[7:])
         return packet
+
+    def spawn_request(self, req_id: Reference, from_pid: Pid, group_leader: Pid, module: Atom,
+                      function: Atom, args: list[Any], options: list[Any]) -> bytes:
+        """``send(SpawnRequest(...))`` from fields of the right types, without the message
+        object: a node's rpc path sends one per call, and this is one codec call."""
+        if self._state is _CONNECTED and self._use_header:
+            try:
+                packet: bytes | None = _encode_dist(
+                    (29, req_id, from_pid, group_leader, (module, function, len(args)), options),
+                    _CONTROL_MAPPING, args, self.mapping)
+            except EncodeError:
+                packet = None  # ``send`` says why, or fragments it
+            if packet is not None and not (self._use_fragments and len(packet) - 7 > self.fragment_size):
+                return packet
+        return self.send(spawn_request_unchecked(req_id, from_pid, group_leader, module, function,
+                                                 args, options))
 
     def _fragmented(self, body: bytes | memoryview) -> bytes:
         sequence = next(self._sequences)

@@ -33,8 +33,10 @@ _impl, IMPLEMENTATION = _select()
 # Bound once: on the compiled codec the wrapper's own lookups are a visible share of a small call.
 _encode, _decode = _impl.encode, _impl.decode
 _encode_body, _decode_body = _impl.encode_body, _impl.decode_body
-#: one distribution packet each way (``protocol``'s framing of each message)
+#: one distribution packet each way (``protocol``'s framing of each message), and the packets
+#: of a read at once
 _encode_dist, _decode_dist = _impl.encode_dist, _impl.decode_dist
+_decode_dist_batch = _impl.decode_dist_batch
 _EXACT = Mapping.EXACT
 
 

@@ -1402,90 +1402,181 @@ static PyObject *cterm_decode_body(PyObject *self, PyObject *const *args, Py_ssi
     return result;
 }
 
+/* One distribution packet at b[pos:] in the usual form, a normal header whose atom cache
+ * references are all known (memo: header bytes -> atoms, kept by the protocol). Returns 1 with
+ * *control, *payload (new references), *frame_end and *used_end set; 0 when the packet is not
+ * all there yet; 2 when the protocol must read it itself (a tick, an oversized length,
+ * fragments, new atoms in the header, the pass-through form); -1 with an exception. */
+static int dist_packet(const unsigned char *b, Py_ssize_t n, Py_ssize_t pos, long long max_frame,
+                       PyObject *memo, PyObject *control_mapping, PyObject *mapping,
+                       PyObject *limits, PyObject *no_payload, PyObject *payload_tags,
+                       PyObject *src, PyObject **control, PyObject **payload,
+                       Py_ssize_t *frame_end, Py_ssize_t *used_end) {
+    if (n - pos < 4) return 0;
+    uint32_t size = ((uint32_t)b[pos] << 24) | ((uint32_t)b[pos + 1] << 16) |
+                    ((uint32_t)b[pos + 2] << 8) | (uint32_t)b[pos + 3];
+    if (size < 3 || (long long)size > max_frame) return 2;
+    if ((uint64_t)(n - pos - 4) < (uint64_t)size) return 0;
+    const unsigned char *frame = b + pos + 4;
+    if (frame[0] != T_VERSION || frame[1] != 'D') return 2;
+    Py_ssize_t count = frame[2], off;
+    PyObject *refs;
+    if (count == 0) {
+        refs = PyList_New(0);
+        if (!refs) return -1;
+        off = 3;
+    } else {
+        Py_ssize_t key_end = 3 + count / 2 + 1 + count;
+        if (key_end > (Py_ssize_t)size) return 2;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)frame + 2, key_end - 2);
+        if (!key) return -1;
+        refs = PyDict_GetItemWithError(memo, key);
+        Py_DECREF(key);
+        if (!refs) return PyErr_Occurred() ? -1 : 2;
+        Py_INCREF(refs);
+        off = key_end;
+    }
+    int status = -1, temp = 0;
+    Dec d = {.buf = frame, .len = (Py_ssize_t)size, .src = src};
+    PyObject *c = run_decoder(&d, control_mapping, limits, refs, off, &temp), *p = NULL;
+    if (temp) mapstate_free(d.ms);
+    if (!c) goto done;
+    Py_ssize_t used = d.pos;
+    int with_payload = 0;
+    if (PyTuple_CheckExact(c) && PyTuple_GET_SIZE(c) > 0 && PyLong_CheckExact(PyTuple_GET_ITEM(c, 0))) {
+        with_payload = PySet_Contains(payload_tags, PyTuple_GET_ITEM(c, 0));
+        if (with_payload < 0) goto done;
+    }
+    if (with_payload) {
+        Dec e = {.buf = frame, .len = (Py_ssize_t)size, .src = src};
+        temp = 0;
+        p = run_decoder(&e, mapping, limits, refs, used, &temp);
+        if (temp) mapstate_free(e.ms);
+        if (!p) goto done;
+        used = e.pos;
+    } else {
+        p = Py_NewRef(no_payload);
+    }
+    *control = c;
+    *payload = p;
+    c = p = NULL;
+    *frame_end = pos + 4 + (Py_ssize_t)size;
+    *used_end = pos + 4 + used;
+    status = 1;
+done:
+    Py_XDECREF(c);
+    Py_XDECREF(p);
+    Py_DECREF(refs);
+    return status;
+}
+
+/* The arguments both dist readers share: (buf, pos, max_frame, memo, control_mapping, mapping,
+ * limits, no_payload, payload_tags). */
+static int dist_args(const char *fname, PyObject *const *args, Py_ssize_t *pos, long long *max_frame) {
+    *pos = PyLong_AsSsize_t(args[1]);
+    if (*pos == -1 && PyErr_Occurred()) return -1;
+    int overflow;
+    *max_frame = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    if (*max_frame == -1 && PyErr_Occurred()) return -1;
+    if (overflow > 0) *max_frame = LLONG_MAX; /* past what C holds: no limit, as in the pure twin */
+    if (!PyDict_Check(args[3]) || !PyAnySet_Check(args[8])) {
+        PyErr_Format(PyExc_TypeError, "%s() wants a dict memo and a set of tags", fname);
+        return -1;
+    }
+    return 0;
+}
+
 /* decode_dist(buf, pos, max_frame, memo, control_mapping, mapping, limits, no_payload,
- * payload_tags): the distribution packet at buf[pos:] in the usual form, a normal header whose
- * atom cache references are all known (memo: header bytes -> atoms, kept by the protocol).
- * Returns (control, payload, frame_end, used_end); None when the packet is not all there yet;
- * False when the protocol must read it itself (a tick, an oversized length, fragments, new
- * atoms in the header, the pass-through form). One call for what took seven Python calls. */
+ * payload_tags): the packet at buf[pos:] in the usual form (``dist_packet``). Returns (control,
+ * payload, frame_end, used_end); None when the packet is not all there yet; False when the
+ * protocol must read it itself. One call for what took seven Python calls. */
 static PyObject *cterm_decode_dist(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError, "decode_dist() takes 9 arguments");
         return NULL;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) return NULL;
-    int overflow;
-    long long max_frame = PyLong_AsLongLongAndOverflow(args[2], &overflow);
-    if (max_frame == -1 && PyErr_Occurred()) return NULL;
-    if (overflow > 0) max_frame = LLONG_MAX; /* past what C holds: no limit, as in the pure twin */
-    if (!PyDict_Check(args[3]) || !PyAnySet_Check(args[8])) {
-        PyErr_SetString(PyExc_TypeError, "decode_dist() wants a dict memo and a set of tags");
+    Py_ssize_t pos;
+    long long max_frame;
+    if (dist_args("decode_dist", args, &pos, &max_frame) < 0) return NULL;
+    Py_buffer view;
+    PyObject *holder;
+    if (get_view(args[0], &view, &holder) < 0) return NULL;
+    PyObject *result = NULL, *control = NULL, *payload = NULL;
+    if (pos < 0 || pos > view.len) {
+        PyErr_SetString(PyExc_ValueError, "decode_dist(): pos outside the buffer");
+        goto done;
+    }
+    Py_ssize_t frame_end, used_end;
+    int got = dist_packet(view.buf, view.len, pos, max_frame, args[3], args[4], args[5], args[6],
+                          args[7], args[8], holder ? holder : args[0], &control, &payload,
+                          &frame_end, &used_end);
+    if (got == 1)
+        result = Py_BuildValue("(OOnn)", control, payload, frame_end, used_end);
+    else if (got >= 0)
+        result = Py_NewRef(got == 0 ? Py_None : Py_False);
+done:
+    Py_XDECREF(control);
+    Py_XDECREF(payload);
+    PyBuffer_Release(&view);
+    Py_XDECREF(holder);
+    return result;
+}
+
+/* decode_dist_batch(buf, pos, max_frame, memo, control_mapping, mapping, limits, no_payload,
+ * payload_tags, out, max_count): the packets of the usual form from buf[pos:] on, each
+ * appended to the list `out` as (control, payload), up to max_count of them; it stops before
+ * the first that is not all there or that the protocol must read itself. Returns (end, trailing):
+ * where the packets taken end, and how many of them had bytes after their terms. A malformed
+ * packet raises only when it is the first: one after others ends the batch before it, so that
+ * the packets before it are applied first and it raises on the next call. A pipelined peer's
+ * replies come many to a read; one call takes them all. */
+static PyObject *cterm_decode_dist_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "decode_dist_batch() takes 11 arguments");
+        return NULL;
+    }
+    Py_ssize_t pos, max_count = PyLong_AsSsize_t(args[10]);
+    long long max_frame;
+    if (max_count == -1 && PyErr_Occurred()) return NULL;
+    if (dist_args("decode_dist_batch", args, &pos, &max_frame) < 0) return NULL;
+    if (!PyList_CheckExact(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "decode_dist_batch() wants a list to append to");
         return NULL;
     }
     Py_buffer view;
     PyObject *holder;
     if (get_view(args[0], &view, &holder) < 0) return NULL;
-    const unsigned char *b = view.buf;
-    Py_ssize_t n = view.len;
-    PyObject *result = NULL, *refs = NULL, *control = NULL, *payload = NULL;
-    if (pos < 0 || pos > n) {
-        PyErr_SetString(PyExc_ValueError, "decode_dist(): pos outside the buffer");
+    PyObject *result = NULL, *src = holder ? holder : args[0];
+    if (pos < 0 || pos > view.len) {
+        PyErr_SetString(PyExc_ValueError, "decode_dist_batch(): pos outside the buffer");
         goto done;
     }
-    if (n - pos < 4) { result = Py_NewRef(Py_None); goto done; }
-    uint32_t size = ((uint32_t)b[pos] << 24) | ((uint32_t)b[pos + 1] << 16) |
-                    ((uint32_t)b[pos + 2] << 8) | (uint32_t)b[pos + 3];
-    if (size < 3 || (long long)size > max_frame) { result = Py_NewRef(Py_False); goto done; }
-    if ((uint64_t)(n - pos - 4) < (uint64_t)size) { result = Py_NewRef(Py_None); goto done; }
-    const unsigned char *frame = b + pos + 4;
-    if (frame[0] != T_VERSION || frame[1] != 'D') { result = Py_NewRef(Py_False); goto done; }
-    Py_ssize_t count = frame[2], off;
-    if (count == 0) {
-        refs = PyList_New(0);
-        if (!refs) goto done;
-        off = 3;
-    } else {
-        Py_ssize_t key_end = 3 + count / 2 + 1 + count;
-        if (key_end > (Py_ssize_t)size) { result = Py_NewRef(Py_False); goto done; }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)frame + 2, key_end - 2);
-        if (!key) goto done;
-        refs = PyDict_GetItemWithError(args[3], key);
-        Py_DECREF(key);
-        if (!refs) {
-            if (!PyErr_Occurred()) result = Py_NewRef(Py_False);
-            goto done;
+    Py_ssize_t taken = 0, trailing = 0;
+    while (taken < max_count) {
+        PyObject *control, *payload;
+        Py_ssize_t frame_end, used_end;
+        int got = dist_packet(view.buf, view.len, pos, max_frame, args[3], args[4], args[5],
+                              args[6], args[7], args[8], src, &control, &payload, &frame_end,
+                              &used_end);
+        if (got == -1) {
+            if (taken == 0) goto done;
+            PyErr_Clear(); /* raised again when the protocol reads this packet next */
+            break;
         }
-        Py_INCREF(refs);
-        off = key_end;
+        if (got != 1) break;
+        PyObject *item = PyTuple_New(2);
+        if (!item) { Py_DECREF(control); Py_DECREF(payload); goto done; }
+        PyTuple_SET_ITEM(item, 0, control);
+        PyTuple_SET_ITEM(item, 1, payload);
+        int failed = PyList_Append(args[9], item);
+        Py_DECREF(item);
+        if (failed) goto done;
+        trailing += used_end != frame_end;
+        pos = frame_end;
+        taken++;
     }
-    Dec d = {.buf = frame, .len = (Py_ssize_t)size, .src = holder ? holder : args[0]};
-    int temp = 0;
-    control = run_decoder(&d, args[4], args[6], refs, off, &temp);
-    if (temp) mapstate_free(d.ms);
-    if (!control) goto done;
-    Py_ssize_t used = d.pos;
-    int with_payload = 0;
-    if (PyTuple_CheckExact(control) && PyTuple_GET_SIZE(control) > 0 &&
-        PyLong_CheckExact(PyTuple_GET_ITEM(control, 0))) {
-        with_payload = PySet_Contains(args[8], PyTuple_GET_ITEM(control, 0));
-        if (with_payload < 0) goto done;
-    }
-    if (with_payload) {
-        Dec p = {.buf = frame, .len = (Py_ssize_t)size, .src = holder ? holder : args[0]};
-        temp = 0;
-        payload = run_decoder(&p, args[5], args[6], refs, used, &temp);
-        if (temp) mapstate_free(p.ms);
-        if (!payload) goto done;
-        used = p.pos;
-    } else {
-        payload = Py_NewRef(args[7]);
-    }
-    result = Py_BuildValue("(OOnn)", control, payload, pos + 4 + (Py_ssize_t)size, pos + 4 + used);
+    result = Py_BuildValue("(nn)", pos, trailing);
 done:
-    Py_XDECREF(control);
-    Py_XDECREF(payload);
-    Py_XDECREF(refs);
     PyBuffer_Release(&view);
     Py_XDECREF(holder);
     return result;
@@ -2471,6 +2562,9 @@ static PyMethodDef methods[] = {
     {"decode_dist", (PyCFunction)(void (*)(void))cterm_decode_dist, METH_FASTCALL,
      "decode_dist(buf, pos, max_frame, memo, control_mapping, mapping, limits, no_payload, "
      "payload_tags) -> (control, payload, frame_end, used_end) | None | False"},
+    {"decode_dist_batch", (PyCFunction)(void (*)(void))cterm_decode_dist_batch, METH_FASTCALL,
+     "decode_dist_batch(buf, pos, max_frame, memo, control_mapping, mapping, limits, no_payload, "
+     "payload_tags, out, max_count) -> (end, trailing)"},
     {"decode", (PyCFunction)(void (*)(void))cterm_decode, METH_FASTCALL | METH_KEYWORDS,
      "decode(data, mapping=Mapping.EXACT, limits=Limits(), atom_cache=None, used=False)"},
     {"decode_body", (PyCFunction)(void (*)(void))cterm_decode_body, METH_FASTCALL | METH_KEYWORDS,

@@ -1072,6 +1072,38 @@ def decode_dist(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[byt
     return control, payload, pos + 4 + size, pos + 4 + used
 
 
+
+def decode_dist_batch(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[bytes, Any],
+                      control_mapping: Mapping, mapping: Mapping, limits: Limits, no_payload: Any,
+                      payload_tags: frozenset[int], out: list[tuple[Any, Any]],
+                      max_count: int) -> tuple[int, int]:
+    """The packets of the usual form from ``buf[pos:]`` on (``decode_dist``), each appended to
+    ``out`` as ``(control, payload)``, at most ``max_count``; it stops before the first that is
+    not all there or that the protocol must read itself. ``(end, trailing)``: where the packets
+    taken end, and how many had bytes after their terms. A malformed packet raises only when it
+    is the first (it raises again on the next call, after the packets before it are applied)."""
+    if type(out) is not list:
+        raise TypeError("decode_dist_batch() wants a list to append to")
+    if not 0 <= pos <= len(buf):
+        raise ValueError("decode_dist_batch(): pos outside the buffer")
+    taken = trailing = 0
+    while taken < max_count:
+        try:
+            got = decode_dist(buf, pos, max_frame, memo, control_mapping, mapping, limits,
+                              no_payload, payload_tags)
+        except Exception:
+            if taken == 0:
+                raise
+            break
+        if not isinstance(got, tuple):
+            break
+        control, payload, end, used = got
+        out.append((control, payload))
+        trailing += used != end
+        pos = end
+        taken += 1
+    return pos, trailing
+
 def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = _LIMITS,
            atom_cache: AtomCache | None = None, used: bool = False) -> Any:
     if type(data) is not bytes:
