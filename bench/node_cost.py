@@ -5,7 +5,8 @@ instructions the Python process runs per call does not. This runs N1 and then N2
 warm-up) under ``valgrind --tool=callgrind``: sequential ``rpc erlang:node/0`` from
 ``BlockingNode`` and from the asyncio ``Node``, 64 in flight from ``Node``, 4 threads sharing one
 ``BlockingNode``, and the Erlang node's ``erpc:call`` loop into a function this process exposes
-(plain: run in a worker thread; inline: on the loop). It prints (Ir(N2) - Ir(N1)) / (N2 - N1):
+(plain: run in a worker thread; inline: on the loop), and messages to an echo process and
+back, one at a time and 64 in flight. It prints (Ir(N2) - Ir(N1)) / (N2 - N1):
 the instructions of one call, start-up and warm-up cancelled out. Only this Python process is
 counted (the Erlang target runs natively). Run: ``.venv/bin/python bench/node_cost.py``
 (``--calls 200,1200``, ``--only TEXT``, ``--loop asyncio``). Needs valgrind (Debian
@@ -71,6 +72,29 @@ elif mode.startswith("into"):  # the target erpc:calls a function exposed here, 
                 await node.rpc(target, "bb_bench", "seq_erpc", [me, Atom("cost"), Atom("node"), [], count],
                                timeout=600)
     asyncio.run(main())
+elif mode == "echo":  # BlockingNode: a message to the target's echo and its answer, n times
+    with BlockingNode(name, cookie, epmd_port=port) as node:
+        echo = f"cost_echo_{os.getpid()}"
+        node.rpc(target, "bb_bench", "start_echo", [Atom(echo)])
+        with node.mailbox() as box:
+            for _ in range(50 + n):
+                box.send((echo, target), (box.pid, Atom("ping")))
+                box.receive(timeout=10)
+elif mode == "echo-window":  # the asyncio Node, 64 echoes in flight, n in all
+    async def main():
+        async with Node(name, cookie, epmd_port=port) as node:
+            echo = f"cost_echo_{os.getpid()}"
+            await node.rpc(target, "bb_bench", "start_echo", [Atom(echo)])
+            box = node.mailbox()
+            msg, dest = (box.pid, Atom("ping")), (echo, target)
+            for count in (50, n):
+                for _ in range(64):
+                    await node.send(dest, msg, sender=box)
+                for i in range(count):
+                    await box.receive(10)
+                    if i < count - 64:
+                        await node.send(dest, msg, sender=box)
+    asyncio.run(main())
 elif mode == "threads":  # 4 threads share one BlockingNode, n calls in all
     with BlockingNode(name, cookie, epmd_port=port) as node:
         def work(count):
@@ -96,6 +120,8 @@ _MODES = (
     ("threads", "rpc erlang:node/0, 4 callers [BlockingNode threads]"),
     ("into-inline", "Erlang erpc:call into Python [inline function]"),
     ("into-plain", "Erlang erpc:call into Python [plain function]"),
+    ("echo", "echo to a registered process, 1 at a time [BlockingNode]"),
+    ("echo-window", "echo, 64 in flight [Node]"),
 )
 
 

@@ -267,6 +267,65 @@ def test_a_malformed_packet_after_good_ones_in_one_read(py: BlockingNode, erl: E
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
 
 
+def test_a_malformed_control_after_good_ones_counts_only_what_was_read(
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture) -> None:
+    """A whole packet whose terms decode but whose control tuple is no control message (a
+    REG_SEND of three elements) ends the batch's connection after the good messages before
+    it; the node counts in only the messages it read whole, not the rest of the batch."""
+    box = py.mailbox(unique("box"))
+    assert box.name is not None
+    sock, fake = hostile_peer(py.node.port, py.name)
+    sender = Pid(A(fake), 1, 0, 1)
+    with sock:
+        packets = b""
+        for i in range(4):
+            body = (b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))
+                    + encode_body((A("hello"), i)))
+            packets += struct.pack(">I", len(body)) + body
+        bad = b"\x83D\x00" + encode_body((6, sender, A(""))) + encode_body(A("lost"))
+        late = b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name))) + encode_body(A("late"))
+        sock.sendall(packets + b"".join(struct.pack(">I", len(p)) + p for p in (bad, late)))
+        assert [box.receive(5) for _ in range(4)] == [(A("hello"), i) for i in range(4)]
+        assert closed_by_peer(sock, 5)
+    assert "has 3 elements, not 4" in caplog.text
+    with pytest.raises(Timeout):
+        box.receive(0.2)  # the packet after the bad one is not delivered
+    assert py.stats()["peers"][fake]["messages_in"] == 4
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+def test_a_failing_fast_handler_that_ended_the_connection_ends_the_batch(
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture) -> None:
+    """The loop checks that the connection is still up after a reply's fast path, whether the
+    handler returned or raised: what the read held after it is for a connection that is gone."""
+    box = py.mailbox(unique("box"))
+    assert box.name is not None
+    sock, fake = hostile_peer(py.node.port, py.name)
+    sender = Pid(A(fake), 1, 0, 1)
+    node = py.node
+    table = dict(node._fast_paths)
+
+    def ends_then_fails(peer: Any, control: tuple[Any, ...], payload: Any, owner: bool) -> bool:
+        node._peer_down(peer, "ended by the test's handler")
+        raise RuntimeError("a handler's bug")
+
+    node._fast_paths[31] = ends_then_fails
+    try:
+        with sock:
+            reply = b"\x83D\x00" + encode_body((31, A("x"), A("y"), 0, A("z")))
+            after = (b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))
+                     + encode_body(A("after")))
+            sock.sendall(b"".join(struct.pack(">I", len(p)) + p for p in (reply, after)))
+            assert closed_by_peer(sock, 5)
+    finally:
+        node._fast_paths.clear()
+        node._fast_paths.update(table)
+    assert "a handler's bug" in caplog.text
+    with pytest.raises(Timeout):
+        box.receive(0.3)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
 # ------------------------------------------------------------------ fragments never finished
 
 def test_unfinished_fragments_close_only_that_connection(epmd_port: int, erl: ErlNode,

@@ -567,3 +567,124 @@ def test_malformed_hot_control_messages_break_only_that_connection(control: Any,
     c, d = connected_pair()  # another connection is not touched
     d.receive_data(c.send(SpawnReply(REF, PA, 2, PB)))
     assert d.next_event() == SpawnReply(REF, PA, 2, PB)
+
+
+# ------------------------------------------------------------------ the node's hot-path calls
+
+def _read_fast(conn: Connection, limit: int = 3) -> list[Any]:
+    """A node's reading: batches from ``take_messages`` turned into events, ``next_event``
+    for the rest, until more data is needed."""
+    events: list[Any] = []
+    while True:
+        batch: list[tuple[Any, Any]] = []
+        taken = conn.take_messages(batch, limit)
+        assert taken == len(batch) <= limit
+        events += [conn.event_of(control, payload) for control, payload in batch]
+        event = conn.next_event()
+        if event is NEED_DATA or isinstance(event, ConnectionClosed):
+            return events
+        events.append(event)
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["dist-header", "pass-through"])
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_batched_reading_gives_the_events_next_event_gives(header: bool, chunk: int) -> None:
+    """``take_messages`` + ``event_of`` read the same events as ``next_event`` alone, in the
+    same order, whatever the reads' sizes; the packets it cannot take (new atoms, ticks, the
+    pass-through form, fragments) are left for ``next_event``."""
+    flags = DEFAULT_FLAGS if header else DEFAULT_FLAGS & ~Flag.DIST_HDR_ATOM_CACHE
+    a, b = connected_pair(flags=flags, fragment_size=200)
+    messages = ALL_MESSAGES * 2 + [Send(PB, bytes(1000)), Send(PB, Atom("after"))]
+    wire = b"".join(a.send(m) for m in messages[:10]) + a.tick() + b"".join(
+        a.send(m) for m in messages[10:])
+    events: list[Any] = []
+    for at in range(0, len(wire), chunk):
+        b.receive_data(wire[at:at + chunk])
+        events += _read_fast(b)
+    assert events == [expected(m) for m in messages[:10]] + [Tick()] + [
+        expected(m) for m in messages[10:]]
+    if header:  # the second round's atoms are cached: most of it came in batches
+        c, d = connected_pair(flags=flags)
+        d.receive_data(b"".join(c.send(m) for m in ALL_MESSAGES))
+        drain(d)
+        d.receive_data(b"".join(c.send(m) for m in ALL_MESSAGES))
+        batch: list[tuple[Any, Any]] = []
+        assert d.take_messages(batch) == len(ALL_MESSAGES)
+    else:
+        c, d = connected_pair(flags=flags)
+        d.receive_data(c.send(Send(PB, 1)))
+        assert d.take_messages([]) == 0 and d.next_event() == Send(PB, 1)
+
+
+def test_take_messages_takes_nothing_outside_its_state() -> None:
+    a = Connection(Role.INITIATOR, this_node=A, cookie="s", creation=7, peer_node=B)
+    a.start()
+    assert a.take_messages([]) == 0  # handshaking: next_event reads
+    c, d = connected_pair()
+    d.receive_data(c.send(Send(PB, 1)) + b"")
+    d.receive_data(b"")  # the end of input, after one message
+    out: list[Any] = []
+    assert d.take_messages(out) == 1 and d.event_of(*out[0]) == Send(PB, 1)
+    assert isinstance(d.next_event(), ConnectionClosed) and d.state is State.CLOSED
+    assert d.take_messages([]) == 0
+
+
+def test_a_malformed_batch_breaks_the_connection() -> None:
+    """A first packet that does not decode is a RemoteProtocolError from ``take_messages``;
+    a control tuple that is no message is one from ``event_of``: both leave the ERROR state."""
+    _, d = connected_pair()
+    d.receive_data(struct.pack(">I", 6) + b"\x83D\x00\x68\x05\x61")  # a tuple cut short
+    with pytest.raises(RemoteProtocolError, match="malformed"):
+        d.take_messages([])
+    assert d.state is State.ERROR
+    _, d = connected_pair()
+    body = b"\x83D\x00" + term_to_binary((6, PA))[1:] + term_to_binary(1)[1:]
+    d.receive_data(struct.pack(">I", len(body)) + body)
+    out: list[Any] = []
+    assert d.take_messages(out) == 1
+    with pytest.raises(RemoteProtocolError, match="has 2 elements, not 4"):
+        d.event_of(*out[0])
+    assert d.state is State.ERROR
+
+
+_SPAWN = (REF, PA, PA, Atom("erpc"), Atom("execute_call"))
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["dist-header", "pass-through"])
+@pytest.mark.parametrize("size", [10, 5000], ids=["small", "fragmented"])
+def test_spawn_request_is_send_of_a_spawn_request(header: bool, size: int) -> None:
+    """``spawn_request`` (the rpc path's send without the message object) writes the bytes
+    ``send(SpawnRequest(...))`` writes, fragments and atom cache included."""
+    flags = DEFAULT_FLAGS if header else DEFAULT_FLAGS & ~Flag.DIST_HDR_ATOM_CACHE
+    (a1, b1), (a2, _) = connected_pair(flags=flags, fragment_size=1000), connected_pair(
+        flags=flags, fragment_size=1000)
+    for args in ([REF, Atom("m"), Atom("f"), [bytes(size)]], [REF, Atom("m"), Atom("f"), []]):
+        options = [Atom("monitor")]
+        fast = a1.spawn_request(*_SPAWN, args, options)
+        assert fast == a2.send(SpawnRequest(*_SPAWN, args, options))
+        b1.receive_data(fast)
+        assert drain(b1) == [SpawnRequest(*_SPAWN, args, options)]
+
+
+def test_spawn_request_errors_are_sends_errors() -> None:
+    a, b = connected_pair()
+    with pytest.raises(TypeError) as fast:
+        a.spawn_request(*_SPAWN, ["a str is refused by the exact mapping"], [])
+    with pytest.raises(TypeError) as slow:
+        a.send(SpawnRequest(*_SPAWN, ["a str is refused by the exact mapping"], []))
+    assert type(fast.value) is type(slow.value) and str(fast.value) == str(slow.value)
+    b.receive_data(a.spawn_request(*_SPAWN, [1], []))  # the connection is still usable
+    assert drain(b) == [SpawnRequest(*_SPAWN, [1], [])]
+    handshaking = Connection(Role.INITIATOR, this_node=A, cookie="s", creation=7, peer_node=B)
+    with pytest.raises(LocalProtocolError):
+        handshaking.spawn_request(*_SPAWN, [], [])
+    b.receive_data(b"\x00\x00\x00\x05garbage")
+    with pytest.raises(RemoteProtocolError):
+        b.next_event()
+    with pytest.raises(LocalProtocolError):  # ERROR
+        b.spawn_request(*_SPAWN, [], [])
+    _, d = connected_pair()
+    d.receive_data(b"")
+    assert isinstance(d.next_event(), ConnectionClosed)
+    with pytest.raises(LocalProtocolError):  # CLOSED
+        d.spawn_request(*_SPAWN, [], [])

@@ -86,6 +86,9 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 # Inputs that once escaped as another exception, or that take the budget and text-float paths.
+_GOOD_BODY = _pure.encode((6, 1))[1:] + _pure.encode(7)[1:]
+GOOD_PACKET = struct.pack(">I", len(_GOOD_BODY) + 3) + b"\x83D\x00" + _GOOD_BODY
+
 CORPUS = [
     b"\x83y\x00\x01\x00\x00ea\xbau\x02\x01R", b"\x83y\x00\x00\x00\x00qw\x01mw\x01fa",
     b"\x83y\x00\x00\x00\x00h\x02eh\x01a\x01\x00\x00\x00\x00\x00a\x01",
@@ -138,7 +141,7 @@ def main() -> None:
                              rng.random() < 0.5)
             with contextlib.suppress(DecodeError):
                 cterm.decode_body(exact, 1, mapping, limits, cache)
-            packet = len(data).to_bytes(4, "big") + b"\x83D\x00" + data[1:]  # as a node reads it
+            packet = (len(data) + 2).to_bytes(4, "big") + b"\x83D\x00" + data[1:]  # as a node reads it
             with contextlib.suppress(DecodeError):
                 cterm.decode_dist(exact_buffer(packet[:rng.randrange(len(packet) + 1)]), 0, 1 << 30,
                                   {}, mapping, mapping, limits, None, frozenset({2, 6, 22}))
@@ -146,6 +149,11 @@ def main() -> None:
                 cterm.decode_dist_batch(exact_buffer(packet + packet[:rng.randrange(len(packet) + 1)]),
                                         0, 1 << 30, {}, mapping, mapping, limits, None,
                                         frozenset({2, 6, 22}), [], 4)
+            # a good packet first: a malformed one after it ends the batch (its error cleared)
+            taken: list[object] = []
+            cterm.decode_dist_batch(exact_buffer(GOOD_PACKET + packet), 0, 1 << 30, {}, mapping,
+                                    mapping, limits, None, frozenset({2, 6, 22}), taken, 4)
+            assert taken[0] == ((6, 1), 7)
             runs += 1
     print(f"asan fuzz: {runs} inputs decoded")
 

@@ -208,6 +208,55 @@ def test_same_packet_batches_decoded(data: Any, mapping: Mapping, max_count: int
         assert after[0] == "error" or after[1] is None or after[1] is False
 
 
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body) + 3) + b"\x83D\x00" + body
+
+
+@needs_compiled
+@pytest.mark.parametrize("bad", [
+    _pure.encode_body(Atom("x"))[:-1] + b"\xff" * 3,  # a term cut short inside a whole packet
+    b"\x01\x02\x03",  # no term at all
+    _pure.encode_body((6, [1] * 3)).replace(b"l", b"\xfe", 1),  # an unknown tag mid-term
+])
+def test_a_batch_stops_before_a_whole_malformed_packet_after_good_ones(bad: bytes) -> None:
+    """Good packets, then a whole packet whose terms do not decode: both twins take the good
+    ones and end before it without raising; read first, the bad one raises the same error."""
+    good = [_frame(_pure.encode_body((6, i)) + _pure.encode_body(Atom("m"))) for i in range(3)]
+    stream = b"".join(good) + _frame(bad) + good[0]
+    args = (0, 1 << 30, {}, Mapping.EXACT, Mapping.EXACT, Limits(), _MARK, _TAGS)
+    for twin, data in ((_pure.decode_dist_batch, stream), (_cterm.decode_dist_batch, bytearray(stream))):
+        out: list[Any] = []
+        assert twin(data, *args, out, 8) == (sum(map(len, good)), 0)
+        assert out == [((6, i), Atom("m")) for i in range(3)]
+    at = sum(map(len, good))
+    pure = outcome(_pure.decode_dist_batch, stream, at, *args[1:], [], 8)
+    assert pure[0] == "error"
+    assert pure == outcome(_cterm.decode_dist_batch, stream, at, *args[1:], [], 8)
+
+
+@needs_compiled
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"memo": None}, TypeError), ({"memo": None, "count": 0}, TypeError),
+    ({"tags": [2]}, TypeError), ({"out": ()}, TypeError), ({"out": (), "count": 0}, TypeError),
+    ({"pos": "0"}, TypeError), ({"pos": 1 << 70}, OverflowError), ({"pos": -1}, ValueError),
+    ({"pos": 99}, ValueError), ({"count": "1"}, TypeError), ({"count": 1 << 70}, OverflowError),
+    ({"frame": None}, TypeError), ({"buf": "text"}, TypeError),
+    ({"buf": [0, 0, 0, 5]}, "ok"), ({"buf": memoryview(b"\0\0")}, "ok"), ({"count": 0}, "ok"),
+])
+def test_the_batch_twins_refuse_the_same_wrong_calls(change: dict[str, Any], expected: Any) -> None:
+    """A wrong call is the same error both ways, checked in the same order (a bad memo with
+    nothing to take is still an error, not an empty batch)."""
+    a: dict[str, Any] = {"buf": _frame(_pure.encode_body((6, 1))), "pos": 0, "frame": 1 << 30,
+                         "memo": {}, "tags": _TAGS, "out": [], "count": 4} | change
+
+    def run(twin: Any) -> Any:
+        found = outcome(twin, a["buf"], a["pos"], a["frame"], a["memo"], Mapping.EXACT,
+                        Mapping.EXACT, Limits(), _MARK, a["tags"], a["out"], a["count"])
+        return found[0] if found[0] == "ok" else found[1]  # the wording is each twin's own
+
+    assert run(_pure.decode_dist_batch) == run(_cterm.decode_dist_batch) == expected
+
+
 @needs_compiled
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=48).map(lambda b: b"\x83" + b))

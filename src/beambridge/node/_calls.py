@@ -16,7 +16,7 @@ from .._errors import RemoteError as RemoteError_
 from .._errors import Timeout
 from ..protocol import Exit2, Flag, HandshakeFailed
 from ..term import Atom, Pid, Reference
-from ._core import NodeCore
+from ._core import FastReply, NodeCore
 from ._errors import ErlangError, ErlangExit, ErlangThrow, NoConnection
 from ._mailbox import DOWN, KILL, check_name, settler
 from ._names import (
@@ -280,14 +280,15 @@ class Calls(NodeCore):
             return call
         return None
 
-    def fast_replies(self) -> dict[int, Callable[[_Peer, tuple[Any, ...], Any], bool]]:
-        """The fast paths of the replies to our rpcs, by control message tag, for the loop's
-        reading of decoded ``(control, payload)`` pairs: each applies its message and returns
-        True, or returns False, and the message then takes the full path (event, ``_dispatch``)
-        with the same outcome. Two messages a call, skipping an event object and a dispatch."""
+    def _fast_replies_table(self) -> dict[int, FastReply]:
+        """The fast paths of the replies to our rpcs, by control message tag, for reading
+        decoded ``(control, payload)`` pairs: each applies its message and returns True, or
+        returns False, and the message then takes the full path (event, ``_dispatch``) with the
+        same outcome. Two messages a call, skipping an event object and a dispatch. ``owner``:
+        a blocking caller reads (``ThreadDoors``), and applies only blocking callers' replies."""
         return {31: self._fast_spawn_reply, 21: self._fast_down, 28: self._fast_down_payload}
 
-    def _fast_spawn_reply(self, peer: _Peer, c: tuple[Any, ...], payload: Any) -> bool:
+    def _fast_spawn_reply(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool) -> bool:
         """``{31, ReqId, To, Flags, Result}``: the remote process of one of our calls started."""
         if len(c) != 5:
             return False
@@ -296,27 +297,29 @@ class Calls(NodeCore):
                 or type(c[3]) is not int):
             return False
         call = self._calls.get(req.ids)
-        if call is None or (call.node is not peer.name and call.node != peer.name) or not self._to_caller(to):
+        if (call is None or (call.node is not peer.name and call.node != peer.name)
+                or (owner and not call.threaded) or not self._to_caller(to)):
             return False
         call.spawned = result
         return True
 
-    def _fast_down(self, peer: _Peer, c: tuple[Any, ...], payload: Any) -> bool:
+    def _fast_down(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool) -> bool:
         """``{21, FromProc, To, Ref, Reason}``: the remote process of one of our calls ended."""
-        return len(c) == 5 and self._fast_call_down(peer, c, c[4])
+        return len(c) == 5 and self._fast_call_down(peer, c, c[4], owner)
 
-    def _fast_down_payload(self, peer: _Peer, c: tuple[Any, ...], payload: Any) -> bool:
+    def _fast_down_payload(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool) -> bool:
         """``{28, FromProc, To, Ref}`` with the reason as payload (OTP 24+)."""
-        return len(c) == 4 and self._fast_call_down(peer, c, payload)
+        return len(c) == 4 and self._fast_call_down(peer, c, payload, owner)
 
-    def _fast_call_down(self, peer: _Peer, c: tuple[Any, ...], reason: Any) -> bool:
+    def _fast_call_down(self, peer: _Peer, c: tuple[Any, ...], reason: Any, owner: bool) -> bool:
         proc, to, ref = c[1], c[2], c[3]
         if (type(ref) is not Reference or type(to) is not Pid
                 or (type(proc) is not Pid and type(proc) is not Atom)):
             return False
         ids = ref.ids
         call = self._calls.get(ids)
-        if call is None or (call.node is not peer.name and call.node != peer.name) or not self._to_caller(to):
+        if (call is None or (call.node is not peer.name and call.node != peer.name)
+                or (owner and not call.threaded) or not self._to_caller(to)):
             return False
         if type(reason) is tuple and len(reason) == 3 and reason[1] == RETURN:
             tag, got = call.tag, reason[0]  # erpc's {Tag, return, Result}: ``_erpc_result``'s first case

@@ -449,26 +449,30 @@ class Connections(NodeCore):
                 peer.last_recv = time.monotonic()
                 peer.stats.bytes_in += len(data)
             next_event, dispatch = proto.next_event, self._dispatch
-            take, event_of, fast = proto.take_messages, proto.event_of, self._fast_replies
+            take, event_of, fast = proto.take_messages, proto.event_of, self._fast_paths
+            stats = peer.stats
             batch: list[tuple[Any, Any]] = []
             while True:
                 # the usual packets of this read first, in one codec call; the replies to our
-                # own rpcs go straight to their calls (``Calls._fast_replies``)
+                # own rpcs go straight to their calls (``Calls._fast_replies_table``). A message
+                # counts as in once it is read whole: after its event, before it is handled
                 if take(batch):
-                    peer.stats.messages_in += len(batch)
                     for control, payload in batch:
                         if type(control) is tuple and len(control) > 1 and type(control[0]) is int:
                             handler = fast.get(control[0])
                             if handler is not None:
                                 try:
-                                    if handler(peer, control, payload):
-                                        if not peer.alive:
-                                            return
-                                        continue
+                                    done = handler(peer, control, payload, False)
                                 except Exception:
                                     log.exception("error handling a reply from %s", peer.name)
+                                    done = True
+                                if done:
+                                    stats.messages_in += 1
+                                    if not peer.alive:
+                                        return
                                     continue
                         event = event_of(control, payload)
+                        stats.messages_in += 1
                         try:
                             dispatch(peer, event)
                         except Exception:

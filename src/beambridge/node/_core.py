@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: an exposed function: the callable, whether it runs inline, whether it is a coroutine function
 Exposed = tuple[Callable[..., Any], bool, bool]
+#: a reply's fast path: (peer, control tuple, payload, read by a blocking caller) -> applied
+FastReply = Callable[["_Peer", tuple[Any, ...], Any, bool], bool]
 
 
 class NodeCore:
@@ -101,7 +103,7 @@ class NodeCore:
     _due_queued: set[int]  # the ticks in that heap
     _due_timer: asyncio.TimerHandle | None
     _due_timer_tick: int  # the tick it is set for
-    _fast_replies: dict[int, Callable[[_Peer, tuple[Any, ...], Any], bool]]
+    _fast_paths: dict[int, FastReply]
     _stats: dict[Atom, PeerStats]
     _node_atoms: dict[Any, Atom]
     _name_atoms: dict[Any, Atom]

@@ -52,7 +52,7 @@ from ..term._types import trusted_pid, trusted_reference
 from . import _epmd_client
 from ._calls import Calls, _Call
 from ._connections import Connections, _listen, _Throttle
-from ._core import Exposed
+from ._core import Exposed, FastReply
 from ._errors import EpmdUnavailable, NoConnection
 from ._mailbox import DOWN, KILL, PROCESS, Mailbox, check_name
 from ._names import (
@@ -220,8 +220,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._due_queued: set[int] = set()
         self._due_timer: asyncio.TimerHandle | None = None
         self._due_timer_tick = 0
-        #: control message tag -> its fast path in the loop's reading (``Calls.fast_replies``)
-        self._fast_replies = self.fast_replies()
+        #: control message tag -> its fast path in reading (``Calls._fast_replies_table``)
+        self._fast_paths = self._fast_replies_table() | self._fast_sends_table()
         self._stats: dict[Atom, PeerStats] = {}
         self._node_atoms: dict[Any, Atom] = {}
         self._name_atoms: dict[Any, Atom] = {}
@@ -377,6 +377,39 @@ class Node(Connections, ThreadDoors, Calls, Services):
         if mailbox is not None and mailbox.pid == pid:
             return mailbox
         return None
+
+    # ---------------------------------------------------------------- messages' fast path
+
+    def _fast_sends_table(self) -> dict[int, FastReply]:
+        """Messages for our mailboxes, read as decoded ``(control, payload)`` pairs: the plain
+        forms only, with the delivery ``_dispatch`` makes (the contract is the replies' one,
+        ``Calls._fast_replies_table``). On a blocking caller's thread (``owner``) only to a
+        plain mailbox no async receive waits on; anything else takes the full path."""
+        return {2: self._fast_send, 22: self._fast_send_sender, 6: self._fast_reg_send}
+
+    def _fast_send(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool) -> bool:
+        """``{2, Unused, ToPid}``"""
+        return len(c) == 3 and type(c[2]) is Pid and self._fast_deliver(self._local(c[2]), payload, owner)
+
+    def _fast_send_sender(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool) -> bool:
+        """``{22, FromPid, ToPid}``"""
+        return (len(c) == 3 and type(c[1]) is Pid and type(c[2]) is Pid
+                and self._fast_deliver(self._local(c[2]), payload, owner))
+
+    def _fast_reg_send(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool) -> bool:
+        """``{6, FromPid, Unused, ToName}``; to a name nobody holds: the full path."""
+        if len(c) != 4 or type(c[1]) is not Pid or type(c[3]) is not Atom:
+            return False
+        box = self._names.get(c[3])
+        return box is not None and self._fast_deliver(box, payload, owner)
+
+    @staticmethod
+    def _fast_deliver(box: Mailbox | None, message: Any, owner: bool) -> bool:
+        if owner:
+            return type(box) is Mailbox and box.deliver_from_thread(message)
+        if box is not None:  # else dropped, as ``_dispatch`` drops it
+            box.deliver(message)
+        return True
 
     # ================================================================ routing signals
 

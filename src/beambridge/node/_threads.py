@@ -358,53 +358,87 @@ class ThreadDoors(NodeCore):
         """Feed bytes read by the owner: "ok"; "handed" when some event went to the loop (the
         owner then stops reading: what it waits for may now come through the loop); "broken"
         when the peer broke the protocol. A worker owner passes ``taken``: the first plain erpc
-        call read fills it with the job that runs it (the events after it are applied first)."""
+        call read fills it with the job that runs it (the events after it are applied first).
+        The usual packets come in batches (``take_messages``) and blocking callers' replies
+        take the loop's fast path (``Calls._fast_replies_table``, for threaded calls only)."""
         proto = peer.proto
         loop = self._loop
         assert loop is not None
         proto.receive_data(data)
         stats = peer.stats
         stats.bytes_in += len(data)
-        caller = self._caller_pid
+        take, event_of, next_event = proto.take_messages, proto.event_of, proto.next_event
+        fast, applies = self._fast_paths, self._owner_applies
+        batch: list[tuple[Any, Any]] = []
         outcome = "ok"
-        while True:
-            try:
-                event = proto.next_event()
-            except RemoteProtocolError as error:
-                loop.call_soon_threadsafe(self._owner_protocol_error, peer, error)
-                return "broken"
-            if event is NEED_DATA:
-                return outcome
-            kind = type(event)
-            if kind is Tick:
-                continue
-            stats.messages_in += 1
-            if peer.posted_n == peer.processed:  # nothing handed over is pending: order holds
-                if kind is MonitorPExit and event.to_pid == caller:
-                    call = self._call_of(event.ref, peer)
-                    if call is not None and call.threaded:
-                        self._down_reply(event.ref.ids, call, event.reason)
-                        continue
-                elif kind is SpawnReply and event.to_pid == caller:
-                    call = self._call_of(event.req_id, peer)
-                    if call is not None and call.threaded:
-                        self._spawned_reply(event.req_id.ids, call, event.result)
-                        continue
-                elif kind is Send or kind is SendSender or kind is RegSend:
-                    # a message for a plain mailbox: delivered here unless an async receive
-                    # waits on it (services such as rex run on the loop)
-                    box = (self._local(event.to_pid) if kind is not RegSend
-                           else self._names.get(event.to_name))
-                    if type(box) is Mailbox and box.deliver_from_thread(event.message):
-                        continue
-                elif kind is SpawnRequest and taken is not None and taken.ok is None:
-                    job = self._take_spawn_request(peer, event)
-                    if job is not None:
-                        taken.fill(True, job)
-                        continue
-            peer.posted_n = next(peer.posted)
-            loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
-            outcome = "handed"
+        try:
+            while True:
+                if take(batch):
+                    for control, payload in batch:
+                        # nothing handed over is pending (order holds) and it is a reply
+                        if (peer.posted_n == peer.processed and type(control) is tuple
+                                and len(control) > 1 and type(control[0]) is int):
+                            handler = fast.get(control[0])
+                            if handler is not None:
+                                try:
+                                    done = handler(peer, control, payload, True)
+                                except Exception:
+                                    log.exception("error handling a reply from %s", peer.name)
+                                    done = True
+                                if done:
+                                    stats.messages_in += 1
+                                    continue
+                        event = event_of(control, payload)
+                        stats.messages_in += 1
+                        if not applies(peer, event, taken):
+                            peer.posted_n = next(peer.posted)
+                            loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
+                            outcome = "handed"
+                    batch.clear()
+                event = next_event()
+                if event is NEED_DATA:
+                    return outcome
+                if type(event) is Tick:
+                    continue
+                stats.messages_in += 1
+                if not applies(peer, event, taken):
+                    peer.posted_n = next(peer.posted)
+                    loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
+                    outcome = "handed"
+        except RemoteProtocolError as error:
+            loop.call_soon_threadsafe(self._owner_protocol_error, peer, error)
+            return "broken"
+
+    def _owner_applies(self, peer: _Peer, event: Any, taken: Slot | None) -> bool:
+        """Apply on the owner's thread what may be applied there: blocking callers' rpc replies,
+        messages for plain mailboxes, a worker's plain erpc call; False: the loop must."""
+        if peer.posted_n != peer.processed:  # an event handed over is pending: order holds
+            return False
+        kind = type(event)
+        caller = self._caller_pid
+        if kind is MonitorPExit and event.to_pid == caller:
+            call = self._call_of(event.ref, peer)
+            if call is not None and call.threaded:
+                self._down_reply(event.ref.ids, call, event.reason)
+                return True
+        elif kind is SpawnReply and event.to_pid == caller:
+            call = self._call_of(event.req_id, peer)
+            if call is not None and call.threaded:
+                self._spawned_reply(event.req_id.ids, call, event.result)
+                return True
+        elif kind is Send or kind is SendSender or kind is RegSend:
+            # a message for a plain mailbox: delivered here unless an async receive
+            # waits on it (services such as rex run on the loop)
+            box = (self._local(event.to_pid) if kind is not RegSend
+                   else self._names.get(event.to_name))
+            if type(box) is Mailbox and box.deliver_from_thread(event.message):
+                return True
+        elif kind is SpawnRequest and taken is not None and taken.ok is None:
+            job = self._take_spawn_request(peer, event)
+            if job is not None:
+                taken.fill(True, job)
+                return True
+        return False
 
     def _dispatch_from_owner(self, peer: _Peer, event: Any) -> None:
         peer.processed += 1

@@ -854,7 +854,10 @@ class Connection:
     def spawn_request(self, req_id: Reference, from_pid: Pid, group_leader: Pid, module: Atom,
                       function: Atom, args: list[Any], options: list[Any]) -> bytes:
         """``send(SpawnRequest(...))`` from fields of the right types, without the message
-        object: a node's rpc path sends one per call, and this is one codec call."""
+        object: a node's rpc path sends one per call, and this is one codec call. Unlike
+        ``SpawnRequest`` it checks no field's type: a caller that passes, say, an int for the
+        module sends a request the peer refuses (Erlang drops the connection), so it is for
+        code that builds the fields itself."""
         if self._state is _CONNECTED and self._use_header:
             try:
                 packet: bytes | None = _encode_dist(

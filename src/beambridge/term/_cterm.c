@@ -1559,8 +1559,10 @@ static PyObject *cterm_decode_dist_batch(PyObject *self, PyObject *const *args, 
                               args[6], args[7], args[8], src, &control, &payload, &frame_end,
                               &used_end);
         if (got == -1) {
-            if (taken == 0) goto done;
-            PyErr_Clear(); /* raised again when the protocol reads this packet next */
+            /* raised again when the protocol reads this packet next; what is no Exception
+             * (KeyboardInterrupt, SystemExit) is not the packet's doing and goes on up now */
+            if (taken == 0 || !PyErr_ExceptionMatches(PyExc_Exception)) goto done;
+            PyErr_Clear();
             break;
         }
         if (got != 1) break;

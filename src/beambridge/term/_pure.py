@@ -1036,6 +1036,29 @@ def decode_body(data: bytes, offset: int = 0, mapping: Mapping = Mapping.EXACT,
     return _run(_decoder(mapping, limits, atom_cache), data, offset)
 
 
+def _dist_args(name: str, pos: Any, max_frame: Any, memo: Any, payload_tags: Any) -> None:
+    """The argument checks of both dist readers, in the compiled twin's order (``dist_args``):
+    the same error for the same wrong call either way."""
+    _ssize(pos)
+    if not isinstance(max_frame, int):
+        raise TypeError(f"{name}() wants an int max_frame")
+    if not isinstance(memo, dict) or not isinstance(payload_tags, (set, frozenset)):
+        raise TypeError(f"{name}() wants a dict memo and a set of tags")
+
+
+def _ssize(value: Any) -> None:
+    """What C's ``PyLong_AsSsize_t`` refuses."""
+    if not isinstance(value, int):
+        raise TypeError(f"an integer is required, not {type(value).__name__}")
+    if not -(1 << 63) <= value < 1 << 63:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+
+
+def _dist_buf(buf: Any) -> bytes | bytearray:
+    """The buffer as the C side reads it (any buffer, else what ``bytes()`` makes of it)."""
+    return buf if type(buf) is bytes or type(buf) is bytearray else bytes(buf)
+
+
 def decode_dist(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[bytes, Any],
                 control_mapping: Mapping, mapping: Mapping, limits: Limits, no_payload: Any,
                 payload_tags: frozenset[int]) -> tuple[Any, Any, int, int] | bool | None:
@@ -1044,6 +1067,8 @@ def decode_dist(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[byt
     ``(control, payload, frame_end, used_end)``; None when the packet is not all there yet;
     False when the protocol must read it itself (a tick, an oversized length, fragments, new
     atoms in the header, the pass-through form)."""
+    _dist_args("decode_dist", pos, max_frame, memo, payload_tags)
+    buf = _dist_buf(buf)
     if not 0 <= pos <= len(buf):
         raise ValueError("decode_dist(): pos outside the buffer")
     if len(buf) - pos < 4:
@@ -1072,7 +1097,6 @@ def decode_dist(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[byt
     return control, payload, pos + 4 + size, pos + 4 + used
 
 
-
 def decode_dist_batch(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[bytes, Any],
                       control_mapping: Mapping, mapping: Mapping, limits: Limits, no_payload: Any,
                       payload_tags: frozenset[int], out: list[tuple[Any, Any]],
@@ -1082,8 +1106,11 @@ def decode_dist_batch(buf: bytes | bytearray, pos: int, max_frame: int, memo: di
     not all there or that the protocol must read itself. ``(end, trailing)``: where the packets
     taken end, and how many had bytes after their terms. A malformed packet raises only when it
     is the first (it raises again on the next call, after the packets before it are applied)."""
+    _ssize(max_count)
+    _dist_args("decode_dist_batch", pos, max_frame, memo, payload_tags)
     if type(out) is not list:
         raise TypeError("decode_dist_batch() wants a list to append to")
+    buf = _dist_buf(buf)
     if not 0 <= pos <= len(buf):
         raise ValueError("decode_dist_batch(): pos outside the buffer")
     taken = trailing = 0
@@ -1103,6 +1130,7 @@ def decode_dist_batch(buf: bytes | bytearray, pos: int, max_frame: int, memo: di
         pos = end
         taken += 1
     return pos, trailing
+
 
 def decode(data: bytes, mapping: Mapping = Mapping.EXACT, limits: Limits = _LIMITS,
            atom_cache: AtomCache | None = None, used: bool = False) -> Any:
