@@ -28,7 +28,7 @@ import pytest
 
 from beambridge import Atom, Pid, Timeout
 from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, epmd_names
-from beambridge.protocol import NEED_DATA, Connected, Connection, Role, State, StatusReceived
+from beambridge.protocol import NEED_DATA, Connected, Connection, Role, SpawnRequest, State, StatusReceived
 from beambridge.protocol import epmd as epmd_messages
 from beambridge.term import encode_body, term_to_binary
 
@@ -147,6 +147,13 @@ def test_expose_an_object_offers_its_own_methods(py: BlockingNode, erl: ErlNode)
 def hostile_peer(port: int, target: str, *, source: str = "127.0.0.1") -> tuple[socket.socket, str]:
     """A connection that does a correct handshake with the cookie (our own sans-IO layer) and
     is then free to send raw bytes."""
+    sock, name, _ = hostile_peer_proto(port, target, source=source)
+    return sock, name
+
+
+def hostile_peer_proto(port: int, target: str, *, source: str = "127.0.0.1"
+                       ) -> tuple[socket.socket, str, Connection]:
+    """``hostile_peer``, with the sans-IO connection to read what the node sends."""
     name = unique("hostile") + "@127.0.0.1"
     proto = Connection(Role.INITIATOR, this_node=name, cookie=COOKIE, creation=1, peer_node=target)
     sock = socket.socket()
@@ -163,7 +170,7 @@ def hostile_peer(port: int, target: str, *, source: str = "127.0.0.1") -> tuple[
         if event is NEED_DATA:
             proto.receive_data(sock.recv(4096))
         elif isinstance(event, Connected):
-            return sock, name
+            return sock, name, proto
     sock.close()
     raise AssertionError("hostile peer: no handshake within 10 s")
 
@@ -323,6 +330,76 @@ def test_a_failing_fast_handler_that_ended_the_connection_ends_the_batch(
     assert "a handler's bug" in caplog.text
     with pytest.raises(Timeout):
         box.receive(0.3)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+def _plain_frame(control: Any, *payload: Any) -> bytes:
+    """A packet behind a normal header without atom cache references (the batch reads it)."""
+    body = b"\x83D\x00" + encode_body(control) + b"".join(encode_body(p) for p in payload)
+    return struct.pack(">I", len(body)) + body
+
+
+def _answer_one_rpc(sock: socket.socket, proto: Connection, before: bytes) -> None:
+    """As the node an rpc went to: read the spawn request, wait a moment (the caller is then
+    reading the connection itself), send ``before`` and then the call's answer, ``done``."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        event = proto.next_event()
+        if event is NEED_DATA:
+            proto.receive_data(sock.recv(65536))
+        elif isinstance(event, SpawnRequest):
+            break
+    else:
+        raise AssertionError("no spawn request within 10 s")
+    time.sleep(0.05)
+    req, caller = event.req_id, event.from_pid
+    worker = Pid(A(proto.this_node), 9, 0, 1)
+    sock.sendall(before + _plain_frame((31, req, caller, 0, worker))
+                 + _plain_frame((28, worker, caller, req), (req, A("return"), A("done"))))
+
+
+@pytest.mark.parametrize("reader", ["loop", "caller"])
+def test_messages_in_each_plain_form_reach_their_mailbox_in_order(
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture, reader: str) -> None:
+    """SEND, SEND_SENDER and REG_SEND behind a normal header (the form the node's fast path
+    delivers) reach the mailbox in order, read by the loop or by a blocking caller waiting for
+    its rpc on that connection; the same forms with a field of the wrong type end the
+    connection as a protocol error, and the node goes on."""
+    box = py.mailbox(unique("box"))
+    assert box.name is not None
+    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
+    sender = Pid(A(fake), 1, 0, 1)
+    forms = [((2, A(""), box.pid), 1), ((22, sender, box.pid), 2),
+             ((6, sender, A(""), A(box.name)), 3), ((22, sender, box.pid), 4)]
+    messages = b"".join(_plain_frame(c, p) for c, p in forms)
+    with sock:
+        if reader == "loop":
+            sock.sendall(messages)
+        else:
+            answering = threading.Thread(target=_answer_one_rpc, args=(sock, proto, messages))
+            answering.start()
+            assert py.rpc(fake, "m", "f", [], timeout=10) == A("done")
+            answering.join(10)
+            assert py.node._peers[A(fake)].leads >= 1  # the caller read the connection itself
+        assert [box.receive(5) for _ in forms] == [1, 2, 3, 4]
+        sock.sendall(_plain_frame((22, sender, 5), A("bad")))  # a "pid" that is an int
+        assert closed_by_peer(sock, 5)
+    assert "malformed control message 22" in caplog.text
+    with pytest.raises(Timeout):
+        box.receive(0.2)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+@pytest.mark.parametrize("control", [(2, A(""), A("notapid")), (6, Pid(A("x@y"), 1, 0, 1), A(""), b"name"),
+                                     (6, 7, A(""), A("name")), (22, Pid(A("x@y"), 1, 0, 1), b"pid")],
+                         ids=["send-to", "reg-name", "reg-from", "sender-to"])
+def test_a_plain_message_with_a_wrong_field_is_a_protocol_error(
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture, control: Any) -> None:
+    sock, _ = hostile_peer(py.node.port, py.name)
+    with sock:
+        sock.sendall(_plain_frame(control, A("x")))
+        assert closed_by_peer(sock, 5)
+    assert "malformed control message" in caplog.text
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
 
 
