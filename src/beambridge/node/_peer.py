@@ -249,12 +249,17 @@ class _Peer:
         """Send what threads queued (write lock held). What the socket does not take at once, and
         anything behind the loop's own queue, goes to the loop's queue, which flushes in order."""
         queue = self.tq
-        batch = [queue.popleft() for _ in range(len(queue))]
-        if not batch or not self.alive:
+        count = len(queue)
+        if count == 1:  # the usual case: one caller's request
+            data = queue.popleft()
+        elif count:
+            data = b"".join([queue.popleft() for _ in range(count)])
+        else:
+            return
+        if not self.alive:
             return  # a dead connection: its callers are told by the loop (or see it dead)
-        data = b"".join(batch) if len(batch) > 1 else batch[0]
         stats = self.stats
-        stats.messages_out += len(batch)
+        stats.messages_out += count
         stats.bytes_out += len(data)
         if self.tls is not None:
             try:
