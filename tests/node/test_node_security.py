@@ -339,23 +339,43 @@ def _plain_frame(control: Any, *payload: Any) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def _answer_one_rpc(sock: socket.socket, proto: Connection, before: bytes) -> None:
-    """As the node an rpc went to: read the spawn request, wait a moment (the caller is then
-    reading the connection itself), send ``before`` and then the call's answer, ``done``."""
+def _answer_rpcs(sock: socket.socket, proto: Connection, count: int, before: bytes,
+                 ready: Callable[[], bool]) -> list[Any]:
+    """As the node rpcs went to: read ``count`` spawn requests, wait until ``ready()`` (a
+    blocking caller reads the connection itself), then send ``before`` and the calls' answers
+    (``done``), in the order they came, in one write. The requests read."""
+    requests: list[Any] = []
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while len(requests) < count and time.monotonic() < deadline:
         event = proto.next_event()
         if event is NEED_DATA:
             proto.receive_data(sock.recv(65536))
         elif isinstance(event, SpawnRequest):
-            break
-    else:
-        raise AssertionError("no spawn request within 10 s")
-    time.sleep(0.05)
-    req, caller = event.req_id, event.from_pid
-    worker = Pid(A(proto.this_node), 9, 0, 1)
-    sock.sendall(before + _plain_frame((31, req, caller, 0, worker))
-                 + _plain_frame((28, worker, caller, req), (req, A("return"), A("done"))))
+            requests.append(event)
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(requests) == count and ready(), "no requests, or the caller did not read"
+    answers = b""
+    for request in requests:
+        req, caller = request.req_id, request.from_pid
+        worker = Pid(A(proto.this_node), 9, 0, 1)
+        answers += (_plain_frame((31, req, caller, 0, worker))
+                    + _plain_frame((28, worker, caller, req), (req, A("return"), A("done"))))
+    sock.sendall(before + answers)
+    return requests
+
+
+def _reading_caller(py: BlockingNode, fake: str) -> Callable[[], bool]:
+    """Whether this thread now reads the connection to ``fake`` itself; it waits until the node
+    knows that connection (else an rpc there takes the loop's path)."""
+    me = threading.get_ident()
+    assert wait_until(lambda: A(fake) in py.node._peers, 5)
+
+    def reading() -> bool:
+        peer = py.node._peers.get(A(fake))
+        return peer is not None and peer.owner == me and peer.active
+
+    return reading
 
 
 @pytest.mark.parametrize("reader", ["loop", "caller"])
@@ -372,22 +392,159 @@ def test_messages_in_each_plain_form_reach_their_mailbox_in_order(
     forms = [((2, A(""), box.pid), 1), ((22, sender, box.pid), 2),
              ((6, sender, A(""), A(box.name)), 3), ((22, sender, box.pid), 4)]
     messages = b"".join(_plain_frame(c, p) for c, p in forms)
-    with sock:
-        if reader == "loop":
-            sock.sendall(messages)
-        else:
-            answering = threading.Thread(target=_answer_one_rpc, args=(sock, proto, messages))
-            answering.start()
-            assert py.rpc(fake, "m", "f", [], timeout=10) == A("done")
-            answering.join(10)
-            assert py.node._peers[A(fake)].leads >= 1  # the caller read the connection itself
-        assert [box.receive(5) for _ in forms] == [1, 2, 3, 4]
-        sock.sendall(_plain_frame((22, sender, 5), A("bad")))  # a "pid" that is an int
-        assert closed_by_peer(sock, 5)
+    node = py.node
+    delivered: list[tuple[Any, bool]] = []
+    deliver = node._fast_deliver
+
+    def spy(target: Any, message: Any, owner: bool) -> bool:
+        delivered.append((message, owner))
+        return deliver(target, message, owner)
+
+    node._fast_deliver = spy  # type: ignore[method-assign]
+    try:
+        with sock:
+            if reader == "loop":
+                sock.sendall(messages)
+            else:
+                answering = threading.Thread(target=_answer_rpcs, args=(
+                    sock, proto, 1, messages, _reading_caller(py, fake)))
+                answering.start()
+                assert py.rpc(fake, "m", "f", [], timeout=10) == A("done")
+                answering.join(10)
+            assert [box.receive(5) for _ in forms] == [1, 2, 3, 4]
+            sock.sendall(_plain_frame((22, sender, 5), A("bad")))  # a "pid" that is an int
+            assert closed_by_peer(sock, 5)
+    finally:
+        del node._fast_deliver
+    # each on its fast path, and on the caller's thread when the caller read them
+    assert delivered == [(m, reader == "caller") for m in (1, 2, 3, 4)]
     assert "malformed control message 22" in caplog.text
     with pytest.raises(Timeout):
         box.receive(0.2)
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+def test_a_protocol_error_read_by_a_blocking_caller_ends_the_connection(
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture) -> None:
+    """A blocking caller reading its connection applies what came before a malformed
+    message, and the connection closes at it: its rpc fails as for a lost connection."""
+    box = py.mailbox(unique("box"))
+    assert box.name is not None
+    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
+    sender = Pid(A(fake), 1, 0, 1)
+    to_box = (6, sender, A(""), A(box.name))
+    before = (_plain_frame(to_box, 1) + _plain_frame((6, sender, A("")), 2)
+              + _plain_frame(to_box, 3))
+    with sock:
+        answering = threading.Thread(target=_answer_rpcs, args=(
+            sock, proto, 1, before, _reading_caller(py, fake)))
+        answering.start()
+        with pytest.raises(NoConnection):
+            py.rpc(fake, "m", "f", [], timeout=10)
+        answering.join(10)
+        assert closed_by_peer(sock, 5)
+    assert box.receive(5) == 1
+    with pytest.raises(Timeout):
+        box.receive(0.2)
+    assert "has 3 elements, not 4" in caplog.text
+    assert py.stats()["peers"][fake]["messages_in"] == 1
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+def test_a_failure_applying_one_message_loses_nothing_after_it(
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture) -> None:
+    """A blocking caller that fails to apply one message it read (a bug) logs it, as the loop
+    does, and applies the rest of the read: later messages and its own rpc's answer."""
+    box = py.mailbox(unique("box"))
+    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
+    node = py.node
+    applies = node._owner_applies
+
+    def failing(peer: Any, event: Any, taken: Any) -> bool:
+        if getattr(event, "message", None) == A("boom"):
+            raise RuntimeError("a bug applying one message")
+        return applies(peer, event, taken)
+
+    node._owner_applies = failing  # type: ignore[method-assign]
+    try:
+        with sock:
+            # SEND_TT (a trace token) takes the full path, then the usual SEND_SENDERs
+            before = (_plain_frame((12, A(""), box.pid, A("token")), A("boom"))
+                      + b"".join(_plain_frame((22, Pid(A(fake), 1, 0, 1), box.pid), i)
+                                 for i in (1, 2)))
+            answering = threading.Thread(target=_answer_rpcs, args=(
+                sock, proto, 1, before, _reading_caller(py, fake)))
+            answering.start()
+            assert py.rpc(fake, "m", "f", [], timeout=10) == A("done")
+            answering.join(10)
+            assert [box.receive(5), box.receive(5)] == [1, 2]
+    finally:
+        del node._owner_applies
+    assert "a bug applying one message" in caplog.text
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
+class _Interrupt(BaseException):
+    """What is no Exception (as KeyboardInterrupt), for a test to raise inside the node."""
+
+
+def test_an_interrupted_reading_caller_hands_the_rest_to_the_loop(py: BlockingNode) -> None:
+    """A blocking caller interrupted (a BaseException, as Ctrl-C) while it applies what it read
+    hands the messages after that one to the loop, in order: none is lost."""
+    box = py.mailbox(unique("box"))
+    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
+    node = py.node
+    applies = node._owner_applies
+
+    def interrupted(peer: Any, event: Any, taken: Any) -> bool:
+        if getattr(event, "message", None) == A("stop"):
+            raise _Interrupt
+        return applies(peer, event, taken)
+
+    node._owner_applies = interrupted  # type: ignore[method-assign]
+    try:
+        with sock:
+            before = (_plain_frame((12, A(""), box.pid, A("token")), A("stop"))
+                      + b"".join(_plain_frame((22, Pid(A(fake), 1, 0, 1), box.pid), i)
+                                 for i in (1, 2)))
+            answering = threading.Thread(target=_answer_rpcs, args=(
+                sock, proto, 1, before, _reading_caller(py, fake)))
+            answering.start()
+            with pytest.raises(_Interrupt):
+                py.rpc(fake, "m", "f", [], timeout=10)
+            answering.join(10)
+            assert [box.receive(5), box.receive(5)] == [1, 2]
+    finally:
+        del node._owner_applies
+
+
+def test_a_blocking_caller_leaves_async_calls_replies_to_the_loop(py: BlockingNode) -> None:
+    """A blocking caller reading the connection applies only blocking callers' replies: an
+    async rpc's (its future is the loop's) ends on the loop thread, both answered in one read."""
+    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
+    node, loop = py._ensure()
+    ended: list[tuple[bool, int]] = []
+    end_call = node._end_call
+
+    def spy(ids: Any, call: Any, ok: bool, value: Any) -> None:
+        ended.append((call.threaded, threading.get_ident()))
+        end_call(ids, call, ok, value)
+
+    node._end_call = spy  # type: ignore[method-assign]
+    try:
+        with sock:
+            answering = threading.Thread(target=_answer_rpcs, args=(
+                sock, proto, 2, b"", _reading_caller(py, fake)))
+            answering.start()
+            pending = asyncio.run_coroutine_threadsafe(node.rpc(fake, "m", "async", [], timeout=10), loop)
+            assert wait_until(lambda: len(node._calls) == 1, 5)  # the async request is out
+            assert py.rpc(fake, "m", "blocking", [], timeout=10) == A("done")
+            assert pending.result(10) == A("done")
+            answering.join(10)
+    finally:
+        del node._end_call
+    assert sorted(threaded for threaded, _ in ended) == [False, True]
+    assert [ident for threaded, ident in ended if not threaded] == [py._thread.ident]
 
 
 @pytest.mark.parametrize("control", [(2, A(""), A("notapid")), (6, Pid(A("x@y"), 1, 0, 1), A(""), b"name"),

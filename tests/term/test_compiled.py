@@ -234,6 +234,13 @@ def test_a_batch_stops_before_a_whole_malformed_packet_after_good_ones(bad: byte
     assert pure == outcome(_cterm.decode_dist_batch, stream, at, *args[1:], [], 8)
 
 
+class _Index:
+    """An int-like that is no int (as numpy's are): read through ``__index__``."""
+
+    def __index__(self) -> int:
+        return 1 << 30
+
+
 @needs_compiled
 @pytest.mark.parametrize(("change", "expected"), [
     ({"memo": None}, TypeError), ({"memo": None, "count": 0}, TypeError),
@@ -242,11 +249,13 @@ def test_a_batch_stops_before_a_whole_malformed_packet_after_good_ones(bad: byte
     ({"pos": 99}, ValueError), ({"count": "1"}, TypeError), ({"count": 1 << 70}, OverflowError),
     ({"frame": None}, TypeError), ({"buf": "text"}, TypeError),
     ({"buf": [0, 0, 0, 5]}, "ok"), ({"buf": memoryview(b"\0\0")}, "ok"), ({"count": 0}, "ok"),
+    ({"frame": _Index()}, "ok"),
 ])
 def test_the_batch_twins_refuse_the_same_wrong_calls(change: dict[str, Any], expected: Any) -> None:
     """A wrong call is the same error both ways, checked in the same order (a bad memo with
     nothing to take is still an error, not an empty batch)."""
-    a: dict[str, Any] = {"buf": _frame(_pure.encode_body((6, 1))), "pos": 0, "frame": 1 << 30,
+    a: dict[str, Any] = {"buf": _frame(_pure.encode_body((6, 1)) + _pure.encode_body(Atom("m"))),
+                         "pos": 0, "frame": 1 << 30,
                          "memo": {}, "tags": _TAGS, "out": [], "count": 4} | change
 
     def run(twin: Any) -> Any:
@@ -255,6 +264,15 @@ def test_the_batch_twins_refuse_the_same_wrong_calls(change: dict[str, Any], exp
         return found[0] if found[0] == "ok" else found[1]  # the wording is each twin's own
 
     assert run(_pure.decode_dist_batch) == run(_cterm.decode_dist_batch) == expected
+    if "out" not in change and "count" not in change:  # the one-packet reader checks the same
+
+        def one(twin: Any) -> Any:
+            found = outcome(twin, a["buf"], a["pos"], a["frame"], a["memo"], Mapping.EXACT,
+                            Mapping.EXACT, Limits(), _MARK, a["tags"])
+            return found[0] if found[0] == "ok" else found[1]
+
+        assert one(_pure.decode_dist) == one(_cterm.decode_dist) == expected
+
 
 
 @needs_compiled

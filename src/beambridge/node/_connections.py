@@ -454,8 +454,8 @@ class Connections(NodeCore):
             batch: list[tuple[Any, Any]] = []
             while True:
                 # the usual packets of this read first, in one codec call; the replies to our
-                # own rpcs go straight to their calls (``Calls._fast_replies_table``). A message
-                # counts as in once it is read whole: after its event, before it is handled
+                # own rpcs and the messages for our mailboxes go straight there (``_fast_paths``).
+                # A message counts as in once whole and well-formed (not the rest of a batch)
                 if take(batch):
                     for control, payload in batch:
                         if type(control) is tuple and len(control) > 1 and type(control[0]) is int:
@@ -464,7 +464,7 @@ class Connections(NodeCore):
                                 try:
                                     done = handler(peer, control, payload, False)
                                 except Exception:
-                                    log.exception("error handling a reply from %s", peer.name)
+                                    log.exception("error handling a message from %s", peer.name)
                                     done = True
                                 if done:
                                     stats.messages_in += 1

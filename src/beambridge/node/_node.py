@@ -405,10 +405,11 @@ class Node(Connections, ThreadDoors, Calls, Services):
 
     @staticmethod
     def _fast_deliver(box: Mailbox | None, message: Any, owner: bool) -> bool:
+        if box is None:  # no such process: dropped, as ``_dispatch`` drops it, on any thread
+            return True  # (a drop has no order; a new pid is in ``_procs`` before it is known)
         if owner:
             return type(box) is Mailbox and box.deliver_from_thread(message)
-        if box is not None:  # else dropped, as ``_dispatch`` drops it
-            box.deliver(message)
+        box.deliver(message)
         return True
 
     # ================================================================ routing signals

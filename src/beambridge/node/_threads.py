@@ -359,8 +359,8 @@ class ThreadDoors(NodeCore):
         owner then stops reading: what it waits for may now come through the loop); "broken"
         when the peer broke the protocol. A worker owner passes ``taken``: the first plain erpc
         call read fills it with the job that runs it (the events after it are applied first).
-        The usual packets come in batches (``take_messages``) and blocking callers' replies
-        take the loop's fast path (``Calls._fast_replies_table``, for threaded calls only)."""
+        The usual packets come in batches (``take_messages``) and take the loop's fast paths
+        (``Node._fast_paths``: blocking callers' replies, messages for plain mailboxes)."""
         proto = peer.proto
         loop = self._loop
         assert loop is not None
@@ -368,32 +368,38 @@ class ThreadDoors(NodeCore):
         stats = peer.stats
         stats.bytes_in += len(data)
         take, event_of, next_event = proto.take_messages, proto.event_of, proto.next_event
-        fast, applies = self._fast_paths, self._owner_applies
+        fast, apply = self._fast_paths, self._owner_apply
         batch: list[tuple[Any, Any]] = []
         outcome = "ok"
         try:
             while True:
                 if take(batch):
-                    for control, payload in batch:
-                        # nothing handed over is pending (order holds) and it is a reply
-                        if (peer.posted_n == peer.processed and type(control) is tuple
-                                and len(control) > 1 and type(control[0]) is int):
-                            handler = fast.get(control[0])
-                            if handler is not None:
-                                try:
-                                    done = handler(peer, control, payload, True)
-                                except Exception:
-                                    log.exception("error handling a reply from %s", peer.name)
-                                    done = True
-                                if done:
-                                    stats.messages_in += 1
-                                    continue
-                        event = event_of(control, payload)
-                        stats.messages_in += 1
-                        if not applies(peer, event, taken):
-                            peer.posted_n = next(peer.posted)
-                            loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
-                            outcome = "handed"
+                    at = 0  # the batch is out of the protocol's buffer: each item is applied,
+                    try:    # handed to the loop, or (the connection broken) dropped with it
+                        for control, payload in batch:
+                            at += 1
+                            # nothing handed over is pending (order holds), and a fast path's form
+                            if (peer.posted_n == peer.processed and type(control) is tuple
+                                    and len(control) > 1 and type(control[0]) is int):
+                                handler = fast.get(control[0])
+                                if handler is not None:
+                                    try:
+                                        done = handler(peer, control, payload, True)
+                                    except Exception:
+                                        log.exception("error handling a message from %s", peer.name)
+                                        done = True
+                                    if done:
+                                        stats.messages_in += 1
+                                        continue
+                            event = event_of(control, payload)
+                            stats.messages_in += 1
+                            if not apply(peer, event, taken):
+                                outcome = "handed"
+                    except RemoteProtocolError:
+                        raise
+                    except BaseException:  # KeyboardInterrupt & co: the rest is the loop's
+                        self._hand_over(peer, batch[at:])
+                        raise
                     batch.clear()
                 event = next_event()
                 if event is NEED_DATA:
@@ -401,13 +407,38 @@ class ThreadDoors(NodeCore):
                 if type(event) is Tick:
                     continue
                 stats.messages_in += 1
-                if not applies(peer, event, taken):
-                    peer.posted_n = next(peer.posted)
-                    loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
+                if not apply(peer, event, taken):
                     outcome = "handed"
         except RemoteProtocolError as error:
             loop.call_soon_threadsafe(self._owner_protocol_error, peer, error)
             return "broken"
+
+    def _owner_apply(self, peer: _Peer, event: Any, taken: Slot | None) -> bool:
+        """Apply ``event`` here (True; a failure is logged, as the loop logs its own) or hand it
+        to the loop, in order (False)."""
+        try:
+            if self._owner_applies(peer, event, taken):
+                return True
+        except Exception:
+            log.exception("error handling %r from %s", type(event).__name__, peer.name)
+            return True
+        peer.posted_n = next(peer.posted)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
+        return False
+
+    def _hand_over(self, peer: _Peer, rest: list[tuple[Any, Any]]) -> None:
+        """Hand what an interrupted owner had read and not applied to the loop, in order."""
+        assert self._loop is not None
+        for control, payload in rest:
+            try:
+                event = peer.proto.event_of(control, payload)
+            except RemoteProtocolError as error:
+                self._loop.call_soon_threadsafe(self._owner_protocol_error, peer, error)
+                return
+            peer.stats.messages_in += 1
+            peer.posted_n = next(peer.posted)
+            self._loop.call_soon_threadsafe(self._dispatch_from_owner, peer, event)
 
     def _owner_applies(self, peer: _Peer, event: Any, taken: Slot | None) -> bool:
         """Apply on the owner's thread what may be applied there: blocking callers' rpc replies,
@@ -441,13 +472,13 @@ class ThreadDoors(NodeCore):
         return False
 
     def _dispatch_from_owner(self, peer: _Peer, event: Any) -> None:
-        peer.processed += 1
-        if not peer.alive:
-            return
         try:
-            self._dispatch(peer, event)
+            if peer.alive:
+                self._dispatch(peer, event)
         except Exception:
             log.exception("error handling %r from %s", type(event).__name__, peer.name)
+        finally:  # only now may an owner apply what came after it (``posted_n == processed``)
+            peer.processed += 1
 
     def _owner_tls_error(self, peer: _Peer, error: ssl.SSLError) -> None:
         log.warning("closing connection to %s: TLS: %s", peer.name, error)

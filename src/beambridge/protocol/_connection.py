@@ -506,7 +506,8 @@ class Connection:
         (a normal header, its atoms already cached), at most ``limit``, in one codec call;
         return how many. It stops at the first packet that is not whole or that ``next_event()``
         must read (a tick, new atoms, fragments, the end of input: call it then). The caller
-        turns each into its event with ``event_of`` or reads the control tuple itself."""
+        turns each into its event with ``event_of`` or reads the control tuple itself. When it
+        raises, ``out`` is as it was and nothing was taken."""
         if self._state is not _CONNECTED or self._events:
             return 0
         buf, pos, before = self._buf, self._pos, len(out)
@@ -514,12 +515,15 @@ class Connection:
             end, trailing = _decode_dist_batch(buf, pos, self.max_frame_size, self._refs_memo,
                                                _CONTROL_MAPPING, self.mapping, self.limits,
                                                NO_PAYLOAD, PAYLOAD_TAGS, out, limit)
-        except DecodeError as error:
-            self._fail()
-            raise RemoteProtocolError(f"malformed term from peer: {error}") from error
-        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as error:
-            self._fail()
-            raise RemoteProtocolError(f"malformed packet from peer: {error}") from error
+        except BaseException as error:
+            del out[before:]  # nothing taken: the input is where it was
+            if isinstance(error, DecodeError):
+                self._fail()
+                raise RemoteProtocolError(f"malformed term from peer: {error}") from error
+            if isinstance(error, (struct.error, IndexError, UnicodeDecodeError, ValueError)):
+                self._fail()
+                raise RemoteProtocolError(f"malformed packet from peer: {error}") from error
+            raise
         if end == pos:
             return 0
         if trailing:

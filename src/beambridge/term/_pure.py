@@ -9,6 +9,7 @@ against what is left of it before anything is allocated.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import struct
 import zlib
@@ -1040,8 +1041,7 @@ def _dist_args(name: str, pos: Any, max_frame: Any, memo: Any, payload_tags: Any
     """The argument checks of both dist readers, in the compiled twin's order (``dist_args``):
     the same error for the same wrong call either way."""
     _ssize(pos)
-    if not isinstance(max_frame, int):
-        raise TypeError(f"{name}() wants an int max_frame")
+    operator.index(max_frame)  # C reads it with ``__index__``, as a numpy int has it
     if not isinstance(memo, dict) or not isinstance(payload_tags, (set, frozenset)):
         raise TypeError(f"{name}() wants a dict memo and a set of tags")
 
@@ -1071,6 +1071,14 @@ def decode_dist(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[byt
     buf = _dist_buf(buf)
     if not 0 <= pos <= len(buf):
         raise ValueError("decode_dist(): pos outside the buffer")
+    return _dist_packet(buf, pos, operator.index(max_frame), memo, control_mapping, mapping,
+                        limits, no_payload, payload_tags)
+
+
+def _dist_packet(buf: bytes | bytearray, pos: int, max_frame: int, memo: dict[bytes, Any],
+                 control_mapping: Mapping, mapping: Mapping, limits: Limits, no_payload: Any,
+                 payload_tags: frozenset[int]) -> tuple[Any, Any, int, int] | bool | None:
+    """``decode_dist`` with its arguments checked (C's ``dist_packet``)."""
     if len(buf) - pos < 4:
         return None
     size = int.from_bytes(buf[pos:pos + 4], "big")
@@ -1113,11 +1121,12 @@ def decode_dist_batch(buf: bytes | bytearray, pos: int, max_frame: int, memo: di
     buf = _dist_buf(buf)
     if not 0 <= pos <= len(buf):
         raise ValueError("decode_dist_batch(): pos outside the buffer")
+    frame_limit = operator.index(max_frame)
     taken = trailing = 0
     while taken < max_count:
         try:
-            got = decode_dist(buf, pos, max_frame, memo, control_mapping, mapping, limits,
-                              no_payload, payload_tags)
+            got = _dist_packet(buf, pos, frame_limit, memo, control_mapping, mapping, limits,
+                               no_payload, payload_tags)
         except Exception:
             if taken == 0:
                 raise
