@@ -190,6 +190,16 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
+def the_rest_goes_on(py: BlockingNode, erl: ErlNode, box: Any, caplog: pytest.LogCaptureFixture,
+                     logged: str) -> None:
+    """After a connection ended on bad input: why is in the log, nothing more reaches ``box``,
+    and the node's other connection works."""
+    assert logged in caplog.text
+    with pytest.raises(Timeout):
+        box.receive(0.2)
+    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+
+
 def legit_calls(py: BlockingNode, erl: ErlNode) -> float:
     """An Erlang node calls into ``py`` and ``py`` into it; returns the seconds both took."""
     started = time.monotonic()
@@ -259,19 +269,13 @@ def test_a_malformed_packet_after_good_ones_in_one_read(py: BlockingNode, erl: E
     sock, fake = hostile_peer(py.node.port, py.name)
     sender = Pid(A(fake), 1, 0, 1)
     with sock:
-        packets = b""
-        for i in range(5):  # REG_SEND behind a normal header, as Erlang sends it
-            body = (b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))
-                    + encode_body((A("hello"), i)))
-            packets += struct.pack(">I", len(body)) + body
-        bad = b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))[:-3]  # cut short
+        to_box = (6, sender, A(""), A(box.name))  # REG_SEND behind a normal header
+        packets = b"".join(_plain_frame(to_box, (A("hello"), i)) for i in range(5))
+        bad = b"\x83D\x00" + encode_body(to_box)[:-3]  # cut short
         sock.sendall(packets + struct.pack(">I", len(bad)) + bad)
         assert [box.receive(5) for _ in range(5)] == [(A("hello"), i) for i in range(5)]
         assert closed_by_peer(sock, 5)
-    assert "malformed" in caplog.text
-    with pytest.raises(Timeout):
-        box.receive(0.2)
-    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+    the_rest_goes_on(py, erl, box, caplog, "malformed")
 
 
 def test_a_malformed_control_after_good_ones_counts_only_what_was_read(
@@ -284,14 +288,10 @@ def test_a_malformed_control_after_good_ones_counts_only_what_was_read(
     sock, fake = hostile_peer(py.node.port, py.name)
     sender = Pid(A(fake), 1, 0, 1)
     with sock:
-        packets = b""
-        for i in range(4):
-            body = (b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name)))
-                    + encode_body((A("hello"), i)))
-            packets += struct.pack(">I", len(body)) + body
-        bad = b"\x83D\x00" + encode_body((6, sender, A(""))) + encode_body(A("lost"))
-        late = b"\x83D\x00" + encode_body((6, sender, A(""), A(box.name))) + encode_body(A("late"))
-        sock.sendall(packets + b"".join(struct.pack(">I", len(p)) + p for p in (bad, late)))
+        to_box = (6, sender, A(""), A(box.name))
+        packets = b"".join(_plain_frame(to_box, (A("hello"), i)) for i in range(4))
+        sock.sendall(packets + _plain_frame((6, sender, A("")), A("lost"))
+                     + _plain_frame(to_box, A("late")))
         assert [box.receive(5) for _ in range(4)] == [(A("hello"), i) for i in range(4)]
         assert closed_by_peer(sock, 5)
     assert "has 3 elements, not 4" in caplog.text
@@ -327,10 +327,7 @@ def test_a_failing_fast_handler_that_ended_the_connection_ends_the_batch(
     finally:
         node._fast_paths.clear()
         node._fast_paths.update(table)
-    assert "a handler's bug" in caplog.text
-    with pytest.raises(Timeout):
-        box.receive(0.3)
-    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+    the_rest_goes_on(py, erl, box, caplog, "a handler's bug")
 
 
 def _plain_frame(control: Any, *payload: Any) -> bytes:
@@ -418,10 +415,7 @@ def test_messages_in_each_plain_form_reach_their_mailbox_in_order(
         del node._fast_deliver
     # each on its fast path, and on the caller's thread when the caller read them
     assert delivered == [(m, reader == "caller") for m in (1, 2, 3, 4)]
-    assert "malformed control message 22" in caplog.text
-    with pytest.raises(Timeout):
-        box.receive(0.2)
-    assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
+    the_rest_goes_on(py, erl, box, caplog, "malformed control message 22")
 
 
 def test_a_protocol_error_read_by_a_blocking_caller_ends_the_connection(
@@ -451,10 +445,16 @@ def test_a_protocol_error_read_by_a_blocking_caller_ends_the_connection(
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
 
 
+class _Interrupt(BaseException):
+    """What is no Exception (as KeyboardInterrupt), for a test to raise inside the node."""
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, _Interrupt], ids=["exception", "interrupt"])
 def test_a_failure_applying_one_message_loses_nothing_after_it(
-        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture) -> None:
+        py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture, failure: type) -> None:
     """A blocking caller that fails to apply one message it read (a bug) logs it, as the loop
-    does, and applies the rest of the read: later messages and its own rpc's answer."""
+    does, and applies the rest of the read: later messages and its own rpc's answer. One
+    interrupted there (a BaseException, as Ctrl-C) hands the rest to the loop, in order."""
     box = py.mailbox(unique("box"))
     sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
     node = py.node
@@ -462,7 +462,7 @@ def test_a_failure_applying_one_message_loses_nothing_after_it(
 
     def failing(peer: Any, event: Any, taken: Any) -> bool:
         if getattr(event, "message", None) == A("boom"):
-            raise RuntimeError("a bug applying one message")
+            raise failure("a bug applying one message")
         return applies(peer, event, taken)
 
     node._owner_applies = failing  # type: ignore[method-assign]
@@ -475,47 +475,17 @@ def test_a_failure_applying_one_message_loses_nothing_after_it(
             answering = threading.Thread(target=_answer_rpcs, args=(
                 sock, proto, 1, before, _reading_caller(py, fake)))
             answering.start()
-            assert py.rpc(fake, "m", "f", [], timeout=10) == A("done")
+            if failure is _Interrupt:
+                with pytest.raises(_Interrupt):
+                    py.rpc(fake, "m", "f", [], timeout=10)
+            else:
+                assert py.rpc(fake, "m", "f", [], timeout=10) == A("done")
+                assert "a bug applying one message" in caplog.text
             answering.join(10)
             assert [box.receive(5), box.receive(5)] == [1, 2]
     finally:
         del node._owner_applies
-    assert "a bug applying one message" in caplog.text
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
-
-
-class _Interrupt(BaseException):
-    """What is no Exception (as KeyboardInterrupt), for a test to raise inside the node."""
-
-
-def test_an_interrupted_reading_caller_hands_the_rest_to_the_loop(py: BlockingNode) -> None:
-    """A blocking caller interrupted (a BaseException, as Ctrl-C) while it applies what it read
-    hands the messages after that one to the loop, in order: none is lost."""
-    box = py.mailbox(unique("box"))
-    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
-    node = py.node
-    applies = node._owner_applies
-
-    def interrupted(peer: Any, event: Any, taken: Any) -> bool:
-        if getattr(event, "message", None) == A("stop"):
-            raise _Interrupt
-        return applies(peer, event, taken)
-
-    node._owner_applies = interrupted  # type: ignore[method-assign]
-    try:
-        with sock:
-            before = (_plain_frame((12, A(""), box.pid, A("token")), A("stop"))
-                      + b"".join(_plain_frame((22, Pid(A(fake), 1, 0, 1), box.pid), i)
-                                 for i in (1, 2)))
-            answering = threading.Thread(target=_answer_rpcs, args=(
-                sock, proto, 1, before, _reading_caller(py, fake)))
-            answering.start()
-            with pytest.raises(_Interrupt):
-                py.rpc(fake, "m", "f", [], timeout=10)
-            answering.join(10)
-            assert [box.receive(5), box.receive(5)] == [1, 2]
-    finally:
-        del node._owner_applies
 
 
 def test_a_blocking_caller_leaves_async_calls_replies_to_the_loop(py: BlockingNode) -> None:
