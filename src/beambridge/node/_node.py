@@ -201,6 +201,9 @@ class Node(Connections, ThreadDoors, Calls, Services):
         #: guards a spawned process's monitors between the loop ending it and a worker thread
         #: answering its spawner directly (``Services._in_thread``)
         self._exit_lock = threading.Lock()
+        #: plain erpc calls a reading worker runs before their spawn reply is sent, by pid id
+        #: (``Services._take_spawn_request``); changed under ``_exit_lock``
+        self._unseen: dict[int, Any] = {}
         self._exposed: dict[Atom, dict[Atom, Exposed]] = {
             Atom("beambridge_node"): {Atom("info"): (self._info, True, False)}}
         self._info_last: tuple[float, int] | None = None

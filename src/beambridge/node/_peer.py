@@ -229,9 +229,9 @@ class _Peer:
             pending.clear()
             self.transport.write(data)
 
-    def write_from_thread(self, data: bytes) -> bool:
-        """Another thread's write, straight to the socket (no hop to the loop thread); False when
-        this transport has no plain socket and the loop must write it.
+    def write_from_thread(self, data: bytes, *more: bytes) -> bool:
+        """Another thread's write of one or more packets, straight to the socket (no hop to the
+        loop thread); False when this transport has no plain socket and the loop must write it.
 
         Flat combining: the data is queued, and whoever holds the write lock sends everything
         queued (one system call for several threads' messages). A thread that finds the lock
@@ -241,7 +241,10 @@ class _Peer:
         sock = self.sock
         if sock is None:
             return False
-        self.tq.append(data)
+        if more:
+            self.tq.extend((data, *more))  # together: one system call, and in order
+        else:
+            self.tq.append(data)
         self._drain(sock)
         return True
 

@@ -92,6 +92,19 @@ class _Undefined(Exception):
     pass
 
 
+class _Unseen:
+    """A plain erpc call a reading worker runs before its spawn reply is sent: no process yet
+    (``Services._take_spawn_request``). ``seen``: made a process (``process``, None when nobody
+    was left to answer) or answered; ``looked``: the loop's watchdog has seen it once."""
+
+    __slots__ = ("event", "looked", "peer", "pid", "process", "seen")
+
+    def __init__(self, peer: _Peer, event: SpawnRequest, pid: Pid) -> None:
+        self.peer, self.event, self.pid = peer, event, pid
+        self.seen = self.looked = False
+        self.process: Mailbox | None = None
+
+
 class Services(NodeCore):
     """What Erlang may call here (a part of ``Node``)."""
 
@@ -200,63 +213,68 @@ class Services(NodeCore):
     def _thread_job(self, fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any],
                     then: Callable[[tuple[str, Any, Any]], None],
                     answer: _Answer | None = None,
-                    wanted: Callable[[], bool] | None = None, *, defer: bool = False
-                    ) -> Callable[[], None]:
+                    wanted: Callable[[], bool] | None = None) -> Callable[[], None]:
         """A job that runs a plain function on a thread other than the loop's; ``then`` gets its
         outcome on the loop (``("awaitable", value, None)`` when it returned one: see
-        ``_settle``), whatever the function raised. ``answer``, when given, runs first on that
-        thread and may send the reply itself (True), so the caller does not wait for the loop
-        to wake; it calls the ``commit`` it is given once it will, before the reply goes out.
-        A job that ``wanted`` says is no longer wanted when a thread takes it (its process was
-        killed while it queued) does not run; ``then`` gets ``("dropped", None, None)``.
-        Counted in ``_thread_jobs`` from now until its outcome is back; dropped if the node
-        closed meanwhile. Any thread may make one (a worker reading a connection does).
-        An answered outcome is queued in ``_handbacks`` at ``commit``, before the reply is
-        written: the caller's next request, which the reply may bring at once, finds it there
-        (the loop books the queue before it counts processes against ``max_processes``), not
-        yet to come. ``defer``: it waits there for the loop's next look at the reader
-        (``ThreadDoors._owner_watch``) instead of waking the loop now."""
-        loop = self._loop
-        assert loop is not None
+        ``_settle``), whatever the function raised. ``answer``: see ``_hand_back``. A job that
+        ``wanted`` says is no longer wanted when a thread takes it (its process was killed
+        while it queued) does not run; ``then`` gets ``("dropped", None, None)``. Counted in
+        ``_thread_jobs`` from now until its outcome is back; dropped if the node closed
+        meanwhile. Any thread may make one."""
+        back = self._thread_back(then)
 
+        def job() -> None:
+            outcome: tuple[str, Any, Any] = ("dropped", None, None)
+            if wanted is None or wanted():
+                outcome = _guarded_run(fn, module, function, args)
+            self._hand_back(outcome, back, answer)
+
+        with self._jobs_lock:
+            self._thread_jobs += 1
+        return job
+
+    def _thread_back(self, then: Callable[[tuple[str, Any, Any]], None]
+                     ) -> Callable[[tuple[str, Any, Any]], None]:
+        """Loop: a thread job's outcome is back (uncounted from ``_thread_jobs``) for ``then``."""
         def back(outcome: tuple[str, Any, Any]) -> None:
             with self._jobs_lock:
                 self._thread_jobs -= 1
             if not self._closed:
                 then(outcome)
+        return back
 
-        def job() -> None:
-            outcome: tuple[str, Any, Any] = ("dropped", None, None)
-            queued = False
+    def _hand_back(self, outcome: tuple[str, Any, Any], back: Callable[[tuple[str, Any, Any]], None],
+                   answer: _Answer | None, *, defer: bool = False) -> None:
+        """Worker thread: give a job's outcome to ``back`` on the loop. ``answer``, when given,
+        runs first on this thread and may send the reply itself, so the caller does not wait
+        for the loop to wake; it calls the ``commit`` it is given once it will, before the
+        reply goes out. An answered outcome is queued in ``_handbacks`` at ``commit``, before
+        the reply is written: the caller's next request, which the reply may bring at once,
+        finds it there (the loop books the queue before it counts processes against
+        ``max_processes``), not yet to come. ``defer``: it waits there for the loop's next look
+        at the reader (``ThreadDoors._owner_watch``) instead of waking the loop now."""
+        loop = self._loop
+        assert loop is not None
+        queued = False
 
-            def commit() -> None:
-                nonlocal queued
-                if not queued:
-                    queued = True
-                    self._handbacks.append((back, outcome))  # only booking is left
+        def commit() -> None:
+            nonlocal queued
+            if not queued:
+                queued = True
+                self._handbacks.append((back, outcome))  # only booking is left
 
-            if wanted is None or wanted():
-                try:
-                    outcome = _run_plain(fn, module, function, args)
-                except BaseException as error:  # SystemExit & co, or an exception that cannot print
-                    outcome = ("error", _PythonError.bare_reason(error),
-                               [(module, function, len(args), [])])
-                if answer is not None and outcome[0] != "awaitable":
-                    try:
-                        answer(outcome, commit)
-                    except Exception:  # the loop's path answers instead
-                        log.exception("answering %s:%s from its worker thread", module, function)
-            # queued: booked by the loop, whether the write went out or the connection broke;
-            # at its next look at the reader (``defer``: no hurry), or now
-            with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
-                if not queued:
-                    loop.call_soon_threadsafe(back, outcome)
-                elif not defer:
-                    loop.call_soon_threadsafe(self._book_handbacks)
-
-        with self._jobs_lock:
-            self._thread_jobs += 1
-        return job
+        if answer is not None and outcome[0] != "awaitable" and outcome[0] != "dropped":
+            try:
+                answer(outcome, commit)
+            except Exception:  # the loop's path answers instead
+                log.exception("answering a call from its worker thread")
+        # queued: booked by the loop, whether the write went out or the connection broke;
+        # at its next look at the reader (``defer``: no hurry), or now
+        with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone
+            if not queued:
+                loop.call_soon_threadsafe(back, outcome)
+            elif not defer:
+                loop.call_soon_threadsafe(self._book_handbacks)
 
     def _book_handbacks(self) -> None:
         """Loop: book the outcomes reading workers answered themselves (``_thread_job``)."""
@@ -300,12 +318,13 @@ class Services(NodeCore):
         threaded = entry is not None and not entry[1]
         if self._handbacks:  # calls already answered are not counted against the limit
             self._book_handbacks()
-        if len(self._procs) >= self.max_processes or (
+        # calls a reading worker runs unseen count as processes; jobs count too: a killed
+        # process's job may still wait in the queue
+        if len(self._procs) + len(self._unseen) >= self.max_processes or (
                 threaded and self._thread_jobs >= self.max_processes):
-            # jobs count too: a killed process's job may still wait in the queue
             self._refusals.warn("processes", "spawn request from %s refused: %d processes, %d "
-                                "jobs for threads (max_processes)", peer.name, len(self._procs),
-                                self._thread_jobs)
+                                "jobs for threads (max_processes)", peer.name,
+                                len(self._procs) + len(self._unseen), self._thread_jobs)
             peer.send_quiet(SpawnReply(event.req_id, event.from_pid, 0, SYSTEM_LIMIT))
             return
         pid = self._next_pid()
@@ -354,6 +373,14 @@ class Services(NodeCore):
         loop ends the process after, unless it was killed meanwhile (its outcome is dropped
         then, as a cancelled task's)."""
         args = event.args
+        then, answer = self._spawned_ends(peer, event, process)
+        return fn, args[1], args[2], args[3], then, answer, lambda: process.closed is None
+
+    def _spawned_ends(self, peer: _Peer, event: SpawnRequest, process: Mailbox
+                      ) -> tuple[Callable[[tuple[str, Any, Any]], None], _Answer]:
+        """How an erpc call run in a worker thread ends ``process``: ``then`` on the loop,
+        and the worker's own ``answer`` before it (see ``_hand_back``)."""
+        args = event.args
         tag = args[0]
 
         def then(outcome: tuple[str, Any, Any]) -> None:
@@ -370,64 +397,143 @@ class Services(NodeCore):
                 log.exception("ending the call of %s:%s", args[1], args[2])
                 process.close(KILL)
 
-        return (fn, args[1], args[2], args[3], then,
-                lambda outcome, commit: self._answer_from_thread(peer, process, event, outcome,
-                                                                 commit),
-                lambda: process.closed is None)
+        def answer(outcome: tuple[str, Any, Any], commit: Callable[[], None]) -> bool:
+            return self._answer_from_thread(peer, process, event, outcome, commit)
+
+        return then, answer
 
     def _take_spawn_request(self, peer: _Peer, event: SpawnRequest) -> Callable[[], None] | None:
         """A worker thread reading ``peer`` itself (``ThreadDoors._read_for_worker``) read this
         spawn request, nothing handed to the loop before it still pending: when it is an erpc
         call of a plain function with the spawner's monitor and no link (what ``erpc:call``
-        sends), start it as the loop would, from this thread, and return the job that runs it
-        here, so a quick function pays no hop between threads. None: the loop handles it
-        (refusals too: a full node answers there). Nobody but the spawner knows the new pid
-        before the spawn reply written here, so the loop sees no event for it before it is in
-        the process table."""
+        sends), return the job that runs it here, so a quick function pays no hop between
+        threads. None: the loop handles it (refusals too: a full node answers there).
+
+        The call starts unseen (``_Unseen``): nobody but the spawner can know its pid before the
+        spawn reply, and ``erpc:call`` waits only for the DOWN, so a quick function is answered
+        with both in one write and never becomes a process. One still running at the reader's
+        second look (2-4 ms) is made a process then (``_see_unseen``): visible, killable, its
+        spawn reply sent."""
         if self._closed or not peer.alive or _spawn_flags(event.options) != 2:
             return None
         entry = self._erpc_plain(event)
-        # answered calls not booked yet still count here: the loop books them before it decides
-        if (entry is None or entry[1] or len(self._procs) >= self.max_processes
-                or self._thread_jobs >= self.max_processes):
+        if entry is None or entry[1]:
             return None
-        pid = self._next_pid()
+        fn, args = entry[0], event.args
+        unseen = _Unseen(peer, event, self._next_pid())
+        # a full node: the loop refuses it (answered calls not booked yet still count here: the
+        # loop books them before it decides)
+        with self._exit_lock:
+            if (len(self._procs) + len(self._unseen) >= self.max_processes
+                    or self._thread_jobs >= self.max_processes):
+                return None
+            self._unseen[unseen.pid.id] = unseen
+        with self._jobs_lock:
+            self._thread_jobs += 1
+
+        def job() -> None:
+            outcome = _guarded_run(fn, args[1], args[2], args[3])
+            if outcome[0] != "awaitable" and self._answer_unseen(unseen, outcome):
+                return
+            with self._exit_lock:  # seen meanwhile, or an awaitable the loop must await
+                process = self._see(unseen)
+            if process is None:  # nobody is left to answer
+                with self._jobs_lock:
+                    self._thread_jobs -= 1
+                return
+            then, answer = self._spawned_ends(peer, event, process)
+            self._hand_back(outcome, self._thread_back(then), answer, defer=True)
+
+        return job
+
+    def _answer_unseen(self, unseen: _Unseen, outcome: tuple[str, Any, Any]) -> bool:
+        """Worker thread: answer a call still unseen, its spawn reply and DOWN in one write;
+        False when the loop made it a process meanwhile (that path answers then). Its place
+        under ``max_processes`` is free before the write: the caller's next request, which
+        the reply may bring at once, may be read by the loop, which counts places."""
+        with self._exit_lock:
+            if unseen.seen:
+                return False
+            unseen.seen = True
+            del self._unseen[unseen.pid.id]
+        with self._jobs_lock:
+            self._thread_jobs -= 1
+        peer, event, pid = unseen.peer, unseen.event, unseen.pid
+        if self._closed or not peer.alive:
+            return True  # nobody is left to answer
+        tag = event.args[0]
+        try:
+            packets = [peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid)),
+                       *self._exit_packets(peer, event, pid, 2, _call_reason(tag, outcome), tag)]
+        except LocalProtocolError:
+            return True  # the connection is closing: the spawner hears of it from its node
+        peer.write_from_thread(*packets)
+        return True
+
+    def _see(self, unseen: _Unseen) -> Mailbox | None:
+        """Make an unseen call a process and send its spawn reply (``_exit_lock`` held, any
+        thread: what the worker writes after it then follows the reply); its process, or None
+        when nobody is left to answer. Once only: later calls return the same."""
+        if unseen.seen:
+            return unseen.process
+        unseen.seen = True
+        del self._unseen[unseen.pid.id]
+        peer, event, pid = unseen.peer, unseen.event, unseen.pid
+        if self._closed or not peer.alive:
+            return None
         try:
             data = peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid))
         except LocalProtocolError:
-            return None  # closing: the loop's path sees it
-        process = self._spawned_process(event, pid, 2)
-        if not peer.write_from_thread(data):
-            del self._procs[pid.id]
             return None
-        if self._closed or not peer.alive:
-            # the node closed or the connection went down meanwhile, maybe after the loop swept
-            # the process table: nobody is left to answer, and nothing must stay behind
+        process = self._spawned_process(event, pid, 2)
+        if not peer.write_from_thread(data) or self._closed or not peer.alive:
+            # no socket, or the node closed or the connection went down meanwhile, maybe after
+            # the loop swept the process table: nothing must stay behind
             self._procs.pop(pid.id, None)
-            return _nothing
-        return self._thread_job(*self._spawned_call(peer, event, process, entry[0]), defer=True)
+            return None
+        unseen.process = process
+        return process
+
+    def _see_unseen(self, peer: _Peer, everything: bool) -> None:
+        """Loop: make the unseen calls read from ``peer`` processes: all of them
+        (``everything``: reading goes back to the loop), else those seen at the last look (a
+        function running that long is no quick one)."""
+        if not self._unseen:
+            return
+        with self._exit_lock:
+            for unseen in list(self._unseen.values()):
+                if unseen.peer is not peer:
+                    continue
+                if everything or unseen.looked:
+                    self._see(unseen)
+                else:
+                    unseen.looked = True
 
     def _exit_unseen(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
                      tag: Any) -> None:
-        """The exit signals of a spawned process that ended before anyone else saw it (the
-        spawner's link and monitor are all it has), as ``_process_ended`` sends them."""
-        signals: list[ControlMessage] = []
-        if flags & 1:
-            signals.append(exit_unchecked(pid, event.from_pid, reason))
-        if flags & 2:
-            signals.append(monitor_exit_unchecked(pid, event.from_pid, event.req_id, reason))
-        if not signals:
-            return
-        try:  # encoded once: a value with no Erlang form fails here, before anything is sent
-            data = [peer.proto.send(signal) for signal in signals]
-        except EncodeError as error:
-            self._exit_unseen(peer, event, pid, flags, _unencodable(tag, error), None)
-            return
+        """Loop: the exit signals of a spawned process that ended before anyone else saw it
+        (the spawner's link and monitor are all it has), as ``_process_ended`` sends them."""
+        try:
+            data = self._exit_packets(peer, event, pid, flags, reason, tag)
         except LocalProtocolError:
             return  # the connection is closing: the spawner hears of it from its node
         if peer.alive:
             for packet in data:
                 peer.write(packet)
+
+    def _exit_packets(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
+                      tag: Any) -> list[bytes]:
+        """``_exit_unseen``'s signals, encoded (any thread): a reason with no Erlang form fails
+        here, before anything is sent, and becomes an error reason."""
+        signals: list[ControlMessage] = []
+        if flags & 1:
+            signals.append(exit_unchecked(pid, event.from_pid, reason))
+        if flags & 2:
+            signals.append(monitor_exit_unchecked(pid, event.from_pid, event.req_id, reason))
+        try:
+            return [peer.proto.send(signal) for signal in signals]
+        except EncodeError as error:
+            return self._exit_packets(peer, event, pid, flags, _unencodable(tag, error), None)
 
     async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
                            started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:
@@ -479,10 +585,6 @@ def _spawn_flags(options: list[Any]) -> int:
         elif option == MONITOR:
             flags |= 2
     return flags
-
-
-def _nothing() -> None:
-    """A spawn request taken for a node or connection that went away meanwhile."""
 
 
 def _module_functions(module: types.ModuleType) -> list[tuple[str, Callable[..., Any]]]:
@@ -724,6 +826,16 @@ def _run_plain(fn: Callable[..., Any], module: Atom, function: Atom, args: list[
     if type(value) in _PLAIN_RESULTS:  # the usual answers: no isawaitable (three calls)
         return "return", value, None
     return ("awaitable" if inspect.isawaitable(value) else "return"), value, None
+
+
+def _guarded_run(fn: Callable[..., Any], module: Atom, function: Atom, args: list[Any]
+                 ) -> tuple[str, Any, Any]:
+    """``_run_plain`` on a worker thread, where SystemExit & co (or an exception that cannot
+    print) also become the call's error."""
+    try:
+        return _run_plain(fn, module, function, args)
+    except BaseException as error:
+        return "error", _PythonError.bare_reason(error), [(module, function, len(args), [])]
 
 
 #: result types that are never awaitable (``inspect.isawaitable`` is not asked about them)

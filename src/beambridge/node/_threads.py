@@ -190,9 +190,12 @@ class ThreadDoors(NodeCore):
             if peer.active or peer.leads != seen:
                 assert self._loop is not None
                 self._loop.call_later(_OWNER_IDLE, self._owner_watch, peer, peer.leads)
-                return
-            peer.owner = None
-        if peer.alive:
+                keep = True
+            else:
+                peer.owner = None
+                keep = False
+        self._see_unseen(peer, not keep)  # a call running since the last look is a process now
+        if not keep and peer.alive:
             peer.transport.resume_reading()
 
     def _grant(self, peer: _Peer, ident: int, waiter: Slot) -> None:
@@ -215,6 +218,7 @@ class ThreadDoors(NodeCore):
             if peer.owner is None or peer.active:
                 return
             peer.owner = None
+        self._see_unseen(peer, True)  # no watchdog looks at them after this
         if peer.alive:
             peer.transport.resume_reading()
 

@@ -5,7 +5,7 @@
          big/1, send_after/3, start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2,
          connect_many/2, register_and_sleep/2, collect/2, burst/2,
          spawn_linked_py/4, kill_py_call/4, erpc_many/4, rex_many/4, spawn_kill_many/4,
-         in_background/5, erpc_seq/4, gated/5, kill_when_running/4,
+         in_background/5, erpc_seq/4, warm_many/4, gated/5, kill_when_running/4,
          send_then_disconnect/2, call_then_disconnect/4]).
 
 start_echo(Name) ->
@@ -146,6 +146,11 @@ in_background(ReplyTo, Tag, M, F, A) ->
 %% N erpc calls M:F(I) to Node, one after the other: the results, each {ok, V} or {C, R}.
 erpc_seq(Node, M, F, N) ->
     [try {ok, erpc:call(Node, M, F, [I], 10000)} catch C:E -> {C, E} end || I <- lists:seq(1, N)].
+
+%% Three calls M:warm(I) (I = 1..3, so that a worker thread reads), then erpc_many(Node, M, F, N).
+warm_many(Node, M, F, N) ->
+    _ = erpc_seq(Node, M, warm, 3),
+    erpc_many(Node, M, F, N).
 
 %% Three calls M:Quick(I) (I = 1..3, so that a worker thread reads), then M:Slow() in flight
 %% and N calls M:Quick(I) one after the other meanwhile: {QuickResults, SlowResult}.
