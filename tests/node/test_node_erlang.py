@@ -245,6 +245,39 @@ def test_quick_calls_a_worker_reads_are_answered_without_a_process(epmd_port: in
         assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
 
 
+def test_an_unseen_answer_that_fails_to_encode_is_answered_by_a_process(
+        py: BlockingNode, erl: ErlNode) -> None:
+    """A worker's answer to an unseen call failing in an unforeseen way (not an EncodeError:
+    say, out of memory) must not lose the call: it takes the process path, which answers.
+    The failure is injected into the DOWN's encoding on the unseen path only, for every
+    other call; every answer right, and nothing left behind."""
+    assert py.ping(erl.name)
+    node = py.node
+    base = len(node._procs)
+    py.expose("pyfail", {"double": lambda x: 2 * x})
+    taken = taken_by_readers(py)
+    answer = node._answer_unseen
+    failed: list[int] = []
+
+    def failing_sometimes(unseen: Any, outcome: Any) -> bool:
+        if len(taken) % 2:
+            def broken(*args: Any) -> Any:
+                failed.append(1)
+                raise RuntimeError("injected")
+            node._exit_packets = broken  # type: ignore[method-assign]
+        try:
+            return answer(unseen, outcome)
+        finally:
+            node.__dict__.pop("_exit_packets", None)
+
+    node._answer_unseen = failing_sometimes  # type: ignore[method-assign]
+    got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyfail"), A("double"), 60])
+    assert got == [(A("ok"), 2 * i) for i in range(1, 61)]
+    assert len(failed) >= 10, (len(failed), len(taken))
+    assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
+    assert not node._handbacks and not node._unseen
+
+
 def test_an_awaitable_from_a_plain_function_a_worker_read_is_awaited_on_the_loop(
         py: BlockingNode, erl: ErlNode) -> None:
     """A plain function a reading worker runs may return an awaitable, which only the loop

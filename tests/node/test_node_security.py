@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from beambridge import Atom, Pid, Timeout
-from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, epmd_names
+from beambridge.node import BlockingNode, EpmdUnavailable, NoConnection, _epmd_client, _threads, epmd_names
 from beambridge.protocol import NEED_DATA, Connected, Connection, Role, SpawnRequest, State, StatusReceived
 from beambridge.protocol import epmd as epmd_messages
 from beambridge.term import encode_body, term_to_binary
@@ -362,6 +362,15 @@ def _answer_rpcs(sock: socket.socket, proto: Connection, count: int, before: byt
     return requests
 
 
+@pytest.fixture
+def patient_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's watchdog gives a granted blocking caller 1 s, not 2 ms, to start reading
+    (``_OWNER_IDLE``): on a loaded machine its thread may wake later than that, and the loop
+    then reads again, which is right for the node but leaves a test that needs the caller
+    reading (``_reading_caller``) waiting for it."""
+    monkeypatch.setattr(_threads, "_OWNER_IDLE", 1.0)
+
+
 def _reading_caller(py: BlockingNode, fake: str) -> Callable[[], bool]:
     """Whether this thread now reads the connection to ``fake`` itself; it waits until the node
     knows that connection (else an rpc there takes the loop's path)."""
@@ -375,6 +384,7 @@ def _reading_caller(py: BlockingNode, fake: str) -> Callable[[], bool]:
     return reading
 
 
+@pytest.mark.usefixtures("patient_watchdog")
 @pytest.mark.parametrize("reader", ["loop", "caller"])
 def test_messages_in_each_plain_form_reach_their_mailbox_in_order(
         py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture, reader: str) -> None:
@@ -418,6 +428,7 @@ def test_messages_in_each_plain_form_reach_their_mailbox_in_order(
     the_rest_goes_on(py, erl, box, caplog, "malformed control message 22")
 
 
+@pytest.mark.usefixtures("patient_watchdog")
 def test_a_protocol_error_read_by_a_blocking_caller_ends_the_connection(
         py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture) -> None:
     """A blocking caller reading its connection applies what came before a malformed
@@ -449,6 +460,7 @@ class _Interrupt(BaseException):
     """What is no Exception (as KeyboardInterrupt), for a test to raise inside the node."""
 
 
+@pytest.mark.usefixtures("patient_watchdog")
 @pytest.mark.parametrize("failure", [RuntimeError, _Interrupt], ids=["exception", "interrupt"])
 def test_a_failure_applying_one_message_loses_nothing_after_it(
         py: BlockingNode, erl: ErlNode, caplog: pytest.LogCaptureFixture, failure: type) -> None:
@@ -488,6 +500,7 @@ def test_a_failure_applying_one_message_loses_nothing_after_it(
     assert py.rpc(erl.name, "erlang", "node") == A(erl.name)
 
 
+@pytest.mark.usefixtures("patient_watchdog")
 def test_a_blocking_caller_leaves_async_calls_replies_to_the_loop(py: BlockingNode) -> None:
     """A blocking caller reading the connection applies only blocking callers' replies: an
     async rpc's (its future is the loop's) ends on the loop thread, both answered in one read."""

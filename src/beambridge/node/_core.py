@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._connections import _Throttle
     from ._mailbox import Mailbox
     from ._peer import Corks, _Peer
+    from ._services import _Unseen
     from ._stats import PeerStats
     from ._tls import TlsConfig
     from ._workers import Workers
@@ -86,7 +87,7 @@ class NodeCore:
     _spawned: dict[int, asyncio.Task[Any]]
     _workers: Workers
     _exit_lock: threading.Lock
-    _unseen: dict[int, Any]
+    _unseen: dict[int, _Unseen]
     _exposed: dict[Atom, dict[Atom, Exposed]]
     _nodes_watchers: set[Mailbox]
     _pid_ids: itertools.count[int]
@@ -144,6 +145,6 @@ class NodeCore:
         def _take_spawn_request(self, peer: _Peer, event: Any) -> Callable[[], None] | None: ...
         def _offer_reader(self, peer: _Peer) -> None: ...
         def _book_handbacks(self) -> None: ...
-        def _see_unseen(self, peer: _Peer, everything: bool) -> None: ...
+        def _see_unseen(self, peer: _Peer, last: bool) -> None: ...
         def _outcome_now(self, module: Any, function: Any, args: Any
                          ) -> tuple[str, Any, Any] | asyncio.Task[tuple[str, Any, Any]] | None: ...

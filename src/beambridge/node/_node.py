@@ -199,11 +199,12 @@ class Node(Connections, ThreadDoors, Calls, Services):
         #: the process) at its next look at the reader: no wake-up of the loop per call
         self._handbacks: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         #: guards a spawned process's monitors between the loop ending it and a worker thread
-        #: answering its spawner directly (``Services._in_thread``)
+        #: answering its spawner directly (``Services._in_thread``), and the unseen calls
+        #: (``_unseen`` and each one's fields) between their worker and the loop's looks
         self._exit_lock = threading.Lock()
         #: plain erpc calls a reading worker runs before their spawn reply is sent, by pid id
         #: (``Services._take_spawn_request``); changed under ``_exit_lock``
-        self._unseen: dict[int, Any] = {}
+        self._unseen = {}
         self._exposed: dict[Atom, dict[Atom, Exposed]] = {
             Atom("beambridge_node"): {Atom("info"): (self._info, True, False)}}
         self._info_last: tuple[float, int] | None = None

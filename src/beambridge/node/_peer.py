@@ -31,6 +31,10 @@ log = logging.getLogger("beambridge.node")
 _WRITE_HIGH_WATER = 4 << 20
 _COALESCE_LIMIT = 64 << 10
 _SPAWN = int(Flag.SPAWN)  # plain int: an IntFlag operation builds an enum member each time
+#: how long a thread that reads its connection itself (``owner``) may stay away before the
+#: loop takes reading back (others' messages wait at most about this long meanwhile); also
+#: the time between the watchdog's looks at the calls a reading worker runs unseen
+_OWNER_IDLE = 0.002
 
 
 class Corks:
@@ -158,17 +162,18 @@ class _Peer:
             raise NoConnection(self.name, "connection closed")
         self.write(self.proto.send(message, mapping=mapping))
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, count: int = 1) -> None:
         """Write at once when nothing else went out in this loop iteration; later writes of the
         same iteration are queued and leave in one system call at its end (system calls, not
         Python, are the cost of many small messages; latency is the cost of one). While the
-        loop is corked (``Corks``) every write waits for its release. Loop only."""
+        loop is corked (``Corks``) every write waits for its release. Loop only. ``count``:
+        the messages ``data`` holds, for the statistics."""
         self.last_sent = time.monotonic()
         self.loop_writes += 1
         self.wlock.acquire()
         try:
             stats = self.stats
-            stats.messages_out += 1
+            stats.messages_out += count
             stats.bytes_out += len(data)
             if self.tls is not None:
                 data = self._encrypt(data)  # in wire order: the lock is held

@@ -50,7 +50,7 @@ from ._names import (
     SYSTEM_LIMIT,
     UNDEF,
 )
-from ._peer import _Peer
+from ._peer import _OWNER_IDLE, _Peer
 
 log = logging.getLogger("beambridge.node")
 #: a worker thread's own answer to an erpc call: (outcome, commit) -> whether it went out
@@ -220,7 +220,7 @@ class Services(NodeCore):
         ``wanted`` says is no longer wanted when a thread takes it (its process was killed
         while it queued) does not run; ``then`` gets ``("dropped", None, None)``. Counted in
         ``_thread_jobs`` from now until its outcome is back; dropped if the node closed
-        meanwhile. Any thread may make one."""
+        meanwhile."""
         back = self._thread_back(then)
 
         def job() -> None:
@@ -277,7 +277,7 @@ class Services(NodeCore):
                 loop.call_soon_threadsafe(self._book_handbacks)
 
     def _book_handbacks(self) -> None:
-        """Loop: book the outcomes reading workers answered themselves (``_thread_job``)."""
+        """Loop: book the outcomes worker threads answered themselves (``_hand_back``)."""
         backs = self._handbacks
         while backs:
             back, outcome = backs.popleft()
@@ -329,7 +329,6 @@ class Services(NodeCore):
             return
         pid = self._next_pid()
         flags = _spawn_flags(event.options)
-        peer.send_quiet(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid))
         started = None
         if entry is not None and entry[1]:
             early = self._settle(_run_plain(entry[0], args[1], args[2], args[3]),
@@ -337,9 +336,11 @@ class Services(NodeCore):
             if isinstance(early, tuple):
                 # answered before any other event is applied: nobody but the spawner can know
                 # the pid yet (its spawn reply is not even written out), so no process is made
-                self._exit_unseen(peer, event, pid, flags, _call_reason(args[0], early), args[0])
+                self._answer_unspawned(peer, event, pid, flags, _call_reason(args[0], early),
+                                       args[0])
                 return
             started = early
+        peer.send_quiet(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid))
         process = self._spawned_process(event, pid, flags)
         if entry is not None and threaded:
             self._in_thread(*self._spawned_call(peer, event, process, entry[0]))
@@ -411,25 +412,26 @@ class Services(NodeCore):
 
         The call starts unseen (``_Unseen``): nobody but the spawner can know its pid before the
         spawn reply, and ``erpc:call`` waits only for the DOWN, so a quick function is answered
-        with both in one write and never becomes a process. One still running at the reader's
-        second look (2-4 ms) is made a process then (``_see_unseen``): visible, killable, its
-        spawn reply sent."""
+        with both in one write and never becomes a process. One still running at the watchdog's
+        second look at it (2-4 ms) is made a process then (``_see_unseen``): visible, killable,
+        its spawn reply sent. So a hand-written ``spawn_request`` of ``erpc:execute_call`` with
+        only ``[monitor]`` may get its ``spawn_reply`` that late, or with the DOWN."""
         if self._closed or not peer.alive or _spawn_flags(event.options) != 2:
             return None
         entry = self._erpc_plain(event)
         if entry is None or entry[1]:
             return None
         fn, args = entry[0], event.args
-        unseen = _Unseen(peer, event, self._next_pid())
         # a full node: the loop refuses it (answered calls not booked yet still count here: the
         # loop books them before it decides)
         with self._exit_lock:
             if (len(self._procs) + len(self._unseen) >= self.max_processes
                     or self._thread_jobs >= self.max_processes):
                 return None
+            unseen = _Unseen(peer, event, self._next_pid())
             self._unseen[unseen.pid.id] = unseen
-        with self._jobs_lock:
-            self._thread_jobs += 1
+            with self._jobs_lock:
+                self._thread_jobs += 1
 
         def job() -> None:
             outcome = _guarded_run(fn, args[1], args[2], args[3])
@@ -448,26 +450,31 @@ class Services(NodeCore):
 
     def _answer_unseen(self, unseen: _Unseen, outcome: tuple[str, Any, Any]) -> bool:
         """Worker thread: answer a call still unseen, its spawn reply and DOWN in one write;
-        False when the loop made it a process meanwhile (that path answers then). Its place
-        under ``max_processes`` is free before the write: the caller's next request, which
-        the reply may bring at once, may be read by the loop, which counts places."""
-        with self._exit_lock:
-            if unseen.seen:
-                return False
-            unseen.seen = True
-            del self._unseen[unseen.pid.id]
-        with self._jobs_lock:
-            self._thread_jobs -= 1
+        False when the loop made it a process meanwhile, or the answer failed to encode in an
+        unforeseen way (the process path answers then, and ends it killed if it fails too).
+        Encoded before the call is claimed (a packet not sent changes no connection state),
+        so that its place under ``max_processes`` is free before the write: the caller's next
+        request, which the reply may bring at once, may be read by the loop, which counts."""
         peer, event, pid = unseen.peer, unseen.event, unseen.pid
-        if self._closed or not peer.alive:
-            return True  # nobody is left to answer
         tag = event.args[0]
+        packets: list[bytes] | None = None
         try:
             packets = [peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid)),
                        *self._exit_packets(peer, event, pid, 2, _call_reason(tag, outcome), tag)]
         except LocalProtocolError:
-            return True  # the connection is closing: the spawner hears of it from its node
-        peer.write_from_thread(*packets)
+            pass  # the connection is closing: the spawner hears of it from its node
+        except Exception:
+            log.exception("answering %s:%s from its worker thread", event.args[1], event.args[2])
+            return False
+        with self._exit_lock:
+            if unseen.seen:
+                return False
+            unseen.seen = True
+            del self._unseen[pid.id]
+        with self._jobs_lock:
+            self._thread_jobs -= 1
+        if packets is not None and not self._closed and peer.alive:
+            peer.write_from_thread(*packets)  # False: closing, as above
         return True
 
     def _see(self, unseen: _Unseen) -> Mailbox | None:
@@ -477,53 +484,60 @@ class Services(NodeCore):
         if unseen.seen:
             return unseen.process
         unseen.seen = True
-        del self._unseen[unseen.pid.id]
         peer, event, pid = unseen.peer, unseen.event, unseen.pid
-        if self._closed or not peer.alive:
-            return None
-        try:
-            data = peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid))
-        except LocalProtocolError:
-            return None
-        process = self._spawned_process(event, pid, 2)
-        if not peer.write_from_thread(data) or self._closed or not peer.alive:
-            # no socket, or the node closed or the connection went down meanwhile, maybe after
-            # the loop swept the process table: nothing must stay behind
-            self._procs.pop(pid.id, None)
-            return None
-        unseen.process = process
-        return process
+        try:  # out of ``_unseen`` only once in ``_procs``: the loop counting places misses none
+            if self._closed or not peer.alive:
+                return None
+            try:
+                data = peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid))
+            except LocalProtocolError:
+                return None
+            process = self._spawned_process(event, pid, 2)
+            if not peer.write_from_thread(data) or self._closed or not peer.alive:
+                # no socket, or the node closed or the connection went down meanwhile, maybe
+                # after the loop swept the process table: nothing must stay behind
+                self._procs.pop(pid.id, None)
+                return None
+            unseen.process = process
+            return process
+        finally:
+            del self._unseen[pid.id]
 
-    def _see_unseen(self, peer: _Peer, everything: bool) -> None:
-        """Loop: make the unseen calls read from ``peer`` processes: all of them
-        (``everything``: reading goes back to the loop), else those seen at the last look (a
-        function running that long is no quick one)."""
+    def _see_unseen(self, peer: _Peer, last: bool) -> None:
+        """Loop: a look at the unseen calls read from ``peer``: those seen at the last look
+        become processes (a function running that long is no quick one), the others are
+        marked. ``last``: the watchdog looks no more (reading went back to the loop), so this
+        look comes again after ``_OWNER_IDLE`` while marked calls are left and nobody reads."""
         if not self._unseen:
             return
+        left = False
         with self._exit_lock:
             for unseen in list(self._unseen.values()):
                 if unseen.peer is not peer:
                     continue
-                if everything or unseen.looked:
+                if unseen.looked:
                     self._see(unseen)
                 else:
-                    unseen.looked = True
+                    unseen.looked = left = True
+        if last and left and peer.owner is None and self._loop is not None:
+            self._loop.call_later(_OWNER_IDLE, self._see_unseen, peer, True)
 
-    def _exit_unseen(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
-                     tag: Any) -> None:
-        """Loop: the exit signals of a spawned process that ended before anyone else saw it
-        (the spawner's link and monitor are all it has), as ``_process_ended`` sends them."""
+    def _answer_unspawned(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int,
+                          reason: Any, tag: Any) -> None:
+        """Loop: an inline call answered before it needed a process: its spawn reply and its
+        exit signals (the spawner's link and monitor are all it has, sent as
+        ``_process_ended`` sends them), in one write."""
         try:
-            data = self._exit_packets(peer, event, pid, flags, reason, tag)
+            data = [peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid)),
+                    *self._exit_packets(peer, event, pid, flags, reason, tag)]
         except LocalProtocolError:
             return  # the connection is closing: the spawner hears of it from its node
         if peer.alive:
-            for packet in data:
-                peer.write(packet)
+            peer.write(b"".join(data), len(data))
 
     def _exit_packets(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
                       tag: Any) -> list[bytes]:
-        """``_exit_unseen``'s signals, encoded (any thread): a reason with no Erlang form fails
+        """``_answer_unspawned``'s signals, encoded (any thread): a reason with no Erlang form fails
         here, before anything is sent, and becomes an error reason."""
         signals: list[ControlMessage] = []
         if flags & 1:

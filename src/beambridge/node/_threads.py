@@ -31,14 +31,11 @@ from ._core import NodeCore
 from ._errors import NoConnection
 from ._mailbox import Mailbox, Slot
 from ._names import ERPC, EXECUTE_CALL, MONITOR, addressed
-from ._peer import _SPAWN, _Peer
+from ._peer import _OWNER_IDLE, _SPAWN, _Peer
 
 log = logging.getLogger("beambridge.node")
 
 
-#: how long a blocking caller that reads its connection itself may stay away before the loop
-#: takes reading back (others' messages wait at most about this long meanwhile)
-_OWNER_IDLE = 0.002
 #: how long an owner waiting for a reply polls the socket before it sleeps in poll(): a reply
 #: usually comes within tens of microseconds, and a sleep costs a wake-up (BEAM's schedulers
 #: busy-wait before sleeping for the same reason)
@@ -181,7 +178,8 @@ class ThreadDoors(NodeCore):
     def _owner_watch(self, peer: _Peer, seen: int) -> None:
         """Loop: take reading back from an owner that has not read since the last look (it went
         off to do other work); an owner calling back to back keeps the role without a hop.
-        The outcomes reading workers answered themselves are booked here too."""
+        The outcomes reading workers answered themselves are booked here too, and the calls
+        a worker runs unseen looked at (``Services._see_unseen``)."""
         if self._handbacks:
             self._book_handbacks()
         with peer.olock:
@@ -218,7 +216,7 @@ class ThreadDoors(NodeCore):
             if peer.owner is None or peer.active:
                 return
             peer.owner = None
-        self._see_unseen(peer, True)  # no watchdog looks at them after this
+        self._see_unseen(peer, True)  # no watchdog looks at them after this: a last look
         if peer.alive:
             peer.transport.resume_reading()
 
@@ -230,7 +228,8 @@ class ThreadDoors(NodeCore):
     # next plain erpc call it reads, it starts and runs itself, and answers from there. While
     # the function runs the worker is not reading, so the loop's watchdog takes reading back
     # after ``_OWNER_IDLE`` (a slow function holds up nothing else); a quick one is done before
-    # that and the worker reads on.
+    # that and the worker reads on. Such a call runs unseen, as no process (``_Unseen``): the
+    # watchdog's looks make one that runs for longer a process.
 
     def _offer_reader(self, peer: _Peer) -> None:
         """Loop: let a worker thread read ``peer`` when nobody else does."""
