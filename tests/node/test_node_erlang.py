@@ -21,6 +21,7 @@ from beambridge.node import (
     NoConnection,
     Node,
 )
+from beambridge.node._peer import _Peer
 
 from .conftest import COOKIE, ErlNode, in_threads, unique, wait_until
 
@@ -313,38 +314,50 @@ def test_an_awaitable_from_a_plain_function_a_worker_read_is_awaited_on_the_loop
     assert not node._handbacks and not node._unseen
 
 
+@pytest.mark.parametrize("limit", ["places", "jobs"])
 def test_a_call_answered_by_a_reader_frees_its_place_before_its_reply_goes_out(
-        epmd_port: int, erl: ErlNode) -> None:
+        epmd_port: int, erl: ErlNode, monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
     """The caller's next request may come the moment a reading worker's reply is out, and the
     loop may read it (the watchdog takes reading back from a worker that is not reading): the
-    answered call's place must be free by then (uncounted, or queued for booking), or a node
-    one place from its limit refuses that request. The worker is held up here right after each
-    reply it writes, so that the loop reads every next request; with only one free place all
-    calls succeed."""
+    answered call must no longer count by then, neither as a process (uncounted, or queued
+    for booking) nor as a job for a thread, or a node one short of its limit refuses that
+    request. A reading worker is held up here right after each answer it writes, so that the
+    loop reads the next request; with one free place, or one free job (the others taken, as
+    by killed calls whose functions still run), all calls succeed."""
     with BlockingNode(unique("early") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as py:
         node = py.node
         assert py.ping(erl.name)
         base = len(node._procs)
         py.expose("pyearly", {"double": lambda x: 2 * x})
-        answered: list[bool] = []
+        taken = taken_by_readers(py)
+        lingered: list[int] = []
+        write = _Peer.write_from_thread
 
-        def lingering(answer: Any) -> Any:
-            def answer_then_linger(*args: Any) -> bool:
-                sent = answer(*args)
-                answered.append(sent)
+        def write_then_linger(peer: _Peer, data: bytes, *more: bytes) -> bool:
+            sent = write(peer, data, *more)
+            if more and threading.current_thread().name == "beambridge-call":
+                lingered.append(1)  # an unseen call's answer: its spawn reply and DOWN
                 time.sleep(0.01)  # several watchdog looks: the loop reads the next request
-                return sent
-            return answer_then_linger
+            return sent
 
-        # both ways a worker answers: a call still unseen, and one the loop made a process
-        node._answer_unseen = lingering(node._answer_unseen)  # type: ignore[method-assign]
-        node._answer_from_thread = lingering(node._answer_from_thread)  # type: ignore[method-assign]
-        node.max_processes = base + 2  # in_background's mailbox takes one: one place left
-        got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyearly"), A("double"), 40])
+        monkeypatch.setattr(_Peer, "write_from_thread", write_then_linger)
+        if limit == "places":
+            node.max_processes = base + 2  # in_background's mailbox takes one: one place left
+            others = 0
+        else:
+            node.max_processes = base + 100
+            others = node.max_processes - 1  # jobs still running: one job left
+        with node._jobs_lock:
+            node._thread_jobs += others
+        try:
+            got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyearly"), A("double"), 40])
+        finally:
+            with node._jobs_lock:
+                node._thread_jobs -= others
         assert got == [(A("ok"), 2 * i) for i in range(1, 41)]
-        # worker threads answered most of them (readers some, when one is reading; the loop's
-        # workers the others), each freeing its place before its write
-        assert answered.count(True) >= 30, answered
+        # readers answered some (the loop's workers the others), each call freeing its place
+        # and its job before its write
+        assert len(lingered) >= 5, (len(lingered), len(taken))
         assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
 
 
