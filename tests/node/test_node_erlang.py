@@ -181,6 +181,20 @@ def taken_by_readers(py: BlockingNode) -> list[str]:
     return taken
 
 
+def processes_made(py: BlockingNode) -> list[int]:
+    """The pid ids of the processes spawn requests make from now on (``_spawned_process``)."""
+    node = py.node
+    spawned = node._spawned_process
+    made: list[int] = []
+
+    def counting(event: Any, pid: Any, flags: int) -> Any:
+        made.append(pid.id)
+        return spawned(event, pid, flags)
+
+    node._spawned_process = counting  # type: ignore[method-assign]
+    return made
+
+
 def in_background(py: BlockingNode, erl: ErlNode, function: str, args: list[Any]) -> Any:
     """``bb_test:function(*args)`` run by an Erlang process of its own, its result sent to a
     mailbox: no blocking caller of ours reads the connection while it runs (the loop does)."""
@@ -225,14 +239,7 @@ def test_quick_calls_a_worker_reads_are_answered_without_a_process(epmd_port: in
         base = len(node._procs)
         py.expose("pybook", {"double": lambda x: 2 * x})
         taken = taken_by_readers(py)
-        made: list[int] = []
-        spawned = node._spawned_process
-
-        def counting(event: Any, pid: Any, flags: int) -> Any:
-            made.append(pid.id)
-            return spawned(event, pid, flags)
-
-        node._spawned_process = counting  # type: ignore[method-assign]
+        made = processes_made(py)
         got = in_background(py, erl, "erpc_seq", [A(py.name), A("pybook"), A("double"), 200])
         assert got == [(A("ok"), 2 * i) for i in range(1, 201)]
         assert len(taken) >= 100, len(taken)
@@ -297,14 +304,7 @@ def test_an_awaitable_from_a_plain_function_a_worker_read_is_awaited_on_the_loop
 
     py.expose("pyawait", {"later": lambda x: later(x)})
     taken = taken_by_readers(py)
-    made: list[int] = []
-    spawned = node._spawned_process
-
-    def counting(event: Any, pid: Any, flags: int) -> Any:
-        made.append(pid.id)
-        return spawned(event, pid, flags)
-
-    node._spawned_process = counting  # type: ignore[method-assign]
+    made = processes_made(py)
     got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyawait"), A("later"), 100])
     assert got == [(A("ok"), i + 1) for i in range(1, 101)]
     assert awaited == list(range(1, 101))
