@@ -7,6 +7,7 @@ import math
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -181,6 +182,14 @@ def taken_by_readers(py: BlockingNode) -> list[str]:
     return taken
 
 
+def holding(release: threading.Event) -> Callable[[int], int]:
+    """A function that returns its argument once ``release`` is set (20 s at most)."""
+    def hold(x: int) -> int:
+        release.wait(20)
+        return x
+    return hold
+
+
 def processes_made(py: BlockingNode) -> list[int]:
     """The pid ids of the processes spawn requests make from now on (``_spawned_process``)."""
     node = py.node
@@ -257,7 +266,7 @@ def test_an_unseen_answer_that_fails_to_encode_is_answered_by_a_process(
         py: BlockingNode, erl: ErlNode) -> None:
     """A worker's answer to an unseen call failing in an unforeseen way (not an EncodeError:
     say, out of memory) must not lose the call: it takes the process path, which answers.
-    The failure is injected into the DOWN's encoding on the unseen path only, for every
+    The failure is injected into the answer's encoding on the unseen path only, for every
     other call; every answer right, and nothing left behind."""
     assert py.ping(erl.name)
     node = py.node
@@ -272,11 +281,11 @@ def test_an_unseen_answer_that_fails_to_encode_is_answered_by_a_process(
             def broken(*args: Any) -> Any:
                 failed.append(1)
                 raise RuntimeError("injected")
-            node._exit_packets = broken  # type: ignore[method-assign]
+            node._answer_packets = broken  # type: ignore[method-assign]
         try:
             return answer(unseen, outcome)
         finally:
-            node.__dict__.pop("_exit_packets", None)
+            node.__dict__.pop("_answer_packets", None)
 
     node._answer_unseen = failing_sometimes  # type: ignore[method-assign]
     got = in_background(py, erl, "erpc_seq", [A(py.name), A("pyfail"), A("double"), 60])
@@ -822,11 +831,7 @@ def test_a_call_a_worker_runs_unseen_counts_against_max_processes(epmd_port: int
     with BlockingNode(unique("unseen") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
                       max_processes=limit) as py:
         release = threading.Event()
-
-        def hold(x: int) -> int:
-            release.wait(20)
-            return x
-
+        hold = holding(release)
         py.expose("pyunseen", {"hold": hold, "warm": lambda x: x})
         node = py.node
         assert py.ping(erl.name)
@@ -859,11 +864,7 @@ def test_process_limit_refuses_and_serves_on(epmd_port: int, erl: ErlNode) -> No
     with BlockingNode(unique("limit") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
                       max_processes=limit) as py:
         release = threading.Event()
-
-        def hold(x: int) -> int:
-            release.wait(20)
-            return x
-
+        hold = holding(release)
         py.expose("pyhold", {"hold": hold})
         expose_pymod(py, inline=True)
         me = A(py.name)

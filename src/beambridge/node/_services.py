@@ -459,8 +459,7 @@ class Services(NodeCore):
         tag = event.args[0]
         packets: list[bytes] | None = None
         try:
-            packets = [peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, 2, pid)),
-                       *self._exit_packets(peer, event, pid, 2, _call_reason(tag, outcome), tag)]
+            packets = self._answer_packets(peer, event, pid, 2, _call_reason(tag, outcome), tag)
         except LocalProtocolError:
             pass  # the connection is closing: the spawner hears of it from its node
         except Exception:
@@ -524,22 +523,22 @@ class Services(NodeCore):
 
     def _answer_unspawned(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int,
                           reason: Any, tag: Any) -> None:
-        """Loop: an inline call answered before it needed a process: its spawn reply and its
-        exit signals (the spawner's link and monitor are all it has, sent as
-        ``_process_ended`` sends them), in one write."""
+        """Loop: an inline call answered before it needed a process, in one write."""
         try:
-            data = [peer.proto.send(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid)),
-                    *self._exit_packets(peer, event, pid, flags, reason, tag)]
+            data = self._answer_packets(peer, event, pid, flags, reason, tag)
         except LocalProtocolError:
             return  # the connection is closing: the spawner hears of it from its node
         if peer.alive:
             peer.write(b"".join(data), len(data))
 
-    def _exit_packets(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int, reason: Any,
-                      tag: Any) -> list[bytes]:
-        """``_answer_unspawned``'s signals, encoded (any thread): a reason with no Erlang form fails
-        here, before anything is sent, and becomes an error reason."""
-        signals: list[ControlMessage] = []
+    def _answer_packets(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int,
+                        reason: Any, tag: Any) -> list[bytes]:
+        """The whole answer to a call that ended before it became a process, encoded (any
+        thread): its spawn reply, then its exit signals (the spawner's link and monitor are all
+        it has), as ``_process_ended`` sends them. A reason with no Erlang form fails here,
+        before anything is sent, and becomes an error reason."""
+        signals: list[ControlMessage] = [
+            spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid)]
         if flags & 1:
             signals.append(exit_unchecked(pid, event.from_pid, reason))
         if flags & 2:
@@ -547,7 +546,7 @@ class Services(NodeCore):
         try:
             return [peer.proto.send(signal) for signal in signals]
         except EncodeError as error:
-            return self._exit_packets(peer, event, pid, flags, _unencodable(tag, error), None)
+            return self._answer_packets(peer, event, pid, flags, _unencodable(tag, error), None)
 
     async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
                            started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:
