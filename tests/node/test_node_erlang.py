@@ -330,7 +330,7 @@ def test_a_call_answered_by_a_reader_frees_its_place_before_its_reply_goes_out(
     loop may read it (the watchdog takes reading back from a worker that is not reading): the
     answered call must no longer count by then, neither as a process (uncounted, or queued
     for booking) nor as a job for a thread, or a node one short of its limit refuses that
-    request. A reading worker is held up here right after each answer it writes, so that the
+    request. Worker threads are held up here right after each answer they write, so that the
     loop reads the next request; with one free place, or one free job (the others taken, as
     by killed calls whose functions still run), all calls succeed."""
     with BlockingNode(unique("early") + "@127.0.0.1", COOKIE, epmd_port=epmd_port) as py:
@@ -344,8 +344,8 @@ def test_a_call_answered_by_a_reader_frees_its_place_before_its_reply_goes_out(
 
         def write_then_linger(peer: _Peer, data: bytes, *more: bytes) -> bool:
             sent = write(peer, data, *more)
-            if more and threading.current_thread().name == "beambridge-call":
-                lingered.append(1)  # an unseen call's answer: its spawn reply and DOWN
+            if threading.current_thread().name == "beambridge-call":
+                lingered.append(1)
                 time.sleep(0.01)  # several watchdog looks: the loop reads the next request
             return sent
 
@@ -364,9 +364,10 @@ def test_a_call_answered_by_a_reader_frees_its_place_before_its_reply_goes_out(
             with node._jobs_lock:
                 node._thread_jobs -= others
         assert got == [(A("ok"), 2 * i) for i in range(1, 41)]
-        # readers answered some (the loop's workers the others), each call freeing its place
-        # and its job before its write
-        assert len(lingered) >= 5, (len(lingered), len(taken))
+        # worker threads answered most (readers some: how many depends on timing, as a reader
+        # refuses a call while an answered one is not booked yet; the loop's workers the
+        # others), each call freeing its place and its job before its write
+        assert len(lingered) >= 30, (len(lingered), len(taken))
         assert wait_until(lambda: len(node._procs) == base and node._thread_jobs == 0, 10)
 
 
