@@ -62,6 +62,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -x -q -m 'not slow' $(PYTEST_ARGS)
 
+## The compiled decoder under AddressSanitizer for longer than the test run's 20 s (FUZZ_SECONDS).
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	BEAMBRIDGE_ASAN_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q tests/term/test_sanitizer.py
+
 lint: setup
 	$(PY) -m ruff check
 	$(PY) -m mypy

@@ -42,7 +42,12 @@ try:
 except ImportError:
     _cterm = None
 
-needs_compiled = pytest.mark.skipif(_cterm is None, reason="the compiled codec is not built")
+# The comparisons call both implementations directly, whatever the run forces: the run that
+# forces the pure codec (``make test``'s second) would repeat them unchanged.
+needs_compiled = pytest.mark.skipif(
+    _cterm is None or FORCED_PURE,
+    reason="the compiled codec is not built" if _cterm is None else
+    "compares both implementations directly: the default run did")
 
 MAPPINGS = [Mapping.EXACT, Mapping.TEXT, Mapping.CHARLIST, Mapping.UWSGI,
             Mapping(bool_atoms=False, none_atom=None)]
@@ -154,7 +159,7 @@ def mutate_once(data: bytes, byte: int, at: int) -> bytes:
 
 
 @needs_compiled
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.data(), st.sampled_from(MAPPINGS), st.sampled_from([1 << 30, 40]))
 def test_same_distribution_packets_decoded(data: Any, mapping: Mapping, max_frame: int) -> None:
     """``decode_dist`` (a node's reading of each packet): the same outcome both ways, None or
@@ -172,7 +177,7 @@ def test_same_distribution_packets_decoded(data: Any, mapping: Mapping, max_fram
 
 
 @needs_compiled
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data(), st.sampled_from(MAPPINGS), st.integers(0, 5))
 def test_same_packet_batches_decoded(data: Any, mapping: Mapping, max_count: int) -> None:
     """``decode_dist_batch`` (the packets of one read at once): the same packets taken, the
@@ -300,7 +305,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 @needs_compiled
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=750, deadline=None)
 @given(mutated())
 def test_same_errors_on_mutated_terms(data: bytes) -> None:
     check_decode(data)

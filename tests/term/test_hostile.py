@@ -6,6 +6,7 @@ runs the same check under atheris for longer, coverage-guided sessions).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import struct
@@ -74,7 +75,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(mutated())
 def test_mutated_valid_terms(data: bytes) -> None:
     check_input(data)
@@ -200,6 +201,8 @@ def random_input(rng: random.Random) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.skipif(os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0"),
+                    reason="calls both implementations directly: the default run did")
 def test_random_inputs_give_a_value_or_the_same_decode_error_in_both() -> None:
     rng = random.Random(20240611)
     deadline = time.monotonic() + 8
