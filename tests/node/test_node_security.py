@@ -336,6 +336,145 @@ def _plain_frame(control: Any, *payload: Any) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+# The spawn requests of an erpc call into an inline function, and near misses of that form:
+# how each builds its (control, payload) from a request id and the spawner's pid, and which
+# path answers it on the loop: "fast" (``Services._fast_spawn_request``), "full" (an event,
+# ``_on_spawn_request``), or none, a protocol error ("malformed").
+_RIGHT = ((A("erpc"), A("execute_call"), 4), [A("monitor")])
+_ADD = [A("pyfast"), A("add"), [1, 2]]
+_SPAWN_FORMS: dict[str, tuple[Callable[[Any, Pid], tuple[tuple[Any, ...], Any]], str]] = {
+    "erpc:call": (lambda ref, me: ((29, ref, me, me, *_RIGHT), [ref, *_ADD]), "fast"),
+    "linked": (lambda ref, me: ((29, ref, me, me, _RIGHT[0], [A("link"), A("monitor")]),
+                                [ref, *_ADD]), "fast"),
+    "failing": (lambda ref, me: ((29, ref, me, me, *_RIGHT), [ref, A("pyfast"), A("add"), [1]]),
+                "fast"),
+    "awaitable": (lambda ref, me: ((29, ref, me, me, *_RIGHT), [ref, A("pyfast"), A("soon"), [1]]),
+                  "fast"),
+    "coroutine function": (lambda ref, me: ((29, ref, me, me, *_RIGHT),
+                                            [ref, A("pyfast"), A("later"), [1]]), "full"),
+    "a plain function": (lambda ref, me: ((29, ref, me, me, *_RIGHT),
+                                          [ref, A("pyslow"), A("add"), [1, 2]]), "full"),
+    "erpc:execute_call/3": (lambda ref, me: ((29, ref, me, me, (A("erpc"), A("execute_call"), 3),
+                                              _RIGHT[1]), _ADD), "full"),
+    "module as a binary": (lambda ref, me: ((29, ref, me, me, (b"erpc", A("execute_call"), 4),
+                                             _RIGHT[1]), [ref, *_ADD]), "malformed"),
+    "arity not the payload's": (lambda ref, me: ((29, ref, me, me, (A("erpc"), A("execute_call"), 3),
+                                                  _RIGHT[1]), [ref, *_ADD]), "malformed"),
+    "leader an atom": (lambda ref, me: ((29, ref, me, A("gl"), *_RIGHT), [ref, *_ADD]), "malformed"),
+    "options not a list": (lambda ref, me: ((29, ref, me, me, _RIGHT[0], A("monitor")), [ref, *_ADD]),
+                           "malformed"),
+    "mfa a list": (lambda ref, me: ((29, ref, me, me, list(_RIGHT[0]), _RIGHT[1]), [ref, *_ADD]),
+                   "malformed"),
+}
+
+
+def _spawn_answers(py: BlockingNode, form: str) -> tuple[list[Any], bool]:
+    """What a peer gets for a spawn request of ``form`` and a good one after it, sent in one
+    write: the answers (the node's pids and references as placeholders) and whether the
+    node closed the connection."""
+    sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
+    me = Pid(A(fake), 1, 0, 1)
+    refs = [py.node.make_ref(), py.node.make_ref()]
+    first = _SPAWN_FORMS[form][0](refs[0], me)
+    good = _SPAWN_FORMS["erpc:call"][0](refs[1], me)
+    with sock:
+        sock.sendall(_plain_frame(first[0], first[1]) + _plain_frame(good[0], good[1]))
+        answers: list[Any] = []
+        closed = False
+        sock.settimeout(0.5)  # nothing more within it: all answered
+        while not closed and len(answers) < 6:
+            event = proto.next_event()
+            if event is NEED_DATA:
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    break
+                closed = not data
+                proto.receive_data(data)
+            else:
+                answers.append((type(event).__name__,
+                                *(_placeholders(getattr(event, f), refs) for f in event.__slots__)))
+    return answers, closed
+
+
+def _placeholders(value: Any, refs: list[Any]) -> Any:
+    """``value`` with the node's pids as "pid", the peer's as "peer" and ``refs`` by index."""
+    if isinstance(value, Pid):
+        return "peer" if value.node.startswith("hostile") else "pid"
+    if isinstance(value, tuple):
+        return tuple(_placeholders(v, refs) for v in value)
+    return refs.index(value) if value in refs else value
+
+
+@pytest.mark.parametrize("form", list(_SPAWN_FORMS))
+def test_spawn_requests_get_the_same_answers_on_the_inline_fast_path(form: str, py: BlockingNode) -> None:
+    """The loop answers an erpc call of an inline function straight from the decoded control
+    tuple, before any event is built. Whatever the request (a call that returns, fails or
+    hands back an awaitable, a link, and near misses of that form that only the full path
+    may judge), the peer gets the same answers with and without that path, the good request
+    after it answered too; and only the requests of that form skip the full path."""
+    async def later(x: int) -> int:
+        return x + 1
+
+    py.expose("pyfast", {"add": lambda a, b: a + b, "later": later, "soon": lambda x: later(x)},
+              inline=True)
+    py.expose("pyslow", {"add": lambda a, b: a + b})
+    node = py.node
+    full_path: list[Any] = []
+    seen = node._on_spawn_request
+
+    def spy(peer: Any, event: Any) -> None:
+        full_path.append(event)
+        seen(peer, event)
+
+    node._on_spawn_request = spy  # type: ignore[method-assign]
+    try:
+        fast = _spawn_answers(py, form)
+        took_full = len(full_path)
+        table = dict(node._fast_paths)
+        del node._fast_paths[29]
+        try:
+            full = _spawn_answers(py, form)
+        finally:
+            node._fast_paths.clear()
+            node._fast_paths.update(table)
+    finally:
+        del node._on_spawn_request
+    assert fast == full
+    answers, closed = fast
+    kind = _SPAWN_FORMS[form][1]
+    if kind == "malformed":
+        assert closed and answers == []
+    else:
+        assert not closed and ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3)) in answers
+        assert ("SpawnReply", 0, "peer", 3 if form == "linked" else 2, "pid", None) in answers
+    assert took_full == (1 if kind == "full" else 0)
+    assert len(full_path) == took_full + (2 if kind != "malformed" else 0)  # without the fast path
+    if form == "erpc:call":
+        assert answers == [("SpawnReply", 0, "peer", 2, "pid", None),
+                           ("MonitorPExit", "pid", "peer", 0, (0, A("return"), 3)),
+                           ("SpawnReply", 1, "peer", 2, "pid", None),
+                           ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3))]
+
+
+def test_the_inline_fast_path_refuses_calls_past_max_processes(py: BlockingNode) -> None:
+    """At its process limit the node refuses an erpc call of an inline function with
+    ``system_limit`` as a full BEAM does, on the fast path too (it leaves the refusal to the
+    full path), however quick the function: and takes calls again once there is room."""
+    py.expose("pyfast", {"add": lambda a, b: a + b}, inline=True)
+    node = py.node
+    limit = node.max_processes
+    node.max_processes = len(node._procs) + len(node._unseen)  # full
+    try:
+        answers, closed = _spawn_answers(py, "erpc:call")
+    finally:
+        node.max_processes = limit
+    assert not closed and answers == [("SpawnReply", 0, "peer", 0, A("system_limit"), None),
+                                      ("SpawnReply", 1, "peer", 0, A("system_limit"), None)]
+    answers, closed = _spawn_answers(py, "erpc:call")
+    assert not closed and ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3)) in answers
+
+
 def _answer_rpcs(sock: socket.socket, proto: Connection, count: int, before: bytes,
                  ready: Callable[[], bool]) -> list[Any]:
     """As the node rpcs went to: read ``count`` spawn requests, wait until ``ready()`` (a

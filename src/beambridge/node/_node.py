@@ -225,7 +225,8 @@ class Node(Connections, ThreadDoors, Calls, Services):
         self._due_timer: asyncio.TimerHandle | None = None
         self._due_timer_tick = 0
         #: control message tag -> its fast path in reading (``Calls._fast_replies_table``)
-        self._fast_paths = self._fast_replies_table() | self._fast_sends_table()
+        self._fast_paths = (self._fast_replies_table() | self._fast_sends_table()
+                            | {29: self._fast_spawn_request})
         self._stats: dict[Atom, PeerStats] = {}
         self._node_atoms: dict[Any, Atom] = {}
         self._name_atoms: dict[Any, Atom] = {}

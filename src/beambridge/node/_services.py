@@ -26,7 +26,12 @@ from ..protocol import (
     SpawnReply,
     SpawnRequest,
 )
-from ..protocol._control import exit_unchecked, monitor_exit_unchecked, spawn_reply_unchecked
+from ..protocol._control import (
+    exit_unchecked,
+    monitor_exit_unchecked,
+    spawn_reply_unchecked,
+    spawn_request_unchecked,
+)
 from ..term import Atom, ImproperList, Pid, Reference, encode_body
 from ._connections import _consume_exception
 from ._core import Exposed, NodeCore
@@ -336,13 +341,53 @@ class Services(NodeCore):
             if isinstance(early, tuple):
                 # answered before any other event is applied: nobody but the spawner can know
                 # the pid yet (its spawn reply is not even written out), so no process is made
-                self._answer_unspawned(peer, event, pid, flags, _call_reason(args[0], early),
-                                       args[0])
+                self._answer_unspawned(peer, event.req_id, event.from_pid, pid, flags,
+                                       _call_reason(args[0], early), args[0])
                 return
             started = early
+        self._spawn_started(peer, event, entry, pid, flags, started)
+
+    def _fast_spawn_request(self, peer: _Peer, c: tuple[Any, ...], payload: Any, owner: bool
+                            ) -> bool:
+        """``{29, ReqId, From, GroupLeader, {erpc, execute_call, 4}, Options}`` naming an inline
+        exposed function, on the loop (the usual ``erpc:call`` into Python): checked as the event
+        would be, run, and answered before any event is built. Anything else, and a node at
+        its process limit, takes the full path (``_on_spawn_request``), which also refuses."""
+        if owner or len(c) != 6 or self._closed:
+            return False
+        req, sender, leader, mfa, options = c[1], c[2], c[3], c[4], c[5]
+        if (type(mfa) is not tuple or len(mfa) != 3 or type(payload) is not list
+                or len(payload) != 4 or mfa[2] != 4 or type(req) is not Reference
+                or type(sender) is not Pid or type(leader) is not Pid or type(options) is not list
+                or type(mfa[0]) is not Atom or type(mfa[1]) is not Atom
+                or mfa[0] != ERPC or mfa[1] != EXECUTE_CALL):
+            return False
+        tag, m, f, a = payload
+        entry = self._plain(m, f, a)
+        if entry is None or not entry[1]:
+            return False
+        if self._handbacks:
+            self._book_handbacks()
+        if len(self._procs) + len(self._unseen) >= self.max_processes:
+            return False
+        pid = self._next_pid()
+        flags = _spawn_flags(options)
+        early = self._settle(_run_plain(entry[0], m, f, a), m, f, a)
+        if isinstance(early, tuple):
+            self._answer_unspawned(peer, req, sender, pid, flags, _call_reason(tag, early), tag)
+        else:  # an awaitable: a process awaits it
+            event = spawn_request_unchecked(req, sender, leader, ERPC, EXECUTE_CALL, payload, options)
+            self._spawn_started(peer, event, entry, pid, flags, early)
+        return True
+
+    def _spawn_started(self, peer: _Peer, event: SpawnRequest, entry: Exposed | None, pid: Pid,
+                       flags: int, started: asyncio.Task[tuple[str, Any, Any]] | None) -> None:
+        """A spawn request the node takes on: its spawn reply, and its process, which runs it
+        in a worker thread (a plain exposed function) or in a task (awaiting ``started``, an
+        inline function's awaitable, or running anything else)."""
         peer.send_quiet(spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid))
         process = self._spawned_process(event, pid, flags)
-        if entry is not None and threaded:
+        if entry is not None and not entry[1]:
             self._in_thread(*self._spawned_call(peer, event, process, entry[0]))
             self._offer_reader(peer)  # the next such call may then skip this hop
             return
@@ -459,7 +504,8 @@ class Services(NodeCore):
         tag = event.args[0]
         packets: list[bytes] | None = None
         try:
-            packets = self._answer_packets(peer, event, pid, 2, _call_reason(tag, outcome), tag)
+            packets = self._answer_packets(peer, event.req_id, event.from_pid, pid, 2,
+                                           _call_reason(tag, outcome), tag)
         except LocalProtocolError:
             pass  # the connection is closing: the spawner hears of it from its node
         except Exception:
@@ -521,32 +567,32 @@ class Services(NodeCore):
         if last and left and peer.owner is None and self._loop is not None:
             self._loop.call_later(_OWNER_IDLE, self._see_unseen, peer, True)
 
-    def _answer_unspawned(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int,
+    def _answer_unspawned(self, peer: _Peer, req: Reference, spawner: Pid, pid: Pid, flags: int,
                           reason: Any, tag: Any) -> None:
         """Loop: an inline call answered before it needed a process, in one write."""
         try:
-            data = self._answer_packets(peer, event, pid, flags, reason, tag)
+            data = self._answer_packets(peer, req, spawner, pid, flags, reason, tag)
         except LocalProtocolError:
             return  # the connection is closing: the spawner hears of it from its node
         if peer.alive:
             peer.write(b"".join(data), len(data))
 
-    def _answer_packets(self, peer: _Peer, event: SpawnRequest, pid: Pid, flags: int,
+    def _answer_packets(self, peer: _Peer, req: Reference, spawner: Pid, pid: Pid, flags: int,
                         reason: Any, tag: Any) -> list[bytes]:
-        """The whole answer to a call that ended before it became a process, encoded (any
-        thread): its spawn reply, then its exit signals (the spawner's link and monitor are all
-        it has), as ``_process_ended`` sends them. A reason with no Erlang form fails here,
-        before anything is sent, and becomes an error reason."""
-        signals: list[ControlMessage] = [
-            spawn_reply_unchecked(event.req_id, event.from_pid, flags, pid)]
+        """The whole answer to a call (spawn request ``req`` from ``spawner``) that ended before
+        it became a process, encoded (any thread): its spawn reply, then its exit signals (the
+        spawner's link and monitor are all it has), as ``_process_ended`` sends them. A reason
+        with no Erlang form fails here, before anything is sent, and becomes an error reason."""
+        signals: list[ControlMessage] = [spawn_reply_unchecked(req, spawner, flags, pid)]
         if flags & 1:
-            signals.append(exit_unchecked(pid, event.from_pid, reason))
+            signals.append(exit_unchecked(pid, spawner, reason))
         if flags & 2:
-            signals.append(monitor_exit_unchecked(pid, event.from_pid, event.req_id, reason))
+            signals.append(monitor_exit_unchecked(pid, spawner, req, reason))
         try:
             return [peer.proto.send(signal) for signal in signals]
         except EncodeError as error:
-            return self._answer_packets(peer, event, pid, flags, _unencodable(tag, error), None)
+            return self._answer_packets(peer, req, spawner, pid, flags, _unencodable(tag, error),
+                                        None)
 
     async def _run_spawned(self, process: Mailbox, event: SpawnRequest,
                            started: asyncio.Task[tuple[str, Any, Any]] | None = None) -> None:
