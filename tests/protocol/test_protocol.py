@@ -688,3 +688,28 @@ def test_spawn_request_errors_are_sends_errors() -> None:
     assert isinstance(d.next_event(), ConnectionClosed)
     with pytest.raises(LocalProtocolError):  # CLOSED
         d.spawn_request(*_SPAWN, [], [])
+
+
+def test_the_unchecked_builders_make_what_the_constructors_make() -> None:
+    """A node builds the messages of its own hot paths without the constructors' checks: each
+    such builder gives the message the checked constructor gives, down to the wire."""
+    from beambridge.node._names import addressed
+    from beambridge.protocol import Exit, MonitorPExit, RegSend, Send, SpawnReply, SpawnRequest, _control
+
+    me, other = Pid(Atom("a@h"), 1, 2, 3), Pid(Atom("b@h"), 4, 5, 6)
+    ref = Reference(Atom("a@h"), 1, (1, 2, 3))
+    pairs = [
+        (_control.send_unchecked(other, [1], me), Send(other, [1], me)),
+        (_control.reg_send_unchecked(me, Atom("name"), (1, 2)), RegSend(me, Atom("name"), (1, 2))),
+        (addressed(other, b"m", me), Send(other, b"m", me)),
+        (addressed(Atom("name"), b"m", me), RegSend(me, Atom("name"), b"m")),
+        (_control.exit_unchecked(me, other, Atom("normal")), Exit(me, other, Atom("normal"))),
+        (_control.monitor_exit_unchecked(me, other, ref, 7), MonitorPExit(me, other, ref, 7)),
+        (_control.spawn_reply_unchecked(ref, other, 2, me), SpawnReply(ref, other, 2, me)),
+        (_control.spawn_request_unchecked(ref, me, me, Atom("m"), Atom("f"), [1], []),
+         SpawnRequest(ref, me, me, Atom("m"), Atom("f"), [1], [])),
+    ]
+    for built, checked in pairs:
+        assert type(built) is type(checked) and built == checked
+        for flags in (0, int(DEFAULT_FLAGS)):
+            assert built.to_wire(flags) == checked.to_wire(flags)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .._errors import UsageError
 from ..protocol import AliasSend, ControlMessage, RegSend, Send
+from ..protocol._control import reg_send_unchecked, send_unchecked
 from ..term import Atom, Pid, Reference
 
 _A = Atom
@@ -72,7 +73,14 @@ def _monitored(target: Pid | Atom, node: Atom) -> Pid | tuple[Atom, Atom]:
 
 
 def addressed(target: Pid | Reference | Atom, message: Any, sender: Pid) -> ControlMessage:
-    """The control message that carries ``message`` to a pid, an alias or a registered name."""
+    """The control message that carries ``message`` to a pid, an alias or a registered name;
+    without the constructors' checks when ``sender`` and ``target`` are exactly a ``Pid`` or an
+    ``Atom`` (a resolved destination: the checks would repeat these type tests)."""
+    if type(sender) is Pid:
+        if type(target) is Atom:
+            return reg_send_unchecked(sender, target, message)
+        if type(target) is Pid:
+            return send_unchecked(target, message, sender)
     if isinstance(target, Pid):
         return Send(target, message, sender)
     if isinstance(target, Reference):

@@ -413,6 +413,8 @@ class Connection:
         (and enters the ERROR state) when the peer breaks the protocol or refuses us."""
         state = self._state
         if state is State.CONNECTED and not self._events:
+            if self._pos == len(self._buf) and not self._eof:
+                return NEED_DATA  # all read (``take_messages`` usually leaves it so)
             return self._next_connected()
         if state is State.ERROR:
             raise LocalProtocolError("the connection is in its ERROR state")

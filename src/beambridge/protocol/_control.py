@@ -557,6 +557,26 @@ def monitor_exit_unchecked(from_proc: Pid | Atom, to_pid: Pid, ref: Reference, r
     return m
 
 
+def send_unchecked(to_pid: Pid, message: Any, from_pid: Pid) -> Send:
+    """A ``Send`` from pids of the right type (a node's own process sending)."""
+    m = _new(Send)
+    _set(m, "to_pid", to_pid)
+    _set(m, "message", message)
+    _set(m, "from_pid", from_pid)
+    _set(m, "trace_token", None)
+    return m
+
+
+def reg_send_unchecked(from_pid: Pid, to_name: Atom, message: Any) -> RegSend:
+    """A ``RegSend`` from fields of the right types (a node's own process sending)."""
+    m = _new(RegSend)
+    _set(m, "from_pid", from_pid)
+    _set(m, "to_name", to_name)
+    _set(m, "message", message)
+    _set(m, "trace_token", None)
+    return m
+
+
 def exit_unchecked(from_pid: Pid, to_pid: Pid, reason: Any) -> Exit:
     """An ``Exit`` from fields of the right types (a node's own process ending)."""
     m = _new(Exit)
