@@ -713,3 +713,32 @@ def test_the_unchecked_builders_make_what_the_constructors_make() -> None:
         assert type(built) is type(checked) and built == checked
         for flags in (0, int(DEFAULT_FLAGS)):
             assert built.to_wire(flags) == checked.to_wire(flags)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_an_interrupted_batch_takes_nothing(monkeypatch: pytest.MonkeyPatch,
+                                            error: type[BaseException]) -> None:
+    """An exception that is not the peer's fault (an interrupt, no memory) raised while the
+    codec reads a batch goes up as it is: ``out`` holds what it held before, the input is
+    where it was and the connection is still up, so the next read takes every message."""
+    from beambridge.protocol import _connection
+
+    c, d = connected_pair()
+    messages = [Send(PB, i) for i in range(5)]
+    d.receive_data(b"".join(c.send(m) for m in messages))
+    drain(d)  # the atoms are cached now: the same messages again come in batches
+    d.receive_data(b"".join(c.send(m) for m in messages))
+    real = _connection._decode_dist_batch
+
+    def interrupted(*args: Any) -> Any:
+        real(*args)  # the packets are read into ``out``, then the interrupt comes
+        raise error
+
+    monkeypatch.setattr(_connection, "_decode_dist_batch", interrupted)
+    out: list[Any] = ["before"]
+    with pytest.raises(error):
+        d.take_messages(out)
+    assert out == ["before"] and d.state is State.CONNECTED
+    monkeypatch.setattr(_connection, "_decode_dist_batch", real)
+    assert d.take_messages(out) == len(messages)
+    assert [d.event_of(*item) for item in out[1:]] == messages
