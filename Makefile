@@ -65,7 +65,7 @@ test-fast: setup
 ## The compiled decoder under AddressSanitizer for longer than the test run's 20 s (FUZZ_SECONDS).
 FUZZ_SECONDS ?= 600
 fuzz: setup
-	BEAMBRIDGE_ASAN_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q tests/term/test_sanitizer.py
+	BEAMBRIDGE_ASAN_REQUIRED=1 BEAMBRIDGE_ASAN_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q tests/term/test_sanitizer.py
 
 lint: setup
 	$(PY) -m ruff check

@@ -368,32 +368,46 @@ _SPAWN_FORMS: dict[str, tuple[Callable[[Any, Pid], tuple[tuple[Any, ...], Any]],
 }
 
 
-def _spawn_answers(py: BlockingNode, form: str) -> tuple[list[Any], bool]:
+def _spawn_answers(py: BlockingNode, form: str) -> tuple[dict[int, list[Any]], bool]:
     """What a peer gets for a spawn request of ``form`` and a good one after it, sent in one
-    write: the answers (the node's pids and references as placeholders) and whether the
-    node closed the connection."""
+    write: each request's answers in order, by request (0, 1; the node's pids and the
+    requests' references as placeholders), and whether the node closed the connection. Read
+    until both requests are answered or the connection closed, then briefly for any extra."""
     sock, fake, proto = hostile_peer_proto(py.node.port, py.name)
     me = Pid(A(fake), 1, 0, 1)
     refs = [py.node.make_ref(), py.node.make_ref()]
     first = _SPAWN_FORMS[form][0](refs[0], me)
     good = _SPAWN_FORMS["erpc:call"][0](refs[1], me)
+    answers: dict[int, list[Any]] = {0: [], 1: []}
+
+    def answered(i: int) -> bool:  # a DOWN, or a spawn reply that refused
+        return any(a[0] == "MonitorPExit" or (a[0] == "SpawnReply" and a[4] != "pid")
+                   for a in answers[i])
+
     with sock:
         sock.sendall(_plain_frame(first[0], first[1]) + _plain_frame(good[0], good[1]))
-        answers: list[Any] = []
         closed = False
-        sock.settimeout(0.5)  # nothing more within it: all answered
-        while not closed and len(answers) < 6:
+        deadline = time.monotonic() + 15
+        while not closed and time.monotonic() < deadline:
             event = proto.next_event()
-            if event is NEED_DATA:
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
+            if event is not NEED_DATA:
+                answer = (type(event).__name__,
+                          *(_placeholders(getattr(event, f), refs) for f in event.__slots__))
+                # a spawn reply names its request, a DOWN its monitor (the request id); an
+                # EXIT only the spawner, and only the first request may link
+                answers[answer[1] if answer[0] == "SpawnReply" else
+                        answer[3] if answer[0] == "MonitorPExit" else 0].append(answer)
+                continue
+            done = answered(0) and answered(1)
+            sock.settimeout(0.2 if done else max(deadline - time.monotonic(), 0.01))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                if done:
                     break
-                closed = not data
-                proto.receive_data(data)
-            else:
-                answers.append((type(event).__name__,
-                                *(_placeholders(getattr(event, f), refs) for f in event.__slots__)))
+                continue
+            closed = not data
+            proto.receive_data(data)
     return answers, closed
 
 
@@ -443,18 +457,18 @@ def test_spawn_requests_get_the_same_answers_on_the_inline_fast_path(form: str, 
     assert fast == full
     answers, closed = fast
     kind = _SPAWN_FORMS[form][1]
+    good = [("SpawnReply", 1, "peer", 2, "pid", None),
+            ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3))]
     if kind == "malformed":
-        assert closed and answers == []
+        assert closed and answers == {0: [], 1: []}
     else:
-        assert not closed and ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3)) in answers
-        assert ("SpawnReply", 0, "peer", 3 if form == "linked" else 2, "pid", None) in answers
+        assert not closed and answers[1] == good
+        assert answers[0][0] == ("SpawnReply", 0, "peer", 3 if form == "linked" else 2, "pid", None)
     assert took_full == (1 if kind == "full" else 0)
     assert len(full_path) == took_full + (2 if kind != "malformed" else 0)  # without the fast path
     if form == "erpc:call":
-        assert answers == [("SpawnReply", 0, "peer", 2, "pid", None),
-                           ("MonitorPExit", "pid", "peer", 0, (0, A("return"), 3)),
-                           ("SpawnReply", 1, "peer", 2, "pid", None),
-                           ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3))]
+        assert answers[0] == [("SpawnReply", 0, "peer", 2, "pid", None),
+                              ("MonitorPExit", "pid", "peer", 0, (0, A("return"), 3))]
 
 
 def test_the_inline_fast_path_refuses_calls_past_max_processes(py: BlockingNode) -> None:
@@ -463,16 +477,42 @@ def test_the_inline_fast_path_refuses_calls_past_max_processes(py: BlockingNode)
     full path), however quick the function: and takes calls again once there is room."""
     py.expose("pyfast", {"add": lambda a, b: a + b}, inline=True)
     node = py.node
-    limit = node.max_processes
+    limit, table = node.max_processes, dict(node._fast_paths)
+    tried: list[bool] = []
+
+    def fast_path(*args: Any) -> bool:
+        tried.append(table[29](*args))
+        return tried[-1]
+
+    node._fast_paths[29] = fast_path
     node.max_processes = len(node._procs) + len(node._unseen)  # full
     try:
         answers, closed = _spawn_answers(py, "erpc:call")
+        assert tried == [False, False]  # it saw both and left them to the full path
+        node.max_processes = limit
+        assert not closed and answers == {i: [("SpawnReply", i, "peer", 0, A("system_limit"), None)]
+                                          for i in (0, 1)}
+        answers, closed = _spawn_answers(py, "erpc:call")
+        assert tried == [False, False, True, True]
+        assert not closed and answers[1][-1] == ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3))
     finally:
         node.max_processes = limit
-    assert not closed and answers == [("SpawnReply", 0, "peer", 0, A("system_limit"), None),
-                                      ("SpawnReply", 1, "peer", 0, A("system_limit"), None)]
-    answers, closed = _spawn_answers(py, "erpc:call")
-    assert not closed and ("MonitorPExit", "pid", "peer", 1, (1, A("return"), 3)) in answers
+        node._fast_paths.clear()
+        node._fast_paths.update(table)
+
+
+def test_an_inline_function_runs_on_the_loop_whoever_reads_its_call(py: BlockingNode,
+                                                                    erl: ErlNode) -> None:
+    """A blocking caller reading its connection hands an inline function's erpc call to the
+    loop (where inline functions run): the fast path takes only calls the loop read."""
+    loop_thread = py._thread  # the thread BlockingNode runs its loop on
+    py.expose("pywhere", {"on_loop": lambda: threading.current_thread() is loop_thread},
+              inline=True)
+    me = A(py.name)
+    answers = [py.rpc(erl.name, "bb_test", "erpc_py", [me, A("pywhere"), A("on_loop"), []])
+               for _ in range(30)]
+    assert answers == [(A("ok"), True)] * 30
+    assert py.node._peers[A(erl.name)].leads > 0  # a blocking caller read the connection
 
 
 def _answer_rpcs(sock: socket.socket, proto: Connection, count: int, before: bytes,
