@@ -4,6 +4,7 @@ SIGTERM, and on a terminal's Ctrl-C (SIGINT to its whole process group)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -40,6 +41,13 @@ def _marked(mark: str) -> list[int]:
     return found
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+    except OSError:
+        return f"{pid} (gone)"
+
+
 def _gone(mark: str, timeout: float = 20.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while (left := _marked(mark)) and time.monotonic() < deadline:
@@ -52,7 +60,8 @@ class _Demo:
 
     def __init__(self, *args: str) -> None:
         self.mark = secrets.token_hex(8)
-        env = dict(os.environ, **{MARK: self.mark})
+        # faulthandler: a demo that hangs is sent SIGABRT and prints where each thread is
+        env = dict(os.environ, PYTHONFAULTHANDLER="1", **{MARK: self.mark})
         self.proc = subprocess.Popen([sys.executable, "-m", "beambridge", "demo", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, text=True)
@@ -81,19 +90,37 @@ class _Demo:
         raise AssertionError(f"no {pattern!r} in the demo's output:\n{self.output}")
 
     def finish(self, timeout: float = 120.0) -> int:
+        code: int | None = None
+        running: list[str] = []
         try:
             code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            running = [_command(pid) for pid in _marked(self.mark)]
+            os.kill(self.proc.pid, signal.SIGABRT)  # its threads' stacks, then it ends
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+            if code is None:  # its children are in sessions of their own
+                for pid in _marked(self.mark):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         with pytest.raises(AssertionError):  # drain what is left
             self.until("(?!)", timeout=5)
+        assert code is not None, (f"the demo did not end within {timeout} s; still running then: "
+                                  f"{running}\n{self.output}")
         return code
 
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+
+#: how long the demo may take to stop: what it gives each part it started to stop (SIGTERM,
+#: then SIGKILL; gunicorn and epmd 15 + 5 s, the compute service 20 + 5 + 10 s), added up
+STOP_BUDGET = 120.0
 
 
 def _longest_chain(below: int) -> list[int]:
@@ -142,7 +169,7 @@ def test_sigterm_mid_run_stops_everything_it_started() -> None:
     started = _marked(demo.mark)
     assert len(started) >= 8, started  # epmd, service, 2 workers, gunicorn + 2, pool of >= 1
     os.kill(demo.proc.pid, signal.SIGTERM)
-    code = demo.finish(timeout=60)
+    code = demo.finish(timeout=STOP_BUDGET)
     assert code == 128 + signal.SIGTERM, demo.output
     assert "terminated: everything started was stopped" in demo.output
     assert "Traceback" not in demo.output, demo.output
@@ -153,7 +180,7 @@ def test_ctrl_c_at_the_terminal_stops_everything_without_a_break_menu() -> None:
     demo = _Demo("--below", "5000000")
     demo.until("HTTP[+]JSON road")
     os.killpg(demo.proc.pid, signal.SIGINT)  # a terminal sends it to the foreground group
-    code = demo.finish(timeout=60)
+    code = demo.finish(timeout=STOP_BUDGET)
     assert code == 130, demo.output
     assert "interrupted: everything started was stopped" in demo.output
     assert "BREAK" not in demo.output and "Traceback" not in demo.output, demo.output
