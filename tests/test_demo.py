@@ -55,6 +55,13 @@ def _gone(mark: str, timeout: float = 20.0) -> list[int]:
     return left
 
 
+def _as_a_foreground_job() -> None:
+    """In the child: Ctrl-C's default disposition, as a shell gives a foreground job. A job
+    a shell put in the background (a CI runner's, say) inherits SIGINT ignored, and Python
+    keeps it ignored: the demo then ran on through the Ctrl-C test's SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Demo:
     """``beambridge demo`` in a session of its own, its output read line by line."""
 
@@ -64,7 +71,8 @@ class _Demo:
         env = dict(os.environ, PYTHONFAULTHANDLER="1", **{MARK: self.mark})
         self.proc = subprocess.Popen([sys.executable, "-m", "beambridge", "demo", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, text=True)
+                                     start_new_session=True, text=True,
+                                     preexec_fn=_as_a_foreground_job)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
