@@ -469,24 +469,14 @@ def _send(c: tuple[Any, ...], p: Any) -> ControlMessage:
     to = c[2]
     if type(to) is not Pid:
         return Send(to, p)
-    m = _new(Send)
-    _set(m, "to_pid", to)
-    _set(m, "message", p)
-    _set(m, "from_pid", None)
-    _set(m, "trace_token", None)
-    return m
+    return send_unchecked(to, p, None)
 
 
 def _reg_send(c: tuple[Any, ...], p: Any) -> ControlMessage:
     sender, name = c[1], c[3]
     if type(sender) is not Pid or type(name) is not Atom:
         return RegSend(sender, name, p)
-    m = _new(RegSend)
-    _set(m, "from_pid", sender)
-    _set(m, "to_name", name)
-    _set(m, "message", p)
-    _set(m, "trace_token", None)
-    return m
+    return reg_send_unchecked(sender, name, p)
 
 
 def _alias_send(c: tuple[Any, ...], p: Any) -> ControlMessage:
@@ -557,8 +547,9 @@ def monitor_exit_unchecked(from_proc: Pid | Atom, to_pid: Pid, ref: Reference, r
     return m
 
 
-def send_unchecked(to_pid: Pid, message: Any, from_pid: Pid) -> Send:
-    """A ``Send`` from pids of the right type (a node's own process sending)."""
+def send_unchecked(to_pid: Pid, message: Any, from_pid: Pid | None) -> Send:
+    """A ``Send`` from pids of the right type (decoded and checked, or a node's own process
+    sending)."""
     m = _new(Send)
     _set(m, "to_pid", to_pid)
     _set(m, "message", message)
@@ -568,7 +559,8 @@ def send_unchecked(to_pid: Pid, message: Any, from_pid: Pid) -> Send:
 
 
 def reg_send_unchecked(from_pid: Pid, to_name: Atom, message: Any) -> RegSend:
-    """A ``RegSend`` from fields of the right types (a node's own process sending)."""
+    """A ``RegSend`` from fields of the right types (decoded and checked, or a node's own
+    process sending)."""
     m = _new(RegSend)
     _set(m, "from_pid", from_pid)
     _set(m, "to_name", to_name)
