@@ -35,11 +35,11 @@ endef
 setup: $(STAMP)
 setup-demo: $(DEMO_STAMP)
 
-$(STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
+$(STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c src/beambridge/node/_cwait.c
 	$(call install,$(TEST_DEB),test)
 	touch $(STAMP) $(DEMO_STAMP)
 
-$(DEMO_STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c
+$(DEMO_STAMP): pyproject.toml setup.py src/beambridge/term/_cterm.c src/beambridge/node/_cwait.c
 	$(call install,$(DEMO_DEB),demo)
 	touch $(DEMO_STAMP)
 

@@ -1,6 +1,7 @@
-"""Build hook for the optional compiled codec (``beambridge.term._cterm``).
+"""Build hook for the optional compiled parts: the term codec (``beambridge.term._cterm``) and
+the node's GIL-free spin for bytes (``beambridge.node._cwait``).
 
-All metadata lives in pyproject.toml; this file only declares the C extension. A failed compile
+All metadata lives in pyproject.toml; this file only declares the C extensions. A failed compile
 (no compiler, no Python headers) is not an install failure: the package then runs on the pure
 Python codec, and a warning says how to get the fast one.
 """
@@ -69,7 +70,13 @@ setup(
             sources=["src/beambridge/term/_cterm.c"],
             extra_compile_args=_CFLAGS,
             optional=True,
-        )
+        ),
+        Extension(
+            "beambridge.node._cwait",
+            sources=["src/beambridge/node/_cwait.c"],
+            extra_compile_args=_CFLAGS,
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithErlang},
 )

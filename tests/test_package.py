@@ -61,6 +61,7 @@ def test_installed_wheel_carries_the_erlang_side_and_the_compiled_codec(tmp_path
     assert "beambridge/_erlang/beambridge/src/bb_term_port.erl" in names
     assert any(n.startswith("beambridge/_erlang/beambridge_compute/src/") for n in names)
     assert any(n.startswith("beambridge/term/_cterm") and n.endswith(".so") for n in names)
+    assert any(n.startswith("beambridge/node/_cwait") and n.endswith(".so") for n in names)
     target = out / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, capture_output=True, timeout=600)

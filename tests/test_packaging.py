@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SDIST_MUST_HAVE = [
     "README.md", "SECURITY.md", "pyproject.toml", "setup.py",
-    "src/beambridge/__init__.py", "src/beambridge/term/_cterm.c", "src/beambridge/py.typed",
+    "src/beambridge/__init__.py", "src/beambridge/term/_cterm.c", "src/beambridge/node/_cwait.c",
+    "src/beambridge/py.typed",
     "examples/README.md", "examples/flask_app/run.py", "examples/django_project/run.py",
     "examples/django_project/manage.py",
     "erlang/beambridge_compute/README.md", "erlang/beambridge_compute/src/bbc_http.erl",

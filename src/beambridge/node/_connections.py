@@ -39,6 +39,7 @@ from ._peer import _WRITE_HIGH_WATER, _Peer, _PeerProtocol
 from ._stats import PeerStats
 from ._tls import TlsHandshakeFailed
 from ._tls_session import TlsSession, TlsStreams
+from ._wait import recv_within
 
 log = logging.getLogger("beambridge.node")
 
@@ -595,15 +596,10 @@ def _poll_briefly(peer: _Peer, seconds: float) -> bytes | None:
     sock = peer.sock
     if sock is None or peer.owner is not None:
         return None
-    until = time.perf_counter() + seconds
-    while True:
-        try:
-            return sock.recv(1 << 18)
-        except (BlockingIOError, InterruptedError):
-            if time.perf_counter() >= until:
-                return None
-        except (OSError, ValueError):
-            return None  # the transport sees it and reports it
+    try:
+        return recv_within(sock, seconds, 1 << 18)
+    except (OSError, ValueError):
+        return None  # the transport sees it and reports it
 
 
 def _tls_reason(error: ssl.SSLError) -> str:

@@ -32,6 +32,7 @@ from ._errors import NoConnection
 from ._mailbox import Mailbox, Slot
 from ._names import ERPC, EXECUTE_CALL, MONITOR, addressed
 from ._peer import _OWNER_IDLE, _SPAWN, _Peer
+from ._wait import recv_within
 
 log = logging.getLogger("beambridge.node")
 
@@ -306,15 +307,13 @@ class ThreadDoors(NodeCore):
             poller.register(sock.fileno(), select.POLLIN)
         except (OSError, ValueError):
             return "broken"
-        spin_until: float | None = None
         while waiter.ok is None:
             if not peer.alive:
                 return "broken"
-            with peer.rlock:
+            with peer.rlock:  # not closed meanwhile: another connection could get its number
                 try:
-                    data = sock.recv(1 << 18)
-                except (BlockingIOError, InterruptedError):
-                    data = None
+                    # a reply is usually microseconds away: sleeping would cost a wake-up
+                    data = recv_within(sock, _SPIN, 1 << 18)
                 except (OSError, ValueError):
                     return "broken"
                 if data is not None:
@@ -336,12 +335,6 @@ class ThreadDoors(NodeCore):
                     if applied != "ok":
                         return applied
                     continue
-            now = time.perf_counter()
-            if spin_until is None:
-                spin_until = now + _SPIN
-            if now < spin_until:
-                continue  # a reply is usually microseconds away: sleeping would cost a wake-up
-            spin_until = None
             wait = 0.05
             if taken is not None:  # a worker: back to the queue as soon as jobs wait there
                 if self._workers.backlog():

@@ -1,0 +1,46 @@
+"""A node's short spin for its socket's next bytes: compiled (``_cwait``, the GIL given up for
+the whole spin) or pure Python (a loop of non-blocking reads, the GIL held but for each read).
+
+Both answer alike; the compiled one is used when built, unless ``BEAMBRIDGE_PURE_PYTHON=1``,
+as for the term codec. The spin is worth its CPU where a reply is microseconds away (BEAM's
+schedulers spin before they sleep for the same reason); in Python it kept every other thread of
+the process, the caller the reply wakes among them, waiting for the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+
+__all__ = ["IMPLEMENTATION", "recv_within"]
+
+
+def _recv_within_pure(sock: socket.socket, seconds: float, size: int) -> bytes | None:
+    """What ``sock`` has within ``seconds`` (one try when 0 or less), at most ``size`` bytes;
+    ``b""`` at the end of the stream, None when nothing came; OSError for a failed read (a
+    closed socket's among them). Blocking or not, every try is MSG_DONTWAIT."""
+    if not 0 < size <= 1 << 24:
+        raise ValueError("recv_within: size must be 1..16 MiB")
+    until = time.perf_counter() + seconds
+    recv, flags = sock.recv, socket.MSG_DONTWAIT
+    while True:
+        try:
+            return recv(size, flags)
+        except (BlockingIOError, InterruptedError):
+            if time.perf_counter() >= until:
+                return None
+
+
+def _select() -> tuple[Callable[[socket.socket, float, int], bytes | None], str]:
+    if os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0"):
+        return _recv_within_pure, "pure"
+    try:
+        from ._cwait import recv_within as compiled  # type: ignore[import-not-found]
+    except ImportError:
+        return _recv_within_pure, "pure"
+    return compiled, "compiled"
+
+
+recv_within, IMPLEMENTATION = _select()
