@@ -1,14 +1,20 @@
 """The node's spin for its socket's next bytes (``node/_wait.py``): the compiled one, which gives
 the GIL up for the whole spin, and its pure-Python twin answer alike on a real socket pair, for
 bytes waiting, bytes arriving during the spin, nothing, the end of the stream and a closed
-socket; and the run that should use the compiled one does."""
+socket; the run that should use the compiled one does; and the compiled one, built with
+AddressSanitizer, reads and frees nothing it should not."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import sysconfig
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +135,85 @@ def test_a_blocking_socket_is_not_blocked_on(spin: Spin) -> None:
     finally:
         a.close()
         b.close()
+
+
+# Every case above, and many reads of random sizes into buffers of random sizes, against a build
+# of _cwait.c under AddressSanitizer (libasan preloaded; PYTHONMALLOC=malloc so the bytes objects
+# are malloc blocks ASan guards).
+_ASAN_SCRIPT = r"""
+import importlib.util, random, socket, sys
+spec = importlib.util.spec_from_file_location("_cwait", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+recv_within = module.recv_within
+rng = random.Random(7)
+a, b = socket.socketpair()
+a.setblocking(False)
+for _ in range(3000):
+    sent = rng.randbytes(rng.randrange(1, 5000))
+    b.sendall(sent)
+    got = b""
+    while len(got) < len(sent):
+        part = recv_within(a, 1.0, rng.randrange(1, 6000))
+        assert part, part
+        got += part
+    assert got == sent
+    assert recv_within(a, 0.0, rng.randrange(1, 64)) is None
+for bad in (0, -1, (1 << 24) + 1):
+    try:
+        recv_within(a, 0.0, bad)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(bad)
+for wrong in ((a, 0.0), (a, "x", 1), ("x", 0.0, 1)):
+    try:
+        recv_within(*wrong)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(wrong)
+b.sendall(b"end")
+b.shutdown(socket.SHUT_WR)
+assert recv_within(a, 1.0, 64) == b"end" and recv_within(a, 1.0, 64) == b""
+a.close()
+try:
+    recv_within(a, 0.0, 64)
+except OSError:
+    pass
+else:
+    raise AssertionError("a closed socket read")
+b.close()
+print("asan spin: ok")
+"""
+
+
+@pytest.mark.skipif(FORCED_PURE, reason="sanitizes the compiled spin; the default run did")
+def test_the_compiled_spin_under_address_sanitizer(tmp_path: Path) -> None:
+    libasan = None
+    if shutil.which("gcc") is not None:
+        found = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                               text=True).stdout.strip()
+        libasan = found if os.path.isabs(found) and os.path.exists(found) else None
+    if libasan is None:
+        pytest.skip("needs gcc with libasan")
+    source = Path(__file__).resolve().parents[2] / "src" / "beambridge" / "node" / "_cwait.c"
+    module = tmp_path / "_cwait_asan.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-g", "-std=c99", "-Wall", "-Werror",
+                    "-fsanitize=address", "-fno-omit-frame-pointer",
+                    "-I", sysconfig.get_paths()["include"], str(source), "-o", str(module)],
+                   check=True, timeout=120)
+    script = tmp_path / "spin.py"
+    script.write_text(_ASAN_SCRIPT)
+    env = dict(os.environ, LD_PRELOAD=libasan, PYTHONMALLOC="malloc",
+               ASAN_OPTIONS=f"detect_leaks=1:log_path={tmp_path / 'asan'}:exitcode=23",
+               LSAN_OPTIONS="report_objects=0")
+    run = subprocess.run([sys.executable, str(script), str(module)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    reports = "".join(p.read_text(errors="replace") for p in tmp_path.glob("asan*"))
+    errors = [block for block in reports.split("\n\n") if "ERROR: AddressSanitizer" in block]
+    assert not errors, "\n\n".join(errors)[:20000]
+    ours = [block for block in reports.split("\n\n")
+            if "leak of" in block and ("_cwait.c" in block or "_cwait_asan.so" in block)]
+    assert not ours, "\n\n".join(ours)[:20000]
+    assert "asan spin: ok" in run.stdout, (run.returncode, run.stdout[-2000:], run.stderr[-4000:])
