@@ -162,6 +162,11 @@ def test_simultaneous_connect_with_erlang(epmd_port: int, fresh_erl: ErlNode) ->
 
 @pytest.mark.slow
 def test_idle_connection_survives_ticks(otp_runtime: otp.Runtime, epmd_port: int, test_ebin: Path) -> None:
+    if (os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0")
+            and otp_runtime.major != min(r.major for r in otp.find_runtimes())):
+        # ticks are empty packets no codec reads: the pure run (on asyncio's loop) waits for
+        # them on one release; the default run waited on each
+        pytest.skip("the pure-codec run waits for ticks on one OTP release")
     erl = ErlNode(otp_runtime, epmd_port, test_ebin, ticktime=2)
     try:
         with BlockingNode(unique("ticky") + "@127.0.0.1", COOKIE, epmd_port=epmd_port,
