@@ -302,11 +302,7 @@ class ThreadDoors(NodeCore):
         sock = peer.sock
         loop = self._loop
         assert sock is not None and loop is not None
-        try:
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN)
-        except (OSError, ValueError):
-            return "broken"
+        poller: select.poll | None = None  # made the first time this wait sleeps
         while waiter.ok is None:
             if not peer.alive:
                 return "broken"
@@ -345,6 +341,9 @@ class ThreadDoors(NodeCore):
                 if wait <= 0:
                     return "timeout"
             try:
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(sock.fileno(), select.POLLIN)
                 poller.poll(wait * 1000)
             except (OSError, ValueError):
                 return "broken"
