@@ -18,11 +18,12 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 _HINT = (
-    "beambridge: the compiled term codec could not be built ({error}); installing with the "
-    "pure-Python codec, which is correct but several times slower. To get the fast codec, install "
-    "a C compiler and the Python headers (Debian/Ubuntu: apt-get install gcc python3-dev) and "
-    "reinstall beambridge."
+    "beambridge: {part} could not be built ({error}); installing with its pure-Python twin, "
+    "which is correct but slower. To get the compiled one, install a C compiler and the Python "
+    "headers (Debian/Ubuntu: apt-get install gcc python3-dev) and reinstall beambridge."
 )
+_PARTS = {"beambridge.term._cterm": "the compiled term codec",
+          "beambridge.node._cwait": "the node's compiled spin for socket bytes"}
 
 
 class OptionalBuildExt(build_ext):
@@ -32,17 +33,18 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as error:  # setuptools raises several unrelated types here
-            self._warn(error)
+            self._warn(error, "the compiled parts")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as error:
-            self._warn(error)
+            self._warn(error, _PARTS.get(ext.name, ext.name))
 
     @staticmethod
-    def _warn(error: BaseException) -> None:
-        message = _HINT.format(error=str(error).strip().splitlines()[-1] if str(error) else error)
+    def _warn(error: BaseException, part: str) -> None:
+        message = _HINT.format(part=part,
+                               error=str(error).strip().splitlines()[-1] if str(error) else error)
         print("*" * 78, file=sys.stderr)
         print(message, file=sys.stderr)
         print("*" * 78, file=sys.stderr)

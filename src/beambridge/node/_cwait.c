@@ -22,9 +22,10 @@ static double monotonic(void) {
     return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
 }
 
-/* recv_within(sock, seconds, size): what the socket has within ``seconds`` (one try when 0 or
- * less), at most ``size`` bytes; b"" at the end of the stream, None when nothing came; OSError
- * for a failed read (a closed socket's among them). Blocking or not, every try is MSG_DONTWAIT. */
+/* recv_within(sock, seconds, size): what the socket has within ``seconds`` (at most 1; one try
+ * when 0 or less), at most ``size`` bytes (1..16 MiB); b"" at the end of the stream, None when
+ * nothing came; OSError for a failed read (a closed socket's among them), ValueError for bad
+ * arguments or a socket with a timeout. Blocking or not, every try is MSG_DONTWAIT. */
 static PyObject *recv_within(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 3) {
@@ -44,10 +45,27 @@ static PyObject *recv_within(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     double seconds = PyFloat_AsDouble(args[1]);
     if (seconds == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(seconds <= 1.0)) {  /* NaN too: a spin no signal can stop must be short */
+        PyErr_SetString(PyExc_ValueError, "recv_within: seconds must be at most 1");
+        return NULL;
+    }
     Py_ssize_t size = PyLong_AsSsize_t(args[2]);
-    if (size == -1 && PyErr_Occurred()) return NULL;
+    if (size == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;
+        PyErr_Clear();
+    }
     if (size <= 0 || size > (1 << 24)) {
         PyErr_SetString(PyExc_ValueError, "recv_within: size must be 1..16 MiB");
+        return NULL;
+    }
+    /* a socket with a timeout would make the pure twin wait in CPython's own poll first */
+    PyObject *timeout = PyObject_CallMethod(args[0], "gettimeout", NULL);
+    if (timeout == NULL) return NULL;
+    int timed = timeout != Py_None && PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) > 0.0;
+    Py_DECREF(timeout);
+    if (timed) {
+        PyErr_SetString(PyExc_ValueError, "recv_within: the socket must have no timeout "
+                                          "(non-blocking, or blocking without one)");
         return NULL;
     }
     /* the buffer first: no allocation while the GIL is given up, and none sized by the peer */

@@ -352,14 +352,14 @@ class _Peer:
 
 def _plain_socket(transport: asyncio.Transport) -> tuple[socket.socket | None, socket.socket | None]:
     """The plain socket under ``transport`` that other threads may use, and the duplicate made
-    to get it (to close with the connection). A selector transport's own socket serves as is;
-    uvloop's transports own theirs in C and give out a stand-in without ``recv``/``send``, so a
-    duplicate of its descriptor is made: the same open file, non-blocking like it."""
+    to get it (to close with the connection): a duplicate of the transport's descriptor, the
+    same open file, non-blocking like it. Always ours, never the transport's own socket: only
+    ``_Peer.close_dup`` closes it, under ``rlock``, so a thread reading it with the GIL given up
+    (``_wait.recv_within``) never finds its number closed and reused by another connection, as
+    a selector transport's own socket could be (asyncio closes that one on the loop, at any
+    time). uvloop's transports hand out only a stand-in without ``recv``/``send`` anyway."""
     if transport.get_extra_info("sslcontext") is not None:
         return None, None  # TLS by the transport: its bytes on the socket are not ours
-    own = getattr(transport, "_sock", None)
-    if isinstance(own, socket.socket):
-        return own, None
     shown = transport.get_extra_info("socket")
     if shown is None:
         return None, None

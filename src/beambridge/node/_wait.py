@@ -18,11 +18,18 @@ __all__ = ["IMPLEMENTATION", "recv_within"]
 
 
 def _recv_within_pure(sock: socket.socket, seconds: float, size: int) -> bytes | None:
-    """What ``sock`` has within ``seconds`` (one try when 0 or less), at most ``size`` bytes;
-    ``b""`` at the end of the stream, None when nothing came; OSError for a failed read (a
-    closed socket's among them). Blocking or not, every try is MSG_DONTWAIT."""
+    """What ``sock`` has within ``seconds`` (at most 1; one try when 0 or less), at most
+    ``size`` bytes (1..16 MiB); ``b""`` at the end of the stream, None when nothing came;
+    OSError for a failed read (a closed socket's among them), ValueError for bad arguments or
+    a socket with a timeout. Blocking or not, every try is MSG_DONTWAIT."""
+    if not seconds <= 1.0:  # NaN too: the compiled twin's spin, which no signal stops, is short
+        raise ValueError("recv_within: seconds must be at most 1")
     if not 0 < size <= 1 << 24:
         raise ValueError("recv_within: size must be 1..16 MiB")
+    timeout = sock.gettimeout()
+    if timeout is not None and timeout > 0:  # CPython would wait for it in its own poll first
+        raise ValueError("recv_within: the socket must have no timeout (non-blocking, or "
+                         "blocking without one)")
     until = time.perf_counter() + seconds
     recv, flags = sock.recv, socket.MSG_DONTWAIT
     while True:
