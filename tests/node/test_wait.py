@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from beambridge.node import _wait
+
+from .._asan import environ, findings, libasan
 
 FORCED_PURE = os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0")
 
@@ -158,7 +159,7 @@ def test_a_closed_socket_is_a_bad_descriptor(
 
 @pytest.mark.parametrize("spin", IMPLEMENTATIONS)
 def test_a_reset_connection_is_its_error_not_nothing(spin: Spin) -> None:
-    # a peer that closes with bytes unread sends a TCP reset: recv() itself fails
+    # a peer that closes with SO_LINGER 0 sends a TCP reset: recv() itself fails
     with socket.create_server(("127.0.0.1", 0)) as server:
         a = socket.create_connection(server.getsockname(), timeout=10)
         b, _ = server.accept()
@@ -245,12 +246,8 @@ print("asan spin: ok")
 
 @pytest.mark.skipif(FORCED_PURE, reason="sanitizes the compiled spin; the default run did")
 def test_the_compiled_spin_under_address_sanitizer(tmp_path: Path) -> None:
-    libasan = None
-    if shutil.which("gcc") is not None:
-        found = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
-                               text=True).stdout.strip()
-        libasan = found if os.path.isabs(found) and os.path.exists(found) else None
-    if libasan is None:
+    library = libasan()
+    if library is None:
         pytest.skip("needs gcc with libasan")
     source = Path(__file__).resolve().parents[2] / "src" / "beambridge" / "node" / "_cwait.c"
     module = tmp_path / "_cwait_asan.so"
@@ -260,15 +257,8 @@ def test_the_compiled_spin_under_address_sanitizer(tmp_path: Path) -> None:
                    check=True, timeout=120)
     script = tmp_path / "spin.py"
     script.write_text(_ASAN_SCRIPT)
-    env = dict(os.environ, LD_PRELOAD=libasan, PYTHONMALLOC="malloc",
-               ASAN_OPTIONS=f"detect_leaks=1:log_path={tmp_path / 'asan'}:exitcode=23",
-               LSAN_OPTIONS="report_objects=0")
-    run = subprocess.run([sys.executable, str(script), str(module)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    reports = "".join(p.read_text(errors="replace") for p in tmp_path.glob("asan*"))
-    errors = [block for block in reports.split("\n\n") if "ERROR: AddressSanitizer" in block]
-    assert not errors, "\n\n".join(errors)[:20000]
-    ours = [block for block in reports.split("\n\n")
-            if "leak of" in block and ("_cwait.c" in block or "_cwait_asan.so" in block)]
-    assert not ours, "\n\n".join(ours)[:20000]
+    run = subprocess.run([sys.executable, str(script), str(module)],
+                         env=environ(library, tmp_path), capture_output=True, text=True, timeout=120)
+    found = findings(tmp_path, "_cwait.c", "_cwait_asan.so")
+    assert not found, "\n\n".join(found)[:20000]
     assert "asan spin: ok" in run.stdout, (run.returncode, run.stdout[-2000:], run.stderr[-4000:])

@@ -9,10 +9,13 @@ the process, the caller the reply wakes among them, waiting for the GIL.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
 from collections.abc import Callable
+
+from .._twins import compiled
 
 __all__ = ["IMPLEMENTATION", "recv_within"]
 
@@ -22,6 +25,8 @@ def _recv_within_pure(sock: socket.socket, seconds: float, size: int) -> bytes |
     ``size`` bytes (1..16 MiB); ``b""`` at the end of the stream, None when nothing came;
     OSError for a failed read (a closed socket's among them), ValueError for bad arguments or
     a socket with a timeout. Blocking or not, every try is MSG_DONTWAIT."""
+    if sock.fileno() < 0:  # first, as the compiled twin, which needs the descriptor first
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
     if not seconds <= 1.0:  # NaN too: the compiled twin's spin, which no signal stops, is short
         raise ValueError("recv_within: seconds must be at most 1")
     if not 0 < size <= 1 << 24:
@@ -40,14 +45,7 @@ def _recv_within_pure(sock: socket.socket, seconds: float, size: int) -> bytes |
                 return None
 
 
-def _select() -> tuple[Callable[[socket.socket, float, int], bytes | None], str]:
-    if os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0"):
-        return _recv_within_pure, "pure"
-    try:
-        from ._cwait import recv_within as compiled  # type: ignore[import-not-found]
-    except ImportError:
-        return _recv_within_pure, "pure"
-    return compiled, "compiled"
-
-
-recv_within, IMPLEMENTATION = _select()
+_cwait = compiled("beambridge.node._cwait")
+recv_within: Callable[[socket.socket, float, int], bytes | None] = (
+    _recv_within_pure if _cwait is None else _cwait.recv_within)
+IMPLEMENTATION = "pure" if _cwait is None else "compiled"

@@ -6,11 +6,11 @@ built) is used unless ``BEAMBRIDGE_PURE_PYTHON=1`` is set, and ``IMPLEMENTATION`
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
 from .._errors import UsageError
+from .._twins import compiled
 from . import _pure
 from ._options import Limits, Mapping
 
@@ -19,17 +19,9 @@ __all__ = ["IMPLEMENTATION", "binary_to_term", "decode_body", "encode_body", "te
 _DEFAULT_LIMITS = Limits()
 
 
-def _select() -> tuple[ModuleType, str]:
-    if os.environ.get("BEAMBRIDGE_PURE_PYTHON", "") not in ("", "0"):
-        return _pure, "pure"
-    try:
-        from . import _cterm  # type: ignore[attr-defined]
-    except ImportError:
-        return _pure, "pure"
-    return _cterm, "compiled"
-
-
-_impl, IMPLEMENTATION = _select()
+_cterm = compiled("beambridge.term._cterm")
+_impl: ModuleType = _pure if _cterm is None else _cterm
+IMPLEMENTATION = "pure" if _cterm is None else "compiled"
 # Bound once: on the compiled codec the wrapper's own lookups are a visible share of a small call.
 _encode, _decode = _impl.encode, _impl.decode
 _encode_body, _decode_body = _impl.encode_body, _impl.decode_body
