@@ -715,7 +715,12 @@ class Node(Connections, ThreadDoors, Calls, Services):
         if self._listener is not None:
             found.append(self._listener)
         found += list(self._handshaking)
-        found += [p.dup for p in self._dup_peers if p.dup is not None]
+        for peer in self._dup_peers:  # down peers too, until their duplicates close
+            if peer.dup is not None:
+                found.append(peer.dup)
+            shown = peer.transport.get_extra_info("socket")
+            if shown is not None:  # the transport's own, until it closes it
+                found.append(shown)
         writers = [self._epmd_writer] + [p.writer for p in self._peers.values()]
         for writer in writers:
             if writer is not None:

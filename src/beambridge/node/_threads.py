@@ -301,7 +301,9 @@ class ThreadDoors(NodeCore):
         ``_apply_as_owner``) or "broken". ``taken``: a worker reads (``_read_for_worker``)."""
         sock = peer.sock
         loop = self._loop
-        assert sock is not None and loop is not None
+        assert loop is not None
+        if sock is None:  # the loop closed it since this thread took the role: the peer is down
+            return "broken"
         poller: select.poll | None = None  # made the first time this wait sleeps
         while waiter.ok is None:
             if not peer.alive:
