@@ -4,6 +4,7 @@ half handshakes, simultaneous connects, ticks, 100 MB messages, fork."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from beambridge import Atom, otp
+from beambridge import Atom, Timeout, otp
 from beambridge.node import (
     BlockingNode,
     EpmdUnavailable,
@@ -26,7 +27,7 @@ from beambridge.node import (
 )
 from beambridge.protocol import epmd as epmd_messages
 
-from .conftest import COOKIE, ErlNode, free_port, unique
+from .conftest import COOKIE, ErlNode, free_port, unique, wait_until
 
 pytestmark = pytest.mark.erlang
 A = Atom
@@ -175,19 +176,49 @@ def test_idle_connection_survives_ticks(otp_runtime: otp.Runtime, epmd_port: int
             time.sleep(6)  # three tick periods with no traffic
             assert erl.name in py.nodes()
             assert py.rpc(erl.name, "erlang", "nodes", [A("hidden")]) == [A(py.name)]
-            # a peer that stops answering (frozen, not closed) is dropped within the tick time
+            dist_port = dict(py.names())[erl.name.split("@")[0]]
+            assert _connections_to(dist_port) == 2  # the transport's descriptor and our duplicate
+            # a peer that stops answering (frozen, not closed) is dropped within the tick time,
+            # and really closed, though megabytes were still queued for it (close() alone waits
+            # for them to go out: a peer that reads nothing would keep the connection for ever)
             assert erl.proc is not None
             os.kill(erl.proc.pid, signal.SIGSTOP)
+            flood = threading.Thread(target=_flood, args=(py, erl.name), daemon=True)
             try:
                 frozen = time.monotonic()
+                flood.start()
                 while erl.name in py.nodes() and time.monotonic() - frozen < 10:
                     time.sleep(0.1)
                 assert erl.name not in py.nodes()
                 assert time.monotonic() - frozen < 4.5
+                assert wait_until(lambda: _connections_to(dist_port) == 0, 5)
+                flood.join(10)
+                assert not flood.is_alive()  # its sends failed (NoConnection), none hangs
             finally:
                 os.kill(erl.proc.pid, signal.SIGCONT)
     finally:
         erl.stop()
+
+
+def _flood(py: BlockingNode, node: str) -> None:
+    """Megabytes for ``node`` until the connection is gone."""
+    with contextlib.suppress(NoConnection, Timeout):
+        for _ in range(64):
+            py.send(("nobody", node), b"x" * (1 << 20), timeout=30)
+
+
+def _connections_to(port: int) -> int:
+    """This process's descriptors of established TCP connections to ``port`` on loopback."""
+    sockets = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+            sockets.add(f"socket:[{fields[9]}]")
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}") in sockets
+    return count
 
 
 @pytest.mark.slow

@@ -542,6 +542,12 @@ class Connections(NodeCore):
                     if goodbye:
                         peer.transport.write(goodbye)
             peer.transport.close()
+        # close() waits for what is queued to go out: a peer that reads nothing (frozen, or
+        # hostile) would keep the connection and the queue for as long as it likes. Dropped
+        # for silence it is dead: at once; else after a tick time, when silence would be.
+        assert self._loop is not None
+        self._loop.call_later(0.0 if reason == "net_tick_timeout" else self.net_ticktime,
+                              peer.transport.abort)
         if peer.dup is not None:
             # later, on the loop: this may run inside the connection's read (its lock held)
             assert self._loop is not None
