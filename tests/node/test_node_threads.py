@@ -363,3 +363,32 @@ def test_the_worker_pool_promises_only_free_threads() -> None:
         first.set()
         second.set()
         pool.close()
+
+
+def test_a_connection_without_a_duplicate_says_so_and_goes_through_the_loop(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # out of descriptors: no duplicate for threads to read, said once, and no socket handed out
+    import errno
+    import socket
+
+    from beambridge.node import _peer
+
+    def no_more(fd: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    class Shown:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def get_extra_info(self, name: str) -> object:
+            return self.sock if name == "socket" else None
+
+    a, b = socket.socketpair()
+    try:
+        monkeypatch.setattr(_peer.os, "dup", no_more)
+        with caplog.at_level("WARNING", logger="beambridge.node"):
+            assert _peer._plain_socket(Shown(a)) == (None, None)  # type: ignore[arg-type]
+        assert "through the loop thread" in caplog.text and "Too many open files" in caplog.text
+    finally:
+        a.close()
+        b.close()

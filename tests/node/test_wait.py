@@ -222,6 +222,21 @@ for bad in (0, -1, (1 << 24) + 1):
         pass
     else:
         raise AssertionError(bad)
+for seconds in (1.5, float("nan"), float("inf")):
+    try:
+        recv_within(a, seconds, 64)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(seconds)
+a.settimeout(0.5)
+try:
+    recv_within(a, 0.0, 64)
+except ValueError:
+    pass
+else:
+    raise AssertionError("a socket with a timeout")
+a.setblocking(False)
 for wrong in ((a, 0.0), (a, "x", 1), ("x", 0.0, 1)):
     try:
         recv_within(*wrong)

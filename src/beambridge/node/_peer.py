@@ -365,15 +365,23 @@ def _plain_socket(transport: asyncio.Transport) -> tuple[socket.socket | None, s
         return None, None
     try:
         fd = os.dup(shown.fileno())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
+        _no_direct_path(error)
         return None, None
     try:
         dup = socket.socket(fileno=fd)
-    except OSError:
+    except OSError as error:
         os.close(fd)
+        _no_direct_path(error)
         return None, None
     dup.setblocking(False)
     return dup, dup
+
+
+def _no_direct_path(error: BaseException) -> None:
+    # out of descriptors, most likely: the connection works, only slower, so say so once here
+    log.warning("no duplicate of a connection's socket (%s): its blocking callers go through "
+                "the loop thread", error)
 
 
 class PeerHost(Protocol):
