@@ -6,14 +6,16 @@ away mid-call, many threads at once, and messages queued behind large writes."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import socket
 import threading
 import time
 
 import pytest
 
 from beambridge import Atom, Timeout
-from beambridge.node import BlockingNode, MailboxClosed, NoConnection
+from beambridge.node import BlockingNode, MailboxClosed, NoConnection, _peer
 
 from .conftest import COOKIE, ErlNode, unique, wait_until
 
@@ -368,11 +370,6 @@ def test_the_worker_pool_promises_only_free_threads() -> None:
 def test_a_connection_without_a_duplicate_says_so_and_goes_through_the_loop(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # out of descriptors: no duplicate for threads to read, said once, and no socket handed out
-    import errno
-    import socket
-
-    from beambridge.node import _peer
-
     def no_more(fd: int) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 

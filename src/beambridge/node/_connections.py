@@ -550,7 +550,6 @@ class Connections(NodeCore):
                               peer.transport.abort)
         if peer.dup is not None:
             # later, on the loop: this may run inside the connection's read (its lock held)
-            assert self._loop is not None
             self._loop.call_soon(self._close_dup, peer)
         peer.resume_writing()
         current = asyncio.current_task() if self._loop is not None and self._loop.is_running() else None

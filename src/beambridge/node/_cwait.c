@@ -16,6 +16,9 @@
 #include <sys/types.h>
 #include <time.h>
 
+/* interned once: the call below runs on every read of a waiting caller */
+static PyObject *gettimeout_name;
+
 static double monotonic(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -59,7 +62,7 @@ static PyObject *recv_within(PyObject *module, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     /* a socket with a timeout would make the pure twin wait in CPython's own poll first */
-    PyObject *timeout = PyObject_CallMethod(args[0], "gettimeout", NULL);
+    PyObject *timeout = PyObject_CallMethodNoArgs(args[0], gettimeout_name);
     if (timeout == NULL) return NULL;
     int timed = timeout != Py_None && PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) > 0.0;
     Py_DECREF(timeout);
@@ -75,7 +78,7 @@ static PyObject *recv_within(PyObject *module, PyObject *const *args, Py_ssize_t
     ssize_t got;
     int error = 0;
     Py_BEGIN_ALLOW_THREADS
-    double until = seconds > 0 ? monotonic() + seconds : 0.0;
+    double until = -1.0;  /* the clock is read only once the first try found nothing */
     for (;;) {
         got = recv(fd, at, (size_t)size, MSG_DONTWAIT);
         if (got >= 0) break;
@@ -83,7 +86,10 @@ static PyObject *recv_within(PyObject *module, PyObject *const *args, Py_ssize_t
             error = errno;
             break;
         }
-        if (until == 0.0 || monotonic() >= until) break;
+        if (seconds <= 0) break;
+        double now = monotonic();
+        if (until < 0) until = now + seconds;
+        else if (now >= until) break;
     }
     Py_END_ALLOW_THREADS
     if (error) {
@@ -112,4 +118,10 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__cwait(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cwait(void) {
+    if (gettimeout_name == NULL) {
+        gettimeout_name = PyUnicode_InternFromString("gettimeout");
+        if (gettimeout_name == NULL) return NULL;
+    }
+    return PyModule_Create(&module);
+}
